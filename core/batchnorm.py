@@ -1,0 +1,55 @@
+"""Re-estimate BatchNorm moving statistics from training batches ("precise BN").
+
+Keras keeps BN moving averages with momentum 0.99-0.999. On a short from-scratch schedule the weights move
+faster than those averages follow, so in inference mode every layer normalises with stale statistics and
+the network can call every image one class (measured here: MobileNetV3-Small, 12 epochs, validation 0.17).
+Before each evaluation we run the current network in training mode over clean training batches and set
+each BN layer's moving mean/variance to the average of the batch statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import keras
+import numpy as np
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recalibrate(model: keras.Model, batches: Iterable, max_batches: int) -> int:
+    """Replace every BN layer's moving statistics by their mean over up to `max_batches` batches.
+
+    Returns the number of batches used (0 leaves the model unchanged).
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
+    sums = [[np.zeros_like(m), np.zeros_like(v)] for m, v in saved]
+    used = 0
+    try:
+        for layer in layers:
+            layer.momentum = 0.0  # moving stats := this batch's stats, read back after each batch
+        for x in batches:
+            if used >= max_batches:
+                break
+            model(x, training=True)
+            for layer, acc in zip(layers, sums):
+                acc[0] += layer.moving_mean.numpy()
+                acc[1] += layer.moving_variance.numpy()
+            used += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    for layer, (mean, var), (old_mean, old_var) in zip(layers, sums, saved):
+        if used:
+            layer.moving_mean.assign(mean / used)
+            layer.moving_variance.assign(var / used)
+        else:
+            layer.moving_mean.assign(old_mean)
+            layer.moving_variance.assign(old_var)
+    return used

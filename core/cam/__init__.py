@@ -1,0 +1,23 @@
+"""Class-activation-map explanations: one small class per method over a shared base (see base.py).
+
+This module stays light (no TensorFlow) so menus can list the methods; `method(name)` imports one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import BaseCAM
+
+# name -> (module, class)
+_METHODS = {"gradcam": ("gradcam", "GradCAM")}
+METHOD_NAMES = tuple(_METHODS)
+
+
+def method(name: str) -> "type[BaseCAM]":
+    if name not in _METHODS:
+        raise ValueError(f"unknown CAM method {name!r}; one of {METHOD_NAMES}")
+    module, cls = _METHODS[name]
+    return getattr(importlib.import_module(f".{module}", __name__), cls)

@@ -1,0 +1,271 @@
+"""Command line: `python -m core {train,evaluate,predict,gradcam,download,runs}`.
+
+Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
+exit status 2, never a traceback. TensorFlow is imported only by the commands that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+from .cam import METHOD_NAMES
+from .config import ARCHITECTURES, OPTIMIZERS, SIZES, RunConfig
+from .errors import UserFacingError
+
+EXIT_USAGE = 2
+
+
+class UserError(UserFacingError):
+    pass
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="", metavar="PATH", help="a MedMNIST-layout npz (default: BloodMNIST at --size)")
+    g.add_argument("--size", type=int, choices=SIZES, default=None,
+                   help="image size; with --data it must match the file (default: taken from the file, else 64)")
+    g.add_argument("--limit-train", type=int, default=0, metavar="N", help="train on a stratified N images")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
+    g.add_argument("--weights", default=None,
+                   help="imagenet, none (from scratch) or PATH to a weights file (default: imagenet where "
+                        "Keras has it, else none)")
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--attention", action="store_true", help="channel + spatial attention before pooling")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    g.add_argument("--class-weights", action="store_true", help="class-weighted (balanced) loss")
+    g.add_argument("--patience", type=int, default=d.patience, help="early stopping patience; 0 = off")
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--aug-shear", type=float, default=d.aug_shear, help="shear range, +- radians")
+    g.add_argument("--aug-zoom", type=float, default=d.aug_zoom, help="zoom range: factor in [1-z, 1+z]")
+    g.add_argument("--no-hflip", dest="aug_hflip", action="store_false", help="no horizontal flips")
+    g.add_argument("--vflip", dest="aug_vflip", action="store_true", help="random vertical flips")
+    g.add_argument("--rot90", dest="aug_rot90", action="store_true", help="random 90-degree rotations")
+    g = p.add_argument_group("batchnorm and reproducibility")
+    g.add_argument("--bn-recalibration", choices=("auto", "on", "off"), default=d.bn_recalibration,
+                   help="re-estimate BatchNorm statistics before each evaluation (auto: from-scratch runs)")
+    g.add_argument("--bn-recalibration-batches", type=int, default=d.bn_recalibration_batches)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops")
+    g.add_argument("--tag", dest="tags", action="append", default=[], help="a label for the results page")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    size = args.size
+    if args.data:
+        from .dataset import load_npz  # noqa: PLC0415
+
+        file_size = load_npz(args.data).image_size
+        if size is not None and size != file_size:
+            raise UserError(f"--size {size} but {args.data} holds {file_size} px images")
+        size = file_size
+    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    values["size"] = size or 64
+    values["weights"] = args.weights or RunConfig.default_weights(args.arch)
+    values["tags"] = tuple(args.tags)
+    return RunConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from .runs import RunStore  # noqa: PLC0415
+    from .training import Progress, train  # noqa: PLC0415
+
+    last = [-1.0]
+
+    def progress(p: Progress) -> None:
+        if p.batch == p.batches or p.fraction - last[0] >= 0.02:
+            last[0] = p.fraction
+            print(f"\r  epoch {p.epoch}/{p.epochs} batch {p.batch}/{p.batches} "
+                  f"{p.images_per_second:.0f} img/s, ETA {p.eta_seconds:.0f}s", end="", file=sys.stderr,
+                  flush=True)
+            if p.batch == p.batches:
+                print(file=sys.stderr)
+
+    run = train(config, RunStore(args.runs_dir), progress=progress, echo=lambda m: print(m, file=sys.stderr))
+    print(run.path)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .dataset import load_npz, resolve  # noqa: PLC0415
+    from .inference import Classifier  # noqa: PLC0415
+    from .metrics import classification_metrics  # noqa: PLC0415
+
+    clf = Classifier(args.run)
+    data = load_npz(args.data or resolve(clf.config.data, clf.config.size))
+    if data.image_size != clf.image_size:
+        raise UserError(f"the run's model takes {clf.image_size} px images; {data.source} holds "
+                        f"{data.image_size} px")
+    out = {"run": str(clf.run.path), "data": data.source}
+    for split in ("val", "test"):
+        s = data.split(split)
+        probs = clf.probabilities(s.images) if len(s) <= 512 else _batched(clf, s.images)
+        out[split] = classification_metrics(s.labels, probs, clf.labels)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _batched(clf, images, batch: int = 256):
+    import numpy as np  # noqa: PLC0415
+
+    return np.concatenate([clf.probabilities(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .images import ImageInputError, read_file, to_model_input  # noqa: PLC0415
+    from .inference import Classifier  # noqa: PLC0415
+
+    clf = Classifier(args.run)
+    ok = 0
+    for name in args.images:
+        try:
+            x = to_model_input(read_file(name), clf.image_size, args.resize)
+        except ImageInputError as e:
+            print(json.dumps({"file": name, "error": str(e)}), flush=True)
+            continue
+        p = clf.predict(x[None])[0]
+        print(json.dumps({"file": name, "label": p.label, "confidence": round(p.confidence, 6),
+                          "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}}), flush=True)
+        ok += 1
+    return 0 if ok else 1
+
+
+def cmd_gradcam(args: argparse.Namespace) -> int:
+    from PIL import Image  # noqa: PLC0415
+
+    from .cam import method  # noqa: PLC0415
+    from .images import read_file, to_model_input  # noqa: PLC0415
+    from .inference import Classifier  # noqa: PLC0415
+    from .overlay import triptych  # noqa: PLC0415
+    from .preprocessing import preprocess  # noqa: PLC0415
+
+    clf = Classifier(args.run)
+    x = to_model_input(read_file(args.image), clf.image_size, args.resize)
+    pred = clf.predict(x[None])[0]
+    class_index = pred.index if args.target is None else _label_index(clf.labels, args.target)
+    with method(args.method)(clf.model, args.layer) as cam:
+        heat = cam(preprocess(x[None], clf.config.arch), class_index)[0]
+        layer = cam.layer_name
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(triptych(x, heat, args.alpha)).save(out)
+    print(json.dumps({"file": args.image, "label": pred.label, "confidence": round(pred.confidence, 6),
+                      "explained": clf.labels[class_index], "layer": layer, "method": args.method,
+                      "out": str(out)}))
+    return 0
+
+
+def _label_index(labels: Sequence[str], target: str) -> int:
+    for i, label in enumerate(labels):
+        if target in (label, str(i)) or label.startswith(target):
+            return i
+    raise UserError(f"unknown class {target!r}; one of: {', '.join(labels)}")
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .download import download  # noqa: PLC0415
+
+    def progress(done: int, total: int) -> None:
+        pct = f"{100 * done / total:5.1f}%" if total else ""
+        print(f"\r  {done / 1e6:8.1f} MB {pct}", end="", file=sys.stderr, flush=True)
+
+    path = download(args.size, Path(args.root) if args.root else None, progress=progress)
+    print(file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import RunStore  # noqa: PLC0415
+
+    store = RunStore(args.runs_dir)
+    if args.reindex:
+        store.reindex()
+    rows = store.list_runs("val_accuracy DESC" if args.best else "created DESC")
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "config_json"} for r in rows], indent=2))
+        return 0
+    header = f"{'run_id':<23} {'arch':<16} {'px':>4} {'weights':<9} {'bs':>4} {'ep':>5} {'val_acc':>8} " \
+             f"{'test_acc':>8} {'test_auc':>8}"
+    print(header)
+    for r in rows:
+        weights = r["weights"] if r["weights"] in ("imagenet", "none") else "file"
+        print(f"{r['run_id']:<23} {r['arch']:<16} {r['size']:>4} {weights:<9} {r['batch_size']:>4} "
+              f"{r['best_epoch']:>2}/{r['epochs_run']:<2} {r['val_accuracy']:>8.4f} {r['test_accuracy']:>8.4f} "
+              f"{(r['test_auc'] or float('nan')):>8.4f}")
+    if not rows:
+        print("(no runs yet: python -m core train ...)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .runs import default_runs_dir  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m core", description="Blood cell classification on BloodMNIST")
+    sub = parser.add_subparsers(dest="command", required=True)
+    runs_dir = str(default_runs_dir())
+
+    p = sub.add_parser("train", help="train one run and print its directory")
+    _add_train_flags(p)
+    p.add_argument("--runs-dir", default=runs_dir)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a run's model on val and test of its (or another) npz")
+    p.add_argument("--run", required=True, metavar="DIR")
+    p.add_argument("--data", default="", metavar="PATH")
+    p.set_defaults(func=cmd_evaluate)
+
+    for name, helptext in (("predict", "classify image files; one JSON line per file"),
+                           ("gradcam", "write a Grad-CAM PNG (original | heatmap | overlay)")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--run", required=True, metavar="DIR")
+        p.add_argument("--resize", choices=("medmnist", "plain"), default="medmnist",
+                       help="medmnist: centre crop 200 px then resize (as BloodMNIST was made); plain: resize")
+        if name == "predict":
+            p.add_argument("images", nargs="+", metavar="IMAGE")
+            p.set_defaults(func=cmd_predict)
+        else:
+            p.add_argument("image", metavar="IMAGE")
+            p.add_argument("--out", required=True, metavar="PNG")
+            p.add_argument("--method", choices=METHOD_NAMES, default="gradcam")
+            p.add_argument("--layer", default=None, help="layer name (default: the last convolutional block)")
+            p.add_argument("--target", default=None, help="class to explain (default: the predicted one)")
+            p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity")
+            p.set_defaults(func=cmd_gradcam)
+
+    p = sub.add_parser("download", help="download BloodMNIST at a size (MD5-checked)")
+    p.add_argument("--size", type=int, choices=SIZES, required=True)
+    p.add_argument("--root", default=None, help="folder (default: medmnist's, or $CELLSCOPE_DATA_DIR)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--runs-dir", default=runs_dir)
+    p.add_argument("--best", action="store_true", help="sort by validation accuracy")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--reindex", action="store_true", help="rebuild the index from the run directories")
+    p.set_defaults(func=cmd_runs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserFacingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,160 @@
+"""Load and check a BloodMNIST-layout npz: `{train,val,test}_images` (N,H,W,3) uint8 and `*_labels` (N,1).
+
+Images stay uint8 in memory (a 224 px training split is 1.8 GB as uint8, four times that as float32).
+Anything that is not in the layout raises `DatasetError` with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import registry
+from .errors import UserFacingError
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(UserFacingError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_counts(self, n_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=n_classes)
+
+    def subset(self, index: np.ndarray) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    source: str
+    train: Split
+    val: Split
+    test: Split
+    labels: tuple[str, ...]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise DatasetError(f"unknown split {name!r}; one of {SPLITS}")
+        return getattr(self, name)
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of about `n` items with the class proportions of `labels`, reproducible for a seed."""
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    picked: list[np.ndarray] = []
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = np.maximum(1, np.floor(counts * n / len(labels)).astype(int))
+    for cls, quota in zip(classes, quotas):
+        members = np.flatnonzero(labels == cls)
+        picked.append(rng.choice(members, size=min(quota, len(members)), replace=False))
+    index = np.sort(np.concatenate(picked))
+    return index[:n] if len(index) > n else index
+
+
+def _check_split(npz: "np.lib.npyio.NpzFile", split: str, n_classes: int, path: Path) -> Split:
+    images_key, labels_key = f"{split}_images", f"{split}_labels"
+    try:
+        images = npz[images_key]
+        labels = npz[labels_key]
+    except ValueError as e:  # object arrays need pickle, which we never allow
+        raise DatasetError(f"{path.name}: {images_key}/{labels_key} cannot be read safely ({e})") from None
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{path.name}: {images_key} has dtype {images.dtype}; expected uint8 pixels 0-255")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise DatasetError(f"{path.name}: {images_key} has shape {images.shape}; expected (N, H, W, 3) RGB")
+    if images.shape[1] != images.shape[2] or images.shape[1] < 8:
+        raise DatasetError(f"{path.name}: {images_key} images are {images.shape[1]}x{images.shape[2]}; "
+                           f"expected square images of at least 8 px")
+    if images.shape[0] == 0:
+        raise DatasetError(f"{path.name}: {images_key} is empty")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{path.name}: {labels_key} has dtype {labels.dtype}; expected integers")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DatasetError(f"{path.name}: {labels_key} has shape {labels.shape}; expected (N, 1) or (N,)")
+    if labels.shape[0] != images.shape[0]:
+        raise DatasetError(f"{path.name}: {images.shape[0]} {split} images but {labels.shape[0]} labels")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= n_classes:
+        raise DatasetError(f"{path.name}: {labels_key} has values {low}..{high}; expected 0..{n_classes - 1} "
+                           f"(BloodMNIST's {n_classes} classes)")
+    return Split(images, labels.astype(np.int64))
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """Load and validate a MedMNIST-layout npz with BloodMNIST's classes."""
+    path = Path(path)
+    labels = registry.label_names()
+    if not path.is_file():
+        raise DatasetError(f"No dataset file at {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"{path.name} is not a readable .npz file ({e.__class__.__name__}: {e})") from None
+    with npz:
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DatasetError(f"{path.name} holds a single array; expected an .npz with "
+                               f"train/val/test images and labels")
+        expected = {f"{s}_{k}" for s in SPLITS for k in ("images", "labels")}
+        missing = sorted(expected - set(npz.files))
+        if missing:
+            raise DatasetError(f"{path.name} lacks {', '.join(missing)}; a MedMNIST npz has "
+                               f"{', '.join(sorted(expected))}")
+        try:
+            splits = {s: _check_split(npz, s, len(labels), path) for s in SPLITS}
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DatasetError(f"{path.name} is damaged ({e.__class__.__name__}: {e})") from None
+    sizes = {s: splits[s].images.shape[1:] for s in SPLITS}
+    if len(set(sizes.values())) != 1:
+        raise DatasetError(f"{path.name}: splits have different image shapes {sizes}")
+    return Dataset(source=str(path), labels=labels, **splits)
+
+
+def resolve(data: str, size: int) -> Path:
+    """The npz a config points at: its `data` path, else BloodMNIST at `size` in the data root."""
+    if data:
+        return Path(data).expanduser()
+    path = registry.local_path(size)
+    if not path.is_file():
+        from .download import offline_message  # noqa: PLC0415 - only for the message
+
+        raise DatasetError(
+            f"BloodMNIST {size} px is not downloaded yet. Run `python -m core download --size {size}`.\n"
+            + offline_message(size, path, "not present locally").split("\n", 1)[1]
+        )
+    return path
+
+
+def load_for_config(data: str, size: int, limit_train: int = 0, seed: int = 0) -> Dataset:
+    dataset = load_npz(resolve(data, size))
+    if dataset.image_size != size:
+        raise DatasetError(f"{Path(dataset.source).name} holds {dataset.image_size} px images but the run asks "
+                           f"for {size} px")
+    if limit_train:
+        index = stratified_subset(dataset.train.labels, limit_train, seed)
+        dataset = Dataset(dataset.source, dataset.train.subset(index), dataset.val, dataset.test, dataset.labels)
+    return dataset

@@ -1,0 +1,102 @@
+"""Read a user's image file safely and bring it to what a model was trained on.
+
+Decoding is by Pillow with its decompression-bomb guard made an error; every problem becomes an
+`ImageInputError` whose message names the file and what is wrong, so one bad file never stops a batch.
+Full-size microscope images (like the 360x363 CellaVision originals) get the MedMNIST recipe by default:
+centre crop 200x200, then bicubic resize, which is how BloodMNIST itself was made.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserFacingError
+
+MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs)
+MIN_SIDE = 8
+MEDMNIST_CROP = 200
+RESIZE_MODES = ("medmnist", "plain")
+
+
+class ImageInputError(UserFacingError, ValueError):
+    pass
+
+
+def decode(data: bytes, name: str = "image") -> np.ndarray:
+    """Bytes of a PNG/JPEG/TIFF/BMP/... -> (H, W, 3) uint8 RGB, or ImageInputError."""
+    if not data:
+        raise ImageInputError(f"{name}: the file is empty")
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageInputError(f"{name}: {img.width}x{img.height} pixels is too large "
+                                          f"(limit {MAX_PIXELS:,} pixels)")
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)  # animated or multi-page: the first frame
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb(img)
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageInputError(f"{name}: the image is too large (limit {MAX_PIXELS:,} pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(f"{name}: not an image Pillow can read (PNG, JPEG, TIFF, BMP, GIF)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageInputError(f"{name}: the image is damaged or truncated ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise ImageInputError(f"{name}: {rgb.shape[1]}x{rgb.shape[0]} pixels is too small "
+                              f"(at least {MIN_SIDE} px a side)")
+    return rgb
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max() or 1.0
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def read_file(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageInputError(f"{path.name}: cannot read the file ({e.strerror or e})") from None
+    return decode(data, path.name)
+
+
+def to_model_input(rgb: np.ndarray, size: int, mode: str = "medmnist") -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8 as the model sees it.
+
+    medmnist: centre-crop a 200x200 square (or the largest centred square if smaller), then bicubic resize.
+    plain: resize the whole image (a non-square one is squashed).
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}")
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return rgb
+    img = Image.fromarray(rgb)
+    if mode == "medmnist":
+        side = min(MEDMNIST_CROP, h, w)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC))

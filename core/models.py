@@ -1,0 +1,118 @@
+"""Build a classifier: backbone -> [attention] -> GlobalAveragePooling -> Dropout -> Dense -> softmax.
+
+The result is one flat functional graph (the backbone is built on our input tensor, never nested as a
+sub-model), so Grad-CAM can reach any inner layer by name. The Dense layer is named `logits` and is
+followed by a softmax named `probabilities`, so explanations can use the pre-softmax score.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from .config import RunConfig
+from .errors import UserFacingError
+from .resnet18 import ResNet18
+
+KERAS_MIN_SIZE = 32  # keras.applications backbones refuse smaller inputs
+SCRATCH_BN_MOMENTUM = 0.9  # Keras' 0.99-0.999 lags far behind the weights on short schedules
+
+_BACKBONES = {
+    "resnet50": keras.applications.ResNet50,
+    "resnet101": keras.applications.ResNet101,
+    "mobilenetv3small": keras.applications.MobileNetV3Small,
+    "efficientnetb0": keras.applications.EfficientNetB0,
+    "densenet121": keras.applications.DenseNet121,
+}
+
+DISPLAY_NAMES = {
+    "resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
+    "mobilenetv3small": "MobileNetV3-Small", "efficientnetb0": "EfficientNet-B0", "densenet121": "DenseNet-121",
+}
+
+
+class WeightsUnavailableError(UserFacingError, RuntimeError):
+    pass
+
+
+def _imagenet_message(arch: str, reason: str) -> str:
+    return (
+        f"ImageNet weights for {DISPLAY_NAMES[arch]} could not be downloaded by Keras ({reason}).\n"
+        f"Choose one of:\n"
+        f"  - train from scratch: weights 'none' (--weights none);\n"
+        f"  - a local weights file for the backbone without its top: --weights PATH\n"
+        f"    (or place Keras' own file in ~/.keras/models/ on this machine; Keras then finds it offline)."
+    )
+
+
+def attention_block(x, name: str = "attention"):
+    """Channel (squeeze-and-excitation) then spatial attention over the backbone's feature map."""
+    channels = x.shape[-1]
+    squeeze = layers.GlobalAveragePooling2D(name=f"{name}_squeeze")(x)
+    excite = layers.Dense(max(8, channels // 16), activation="relu", name=f"{name}_reduce")(squeeze)
+    excite = layers.Dense(channels, activation="sigmoid", name=f"{name}_expand")(excite)
+    excite = layers.Reshape((1, 1, channels), name=f"{name}_reshape")(excite)
+    x = layers.Multiply(name=f"{name}_channel")([x, excite])
+    spatial = layers.Conv2D(1, 7, padding="same", activation="sigmoid", name=f"{name}_spatial_map")(x)
+    return layers.Multiply(name=f"{name}_out")([x, spatial])
+
+
+def _backbone(arch: str, inputs, weights: str | None):
+    if arch == "resnet18":
+        if weights == "imagenet":
+            raise WeightsUnavailableError(
+                "Keras has no ImageNet weights for ResNet-18. Train it from scratch (weights 'none') "
+                "or give a local weights file.")
+        return ResNet18(inputs, weights=weights)
+    constructor = _BACKBONES[arch]
+    try:
+        return constructor(include_top=False, weights=weights, input_tensor=inputs)
+    except WeightsUnavailableError:
+        raise
+    except Exception as e:  # Keras raises a bare Exception("URL fetch failure ...") when offline
+        if weights == "imagenet" and ("fetch" in str(e).lower() or "url" in str(e).lower()
+                                      or isinstance(e, OSError)):
+            raise WeightsUnavailableError(_imagenet_message(arch, str(e).splitlines()[0][:200])) from None
+        if weights not in (None, "imagenet"):
+            raise WeightsUnavailableError(f"Could not load weights file {weights} into {DISPLAY_NAMES[arch]}: "
+                                          f"{e}") from None
+        raise
+
+
+def build_model(config: RunConfig, n_classes: int, image_size: int) -> keras.Model:
+    weights = None if config.weights == "none" else config.weights
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    if config.arch != "resnet18" and image_size < KERAS_MIN_SIZE:
+        x = layers.Resizing(KERAS_MIN_SIZE, KERAS_MIN_SIZE, interpolation="bilinear", name="upsample")(x)
+    backbone = _backbone(config.arch, x, weights)
+    features = backbone.output
+    if config.attention:
+        features = attention_block(features)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    x = layers.Dropout(config.dropout, name="head_dropout")(x)
+    x = layers.Dense(n_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name=f"{config.arch}_bloodcells")
+    if config.from_scratch:
+        for layer in model.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
+    return model
+
+
+def feature_layer_names(model: keras.Model) -> list[str]:
+    """Names of layers with 4-D (spatial) outputs, in graph order: the candidates for CAM methods."""
+    names = []
+    for layer in model.layers:
+        shape = getattr(layer, "output", None)
+        shape = getattr(shape, "shape", None)
+        if shape is not None and len(shape) == 4 and not isinstance(layer, layers.InputLayer):
+            names.append(layer.name)
+    return names
+
+
+def last_conv_block(model: keras.Model) -> str:
+    """The backbone's last spatial output (before attention and pooling): Grad-CAM's default layer."""
+    names = [n for n in feature_layer_names(model) if not n.startswith("attention")]
+    return names[-1]

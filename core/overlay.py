@@ -1,0 +1,33 @@
+"""Draw a heatmap over an image with an OpenCV colormap, for display and PNG export."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
+             "inferno": cv2.COLORMAP_INFERNO, "magma": cv2.COLORMAP_MAGMA}
+
+
+def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) uint8 RGB."""
+    grey = np.clip(heatmap * 255.0, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(grey, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """Blend a coloured heatmap (resized to the image) over an RGB uint8 image."""
+    h, w = rgb.shape[:2]
+    if heatmap.shape != (h, w):
+        heatmap = cv2.resize(heatmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(colorize(heatmap, colormap), float(alpha), rgb, 1.0 - float(alpha), 0.0)
+
+
+def triptych(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
+             display: int = 224) -> np.ndarray:
+    """Original | heatmap | overlay side by side, each scaled up to `display` px for viewing."""
+    scale = max(1, display // max(rgb.shape[:2]))
+    big = cv2.resize(rgb, (rgb.shape[1] * scale, rgb.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    heat = cv2.resize(heatmap.astype(np.float32), big.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    gap = np.full((big.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([big, gap, colorize(heat, colormap), gap, overlay(big, heat, alpha, colormap)], axis=1)

@@ -1,0 +1,251 @@
+"""The run store: one directory per run, and a SQLite index beside it for fast listing.
+
+A run is built in `<runs>/.incomplete/<run_id>/` (config, log, history and checkpoints as training goes)
+and moved to `<runs>/<run_id>/` by one `os.rename` once `metrics.json` and `model.keras` are written. So a
+directory directly under `<runs>/` is always a complete run; a crash leaves only an `.incomplete` one.
+Run ids are generated (time + random), never built from user text.
+
+The index (`<runs>/../index.sqlite`, i.e. `artifacts/index.sqlite`) is derived data: `reindex()` rebuilds
+it from the directories at any time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import RunConfig
+from .errors import UserFacingError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS_ENV = "CELLSCOPE_ARTIFACTS"
+RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+INCOMPLETE = ".incomplete"
+
+CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, LOG_FILE = (
+    "config.json", "history.csv", "metrics.json", "model.keras", "train.log")
+
+
+class RunStoreError(UserFacingError, RuntimeError):
+    pass
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get(ARTIFACTS_ENV, PROJECT_ROOT / "artifacts")) / "runs"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary sibling, fsync, then rename over `path`: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    try:
+        with open(tmp, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def history_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / HISTORY_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A complete run on disk."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(json.loads((self.path / CONFIG_FILE).read_text()))
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return json.loads((self.path / METRICS_FILE).read_text())
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def history(self) -> list[dict[str, float]]:
+        return read_history(self.path)
+
+
+def open_run(path: str | Path) -> Run:
+    """A complete run directory, or RunStoreError saying what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunStoreError(f"No run directory at {path}")
+    missing = [n for n in (CONFIG_FILE, METRICS_FILE, MODEL_FILE) if not (path / n).is_file()]
+    if missing:
+        raise RunStoreError(f"{path} is not a complete run (missing {', '.join(missing)})")
+    return Run(path)
+
+
+class RunWriter:
+    """Builds one run in `.incomplete/<id>/` and publishes it with a single rename."""
+
+    def __init__(self, store: "RunStore", config: RunConfig, run_id: str | None = None):
+        self.store = store
+        self.config = config
+        self.run_id = run_id or new_run_id()
+        if not RUN_ID_PATTERN.match(self.run_id):
+            raise RunStoreError(f"invalid run id {self.run_id!r}")
+        self.work_dir = store.runs_dir / INCOMPLETE / self.run_id
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.work_dir / CONFIG_FILE, config.to_dict())
+        self._log = open(self.work_dir / LOG_FILE, "a", buffering=1)
+
+    def log(self, message: str) -> None:
+        self._log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        write_atomic(self.work_dir / HISTORY_FILE, history_csv(rows))
+
+    def publish(self, metrics: dict[str, Any], save_model) -> Run:
+        """Write metrics and model (via `save_model(path)`), then move the run into place."""
+        tmp_model = self.work_dir / f".tmp-{MODEL_FILE}"
+        save_model(tmp_model)
+        os.replace(tmp_model, self.work_dir / MODEL_FILE)
+        for leftover in self.work_dir.glob("checkpoint*"):
+            leftover.unlink()
+        write_json(self.work_dir / METRICS_FILE, metrics)
+        self.log("run complete")
+        self._log.close()
+        final = self.store.runs_dir / self.run_id
+        os.rename(self.work_dir, final)
+        run = Run(final)
+        self.store.index_run(run)
+        return run
+
+    def close(self) -> None:
+        if not self._log.closed:
+            self._log.close()
+
+
+class RunStore:
+    def __init__(self, runs_dir: str | Path | None = None):
+        self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.runs_dir.parent / "index.sqlite"
+        with closing(self._connect()) as db, db:
+            db.execute(
+                """CREATE TABLE IF NOT EXISTS runs (
+                    run_id TEXT PRIMARY KEY, path TEXT NOT NULL, created REAL NOT NULL,
+                    arch TEXT, size INTEGER, weights TEXT, batch_size INTEGER, epochs INTEGER,
+                    optimizer TEXT, lr REAL, dropout REAL, attention INTEGER, class_weights INTEGER,
+                    seed INTEGER, tags TEXT, best_epoch INTEGER, epochs_run INTEGER,
+                    val_accuracy REAL, val_auc REAL, test_accuracy REAL, test_auc REAL, test_macro_f1 REAL,
+                    train_seconds REAL, images_per_second REAL, config_json TEXT NOT NULL)""")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.index_path, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def writer(self, config: RunConfig) -> RunWriter:
+        return RunWriter(self, config)
+
+    def index_run(self, run: Run) -> None:
+        c, m = run.config, run.metrics
+        row = {
+            "run_id": run.run_id, "path": str(run.path), "created": run.path.stat().st_mtime,
+            "arch": c.arch, "size": c.size, "weights": c.weights, "batch_size": c.batch_size,
+            "epochs": c.epochs, "optimizer": c.optimizer, "lr": c.lr, "dropout": c.dropout,
+            "attention": int(c.attention), "class_weights": int(c.class_weights), "seed": c.seed,
+            "tags": ",".join(c.tags), "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run"),
+            "val_accuracy": m["val"]["accuracy"], "val_auc": m["val"]["auc"],
+            "test_accuracy": m["test"]["accuracy"], "test_auc": m["test"]["auc"],
+            "test_macro_f1": m["test"].get("macro_f1"), "train_seconds": m.get("train_seconds"),
+            "images_per_second": m.get("train_images_per_second"), "config_json": c.to_json(),
+        }
+        cols = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        with closing(self._connect()) as db, db:
+            db.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", row)
+
+    def complete_runs(self) -> Iterator[Run]:
+        for path in sorted(self.runs_dir.iterdir()):
+            if path.is_dir() and RUN_ID_PATTERN.match(path.name) and (path / METRICS_FILE).is_file():
+                yield Run(path)
+
+    def reindex(self) -> int:
+        """Rebuild the index from the run directories; returns the number of runs indexed."""
+        with closing(self._connect()) as db, db:
+            db.execute("DELETE FROM runs")
+        n = 0
+        for run in self.complete_runs():
+            try:
+                self.index_run(run)
+                n += 1
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged run is skipped, never fatal for the listing
+        return n
+
+    def list_runs(self, order_by: str = "created DESC") -> list[dict[str, Any]]:
+        allowed = {"created DESC", "val_accuracy DESC", "test_accuracy DESC"}
+        if order_by not in allowed:
+            raise RunStoreError(f"order_by must be one of {sorted(allowed)}")
+        with closing(self._connect()) as db:
+            rows = [dict(r) for r in db.execute(f"SELECT * FROM runs ORDER BY {order_by}")]
+        return [r for r in rows if Path(r["path"]).is_dir()]
+
+    def count(self) -> int:
+        with closing(self._connect()) as db:
+            return int(db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def best_run(self) -> dict[str, Any] | None:
+        """The run with the highest validation accuracy (never chosen on test)."""
+        rows = self.list_runs("val_accuracy DESC")
+        return rows[0] if rows else None
+
+    def delete(self, run_id: str) -> None:
+        if not RUN_ID_PATTERN.match(run_id):
+            raise RunStoreError(f"invalid run id {run_id!r}")
+        path = self.runs_dir / run_id
+        with closing(self._connect()) as db, db:
+            db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        if path.is_dir():
+            shutil.rmtree(path)
