@@ -1,0 +1,69 @@
+"""Shared fixtures. Tests read the real data in ../shared/data in place and never copy it into the project;
+small subsets are written to pytest's temporary folders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = (PROJECT_ROOT.parent / "shared" / "data").resolve()
+NPZ_28 = SHARED_DATA / "pbc_bloodmnist_28.npz"
+NPZ_64 = SHARED_DATA / "pbc_bloodmnist_64.npz"
+PBC_SAMPLES = SHARED_DATA / "pbc_samples"
+EXTERNAL_DEV = SHARED_DATA / "external_dev"
+
+
+def pytest_configure(config):
+    if not NPZ_28.is_file():
+        raise pytest.UsageError(f"real test data not found at {SHARED_DATA} (expected ../shared/data)")
+
+
+def write_subset(source: Path, target: Path, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Path:
+    """A stratified slice of a real MedMNIST npz, in the same layout."""
+    from core.dataset import stratified_subset
+
+    arrays = {}
+    with np.load(source) as npz:
+        for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+            labels = npz[f"{split}_labels"]
+            index = stratified_subset(labels[:, 0], n, seed)
+            arrays[f"{split}_images"] = npz[f"{split}_images"][index]
+            arrays[f"{split}_labels"] = labels[index]
+    np.savez(target, **arrays)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory) -> Path:
+    """256 train / 128 val / 128 test real 28 px images, all 8 classes."""
+    return write_subset(NPZ_28, tmp_path_factory.mktemp("data") / "tiny28.npz", 256, 128, 128)
+
+
+@pytest.fixture(scope="session")
+def tiny_npz_64(tmp_path_factory) -> Path:
+    return write_subset(NPZ_64, tmp_path_factory.mktemp("data64") / "tiny64.npz", 128, 64, 64)
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    return tmp_path / "artifacts" / "runs"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_npz) -> Path:
+    """One real, tiny ResNet-18 run (1 epoch on 256 images) shared by CLI, CAM and page tests."""
+    from core.config import RunConfig
+    from core.runs import RunStore
+    from core.training import train
+
+    runs = tmp_path_factory.mktemp("shared-artifacts") / "runs"
+    config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=1,
+                       batch_size=32, seed=1, tags=("fixture",))
+    return train(config, RunStore(runs), echo=None).path
