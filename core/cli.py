@@ -98,6 +98,77 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .jobs import JobQueue  # noqa: PLC0415
+    from .runs import RunStore  # noqa: PLC0415
+    from .sweeps import PRESETS_BY_KEY, grid, parse_values  # noqa: PLC0415
+
+    if args.preset:
+        if args.preset not in PRESETS_BY_KEY:
+            raise UserError(f"unknown preset {args.preset!r}; one of {', '.join(PRESETS_BY_KEY)}")
+        configs = PRESETS_BY_KEY[args.preset].configs(repeats=args.repeats)
+    else:
+        values = {}
+        for item in args.grid:
+            name, sep, text = item.partition("=")
+            if not sep:
+                raise UserError(f"--grid takes FIELD=V1,V2,...; got {item!r}")
+            values[name.strip().replace("-", "_")] = parse_values(name.strip().replace("-", "_"), text)
+        configs = grid(config_from_args(args), values, args.repeats)
+    queue = JobQueue(RunStore(args.runs_dir))
+    sweep = f"sweep-{len(configs)}" if len(configs) > 1 else None
+    ids = queue.submit_many(configs, sweep)
+    if not args.no_start:
+        queue.tick()
+    print(f"queued {len(ids)} job(s): {', '.join(map(str, ids))}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from .jobs import JobQueue  # noqa: PLC0415
+    from .runs import RunStore  # noqa: PLC0415
+
+    queue = JobQueue(RunStore(args.runs_dir))
+    if args.max_concurrent:
+        queue.set_max_concurrent(args.max_concurrent)
+    if args.cancel:
+        queue.cancel(args.cancel)
+    if args.resume:
+        queue.resume(args.resume)
+    queue.tick()
+    jobs = queue.list()
+    if args.json:
+        print(json.dumps([{"id": j.id, "status": j.status, "arch": j.config.arch, "size": j.config.size,
+                           "epoch": j.epoch, "epochs": j.epochs, "fraction": j.fraction, "run_path": j.run_path,
+                           "error": j.error} for j in jobs], indent=2))
+        return 0
+    print(f"{'id':>4} {'status':<10} {'arch':<16} {'px':>4} {'bs':>4} {'progress':>9} {'img/s':>6}  run / error")
+    for j in jobs:
+        detail = j.run_path or j.error or ""
+        ips = f"{j.images_per_second:.0f}" if j.images_per_second else ""
+        print(f"{j.id:>4} {j.status:<10} {j.config.arch:<16} {j.config.size:>4} {j.config.batch_size:>4} "
+              f"{100 * j.fraction:>8.0f}% {ips:>6}  {detail[:80]}")
+    if not jobs:
+        print("(no jobs: python -m core submit ...)")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .jobs import worker  # noqa: PLC0415
+    from .runs import RunStore  # noqa: PLC0415
+
+    print("worker: running the job queue; Ctrl-C to stop (running jobs go on)", file=sys.stderr)
+    worker(RunStore(args.runs_dir), poll_seconds=args.poll, once=args.once)
+    return 0
+
+
+def cmd_job_exec(args: argparse.Namespace) -> int:
+    from .jobs import execute  # noqa: PLC0415
+    from .runs import RunStore  # noqa: PLC0415
+
+    return execute(args.job_id, RunStore(args.runs_dir))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .dataset import load_npz, resolve  # noqa: PLC0415
     from .inference import Classifier  # noqa: PLC0415
@@ -221,6 +292,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.add_argument("--runs-dir", default=runs_dir)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("submit", help="queue training jobs: one run, a grid (--grid), or a preset")
+    _add_train_flags(p)
+    p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="sweep a field over values, e.g. --grid batch_size=16,32 --grid lr=1e-3,1e-4")
+    p.add_argument("--repeats", type=int, default=1, help="repeat each configuration with seeds seed, seed+1, ...")
+    p.add_argument("--preset", default=None, help="a study experiment (table1..table9, table12) or classroom")
+    p.add_argument("--no-start", action="store_true", help="only queue; a worker or the app starts them")
+    p.add_argument("--runs-dir", default=runs_dir)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list jobs (and cancel or resume one)")
+    p.add_argument("--cancel", type=int, metavar="ID")
+    p.add_argument("--resume", type=int, metavar="ID")
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="set how many jobs may train at once")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs-dir", default=runs_dir)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("worker", help="run the job queue headless (for a server without a browser)")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the queue")
+    p.add_argument("--once", action="store_true", help="exit when no job is queued or running")
+    p.add_argument("--runs-dir", default=runs_dir)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("job-exec", help=argparse.SUPPRESS)
+    p.add_argument("job_id", type=int)
+    p.add_argument("--runs-dir", default=runs_dir)
+    p.set_defaults(func=cmd_job_exec)
 
     p = sub.add_parser("evaluate", help="score a run's model on val and test of its (or another) npz")
     p.add_argument("--run", required=True, metavar="DIR")

@@ -117,25 +117,68 @@ def validate(c: RunConfig) -> None:
         if not ok:
             raise ConfigError(name, msg)
 
+    # a wrong type (say "0.1" in a hand-edited config.json) is a ConfigError, never a TypeError
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need(isinstance(c.data, str), "data", "must be a file path or empty")
     need(c.arch in ARCHITECTURES, "arch", f"must be one of {', '.join(ARCHITECTURES)}")
     need(c.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
-    need(isinstance(c.size, int) and c.size in SIZES, "size", f"must be one of {SIZES}")
-    need(c.weights in WEIGHT_CHOICES or bool(c.weights.strip()), "weights", "imagenet, none or a file path")
+    need(integer(c.size) and c.size in SIZES, "size", f"must be one of {SIZES}")
+    need(isinstance(c.weights, str) and (c.weights in WEIGHT_CHOICES or bool(c.weights.strip())), "weights",
+         "imagenet, none or a file path")
     need(not (c.arch in NO_IMAGENET_WEIGHTS and c.weights == "imagenet"), "weights",
          f"Keras has no ImageNet weights for {c.arch}; train from scratch (none) or give a weights file")
     if c.weights not in WEIGHT_CHOICES:
         need(os.path.isfile(c.weights), "weights", f"no such weights file: {c.weights}")
-    need(isinstance(c.batch_size, int) and 1 <= c.batch_size <= 1024, "batch_size", "must be 1..1024")
-    need(isinstance(c.epochs, int) and 1 <= c.epochs <= 1000, "epochs", "must be 1..1000")
-    need(0.0 < c.lr <= 1.0, "lr", "must be in (0, 1]")
-    need(0.0 <= c.momentum < 1.0, "momentum", "must be in [0, 1)")
-    need(0.0 <= c.dropout < 1.0, "dropout", "must be in [0, 1)")
-    need(isinstance(c.patience, int) and c.patience >= 0, "patience", "must be >= 0 (0 = off)")
-    need(isinstance(c.limit_train, int) and c.limit_train >= 0, "limit_train", "must be >= 0 (0 = all)")
-    need(0.0 <= c.aug_shear <= 0.8, "aug_shear", "radians, must be in [0, 0.8]")
-    need(0.0 <= c.aug_zoom < 1.0, "aug_zoom", "must be in [0, 1)")
+    need(integer(c.batch_size) and 1 <= c.batch_size <= 1024, "batch_size", "must be 1..1024")
+    need(integer(c.epochs) and 1 <= c.epochs <= 1000, "epochs", "must be 1..1000")
+    need(number(c.lr) and 0.0 < c.lr <= 1.0, "lr", "must be in (0, 1]")
+    need(number(c.momentum) and 0.0 <= c.momentum < 1.0, "momentum", "must be in [0, 1)")
+    need(number(c.dropout) and 0.0 <= c.dropout < 1.0, "dropout", "must be in [0, 1)")
+    need(integer(c.patience) and c.patience >= 0, "patience", "must be >= 0 (0 = off)")
+    need(integer(c.limit_train) and c.limit_train >= 0, "limit_train", "must be >= 0 (0 = all)")
+    need(number(c.aug_shear) and 0.0 <= c.aug_shear <= 0.8, "aug_shear", "radians, must be in [0, 0.8]")
+    need(number(c.aug_zoom) and 0.0 <= c.aug_zoom < 1.0, "aug_zoom", "must be in [0, 1)")
     need(c.bn_recalibration in BN_RECALIBRATION, "bn_recalibration", f"one of {BN_RECALIBRATION}")
-    need(isinstance(c.bn_recalibration_batches, int) and c.bn_recalibration_batches >= 1,
+    need(integer(c.bn_recalibration_batches) and c.bn_recalibration_batches >= 1,
          "bn_recalibration_batches", "must be >= 1")
-    need(isinstance(c.seed, int) and 0 <= c.seed < 2**31, "seed", "must be in [0, 2^31)")
-    need(all(isinstance(t, str) for t in c.tags), "tags", "must be text")
+    need(integer(c.seed) and 0 <= c.seed < 2**31, "seed", "must be in [0, 2^31)")
+    for flag in ("attention", "class_weights", "aug_hflip", "aug_vflip", "aug_rot90", "deterministic"):
+        need(isinstance(getattr(c, flag), bool), flag, "must be true or false")
+    need(isinstance(c.tags, (tuple, list)) and all(isinstance(t, str) for t in c.tags), "tags",
+         "must be a list of text labels")
+
+
+# One line per field that teaches what it does: shown next to every input of the Train page and usable
+# in classroom demos.
+FIELD_HELP: dict[str, str] = {
+    "data": "A MedMNIST-layout .npz file to train on; leave empty to use BloodMNIST at the chosen size.",
+    "size": "Image side in pixels. Larger images show more detail of nucleus and granules but train slower.",
+    "limit_train": "Train on only this many training images (same class mix) for quick runs; 0 uses all.",
+    "arch": "The network. Deeper ResNets see more complex patterns; MobileNet and EfficientNet are light.",
+    "weights": "Start from ImageNet-pretrained filters (transfer learning) or from random ones ('none').",
+    "dropout": "Share of features randomly switched off in each training step; fights overfitting.",
+    "attention": "Adds a block that learns which channels and image regions to emphasise.",
+    "batch_size": "Images per weight update. Small batches add helpful noise; large ones are faster per image.",
+    "epochs": "How many times the model sees the whole training set. The best epoch on validation is kept.",
+    "optimizer": "The update rule: Adam and RMSprop adapt step sizes per weight; SGD uses one, with momentum.",
+    "lr": "Learning rate: the size of each update step. Too large diverges, too small learns slowly.",
+    "momentum": "SGD only: how much of the previous step carries into the next, smoothing the path.",
+    "class_weights": "Weights the loss so rare cell types count as much as common ones.",
+    "patience": "Stop after this many epochs without a better validation accuracy; 0 never stops early.",
+    "aug_shear": "Random shear of training images, up to this many radians either way (0.2 rad = 11.5°).",
+    "aug_zoom": "Random zoom of training images by a factor between 1-z and 1+z.",
+    "aug_hflip": "Randomly mirror training images left-right (a cell has no left or right).",
+    "aug_vflip": "Randomly mirror training images top-bottom (a cell has no up or down either).",
+    "aug_rot90": "Randomly turn training images by 0, 90, 180 or 270 degrees.",
+    "bn_recalibration": "Re-estimate BatchNorm statistics before each evaluation; 'auto' does it when "
+                        "training from scratch, where stale statistics can make every prediction one class.",
+    "bn_recalibration_batches": "How many training batches the BatchNorm re-estimate averages over.",
+    "seed": "Random seed for data order, augmentation and initial weights; repeats use seed, seed+1, ...",
+    "deterministic": "Use deterministic TensorFlow ops: the same seed then gives identical results (slower).",
+    "tags": "Free labels to find and group runs on the results page.",
+}

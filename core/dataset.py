@@ -7,6 +7,7 @@ Anything that is not in the layout raises `DatasetError` with a message a user c
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     picked: list[np.ndarray] = []
     classes, counts = np.unique(labels, return_counts=True)
     quotas = np.maximum(1, np.floor(counts * n / len(labels)).astype(int))
+    # at least one per class can overshoot n: take the excess from the largest classes, never a whole class
+    for _ in range(int(quotas.sum()) - n):
+        if quotas.max() <= 1:
+            break
+        quotas[np.argmax(quotas)] -= 1
     for cls, quota in zip(classes, quotas):
         members = np.flatnonzero(labels == cls)
         picked.append(rng.choice(members, size=min(quota, len(members)), replace=False))
@@ -112,13 +118,22 @@ def load_npz(path: str | Path) -> Dataset:
     if not path.is_file():
         raise DatasetError(f"No dataset file at {path}")
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DatasetError(f"{path.name}: cannot read the file ({e.strerror or e})") from None
+    # np.load treats anything that is neither a zip nor a .npy as a pickle and says so; name the real problem
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        raise DatasetError(f"{path.name} is not an .npz file ({'empty' if not head else 'not a zip archive'}); "
+                           f"expected a MedMNIST-layout npz with train/val/test images and labels")
+    try:
         npz = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise DatasetError(f"{path.name} is not a readable .npz file ({e.__class__.__name__}: {e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # a .npy: one array, and no context manager
+        raise DatasetError(f"{path.name} holds a single array; expected an .npz with "
+                           f"train/val/test images and labels")
     with npz:
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise DatasetError(f"{path.name} holds a single array; expected an .npz with "
-                               f"train/val/test images and labels")
         expected = {f"{s}_{k}" for s in SPLITS for k in ("images", "labels")}
         missing = sorted(expected - set(npz.files))
         if missing:
@@ -126,12 +141,31 @@ def load_npz(path: str | Path) -> Dataset:
                                f"{', '.join(sorted(expected))}")
         try:
             splits = {s: _check_split(npz, s, len(labels), path) for s in SPLITS}
-        except (zipfile.BadZipFile, EOFError, OSError) as e:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # zlib: a damaged compressed npz
             raise DatasetError(f"{path.name} is damaged ({e.__class__.__name__}: {e})") from None
     sizes = {s: splits[s].images.shape[1:] for s in SPLITS}
     if len(set(sizes.values())) != 1:
         raise DatasetError(f"{path.name}: splits have different image shapes {sizes}")
     return Dataset(source=str(path), labels=labels, **splits)
+
+
+def class_counts(path: str | Path) -> dict[str, list[int]]:
+    """Images per class in each split, reading only the label arrays (fast even for 224 px files)."""
+    path = Path(path)
+    n_classes = len(registry.label_names())
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            out = {}
+            for split in SPLITS:
+                labels = np.asarray(npz[f"{split}_labels"]).reshape(-1)
+                if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+                    raise DatasetError(f"{path.name}: {split}_labels outside 0..{n_classes - 1}")
+                out[split] = np.bincount(labels.astype(np.int64), minlength=n_classes).tolist()
+            return out
+    except DatasetError:
+        raise
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DatasetError(f"{path.name} is not a readable MedMNIST npz ({e.__class__.__name__}: {e})") from None
 
 
 def resolve(data: str, size: int) -> Path:

@@ -7,6 +7,7 @@ never looks like a dataset.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -68,7 +69,8 @@ def download(size: int, root: Path | None = None, progress: ProgressFn | None = 
                     progress(done, total)
             out.flush()
             os.fsync(out.fileno())
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as e:
+        # HTTPException: e.g. IncompleteRead when the connection drops inside a chunked response
         part.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
         raise DownloadError(offline_message(size, target, str(reason))) from None

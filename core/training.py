@@ -261,7 +261,8 @@ class Trainer:
                 self.log("cancelled")
                 raise TrainingCancelled(self.writer.work_dir, len(self.history))
             return self._finish()
-        except TrainingCancelled:
+        except (TrainingCancelled, KeyboardInterrupt):
+            self.writer.log("stopped; the last completed epoch's checkpoint is kept for resuming")
             self.writer.close()
             raise
         except BaseException as e:

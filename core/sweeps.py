@@ -1,0 +1,196 @@
+"""Sweeps (a grid over any RunConfig fields, with repeats over seeds), the study's experiments as presets,
+and duration estimates from the speed this machine measured in earlier runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable, Mapping, Sequence
+
+from .config import ConfigError, RunConfig
+
+# Approximate training cost per image relative to ResNet-50 at 64 px (forward GFLOPs at 224 px, scaled by
+# the pixel count each backbone actually computes on). Used only when no earlier run of that
+# architecture and size exists to measure from.
+GFLOPS_224 = {"resnet18": 1.8, "resnet50": 4.1, "resnet101": 7.8, "mobilenetv3small": 0.06,
+              "efficientnetb0": 0.39, "densenet121": 2.9}
+# Measured on this project's 2-core development machine (ResNet-50, 64 px, batch 32, from scratch).
+FALLBACK_RESNET50_64_IPS = 55.0
+EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
+
+
+def effective_size(arch: str, size: int) -> int:
+    if arch == "resnet18":
+        return size * 4 if size <= 32 else size  # stride-1 stem without max-pool keeps 4x the pixels
+    return max(size, 32)
+
+
+def relative_cost(arch: str, size: int) -> float:
+    return GFLOPS_224[arch] * (effective_size(arch, size) / 224) ** 2
+
+
+def grid(base: RunConfig, values: Mapping[str, Sequence[Any]], repeats: int = 1) -> list[RunConfig]:
+    """Every combination of `values` applied to `base`, each repeated with seeds base.seed, +1, ..."""
+    known = set(RunConfig.field_names())
+    for name in values:
+        if name not in known:
+            raise ConfigError(name, "not a run setting")
+        if name == "seed":
+            raise ConfigError(name, "use repeats to vary seeds")
+        if not values[name]:
+            raise ConfigError(name, "give at least one value")
+    if not 1 <= repeats <= 50:
+        raise ConfigError("repeats", "must be 1..50")
+    names = list(values)
+    out = []
+    for combo in itertools.product(*(values[n] for n in names)):
+        changes = dict(zip(names, combo))
+        if "arch" in changes and "weights" not in changes and base.weights in ("imagenet", "none"):
+            changes["weights"] = base.weights if base.weights == "none" else RunConfig.default_weights(changes["arch"])
+        for r in range(repeats):
+            out.append(base.replace(**changes, seed=base.seed + r))
+    return out
+
+
+@dataclass(frozen=True)
+class Speed:
+    images_per_second: float
+    source: str  # "measured" (same arch and size), "scaled" (from other runs) or "default"
+
+
+def training_speed(config: RunConfig, history: Iterable[Mapping[str, Any]]) -> Speed:
+    """Images/s for `config`, from earlier runs (rows of the run index) where possible."""
+    rows = [r for r in history if r.get("images_per_second")]
+    same = [r["images_per_second"] for r in rows if r["arch"] == config.arch and r["size"] == config.size]
+    if same:
+        return Speed(statistics.median(same), "measured")
+    if rows:
+        scaled = [r["images_per_second"] * relative_cost(r["arch"], r["size"]) / relative_cost(config.arch, config.size)
+                  for r in rows if r["arch"] in GFLOPS_224]
+        if scaled:
+            return Speed(statistics.median(scaled), "scaled")
+    return Speed(FALLBACK_RESNET50_64_IPS * relative_cost("resnet50", 64) / relative_cost(config.arch, config.size),
+                 "default")
+
+
+def estimate_seconds(config: RunConfig, n_train: int, n_val: int, n_test: int,
+                     history: Iterable[Mapping[str, Any]]) -> tuple[float, Speed]:
+    """Wall time for one run: its epochs of training, a validation pass per epoch, one test pass."""
+    speed = training_speed(config, list(history))
+    n_train = min(n_train, config.limit_train) if config.limit_train else n_train
+    ips = speed.images_per_second
+    per_epoch = n_train / ips + n_val / (ips * EVAL_SPEEDUP)
+    if config.recalibrate_bn:
+        per_epoch += min(n_train, config.bn_recalibration_batches * config.batch_size) / (ips * EVAL_SPEEDUP)
+    return config.epochs * per_epoch + n_test / (ips * EVAL_SPEEDUP), speed
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unknown"
+    minutes = seconds / 60
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    hours = minutes / 60
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+# -- presets ---------------------------------------------------------------------------------------------
+STUDY_BASE = dict(arch="resnet50", size=64, weights="imagenet", batch_size=32, dropout=0.3, optimizer="adam",
+                  lr=1e-4, epochs=10, attention=False, class_weights=False)
+ATTN_CW = dict(attention=True, class_weights=True)
+
+
+@dataclass(frozen=True)
+class Preset:
+    key: str
+    title: str
+    description: str
+    base: Mapping[str, Any]
+    values: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    # For experiments whose runs are not a plain grid (e.g. optimizer with its own learning rate)
+    variants: Sequence[Mapping[str, Any]] = ()
+
+    def configs(self, overrides: Mapping[str, Any] | None = None, repeats: int = 1) -> list[RunConfig]:
+        base = RunConfig(**{**self.base, **(overrides or {})})
+        if self.variants:
+            return [c for v in self.variants for c in grid(base.replace(**v), {}, repeats)]
+        return grid(base, self.values, repeats)
+
+
+def _opt(name: str, lr: float, momentum: float = 0.9) -> dict[str, Any]:
+    return {"optimizer": name, "lr": lr, "momentum": momentum}
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset("classroom", "Classroom quick run",
+           "ResNet-18 from scratch on 28 px BloodMNIST, 2,000 training images, 3 epochs: a few minutes on a "
+           "laptop CPU, good enough to see learning curves and a confusion matrix.",
+           dict(arch="resnet18", size=28, weights="none", batch_size=64, epochs=3, lr=1e-3, limit_train=2000,
+                dropout=0.3, optimizer="adam")),
+    Preset("table1", "Study Table 1: batch size",
+           "ResNet-50, 64 px: batch size 16 vs 32.", STUDY_BASE, {"batch_size": [16, 32]}),
+    Preset("table2", "Study Table 2: class-weighted loss and attention",
+           "ResNet-50, 64 px, batch 32: plain, class-weighted loss, class-weighted loss + attention.",
+           STUDY_BASE, variants=({}, {"class_weights": True}, ATTN_CW)),
+    Preset("table3", "Study Table 3: optimizers",
+           "With attention and class weights: Adam 1e-4, RMSprop 1e-4, SGD 1e-3 momentum 0.9.",
+           {**STUDY_BASE, **ATTN_CW},
+           variants=(_opt("adam", 1e-4), _opt("rmsprop", 1e-4), _opt("sgd", 1e-3, 0.9))),
+    Preset("table4", "Study Table 4: SGD momentum",
+           "SGD at learning rate 1e-3 with momentum 0.9, 0.8, 0.7, 0.5 (attention + class weights).",
+           {**STUDY_BASE, **ATTN_CW, "optimizer": "sgd", "lr": 1e-3}, {"momentum": [0.9, 0.8, 0.7, 0.5]}),
+    Preset("table5", "Study Table 5: SGD learning rate",
+           "SGD momentum 0.8 at learning rates 1e-2, 1e-3, 1e-4 (attention + class weights).",
+           {**STUDY_BASE, **ATTN_CW, "optimizer": "sgd", "momentum": 0.8}, {"lr": [1e-2, 1e-3, 1e-4]}),
+    Preset("table6", "Study Table 6: Adam learning rate",
+           "Adam at 1e-2, 1e-3, 3e-4, 5e-4, 1e-4, 1e-5 (attention + class weights).",
+           {**STUDY_BASE, **ATTN_CW}, {"lr": [1e-2, 1e-3, 3e-4, 5e-4, 1e-4, 1e-5]}),
+    Preset("table7", "Study Table 7: RMSprop learning rate",
+           "RMSprop at 1e-2, 1e-3, 3e-4, 5e-4, 1e-4, 1e-5 (attention + class weights).",
+           {**STUDY_BASE, **ATTN_CW, "optimizer": "rmsprop"}, {"lr": [1e-2, 1e-3, 3e-4, 5e-4, 1e-4, 1e-5]}),
+    Preset("table8", "Study Table 8: best optimizers with and without attention + class weights",
+           "Adam 1e-4, RMSprop 1e-4, SGD 1e-3 momentum 0.8, each plain and with attention + class weights.",
+           STUDY_BASE, variants=tuple({**o, **extra} for extra in ({}, ATTN_CW)
+                                      for o in (_opt("adam", 1e-4), _opt("rmsprop", 1e-4), _opt("sgd", 1e-3, 0.8)))),
+    Preset("table9", "Study Table 9: dropout",
+           "ResNet-50, 64 px, batch 32, Adam 1e-4: dropout 0.3, 0.4, 0.5.", STUDY_BASE, {"dropout": [0.3, 0.4, 0.5]}),
+    Preset("table12", "Study Table 12: architecture x resolution x batch size",
+           "ResNet-50 and ResNet-101 at 64, 128 and 224 px, batch 16 and 32 (dropout 0.3, Adam 1e-4).",
+           STUDY_BASE, {"arch": ["resnet101", "resnet50"], "size": [224, 128, 64], "batch_size": [16, 32]}),
+)
+PRESETS_BY_KEY = {p.key: p for p in PRESETS}
+
+
+def field_type(name: str) -> type:
+    for f in fields(RunConfig):
+        if f.name == name:
+            return {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type), str)
+    raise ConfigError(name, "not a run setting")
+
+
+def parse_values(name: str, text: str) -> list[Any]:
+    """'16, 32' -> [16, 32] typed for the field; for sweep forms and the command line."""
+    kind = field_type(name)
+    out: list[Any] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            if kind is bool:
+                if part.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(part)
+                out.append(part.lower() in ("true", "1", "yes", "on"))
+            else:
+                out.append(kind(part) if kind is not int else int(float(part)) if float(part).is_integer()
+                           else int(part))
+        except ValueError:
+            raise ConfigError(name, f"{part!r} is not a valid {kind.__name__}") from None
+    if not out:
+        raise ConfigError(name, "give at least one value")
+    return out
