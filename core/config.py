@@ -16,6 +16,10 @@ from typing import Any
 from .errors import UserFacingError
 
 ARCHITECTURES = ("resnet18", "resnet50", "resnet101", "mobilenetv3small", "efficientnetb0", "densenet121")
+DISPLAY_NAMES = {
+    "resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
+    "mobilenetv3small": "MobileNetV3-Small", "efficientnetb0": "EfficientNet-B0", "densenet121": "DenseNet-121",
+}
 NO_IMAGENET_WEIGHTS = ("resnet18",)  # written here; keras.applications has none for it
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SIZES = (28, 64, 128, 224)

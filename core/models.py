@@ -7,10 +7,12 @@ followed by a softmax named `probabilities`, so explanations can use the pre-sof
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 from keras import layers
 
-from .config import RunConfig
+from .config import DISPLAY_NAMES, RunConfig
 from .errors import UserFacingError
 from .resnet18 import ResNet18
 
@@ -25,10 +27,6 @@ _BACKBONES = {
     "densenet121": keras.applications.DenseNet121,
 }
 
-DISPLAY_NAMES = {
-    "resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
-    "mobilenetv3small": "MobileNetV3-Small", "efficientnetb0": "EfficientNet-B0", "densenet121": "DenseNet-121",
-}
 
 
 class WeightsUnavailableError(UserFacingError, RuntimeError):
@@ -63,7 +61,13 @@ def _backbone(arch: str, inputs, weights: str | None):
             raise WeightsUnavailableError(
                 "Keras has no ImageNet weights for ResNet-18. Train it from scratch (weights 'none') "
                 "or give a local weights file.")
-        return ResNet18(inputs, weights=weights)
+        try:
+            return ResNet18(inputs, weights=weights)
+        except Exception as e:  # a file that is not ResNet-18 backbone weights: same message as below
+            if weights:
+                raise WeightsUnavailableError(f"Could not load weights file {weights} into "
+                                              f"{DISPLAY_NAMES[arch]}: {e}") from None
+            raise
     constructor = _BACKBONES[arch]
     try:
         return constructor(include_top=False, weights=weights, input_tensor=inputs)
@@ -116,3 +120,62 @@ def last_conv_block(model: keras.Model) -> str:
     """The backbone's last spatial output (before attention and pooling): Grad-CAM's default layer."""
     names = [n for n in feature_layer_names(model) if not n.startswith("attention")]
     return names[-1]
+
+
+@dataclass(frozen=True)
+class CamLayer:
+    """A layer worth explaining from: a block output, with its feature map's size."""
+
+    name: str
+    height: int
+    width: int
+    channels: int
+    default: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.height}×{self.width}{', default' if self.default else ''})"
+
+
+_BLOCK_SUFFIXES = ("_out", "_add", "_concat")
+
+
+def cam_layers(model: keras.Model) -> list[CamLayer]:
+    """The layers to offer for CAM methods: the last block output at each spatial size, in graph order.
+
+    Block outputs are layers named like keras.applications' and our ResNet-18's (`*_out`), residual adds
+    (`*_add`: MobileNetV3, EfficientNet) or dense-block concatenations (DenseNet); the backbone's last
+    spatial layer (the default) and an attention block's output are always included. Maps of 1x1 (the
+    squeeze-and-excitation pools) are left out: they have no spatial extent to show.
+    """
+    default = last_conv_block(model)
+    by_size: dict[tuple[int, int], str] = {}
+    extra = []
+    for layer in model.layers:
+        name = layer.name
+        if name not in (default,) and not name.endswith(_BLOCK_SUFFIXES):
+            continue
+        shape = getattr(getattr(layer, "output", None), "shape", None)
+        if shape is None or len(shape) != 4 or shape[1] is None or (min(shape[1], shape[2]) < 2 and name != default):
+            continue
+        if name.startswith("attention"):
+            extra.append(layer)
+            continue
+        by_size[(shape[1], shape[2])] = name  # later layers of the same size replace earlier ones
+    by_size[tuple(model.get_layer(default).output.shape[1:3])] = default
+    names = set(by_size.values()) | {layer.name for layer in extra}
+    out = []
+    for layer in model.layers:
+        if layer.name in names:
+            _, h, w, c = layer.output.shape
+            out.append(CamLayer(layer.name, int(h), int(w), int(c), layer.name == default))
+    return out
+
+
+def coarse_map_note(image_size: int, layer: CamLayer) -> str:
+    """A sentence on how coarse a layer's map is for this input size."""
+    cell = image_size / max(layer.height, 1)
+    return (f"At {image_size} px, `{layer.name}` gives a {layer.height}×{layer.width} map: each cell covers "
+            f"about {cell:.0f}×{cell:.0f} input pixels, so the heatmap is only a blur of "
+            f"{layer.height * layer.width} values stretched over the image. Earlier blocks give finer maps but "
+            f"see simpler features (edges, colour) rather than whole-cell evidence.")

@@ -1,0 +1,118 @@
+"""The app shell and home page, run headless with Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.overview import human_bytes
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+APP = str(PROJECT_ROOT / "app.py")
+HOME = PROJECT_ROOT / "pages" / "home.py"
+TIMEOUT = 60  # seconds per script run; the machine may be busy training
+
+
+def texts(at: AppTest) -> str:
+    """Every piece of text the page shows, joined (markdown, captions, code, alerts, metrics, headings)."""
+    parts = []
+    for kind in ("title", "subheader", "markdown", "caption", "code", "info", "error", "warning", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [f"{m.label}: {m.value}" for m in at.metric]
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def data_dir(tmp_path, tiny_npz) -> Path:
+    """A data root holding a real (small) BloodMNIST 28 px file under its medmnist name."""
+    root = tmp_path / "medmnist"
+    root.mkdir()
+    shutil.copy(tiny_npz, root / "bloodmnist.npz")
+    return root
+
+
+def run_app(monkeypatch, artifacts: Path, data: Path) -> AppTest:
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("CELLSCOPE_DATA_DIR", str(data))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_empty_state(monkeypatch, tmp_path):
+    empty_data = tmp_path / "no-data"
+    at = run_app(monkeypatch, tmp_path / "artifacts", empty_data)
+    shown = texts(at)
+    assert at.title[0].value == "CellScope"
+    assert "classes (basophil, eosinophil, erythroblast, immature granulocytes, lymphocyte" in shown
+    assert "No runs yet" in shown
+    assert (f"python -m core download --size 28\npython -m core train --data {empty_data / 'bloodmnist.npz'} "
+            "--arch resnet18 --epochs 1 --limit-train 512") in shown
+    for size in (28, 64, 128, 224):
+        assert f"python -m core download --size {size}" in shown
+        assert str(empty_data / ("bloodmnist.npz" if size == 28 else f"bloodmnist_{size}.npz")) in shown
+    assert not at.dataframe and not at.error
+
+
+def test_with_a_run_and_data(monkeypatch, trained_run, data_dir):
+    artifacts = Path(trained_run).parent.parent
+    at = run_app(monkeypatch, artifacts, data_dir)
+    shown = texts(at)
+    assert "**1** run in" in shown
+    assert f"Run `{trained_run.name}`" in shown
+    assert "ResNet-18 · 28 px · from scratch · batch 32" in shown
+    assert {m.label for m in at.metric} == {"Val accuracy", "Test accuracy", "Test AUC", "Best epoch"}
+    # 28 px is present with its size on disk; the other sizes say how to get them
+    n_bytes = (data_dir / "bloodmnist.npz").stat().st_size
+    assert f"**28 px** · `bloodmnist.npz` · {human_bytes(n_bytes)}" in shown
+    assert "python -m core download --size 28" not in shown
+    assert "python -m core download --size 64" in shown
+    assert "No runs yet" not in shown
+    table = at.dataframe[0].value
+    assert list(table["Run"]) == [trained_run.name]
+    assert not at.error
+
+
+def test_store_errors_are_shown_not_raised(monkeypatch, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "runs").mkdir(parents=True)
+    (artifacts / "index.sqlite").write_bytes(b"not a database" * 100)
+    at = run_app(monkeypatch, artifacts, tmp_path / "no-data")
+    assert len(at.error) == 1 and "--reindex" in at.error[0].value
+    assert "Data" in texts(at)  # the rest of the page still renders
+
+
+def test_empty_state_suggests_a_present_data_file(monkeypatch, tmp_path, data_dir):
+    at = run_app(monkeypatch, tmp_path / "artifacts", data_dir)
+    (code,) = [c.value for c in at.code if "core train" in c.value]
+    assert code == (f"python -m core train --data {data_dir / 'bloodmnist.npz'} "
+                    "--arch resnet18 --epochs 1 --limit-train 512")
+
+
+def page_imports() -> list[str]:
+    """The modules pages/home.py imports, read from its source."""
+    tree = ast.parse(HOME.read_text())
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_the_home_page_does_not_load_tensorflow():
+    modules = page_imports()
+    assert "core.overview" in modules and "streamlit" in modules
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
