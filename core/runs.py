@@ -30,7 +30,7 @@ from .errors import UserFacingError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_ENV = "CELLSCOPE_ARTIFACTS"
-RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+RUN_ID_PATTERN = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")  # \Z: "$" would accept a trailing newline
 INCOMPLETE = ".incomplete"
 
 CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, LOG_FILE = (
@@ -84,6 +84,14 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
         return []
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def per_class_f1_json(metrics: dict[str, Any]) -> str | None:
+    """The test split's per-class F1 as JSON {label: f1}, as the index stores it; None when absent."""
+    per_class = metrics.get("test", {}).get("per_class")
+    if not per_class:
+        return None
+    return json.dumps({label: v["f1"] for label, v in per_class.items()})
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,37 @@ class RunStore:
                     seed INTEGER, tags TEXT, best_epoch INTEGER, epochs_run INTEGER,
                     val_accuracy REAL, val_auc REAL, test_accuracy REAL, test_auc REAL, test_macro_f1 REAL,
                     train_seconds REAL, images_per_second REAL, config_json TEXT NOT NULL)""")
+            added = self._migrate(db)
+        if "per_class_f1" in added:
+            self._backfill_per_class_f1()
+
+    # Columns added after the first release; an older index gains them on open (ALTER TABLE ADD COLUMN).
+    # per_class_f1: JSON {label: test F1} at the best epoch, for the results matrix without reading metrics.json.
+    ADDED_COLUMNS = (("per_class_f1", "TEXT"),)
+
+    def _migrate(self, db: sqlite3.Connection) -> list[str]:
+        present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        added = []
+        for name, kind in self.ADDED_COLUMNS:
+            if name not in present:
+                try:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                    added.append(name)
+                except sqlite3.OperationalError as e:  # another process added it first
+                    if "duplicate column" not in str(e):
+                        raise
+        return added
+
+    def _backfill_per_class_f1(self) -> None:
+        """Fill the new column once for runs indexed before it existed (reads their metrics.json)."""
+        with closing(self._connect()) as db, db:
+            rows = db.execute("SELECT run_id, path FROM runs WHERE per_class_f1 IS NULL").fetchall()
+            for row in rows:
+                try:
+                    value = per_class_f1_json(Run(Path(row["path"])).metrics)
+                except (OSError, ValueError, KeyError):
+                    continue
+                db.execute("UPDATE runs SET per_class_f1 = ? WHERE run_id = ?", (value, row["run_id"]))
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.index_path, timeout=30)
@@ -200,6 +239,7 @@ class RunStore:
             "test_accuracy": m["test"]["accuracy"], "test_auc": m["test"]["auc"],
             "test_macro_f1": m["test"].get("macro_f1"), "train_seconds": m.get("train_seconds"),
             "images_per_second": m.get("train_images_per_second"), "config_json": c.to_json(),
+            "per_class_f1": per_class_f1_json(m),
         }
         cols = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)

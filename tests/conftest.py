@@ -42,7 +42,7 @@ def write_subset(source: Path, target: Path, n_train: int, n_val: int, n_test: i
 
 @pytest.fixture(scope="session")
 def tiny_npz(tmp_path_factory) -> Path:
-    """256 train / 128 val / 128 test real 28 px images, all 8 classes."""
+    """About 256 train / 128 val / 128 test real 28 px images (stratified, all 8 classes)."""
     return write_subset(NPZ_28, tmp_path_factory.mktemp("data") / "tiny28.npz", 256, 128, 128)
 
 

@@ -1,0 +1,235 @@
+"""`python -m core ...` as a user runs it: real subprocesses, real data, real (tiny) models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PBC_SAMPLES, PROJECT_ROOT
+from core import registry
+from core.runs import RUN_ID_PATTERN, RunStore, open_run
+
+RUN_FILES = {"config.json", "history.csv", "metrics.json", "model.keras", "train.log"}
+TIMEOUT = 600  # the machine is shared; TensorFlow start-up alone can take a while under load
+JPEGS = [PBC_SAMPLES / "neutrophil", PBC_SAMPLES / "platelet"]
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory) -> dict[str, str]:
+    """Artifacts and the data root in temporary folders, so nothing touches the project or ~/.medmnist."""
+    base = tmp_path_factory.mktemp("cli")
+    (base / "empty-data").mkdir()
+    env = dict(os.environ)
+    env.update({"CELLSCOPE_ARTIFACTS": str(base / "artifacts"), registry.DATA_DIR_ENV: str(base / "empty-data"),
+                "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *phrases: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for phrase in phrases:
+        assert phrase in errors[0], errors[0]
+    return errors[0]
+
+
+def sample(folder: Path) -> Path:
+    return sorted(folder.glob("*.jpg"))[0]
+
+
+# -- train and runs --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_run(cli_env, tiny_npz, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    runs_dir = tmp_path_factory.mktemp("cli-runs") / "runs"
+    proc = cli(cli_env, "train", "--data", tiny_npz, "--arch", "resnet18", "--epochs", "1", "--limit-train", "64",
+               "--batch-size", "32", "--runs-dir", runs_dir, "--tag", "cli-test")
+    return proc, runs_dir
+
+
+def test_train_prints_complete_run_dir_last(cli_run, tiny_npz):
+    proc, runs_dir = cli_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    run_dir = Path(last)
+    assert run_dir.parent == runs_dir
+    assert RUN_ID_PATTERN.match(run_dir.name)
+    assert {p.name for p in run_dir.iterdir()} == RUN_FILES
+    run = open_run(run_dir)
+    c = run.config
+    assert (c.arch, c.weights, c.size, c.epochs, c.limit_train, c.batch_size, c.tags) == \
+        ("resnet18", "none", 28, 1, 64, 32, ("cli-test",))  # size taken from the file; weights defaulted
+    assert c.data == str(tiny_npz)
+    m = run.metrics
+    assert m["dataset"]["n_train"] <= 64 and m["epochs_run"] == 1 and m["best_epoch"] == 1
+    assert 0.0 <= m["val"]["accuracy"] <= 1.0 and m["test"]["n"] == m["dataset"]["n_test"]
+    assert len(run.history()) == 1
+    assert "epoch 1/1" in proc.stderr  # progress and the log go to stderr, the result to stdout
+    assert not (runs_dir / ".incomplete").exists() or not any((runs_dir / ".incomplete").iterdir())
+
+
+def test_runs_lists_the_run(cli_run, cli_env):
+    proc, runs_dir = cli_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = Path(proc.stdout.strip().splitlines()[-1]).name
+    listed = cli(cli_env, "runs", "--runs-dir", runs_dir)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.strip().splitlines()
+    assert header.split()[:3] == ["run_id", "arch", "px"]
+    assert len(rows) == 1 and rows[0].startswith(run_id)
+    assert "resnet18" in rows[0] and " 28 " in rows[0] and "none" in rows[0]
+
+    as_json = cli(cli_env, "runs", "--runs-dir", runs_dir, "--json", "--best", "--reindex")
+    assert as_json.returncode == 0, as_json.stderr
+    rows = json.loads(as_json.stdout)
+    assert [r["run_id"] for r in rows] == [run_id]
+    assert "config_json" not in rows[0]
+    assert rows[0]["val_accuracy"] == open_run(runs_dir / run_id).metrics["val"]["accuracy"]
+
+
+def test_runs_empty_store(cli_env, tmp_path):
+    proc = cli(cli_env, "runs", "--runs-dir", tmp_path / "runs")
+    assert proc.returncode == 0
+    assert "no runs yet" in proc.stdout
+
+
+def test_runs_default_dir_from_env(cli_env):
+    """Without --runs-dir the store is $CELLSCOPE_ARTIFACTS/runs."""
+    proc = cli(cli_env, "runs", "--json")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout) == []
+    assert (Path(cli_env["CELLSCOPE_ARTIFACTS"]) / "runs").is_dir()
+    assert not RunStore(Path(cli_env["CELLSCOPE_ARTIFACTS"]) / "runs").list_runs()
+
+
+# -- evaluate, predict, gradcam on the shared trained run --------------------------------------------------------
+
+def test_evaluate_prints_val_and_test(cli_env, trained_run, tiny_npz):
+    proc = cli(cli_env, "evaluate", "--run", trained_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["run"] == str(trained_run)
+    assert out["data"] == str(tiny_npz)
+    stored = open_run(trained_run).metrics
+    for split in ("val", "test"):
+        m = out[split]
+        assert m["n"] == stored[split]["n"]
+        assert len(m["labels"]) == 8 and len(m["confusion"]) == 8
+        assert sum(map(sum, m["confusion"])) == m["n"]
+        # the same model on the same images: the stored (once-evaluated) figures are reproduced
+        assert m["accuracy"] == pytest.approx(stored[split]["accuracy"], abs=2 / m["n"])
+
+
+def test_predict_good_and_bad_files(cli_env, trained_run, tmp_path):
+    good = [sample(folder) for folder in JPEGS]
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image\n")
+    proc = cli(cli_env, "predict", "--run", trained_run, good[0], bad, good[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [line["file"] for line in lines] == [str(good[0]), str(bad), str(good[1])]
+    labels = set(registry.label_names())
+    for line in (lines[0], lines[2]):
+        assert set(line) == {"file", "label", "confidence", "probabilities"}
+        assert line["label"] in labels
+        assert set(line["probabilities"]) == labels
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert line["confidence"] == pytest.approx(max(line["probabilities"].values()), abs=1e-6)
+        assert line["probabilities"][line["label"]] == pytest.approx(line["confidence"], abs=1e-6)
+    assert set(lines[1]) == {"file", "error"}
+    assert "notes.png" in lines[1]["error"] and "not an image" in lines[1]["error"]
+
+
+def test_predict_only_bad_files_fails(cli_env, trained_run, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.jpg"
+    proc = cli(cli_env, "predict", "--run", trained_run, empty, missing)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [set(line) for line in lines] == [{"file", "error"}] * 2
+    assert "empty" in lines[0]["error"] and "cannot read" in lines[1]["error"]
+
+
+def test_gradcam_writes_png(cli_env, trained_run, tmp_path):
+    image = sample(PBC_SAMPLES / "eosinophil")
+    out = tmp_path / "cams" / "eo.png"
+    proc = cli(cli_env, "gradcam", "--run", trained_run, image, "--out", out, "--target", "platelet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["out"] == str(out) and info["file"] == str(image)
+    assert info["explained"] == "platelet" and info["method"] == "gradcam"
+    assert info["label"] in registry.label_names() and info["layer"]
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.mode == "RGB"
+        arr = np.asarray(png)
+    h, w = arr.shape[:2]
+    assert h >= 28 and w == 3 * h + 8  # original | heatmap | overlay with two 4 px gaps
+    assert arr[:, h:h + 4].min() == 255  # the white gap
+    assert not np.array_equal(arr[:, :h], arr[:, -h:])  # the overlay differs from the original
+
+
+# -- user errors: one line, exit 2, no traceback ------------------------------------------------------------------
+
+def test_train_bad_npz(cli_env, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, train_images=np.zeros((4, 28, 28, 3), np.float32))
+    line = assert_one_line_error(cli(cli_env, "train", "--data", bad, "--arch", "resnet18", "--epochs", "1",
+                                     "--runs-dir", tmp_path / "runs"), "bad.npz")
+    assert "lacks" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.json"))
+
+
+def test_train_text_file_as_npz(cli_env, tmp_path):
+    bad = tmp_path / "text.npz"
+    bad.write_text("hello")
+    assert_one_line_error(cli(cli_env, "train", "--data", bad, "--runs-dir", tmp_path / "runs"),
+                          "text.npz is not an .npz file")
+
+
+def test_train_resnet18_imagenet_refused(cli_env, tmp_path):
+    line = assert_one_line_error(cli(cli_env, "train", "--arch", "resnet18", "--weights", "imagenet",
+                                     "--runs-dir", tmp_path / "runs"), "weights", "ImageNet", "resnet18")
+    assert "none" in line
+
+
+def test_train_invalid_setting(cli_env, tmp_path):
+    assert_one_line_error(cli(cli_env, "train", "--epochs", "0", "--runs-dir", tmp_path / "runs"),
+                          "epochs: must be 1..1000")
+
+
+def test_train_size_mismatch_with_data(cli_env, tiny_npz, tmp_path):
+    assert_one_line_error(cli(cli_env, "train", "--data", tiny_npz, "--size", "64", "--arch", "resnet18",
+                              "--runs-dir", tmp_path / "runs"), "--size 64", "28 px")
+
+
+def test_download_existing_file_with_wrong_md5(cli_env, tmp_path):
+    """Decided locally without the network: a file in the way with the wrong MD5 is reported, not replaced."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "bloodmnist.npz").write_bytes(b"stale")
+    assert_one_line_error(cli(cli_env, "download", "--size", "28", "--root", root), "MD5 differs")
+    assert (root / "bloodmnist.npz").read_bytes() == b"stale"
+
+
+def test_download_unknown_size_is_usage_error(cli_env):
+    proc = cli(cli_env, "download", "--size", "100")
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,219 @@
+"""Metrics against hand-computed values and scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support, roc_auc_score)
+
+from core.metrics import classification_metrics, macro_auc, wilson_interval
+
+LABELS = ("a", "b", "c")
+
+
+# -- Wilson interval -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,n,low,high", [
+    (50, 100, 0.403832, 0.596168),  # symmetric about 0.5
+    (81, 263, 0.255289, 0.366210),
+    (0, 10, 0.0, 0.277533),
+    (10, 10, 0.722467, 1.0),
+    (1, 1, 0.206549, 1.0),  # lower = 1 / (1 + z^2)
+    (95, 100, 0.888250, 0.978456),
+])
+def test_wilson_known_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-5)
+    assert hi == pytest.approx(high, abs=1e-5)
+
+
+def wilson_reference(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    p = k / n
+    centre = (2 * k + z * z) / (2 * (n + z * z))
+    half = z * math.sqrt(n * p * (1 - p) + z * z / 4) / (n + z * z)
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k,n", [(3, 7), (500, 1000), (999, 1000), (1, 3422), (3400, 3422)])
+def test_wilson_matches_closed_form(k, n):
+    lo, hi = wilson_interval(k, n)
+    rlo, rhi = wilson_reference(k, n)
+    assert lo == pytest.approx(rlo, abs=1e-12)
+    assert hi == pytest.approx(rhi, abs=1e-12)
+    assert lo < k / n < hi
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (7, 9), (123, 456), (3000, 3422), (3422, 3422)])
+def test_wilson_matches_scipy(k, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(ci.low, abs=1e-6)
+    assert hi == pytest.approx(ci.high, abs=1e-6)
+
+
+def test_wilson_edge_cases():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(0, 5)
+    assert lo == 0.0 and 0 < hi < 1
+    lo, hi = wilson_interval(5, 5)
+    assert hi == 1.0 and 0 < lo < 1
+    for k, n in [(0, 1), (1, 1), (0, 1000), (1000, 1000)]:
+        lo, hi = wilson_interval(k, n)
+        assert 0.0 <= lo <= hi <= 1.0
+
+
+def test_wilson_narrows_with_n():
+    widths = [np.subtract(*wilson_interval(n // 2, n)[::-1]) for n in (10, 100, 1000, 10000)]
+    assert widths == sorted(widths, reverse=True)
+
+
+def test_wilson_wider_z_is_wider():
+    lo95, hi95 = wilson_interval(30, 100)
+    lo99, hi99 = wilson_interval(30, 100, z=2.575829)
+    assert lo99 < lo95 and hi99 > hi95
+
+
+# -- classification metrics ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def example():
+    """10 items, 3 classes; predictions by argmax of hand-written probabilities."""
+    y_true = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    probs = np.array([
+        [0.8, 0.1, 0.1],  # 0 -> 0
+        [0.6, 0.3, 0.1],  # 0 -> 0
+        [0.2, 0.7, 0.1],  # 0 -> 1
+        [0.3, 0.3, 0.4],  # 0 -> 2
+        [0.1, 0.8, 0.1],  # 1 -> 1
+        [0.2, 0.5, 0.3],  # 1 -> 1
+        [0.5, 0.4, 0.1],  # 1 -> 0
+        [0.1, 0.1, 0.8],  # 2 -> 2
+        [0.2, 0.2, 0.6],  # 2 -> 2
+        [0.1, 0.6, 0.3],  # 2 -> 1
+    ])
+    return y_true, probs
+
+
+def test_hand_computed_values(example):
+    y, p = example
+    m = classification_metrics(y, p, LABELS)
+    assert m["n"] == 10
+    assert m["accuracy"] == pytest.approx(6 / 10)
+    assert m["confusion"] == [[2, 1, 1], [1, 2, 0], [0, 1, 2]]  # rows = true class
+    assert m["balanced_accuracy"] == pytest.approx((2 / 4 + 2 / 3 + 2 / 3) / 3)
+    assert m["per_class"]["a"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 4,
+                                                "f1": 2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2), "support": 4})
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 4)
+    assert m["per_class"]["c"]["precision"] == pytest.approx(2 / 3)
+    assert m["labels"] == list(LABELS)
+
+
+def test_against_sklearn(example):
+    y, p = example
+    m = classification_metrics(y, p, LABELS)
+    pred = p.argmax(1)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=[0, 1, 2])
+    for i, label in enumerate(LABELS):
+        pc = m["per_class"][label]
+        assert pc["precision"] == pytest.approx(precision[i])
+        assert pc["recall"] == pytest.approx(recall[i])
+        assert pc["f1"] == pytest.approx(f1[i])
+        assert pc["support"] == support[i]
+        assert isinstance(pc["support"], int)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["confusion"] == confusion_matrix(y, pred).tolist()
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+
+
+def test_confusion_rows_are_true_class():
+    y = np.array([0, 0, 0, 1])
+    p = np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=float)
+    m = classification_metrics(y, p, LABELS)
+    assert m["confusion"] == [[0, 3, 0], [0, 1, 0], [0, 0, 0]]
+    assert m["per_class"]["a"]["recall"] == 0.0
+    assert m["per_class"]["b"]["precision"] == pytest.approx(0.25)
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_macro_auc_equals_sklearn_on_random_eight_classes():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(8), 25)
+    logits = rng.normal(size=(200, 8)) + 1.5 * np.eye(8)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = [f"c{i}" for i in range(8)]
+    m = classification_metrics(y, p, labels)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"), abs=1e-12)
+    assert macro_auc(y, p) == pytest.approx(m["auc"])
+    assert m["loss"] == pytest.approx(-np.mean(np.log(p[np.arange(200), y])), rel=1e-6)
+
+
+def test_perfect_predictions():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    p = np.eye(3)[y]
+    m = classification_metrics(y, p, LABELS)
+    assert m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0 and m["macro_f1"] == 1.0 and m["auc"] == 1.0
+    assert m["accuracy_ci95"][1] == 1.0 and m["accuracy_ci95"][0] < 1.0
+    assert m["loss"] < 1e-5  # probabilities are clipped, so a perfect one-hot gives a tiny finite loss
+
+
+def test_accuracy_ci_is_wilson(example):
+    y, p = example
+    m = classification_metrics(y, p, LABELS)
+    assert m["accuracy_ci95"] == pytest.approx(list(wilson_interval(6, 10)))
+    assert m["accuracy_ci95"][0] < m["accuracy"] < m["accuracy_ci95"][1]
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_one_class_absent():
+    """Class 'c' never occurs in y_true (and is sometimes predicted): handled, no warnings-as-errors."""
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([[0.7, 0.2, 0.1], [0.2, 0.1, 0.7], [0.1, 0.8, 0.1], [0.4, 0.5, 0.1], [0.6, 0.3, 0.1],
+                  [0.5, 0.4, 0.1]])
+    m = classification_metrics(y, p, LABELS)
+    assert m["per_class"]["c"]["support"] == 0
+    assert m["per_class"]["c"]["recall"] == 0.0
+    assert m["per_class"]["c"]["precision"] == 0.0
+    # macro AUC over the classes present
+    expected_auc = np.mean([roc_auc_score(y == 0, p[:, 0]), roc_auc_score(y == 1, p[:, 1])])
+    assert m["auc"] == pytest.approx(expected_auc)
+    # macro F1 over the classes present only
+    _, _, f1, _ = precision_recall_fscore_support(y, p.argmax(1), labels=[0, 1, 2], zero_division=0)
+    assert m["macro_f1"] == pytest.approx(f1[:2].mean())
+    assert m["confusion"][2] == [0, 0, 0]
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p.argmax(1)))
+    assert math.isfinite(m["loss"])
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_single_class_present_has_no_auc():
+    y = np.array([1, 1, 1])
+    p = np.array([[0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    m = classification_metrics(y, p, LABELS)
+    assert m["auc"] is None
+    assert macro_auc(y, p) is None
+    assert m["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_metrics_are_json_serialisable(example):
+    y, p = example
+    m = classification_metrics(y, p, LABELS)
+    again = json.loads(json.dumps(m, allow_nan=False))
+    assert again["confusion"] == m["confusion"]
+    assert set(again) == {"n", "accuracy", "accuracy_ci95", "balanced_accuracy", "auc", "macro_f1", "loss",
+                          "per_class", "confusion", "labels"}
+
+
+def test_labels_as_column_vector_and_float32_probabilities(example):
+    y, p = example
+    m1 = classification_metrics(y, p, LABELS)
+    m2 = classification_metrics(y.astype(np.int64), p.astype(np.float32), list(LABELS))
+    assert m2["accuracy"] == m1["accuracy"]
+    assert m2["auc"] == pytest.approx(m1["auc"])
