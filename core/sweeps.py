@@ -20,6 +20,7 @@ GFLOPS_224 = {"resnet18": 1.8, "resnet50": 4.1, "resnet101": 7.8, "mobilenetv3sm
 # Measured on this project's 2-core development machine (ResNet-50, 64 px, batch 32, from scratch).
 FALLBACK_RESNET50_64_IPS = 55.0
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
+JOB_OVERHEAD_SECONDS = 30.0  # process start, TensorFlow import, data load and model build, per job
 
 
 def effective_size(arch: str, size: int) -> int:
@@ -78,14 +79,14 @@ def training_speed(config: RunConfig, history: Iterable[Mapping[str, Any]]) -> S
 
 def estimate_seconds(config: RunConfig, n_train: int, n_val: int, n_test: int,
                      history: Iterable[Mapping[str, Any]]) -> tuple[float, Speed]:
-    """Wall time for one run: its epochs of training, a validation pass per epoch, one test pass."""
+    """Wall time for one run: start-up, its epochs of training, a validation pass per epoch, one test pass."""
     speed = training_speed(config, list(history))
     n_train = min(n_train, config.limit_train) if config.limit_train else n_train
     ips = speed.images_per_second
     per_epoch = n_train / ips + n_val / (ips * EVAL_SPEEDUP)
     if config.recalibrate_bn:
         per_epoch += min(n_train, config.bn_recalibration_batches * config.batch_size) / (ips * EVAL_SPEEDUP)
-    return config.epochs * per_epoch + n_test / (ips * EVAL_SPEEDUP), speed
+    return JOB_OVERHEAD_SECONDS + config.epochs * per_epoch + n_test / (ips * EVAL_SPEEDUP), speed
 
 
 def format_duration(seconds: float) -> str:

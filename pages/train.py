@@ -1,0 +1,801 @@
+"""Train: pick the data, set up one run, a sweep or a study preset, launch it as background jobs, and watch
+the jobs train.
+
+A thin view over core: core.config (settings and their help), core.sweeps (grids, presets, estimates),
+core.jobs (the queue; each job trains in its own process, so it keeps going when the browser tab closes),
+core.dataset / core.registry / core.download (data) and core.runs (the run store). It never loads
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from core import registry
+from core.config import ARCHITECTURES, BN_RECALIBRATION, FIELD_HELP, OPTIMIZERS, SIZES, ConfigError, RunConfig
+from core.dataset import SPLITS, class_counts, load_npz
+from core.download import download
+from core.errors import UserFacingError
+from core.jobs import ACTIVE, Job, JobQueue
+from core.overview import arch_name, human_bytes, weights_label
+from core.runs import RunStore
+from core.sweeps import PRESETS, PRESETS_BY_KEY, estimate_seconds, field_type, format_duration, grid, parse_values
+
+REFRESH_SECONDS = 2.0
+JOBS_SHOWN = 25
+CUSTOM = "custom"
+TABS = ("New training", "Jobs")
+STORE_ERRORS = (UserFacingError, sqlite3.Error, OSError)
+
+# Short labels for the inputs; FIELD_HELP (core.config) explains each one in a tooltip.
+LABELS = {
+    "data": "Path to a .npz file", "size": "Train on", "limit_train": "Training images (0 = all)",
+    "arch": "Network", "weights": "Starting weights", "dropout": "Dropout", "attention": "Attention block",
+    "batch_size": "Batch size", "epochs": "Epochs", "optimizer": "Optimizer", "lr": "Learning rate",
+    "momentum": "Momentum (SGD only)", "class_weights": "Class-weighted loss", "patience": "Early-stop patience",
+    "aug_shear": "Shear (radians)", "aug_zoom": "Zoom range", "aug_hflip": "Mirror left-right",
+    "aug_vflip": "Mirror top-bottom", "aug_rot90": "Turn by 90°", "bn_recalibration": "BatchNorm re-estimate",
+    "bn_recalibration_batches": "Re-estimate batches", "seed": "Seed", "deterministic": "Deterministic ops",
+    "tags": "Tags (comma separated)",
+}
+SWEEP_LABELS = {"size": "Image size"}
+OPTIMIZER_NAMES = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}
+BN_NAMES = {"auto": "auto (from scratch only)", "on": "on", "off": "off"}
+WEIGHT_CHOICES = ("auto", "imagenet", "none", "file")
+WEIGHT_NAMES = {"auto": "auto: ImageNet if available", "imagenet": "ImageNet",
+                "none": "none (from scratch)", "file": "a weights file"}
+FLOAT_STEPS = {"lr": 1e-5, "dropout": 0.05, "momentum": 0.05, "aug_shear": 0.05, "aug_zoom": 0.05}
+# The form, group by group: inputs flow through rows of FORM_COLUMNS columns, then the group's switches
+# follow in one row. "weights_file" is the path input that goes with weights = "a weights file".
+FORM_COLUMNS = 4
+FORM_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("Model", ("arch", "weights", "weights_file", "dropout"), ("attention",)),
+    ("Optimisation", ("optimizer", "lr", "momentum", "batch_size", "epochs", "patience"), ("class_weights",)),
+    ("Training images and augmentation", ("limit_train", "aug_shear", "aug_zoom"),
+     ("aug_hflip", "aug_vflip", "aug_rot90")),
+    ("BatchNorm and reproducibility", ("bn_recalibration", "bn_recalibration_batches", "seed", "tags"),
+     ("deterministic",)),
+)
+FORM_FIELDS = [f for f in RunConfig.field_names() if f not in ("data", "size")]  # data and size: section 1
+BOOL_FIELDS = {f for f in FORM_FIELDS if field_type(f) is bool}
+SWEEPABLE = [f for f in RunConfig.field_names() if f not in ("data", "seed", "tags")]  # seeds: use repeats
+STATUS_COLORS = {"queued": "gray", "running": "blue", "succeeded": "green", "failed": "red", "cancelled": "orange"}
+STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/progress_activity:",
+                "succeeded": ":material/check_circle:", "failed": ":material/error:",
+                "cancelled": ":material/cancel:"}
+FILTERS = {"All": None, "Active": ACTIVE, "Succeeded": ("succeeded",), "Failed": ("failed",),
+           "Cancelled": ("cancelled",)}
+TRAIN_COLOR, VAL_COLOR = "#8e2453", "#2f6f9f"
+SPLIT_COLORS = {"train": "#8e2453", "val": "#d08aa8", "test": "#2f6f9f"}
+
+ss = st.session_state
+
+
+# -- small helpers ------------------------------------------------------------------------------------
+def md_escape(text: str) -> str:
+    """User-facing messages as literal Markdown text (paths, <urlopen error>, $VARS), lines kept."""
+    escaped = re.sub(r"([\\`*_\[\]<>#|$~])", r"\\\1", str(text))
+    return "  \n".join(escaped.splitlines())
+
+
+def form_key(name: str) -> str:
+    return f"f_{name}"
+
+
+def sweep_key(name: str) -> str:
+    return f"sweep_{name}"
+
+
+def store_message(e: Exception) -> str:
+    if isinstance(e, UserFacingError):
+        return str(e)
+    return (f"Could not read the run store ({e}). If its index is damaged, rebuild it from the run folders: "
+            f"python -m core runs --reindex")
+
+
+def open_queue() -> JobQueue:
+    return JobQueue(RunStore())  # RunStore() follows $CELLSCOPE_ARTIFACTS
+
+
+def format_value(v: Any) -> str:
+    return format(v, "g") if isinstance(v, float) else str(v)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# -- persistent settings ------------------------------------------------------------------------------
+# Widgets lose their state when they are not drawn (the Jobs tab or another page is open). A plain copy in
+# `_saved` survives and puts the settings back when the user returns. A widget's value is only ever set here
+# in a run that also draws it; otherwise Streamlit could later resurface that stale value.
+def form_values(config: RunConfig, weights_auto: bool = True) -> dict[str, Any]:
+    d = config.to_dict()
+    out = {form_key(f): d[f] for f in FORM_FIELDS}
+    out[form_key("tags")] = ", ".join(config.tags)
+    out[form_key("weights_file")] = ""
+    if weights_auto and config.weights == RunConfig.default_weights(config.arch):
+        out[form_key("weights")] = "auto"
+    elif config.weights not in ("imagenet", "none"):
+        out[form_key("weights")], out[form_key("weights_file")] = "file", config.weights
+    return out
+
+
+def defaults() -> dict[str, Any]:
+    return {**form_values(RunConfig()), "data_source": 64, "data_path": "", "sweep_fields": [],
+            "sweep_repeats": 1, "preset_choice": PRESETS[0].key}
+
+
+def drawn_keys() -> list[str]:
+    """The persisted widgets this run draws (the path input only for a custom file)."""
+    keys = [k for k in defaults() if k != "data_path" or ss.get("data_source") == CUSTOM]
+    return keys + [sweep_key(f) for f in ss.get("sweep_fields", [])]
+
+
+def restore_settings() -> None:
+    saved = ss.setdefault("_saved", {})
+    pending = ss.pop("_select_source", None)  # a size just downloaded
+    if pending is not None:
+        ss["data_source"] = pending
+    everything = defaults()
+    for keys in (("data_source", "sweep_fields"), drawn_keys):  # the first two decide what else is drawn
+        for key in keys() if callable(keys) else keys:
+            if key not in ss:
+                ss[key] = saved.get(key, everything.get(key, ""))
+
+
+def save_settings() -> None:
+    ss["_saved"] = {**ss.get("_saved", {}), **{k: ss[k] for k in drawn_keys() if k in ss}}
+
+
+# -- data ------------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_counts(path: str, mtime: float) -> dict[str, list[int]]:
+    return class_counts(path)
+
+
+@st.cache_data(show_spinner="Checking the file…", max_entries=16)
+def cached_check(path: str, mtime: float) -> int:
+    """The image size of a valid MedMNIST-layout npz (DatasetError otherwise)."""
+    return load_npz(path).image_size
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    data: str  # "" = BloodMNIST at `size` from the data root
+    size: int | None
+    path: Path | None  # the file, when it exists and is usable
+    error: str | None = None  # shown next to the data input
+    label: str = ""
+
+
+def custom_path() -> Path:
+    return Path(ss["data_path"].strip()).expanduser().resolve()
+
+
+def data_choice(available: dict[int, Path]) -> DataChoice:
+    source = ss["data_source"]
+    if source != CUSTOM:
+        path = available.get(source)
+        return DataChoice("", source, path, None, f"BloodMNIST {source} px")
+    text = ss["data_path"].strip()
+    if not text:
+        return DataChoice("", None, None, "Enter the path of a MedMNIST-layout .npz file.", "your file")
+    path = custom_path()
+    try:
+        size = cached_check(str(path), path.stat().st_mtime if path.is_file() else 0.0)
+    except UserFacingError as e:
+        return DataChoice(str(path), None, None, str(e), path.name)
+    if size not in SIZES:
+        return DataChoice(str(path), size, path, f"{path.name} holds {size} px images; training takes "
+                                                 f"{', '.join(map(str, SIZES))} px.", path.name)
+    return DataChoice(str(path), size, path, None, path.name)
+
+
+def counts_of(path: Path) -> dict[str, list[int]]:
+    return cached_counts(str(path), path.stat().st_mtime)
+
+
+def split_sizes(choice: DataChoice) -> tuple[int, int, int]:
+    """Images in train/val/test for the estimate: from the file when it is here, else medmnist's registry."""
+    if choice.path is not None:
+        counts = counts_of(choice.path)
+        return tuple(sum(counts[s]) for s in SPLITS)  # type: ignore[return-value]
+    n = registry.info().n_samples
+    return n["train"], n["val"], n["test"]
+
+
+def counts_chart(counts: dict[str, list[int]]) -> go.Figure:
+    names = [registry.short_label(n) for n in registry.label_names()]
+    fig = go.Figure()
+    for split in SPLITS:
+        fig.add_trace(go.Bar(name=split, x=names, y=counts[split], marker_color=SPLIT_COLORS[split],
+                             hovertemplate="%{x}: %{y:,} images<extra>" + split + "</extra>"))
+    fig.update_layout(barmode="group", height=300, margin=dict(l=0, r=0, t=10, b=0),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+                      yaxis_title="images")
+    return fig
+
+
+def start_download(size: int) -> None:
+    ss["_download"] = size
+    ss.pop("_download_error", None)
+
+
+def run_download(size: int, slot) -> None:
+    """Download in this script run, drawing its progress; then rerun so the panel shows the new file."""
+    bar = slot.progress(0.0, text=f"Downloading BloodMNIST {size} px…")
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.25 and done != total:
+            return
+        last[0] = now
+        if total:
+            bar.progress(min(done / total, 1.0),
+                         text=f"BloodMNIST {size} px: {human_bytes(done)} of {human_bytes(total)}")
+        else:
+            bar.progress(0.0, text=f"BloodMNIST {size} px: {human_bytes(done)}")
+
+    try:
+        download(size, progress=progress)
+    except UserFacingError as e:
+        ss["_download_error"] = (size, str(e))
+    else:
+        ss["_select_source"] = size
+    st.rerun()  # redraw the panel: the new file, or the message with the buttons enabled again
+
+
+def data_section(available: dict[int, Path]) -> DataChoice:
+    st.subheader("1 · Data", anchor=False)
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        captions = [f"downloaded · {human_bytes(available[s].stat().st_size)}" if s in available
+                    else "not downloaded" for s in SIZES] + ["any MedMNIST-layout npz"]
+        st.radio(LABELS["size"], [*SIZES, CUSTOM], key="data_source", help=FIELD_HELP["size"], captions=captions,
+                 format_func=lambda s: "Your own .npz file" if s == CUSTOM else f"BloodMNIST {s} px")
+        if ss["data_source"] == CUSTOM:
+            st.text_input(LABELS["data"], key="data_path", help=FIELD_HELP["data"],
+                          placeholder="/path/to/dataset.npz")
+        choice = data_choice(available)
+        if choice.error and (ss["data_source"] != CUSTOM or ss["data_path"].strip()):
+            st.error(md_escape(choice.error), icon=":material/error:")
+        elif choice.path is not None and ss["data_source"] == CUSTOM:
+            n = counts_of(choice.path)
+            st.caption(f"{choice.size} px · " + " · ".join(f"{sum(n[s]):,} {s}" for s in SPLITS) + " images")
+        missing = [s for s in SIZES if s not in available]
+        if missing:
+            st.caption(f"BloodMNIST files live in `{registry.data_root()}`.")
+            with st.container(horizontal=True, gap="small"):
+                for s in missing:
+                    st.button(f"Download {s} px", key=f"download_{s}", icon=":material/download:",
+                              on_click=start_download, args=(s,), disabled="_download" in ss)
+        progress_slot = st.empty()
+        if "_download" in ss:
+            run_download(ss.pop("_download"), progress_slot)
+        if "_download_error" in ss:
+            size, message = ss["_download_error"]
+            st.error(md_escape(message), icon=":material/cloud_off:")
+    with right:
+        if choice.path is not None:
+            st.markdown(f"**Images per class in {md_escape(choice.label)}**")
+            st.plotly_chart(counts_chart(counts_of(choice.path)), key="class_counts",
+                            config={"displayModeBar": False})
+        elif ss["data_source"] != CUSTOM:
+            st.info(f"BloodMNIST {ss['data_source']} px is not downloaded yet. Download it on the left to see "
+                    f"its class counts, or train on your own file.", icon=":material/database:")
+        else:
+            st.info("Enter a file to see how many images of each class it holds.", icon=":material/database:")
+    return choice
+
+
+# -- the plan: configs from the form, the sweep and a preset --------------------------------------------
+@dataclass
+class Plan:
+    configs: list[RunConfig] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # widget slot -> message
+    blockers: list[str] = field(default_factory=list)  # why it cannot launch yet (missing data)
+    seconds: list[float] = field(default_factory=list)
+    speed_sources: Counter = field(default_factory=Counter)
+    images_per_second: list[float] = field(default_factory=list)
+    history_runs: int = 0
+    sweep_name: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.configs) and not self.errors
+
+
+def base_values(choice: DataChoice) -> dict[str, Any]:
+    values = {f: ss[form_key(f)] for f in FORM_FIELDS}
+    weights = values["weights"]
+    if weights == "auto":
+        values["weights"] = RunConfig.default_weights(values["arch"])
+    elif weights == "file":
+        values["weights"] = ss[form_key("weights_file")].strip()
+    values["tags"] = tuple(t.strip() for t in values["tags"].split(",") if t.strip())
+    values["data"] = choice.data
+    values["size"] = choice.size or 64
+    return values
+
+
+def make_plan(choice: DataChoice, available: dict[int, Path]) -> Plan:
+    plan = Plan()
+    if choice.error:
+        plan.errors["data"] = choice.error
+    try:
+        base = RunConfig(**base_values(choice))
+    except ConfigError as e:
+        slot = e.field if e.field in FORM_FIELDS else "data"
+        if slot == "weights" and ss[form_key("weights")] == "file":
+            slot = "weights_file"  # e.g. "no such weights file": shown under the path
+        plan.errors[slot] = e.message
+        return plan
+    sweep: dict[str, list[Any]] = {}
+    for f in ss["sweep_fields"]:
+        try:
+            sweep[f] = parse_values(f, ss.get(sweep_key(f), ""))
+        except ConfigError as e:
+            plan.errors[sweep_key(f)] = e.message
+    if "size" in sweep and choice.data:
+        plan.errors[sweep_key("size")] = (f"your file holds {choice.size} px images only; sweep the size with "
+                                          f"BloodMNIST")
+    if plan.errors:
+        return plan
+    if ss[form_key("weights")] == "auto" and "arch" in sweep:
+        # "auto" means each network's own default; grid() gives that when the base starts from ImageNet
+        # (the base's network is replaced by the swept ones anyway)
+        pretrained = [a for a in sweep["arch"] if RunConfig.default_weights(a) == "imagenet"]
+        if pretrained:
+            base = base.replace(arch=pretrained[0], weights="imagenet")
+    variants = PRESETS_BY_KEY[ss["variants_preset"]].variants if ss.get("variants_preset") else ({},)
+    try:
+        plan.configs = [c for v in variants for c in grid(base.replace(**v), sweep, int(ss["sweep_repeats"]))]
+    except ConfigError as e:
+        slot = sweep_key(e.field) if e.field in sweep else "sweep_repeats" if e.field == "repeats" else e.field
+        plan.errors[slot] = e.message
+        return plan
+    if not choice.data:
+        missing = sorted({c.size for c in plan.configs} - set(available))
+        if missing:
+            plan.blockers.append(f"BloodMNIST {', '.join(map(str, missing))} px "
+                                 f"{'is' if len(missing) == 1 else 'are'} not downloaded yet: download "
+                                 f"{'it' if len(missing) == 1 else 'them'} in section 1, or train on your own file.")
+    history = RunStore().list_runs()
+    plan.history_runs = len(history)
+    n_train, n_val, n_test = split_sizes(choice)
+    for c in plan.configs:
+        seconds, speed = estimate_seconds(c, n_train, n_val, n_test, history)
+        plan.seconds.append(seconds)
+        plan.speed_sources[speed.source] += 1
+        plan.images_per_second.append(speed.images_per_second)
+    if ss.get("preset"):
+        plan.sweep_name = ss["preset"]
+    elif len(plan.configs) > 1:
+        parts = [f"{f}={ss[sweep_key(f)].replace(' ', '')}" for f in sweep]
+        repeats = int(ss["sweep_repeats"])
+        plan.sweep_name = " ".join(parts + ([f"x{repeats} seeds"] if repeats > 1 else []))
+    return plan
+
+
+def speed_note(plan: Plan) -> str:
+    sources = plan.speed_sources
+    if set(sources) == {"measured"}:
+        return "speed measured on this machine, from earlier runs of the same network and image size"
+    if set(sources) == {"default"}:
+        return ("no finished runs on this machine yet, so a rough default speed (a 2-core CPU) scaled by network "
+                "and image size")
+    parts = []
+    if sources["measured"]:
+        parts.append(f"measured on this machine for {sources['measured']}")
+    if sources["scaled"]:
+        parts.append(f"scaled from {plural(plan.history_runs, 'earlier run')} on this machine (other networks "
+                     f"or sizes) for {sources['scaled']}")
+    return "speed " + "; ".join(parts) + f" of {plural(len(plan.configs), 'job')}"
+
+
+def preview_rows(plan: Plan) -> list[dict[str, Any]]:
+    dicts = [c.to_dict() for c in plan.configs]
+    varying = [f for f in RunConfig.field_names() if f != "tags" and len({str(d[f]) for d in dicts}) > 1]
+    shown = varying + [f for f in ("arch", "size", "weights", "batch_size", "epochs", "optimizer", "lr",
+                                   "limit_train", "seed") if f not in varying]
+    rows = []
+    for i, (d, seconds) in enumerate(zip(dicts, plan.seconds), start=1):
+        row: dict[str, Any] = {"job": i}
+        for f in shown:
+            value = d[f]
+            if f == "weights" and value not in ("imagenet", "none"):
+                value = Path(value).name
+            row[f] = format_value(value) if isinstance(value, float) else value
+        row["estimate"] = format_duration(seconds)
+        rows.append(row)
+    return rows
+
+
+def show_plan(plan: Plan) -> None:
+    if plan.errors:
+        st.warning("Fix the settings marked in red, then press **Update preview** or **Launch** again. "
+                   "Nothing is launched until every setting is valid.", icon=":material/edit:")
+        return
+    total = sum(plan.seconds)
+    n = len(plan.configs)
+    st.markdown(f"**{plural(n, 'job')}** · about **{format_duration(total)}** of training"
+                + (" in total" if n > 1 else ""))
+    ips = sorted(plan.images_per_second)[len(plan.images_per_second) // 2]
+    st.caption(f"Estimate: {speed_note(plan)} (about {ips:,.0f} training images/s).")
+    for blocker in plan.blockers:
+        st.warning(md_escape(blocker), icon=":material/database:")
+    if n > 1 or plan.sweep_name:
+        st.dataframe(preview_rows(plan), hide_index=True, height=min(38 + 35 * n, 330))
+
+
+# -- presets and sweeps ---------------------------------------------------------------------------------
+def load_preset() -> None:
+    preset = PRESETS_BY_KEY[ss["preset_choice"]]
+    base = RunConfig(**preset.base)
+    ss.update(form_values(base))
+    ss["sweep_fields"] = list(preset.values)
+    for f, values in preset.values.items():
+        ss[sweep_key(f)] = ", ".join(format_value(v) for v in values)
+    ss["sweep_repeats"] = 1
+    ss["preset"] = preset.key
+    ss["variants_preset"] = preset.key if preset.variants else None
+    if "size" in preset.values or ss["data_source"] != CUSTOM:
+        ss["data_source"] = base.size
+
+
+def sweep_changed() -> None:
+    ss["preset"] = ss.get("variants_preset")  # a grid preset that was edited is no longer that preset
+
+
+def clear_sweep() -> None:
+    ss["sweep_fields"] = []
+    ss["sweep_repeats"] = 1
+    ss["preset"] = ss["variants_preset"] = None
+
+
+def preset_section(choice: DataChoice) -> None:
+    st.markdown("**Start from a preset**: every experiment of the study, or a quick run for a class.")
+    left, right = st.columns([2, 3], gap="large", vertical_alignment="bottom")
+    with left:
+        st.selectbox("Preset", [p.key for p in PRESETS], key="preset_choice",
+                     format_func=lambda k: PRESETS_BY_KEY[k].title,
+                     help="Fills the settings and the sweep below; you can change anything before launching.")
+    with right:
+        st.button("Load preset", key="load_preset", icon=":material/playlist_add:", on_click=load_preset)
+    preset = PRESETS_BY_KEY[ss["preset_choice"]]
+    try:
+        # as loading it would: on the chosen file, unless the preset sweeps the size (then BloodMNIST)
+        on_file = choice.data and choice.size in SIZES and "size" not in preset.values
+        overrides = {"data": choice.data, "size": choice.size} if on_file else None
+        configs = preset.configs(overrides)
+        n_train, n_val, n_test = split_sizes(choice) if overrides else _registry_sizes()
+        history = RunStore().list_runs()
+        seconds = sum(estimate_seconds(c, n_train, n_val, n_test, history)[0] for c in configs)
+        st.caption(f"{md_escape(preset.description)} **{plural(len(configs), 'job')}**, about "
+                   f"**{format_duration(seconds)}** on this machine.")
+    except STORE_ERRORS as e:
+        st.caption(md_escape(preset.description))
+        st.error(md_escape(store_message(e)))
+
+
+def _registry_sizes() -> tuple[int, int, int]:
+    n = registry.info().n_samples
+    return n["train"], n["val"], n["test"]
+
+
+def sweep_section(plan: Plan) -> None:
+    active = bool(ss["sweep_fields"] or ss.get("variants_preset") or ss["sweep_repeats"] > 1)
+    with st.expander("Sweep: try several values, or repeat with other seeds", expanded=active,
+                     icon=":material/grid_view:"):
+        st.caption("Pick settings to vary and type their values separated by commas. Every combination becomes "
+                   "one job; each is repeated with seeds seed, seed+1, …")
+        if ss.get("variants_preset"):
+            preset = PRESETS_BY_KEY[ss["variants_preset"]]
+            variants = " · ".join(", ".join(f"{k} {format_value(v)}" for k, v in var.items()) or "as set below"
+                                  for var in preset.variants)
+            st.info(f"**{md_escape(preset.title)}** runs {plural(len(preset.variants), 'variant')} of the "
+                    f"settings: {md_escape(variants)}", icon=":material/science:")
+        cols = st.columns([3, 1], vertical_alignment="bottom")
+        with cols[0]:
+            st.multiselect("Settings to sweep", SWEEPABLE, key="sweep_fields", on_change=sweep_changed,
+                           format_func=lambda f: f"{SWEEP_LABELS.get(f, LABELS[f])} ({f})",
+                           placeholder="none: one job")
+        with cols[1]:
+            st.number_input("Repeats", min_value=1, max_value=50, step=1, key="sweep_repeats",
+                            on_change=sweep_changed, help=FIELD_HELP["seed"])
+            error_slot("sweep_repeats", plan)
+        fields_ = ss["sweep_fields"]
+        if fields_:
+            cols = st.columns(min(len(fields_), 3))
+            for i, f in enumerate(fields_):
+                with cols[i % len(cols)]:
+                    example = {"int": "16, 32", "float": "0.001, 0.0001", "bool": "true, false"}.get(
+                        field_type(f).__name__, "a, b")
+                    st.text_input(f"{SWEEP_LABELS.get(f, LABELS[f])}: values", key=sweep_key(f), help=FIELD_HELP[f],
+                                  placeholder=example, on_change=sweep_changed)
+                    error_slot(sweep_key(f), plan)
+        if active:
+            st.button("Clear sweep", key="clear_sweep", icon=":material/close:", on_click=clear_sweep)
+
+
+def error_slot(slot: str, plan: Plan) -> None:
+    if slot in plan.errors:
+        st.error(md_escape(plan.errors[slot]), icon=":material/error:")
+
+
+# -- the form ------------------------------------------------------------------------------------------------
+def field_input(name: str) -> None:
+    key, label, help_ = form_key(name), LABELS.get(name, name), FIELD_HELP.get(name, "")
+    kind = bool if name in BOOL_FIELDS else None if name == "weights_file" else field_type(name)
+    if name == "arch":
+        st.selectbox(label, ARCHITECTURES, key=key, help=help_, format_func=arch_name)
+    elif name == "optimizer":
+        st.selectbox(label, OPTIMIZERS, key=key, help=help_, format_func=OPTIMIZER_NAMES.get)
+    elif name == "bn_recalibration":
+        st.selectbox(label, BN_RECALIBRATION, key=key, help=help_, format_func=BN_NAMES.get)
+    elif name == "weights":
+        st.selectbox(label, WEIGHT_CHOICES, key=key, help=help_, format_func=WEIGHT_NAMES.get)
+    elif name == "weights_file":
+        st.text_input("Weights file", key=key, help=FIELD_HELP["weights"],
+                      placeholder="only for “a weights file”")
+    elif name == "tags":
+        st.text_input(label, key=key, help=help_, placeholder="e.g. demo, week 3")
+    elif kind is bool:
+        st.toggle(label, key=key, help=help_)
+    elif kind is int:
+        st.number_input(label, key=key, help=help_, step=1, format="%d")
+    else:
+        st.number_input(label, key=key, help=help_, step=FLOAT_STEPS.get(name, 0.05), format="%g")
+
+
+def launch() -> None:
+    """Form callback: runs before the page redraws, with the values the form just sent."""
+    available = registry.available_sizes()
+    plan = make_plan(data_choice(available), available)
+    if not plan.ok or plan.blockers:
+        ss["_launch"] = ("error", "Nothing was launched: " + (" ".join(plan.blockers) if plan.ok else
+                                                             "fix the settings marked in red."))
+        return
+    try:
+        queue = open_queue()
+        ids = queue.submit_many(plan.configs, sweep=plan.sweep_name)
+        queue.tick()
+    except STORE_ERRORS as e:
+        ss["_launch"] = ("error", store_message(e))
+        return
+    what = f"sweep “{plan.sweep_name}”, about {format_duration(sum(plan.seconds))} in total" if plan.sweep_name \
+        else f"a single run of about {format_duration(sum(plan.seconds))}"
+    ss["_launch"] = ("success", f"Queued {plural(len(ids), 'job')} ({what}). They train in the background: you "
+                                f"may close this tab and come back.")
+    ss["tab"] = "Jobs"
+
+
+def settings_section(choice: DataChoice, plan: Plan) -> None:
+    st.subheader("2 · Settings", anchor=False)
+    preset_section(choice)
+    sweep_section(plan)
+    with st.form("run_settings", enter_to_submit=False):
+        st.caption("Defaults are the study's best recipe (ResNet-50, ImageNet weights, dropout 0.3, Adam 1e-4). "
+                   "Hover over the ? of a setting to learn what it does.")
+        for title, inputs, switches in FORM_GROUPS:
+            st.markdown(f"**{title}**")
+            for start in range(0, len(inputs), FORM_COLUMNS):
+                for col, name in zip(st.columns(FORM_COLUMNS), inputs[start:start + FORM_COLUMNS]):
+                    with col:
+                        field_input(name)
+                        error_slot(name, plan)
+            with st.container(horizontal=True, gap="large"):
+                for name in switches:
+                    field_input(name)
+            for name in switches:
+                error_slot(name, plan)
+        st.divider()
+        st.markdown("**What will run**")
+        if "data" in plan.errors:
+            st.error(f"Data: {md_escape(plan.errors['data'])}", icon=":material/database:")
+        show_plan(plan)
+        st.caption("Changed a setting? **Update preview** refreshes the plan; **Launch** always uses what the "
+                   "form shows.")
+        with st.container(horizontal=True, gap="small"):
+            st.form_submit_button("Update preview", key="preview", icon=":material/refresh:")
+            n = len(plan.configs) if plan.ok else 0
+            st.form_submit_button(f"Launch {plural(n, 'job')}" if n else "Launch", key="launch", type="primary",
+                                  icon=":material/rocket_launch:", on_click=launch)
+    message = ss.pop("_launch", None)
+    if message and message[0] == "error":
+        st.error(md_escape(message[1]), icon=":material/block:")
+
+
+# -- jobs ---------------------------------------------------------------------------------------------------
+def config_summary(c: RunConfig) -> str:
+    parts = [arch_name(c.arch), f"{c.size} px", weights_label(c.weights), f"batch {c.batch_size}",
+             plural(c.epochs, "epoch"), f"{OPTIMIZER_NAMES[c.optimizer]} lr {c.lr:g}"]
+    if c.optimizer == "sgd":
+        parts.append(f"momentum {c.momentum:g}")
+    parts.append(f"dropout {c.dropout:g}")
+    if c.attention:
+        parts.append("attention")
+    if c.class_weights:
+        parts.append("class weights")
+    if c.limit_train:
+        parts.append(f"{c.limit_train:,} training images")
+    parts.append(f"seed {c.seed}")
+    parts.append(Path(c.data).name if c.data else "BloodMNIST")
+    return " · ".join(parts)
+
+
+def progress_text(job: Job, max_concurrent: int) -> str:
+    if job.status == "queued":
+        return f"Queued: starts when a slot is free ({max_concurrent} at a time)"
+    if job.cancel_requested:
+        return "Cancelling…"
+    if not job.batches:
+        return "Starting: loading TensorFlow, the data and the model…"
+    text = f"Epoch {job.epoch}/{job.epochs} · batch {job.batch}/{job.batches}"
+    if job.images_per_second:
+        text += f" · {job.images_per_second:,.0f} images/s"
+    if job.eta_seconds is not None:
+        text += f" · about {format_duration(job.eta_seconds)} left"
+    return text
+
+
+def curves_figure(rows: list[dict[str, float]]) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.1)
+    epochs = [int(r["epoch"]) for r in rows]
+    for col, (train_key, val_key) in enumerate((("loss", "val_loss"), ("accuracy", "val_accuracy")), start=1):
+        for key, name, color in ((train_key, "train", TRAIN_COLOR), (val_key, "validation", VAL_COLOR)):
+            fig.add_trace(go.Scatter(x=epochs, y=[r.get(key) for r in rows], name=name, legendgroup=name,
+                                     showlegend=col == 1, mode="lines+markers", line=dict(color=color)),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="epoch", dtick=1 if len(rows) <= 15 else None)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    fig.update_layout(height=280, margin=dict(l=0, r=0, t=28, b=0),
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="center", x=0.5))
+    return fig
+
+
+def job_action(action: str, job_id: int) -> None:
+    try:
+        getattr(open_queue(), action)(job_id)
+    except STORE_ERRORS as e:
+        ss["_job_error"] = store_message(e)
+
+
+def set_max_concurrent() -> None:
+    try:
+        open_queue().set_max_concurrent(int(ss["max_concurrent"]))
+    except STORE_ERRORS as e:
+        ss["_job_error"] = store_message(e)
+
+
+def job_card(queue: JobQueue, job: Job, max_concurrent: int) -> None:
+    with st.container(border=True, key=f"job_{job.id}"):
+        head, buttons = st.columns([5, 2], vertical_alignment="center")
+        with head:
+            with st.container(horizontal=True, gap="small", vertical_alignment="center"):
+                st.markdown(f"**Job {job.id}**")
+                st.badge(job.status, icon=STATUS_ICONS[job.status], color=STATUS_COLORS[job.status])
+                if job.sweep:
+                    st.badge(job.sweep, icon=":material/grid_view:", color="violet")
+            st.caption(md_escape(config_summary(job.config)))
+        with buttons:
+            with st.container(horizontal=True, gap="small", horizontal_alignment="right"):
+                if job.status in ACTIVE:
+                    st.button("Cancel", key=f"cancel_{job.id}", icon=":material/stop_circle:",
+                              on_click=job_action, args=("cancel", job.id), disabled=job.cancel_requested)
+                if job.resumable:
+                    st.button("Resume", key=f"resume_{job.id}", icon=":material/play_arrow:",
+                              on_click=job_action, args=("resume", job.id),
+                              help="Continue from the last completed epoch.")
+                if job.status not in ACTIVE:
+                    st.button("Delete", key=f"delete_{job.id}", icon=":material/delete:",
+                              on_click=job_action, args=("delete", job.id),
+                              help="Remove the job and its log from this list. A finished run stays in the run "
+                                   "store.")
+        history = queue.history(job)
+        if job.status in ACTIVE:
+            st.progress(min(max(job.fraction, 0.0), 1.0), text=progress_text(job, max_concurrent))
+        elif job.status == "succeeded":
+            took = f" in {format_duration(job.finished - job.started)}" if job.started and job.finished else ""
+            st.markdown(f":green[:material/check_circle:] Finished{took}. Run saved in `{job.run_path}`")
+        elif job.status == "failed":
+            st.error(md_escape(job.error or "failed; see the log"), icon=":material/error:")
+        elif job.status == "cancelled" and job.epoch:
+            st.caption(f"Cancelled during epoch {job.epoch} of {job.epochs}.")
+        if job.resumable:
+            st.caption(f"{plural(len(history), 'completed epoch')} kept: **Resume** continues from there."
+                       if history else "**Resume** starts it again.")
+        if history:
+            if job.status in ACTIVE:
+                st.plotly_chart(curves_figure(history), key=f"curves_{job.id}", config={"displayModeBar": False})
+            else:
+                with st.expander("Learning curves", icon=":material/show_chart:"):
+                    st.plotly_chart(curves_figure(history), key=f"curves_{job.id}",
+                                    config={"displayModeBar": False})
+        elif job.status == "running":
+            st.caption("Loss and accuracy curves appear after the first epoch.")
+        log = queue.log_tail(job.id) or job.log_tail
+        if log:
+            with st.expander("Log", icon=":material/terminal:"):
+                st.code(log, language=None)
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def jobs_view() -> None:
+    """Redrawn every couple of seconds on its own; each redraw also ticks the queue (starts queued jobs and
+    notices jobs whose process died)."""
+    try:
+        queue = open_queue()
+        queue.tick()
+        jobs = queue.list()
+        max_concurrent = queue.max_concurrent
+    except STORE_ERRORS as e:
+        st.error(md_escape(store_message(e)))
+        return
+    if "_job_error" in ss:
+        st.error(md_escape(ss.pop("_job_error")), icon=":material/error:")
+    counts = Counter(j.status for j in jobs)
+    top = st.columns([3, 1], vertical_alignment="bottom")
+    with top[0]:
+        st.segmented_control("Show", list(FILTERS), key="job_filter", default="All", required=True)
+    with top[1]:
+        if "max_concurrent" not in ss:
+            ss["max_concurrent"] = max_concurrent
+        st.number_input("Max concurrent jobs", min_value=1, max_value=16, step=1, key="max_concurrent",
+                        on_change=set_max_concurrent,
+                        help="How many jobs train at the same time. On a small CPU machine one at a time is "
+                             "fastest overall; more helps on a machine with many cores or a GPU.")
+    summary = " · ".join(f"{counts[s]} {s}" for s in ("running", "queued", "succeeded", "failed", "cancelled")
+                         if counts[s])
+    st.caption((summary or "No jobs yet") + f" · updated {time.strftime('%H:%M:%S')}")
+    wanted = FILTERS[ss.get("job_filter") or "All"]
+    shown = [j for j in jobs if wanted is None or j.status in wanted]
+    if not jobs:
+        st.info("No training jobs yet. Set one up under **New training** and press **Launch**.",
+                icon=":material/model_training:")
+        return
+    if not shown:
+        st.caption("No jobs with this status.")
+    for job in shown[:JOBS_SHOWN]:
+        job_card(queue, job, max_concurrent)
+    if len(shown) > JOBS_SHOWN:
+        st.caption(f"Showing the newest {JOBS_SHOWN} of {len(shown)} jobs.")
+
+
+# -- the page -----------------------------------------------------------------------------------------------
+st.title("Train", anchor=False)
+st.markdown("Train a network on BloodMNIST or your own file: one run, a sweep over settings, or an experiment "
+            "of the study. Jobs train in the background, one process each, so you can leave this page and "
+            "come back to find them running or done.")
+new_tab, jobs_tab = st.tabs(TABS, key="tab", bind="query-params")
+if new_tab.open:
+    restore_settings()
+    with new_tab:
+        try:
+            available = registry.available_sizes()
+            choice = data_section(available)
+            plan = make_plan(choice, available)
+        except STORE_ERRORS as e:
+            st.error(md_escape(store_message(e)))
+        else:
+            settings_section(choice, plan)
+    save_settings()
+if jobs_tab.open:
+    with jobs_tab:
+        message = ss.pop("_launch", None)
+        if message:
+            (st.success if message[0] == "success" else st.error)(md_escape(message[1]))
+        jobs_view()

@@ -1,0 +1,359 @@
+"""The Train page, run headless with Streamlit's AppTest: data panel, settings form, sweeps, presets and the
+live jobs view (one test launches a real job process that trains a tiny model)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import core.download
+from core import registry
+from core.config import FIELD_HELP, RunConfig
+from core.dataset import class_counts
+from core.download import DownloadError, offline_message
+from core.jobs import ACTIVE, JobQueue
+from core.runs import RunStore
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+APP = str(PROJECT_ROOT / "app.py")
+PAGE = PROJECT_ROOT / "pages" / "train.py"
+TIMEOUT = 120  # seconds per script run; the machine may be busy training
+# Where each RunConfig field is set on the page: data and size in the data panel, the rest in the form.
+WIDGET_KEYS = {f: f"f_{f}" for f in RunConfig.field_names()} | {"data": "data_path", "size": "data_source"}
+
+
+def texts(at: AppTest) -> str:
+    parts = []
+    for kind in ("title", "subheader", "markdown", "caption", "code", "info", "error", "warning", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [p.text for p in at.progress]
+    return "\n".join(parts)
+
+
+def widgets(at: AppTest) -> dict[str, object]:
+    out = {}
+    for kind in ("text_input", "number_input", "selectbox", "toggle", "radio", "multiselect", "checkbox"):
+        for w in getattr(at, kind):
+            if w.key:
+                out[w.key] = w
+    return out
+
+
+@pytest.fixture
+def artifacts(monkeypatch, tmp_path) -> Path:
+    """An empty run store and an empty BloodMNIST data folder."""
+    artifacts = tmp_path / "artifacts"
+    empty_data = tmp_path / "no-data"
+    empty_data.mkdir()
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("CELLSCOPE_DATA_DIR", str(empty_data))
+    return artifacts
+
+
+def queue_at(artifacts: Path) -> JobQueue:
+    return JobQueue(RunStore(artifacts / "runs"))
+
+
+def check(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def show_tab(at: AppTest, name: str) -> AppTest:
+    """Click a tab: its label goes to the session state and, except for the first tab, to the URL (?tab=)."""
+    at.session_state["tab"] = name
+    if name == "New training":
+        at.query_params.pop("tab", None)
+    else:
+        at.query_params["tab"] = name
+    return check(at.run())
+
+
+def open_train(jobs_tab: bool = False) -> AppTest:
+    at = check(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+    check(at.switch_page("pages/train.py").run())
+    return show_tab(at, "Jobs") if jobs_tab else at
+
+
+def use_file(at: AppTest, npz: Path) -> AppTest:
+    check(at.radio(key="data_source").set_value("custom").run())
+    return check(at.text_input(key="data_path").input(str(npz)).run())
+
+
+def errors_next_to(at: AppTest, key: str) -> list[str]:
+    """The error messages in the innermost column that holds the widget `key`."""
+    columns = [c for c in at.columns if key in {w.key for kind in ("number_input", "text_input", "selectbox",
+                                                                   "toggle") for w in getattr(c, kind)}]
+    assert columns, f"no column holds {key}"
+    return [e.value for e in columns[-1].error]
+
+
+def test_renders_with_no_data_and_no_jobs(artifacts):
+    at = open_train()
+    shown = texts(at)
+    assert at.title[0].value == "Train"
+    assert [t.label for t in at.tabs] == ["New training", "Jobs"]
+    assert not at.error
+    # every size can be downloaded; the default (64 px) is not here, so launching would be blocked
+    assert [b.label for b in at.button if b.key.startswith("download_")] == [f"Download {s} px" for s in
+                                                                               (28, 64, 128, 224)]
+    assert "BloodMNIST 64 px is not downloaded yet" in shown
+    assert "**1 job** · about" in shown
+    at = check(open_train(jobs_tab=True))
+    assert "No training jobs yet" in texts(at)
+
+
+def test_every_setting_has_an_input_with_its_help_and_the_study_defaults(artifacts, tiny_npz):
+    at = use_file(open_train(), tiny_npz)
+    found = widgets(at)
+    for name, key in WIDGET_KEYS.items():
+        assert key in found, f"no input for {name}"
+        assert found[key].help == FIELD_HELP[name], name
+    defaults = RunConfig()
+    for name in RunConfig.field_names():
+        if name in ("data", "size", "weights", "tags"):
+            continue
+        assert found[f"f_{name}"].value == getattr(defaults, name), name
+    assert found["f_weights"].value == "auto"  # ImageNet for ResNet-50, none for ResNet-18
+
+
+@pytest.mark.parametrize("key, value, message", [("f_lr", 0.0, "must be in (0, 1]"),
+                                                 ("f_dropout", 1.0, "must be in [0, 1)")])
+def test_an_invalid_value_is_shown_next_to_its_field_and_nothing_is_queued(artifacts, tiny_npz, key, value,
+                                                                            message):
+    at = use_file(open_train(), tiny_npz)
+    at.number_input(key=key).set_value(value)
+    check(at.button(key="launch").click().run())
+    next_to = [m.replace("\\", "") for m in errors_next_to(at, key)]
+    assert next_to == [message]
+    assert any("Nothing was launched" in e.value for e in at.error)
+    assert queue_at(artifacts).list() == []
+    # fixing it clears the message
+    at.number_input(key=key).set_value(0.001 if key == "f_lr" else 0.3)
+    check(at.button(key="preview").click().run())
+    assert errors_next_to(at, key) == []
+
+
+def test_settings_survive_switching_tabs_and_pages(artifacts, tiny_npz):
+    at = use_file(open_train(), tiny_npz)
+    at.number_input(key="f_epochs").set_value(3)
+    check(at.button(key="preview").click().run())
+    check(at.multiselect(key="sweep_fields").select("lr").run())
+    check(at.text_input(key="sweep_lr").input("0.001, 0.0001").run())
+    show_tab(at, "Jobs")
+    assert [w.key for w in at.number_input] == ["max_concurrent"]  # the settings are not drawn here
+    check(at.switch_page("pages/home.py").run())
+    check(at.switch_page("pages/train.py").run())
+    show_tab(at, "New training")
+    assert at.number_input(key="f_epochs").value == 3
+    assert at.text_input(key="data_path").value == str(tiny_npz)
+    assert at.text_input(key="sweep_lr").value == "0.001, 0.0001"
+    assert at.button(key="launch").label == "Launch 2 jobs"
+    # the path survives choosing BloodMNIST for a moment
+    check(at.radio(key="data_source").set_value(28).run())
+    check(at.radio(key="data_source").set_value("custom").run())
+    assert at.text_input(key="data_path").value == str(tiny_npz)
+
+
+def test_a_custom_npz_shows_its_class_counts(artifacts, tiny_npz):
+    at = use_file(open_train(), tiny_npz)
+    expected = class_counts(tiny_npz)
+    n = {split: sum(expected[split]) for split in ("train", "val", "test")}
+    assert f"28 px · {n['train']} train · {n['val']} val · {n['test']} test images" in texts(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    spec = json.loads(charts[0].proto.spec)
+    assert [t["name"] for t in spec["data"]] == ["train", "val", "test"]
+    assert [t["y"] for t in spec["data"]] == [expected[s] for s in ("train", "val", "test")]
+    assert spec["data"][0]["x"][3] == registry.short_label(registry.label_names()[3])  # "immature granulocytes"
+    assert spec["layout"]["barmode"] == "group"
+
+
+def test_a_bad_file_gets_a_clear_message_next_to_it(artifacts, tmp_path):
+    bad = tmp_path / "notes.npz"
+    bad.write_text("not a dataset")
+    at = use_file(open_train(), bad)
+    assert any("notes.npz is not an .npz file" in e.value.replace("\\", "") for e in at.error)
+    assert not at.get("plotly_chart")
+    at.text_input(key="data_path").input(str(tmp_path / "missing.npz"))
+    check(at.run())
+    assert any("No dataset file at" in e.value for e in at.error)
+
+
+def test_a_sweep_previews_its_jobs_and_an_estimate(artifacts, tiny_npz):
+    at = use_file(open_train(), tiny_npz)
+    check(at.multiselect(key="sweep_fields").select("batch_size").run())
+    at.text_input(key="sweep_batch_size").input("16, 32")
+    check(at.number_input(key="sweep_repeats").set_value(2).run())
+    shown = texts(at)
+    assert re.search(r"\*\*4 jobs\*\* · about \*\*\d+ (s|min|h)\*\*", shown), shown
+    assert "no finished runs on this machine yet" in shown  # says where the speed comes from
+    table = at.dataframe[0].value
+    assert list(table["batch_size"]) == [16, 16, 32, 32]
+    assert list(table["seed"]) == [0, 1, 0, 1]
+    assert at.button(key="launch").label == "Launch 4 jobs"
+    assert queue_at(artifacts).list() == []  # a preview launches nothing
+    # a bad sweep value is shown under its own input
+    check(at.text_input(key="sweep_batch_size").input("16, big").run())
+    assert errors_next_to(at, "sweep_batch_size") == ["'big' is not a valid int"]
+
+
+def test_auto_weights_follow_each_swept_network(artifacts, tiny_npz):
+    at = use_file(open_train(), tiny_npz)
+    check(at.selectbox(key="f_arch").set_value("resnet18").run())  # "auto": from scratch for ResNet-18
+    check(at.multiselect(key="sweep_fields").select("arch").run())
+    check(at.text_input(key="sweep_arch").input("resnet18, mobilenetv3small").run())
+    table = at.dataframe[0].value
+    assert list(zip(table["arch"], table["weights"])) == [("resnet18", "none"), ("mobilenetv3small", "imagenet")]
+
+
+def test_the_table_12_preset_previews_12_jobs_in_hours_or_days(artifacts):
+    at = open_train()
+    check(at.selectbox(key="preset_choice").set_value("table12").run())
+    check(at.button(key="load_preset").click().run())
+    shown = texts(at)
+    assert re.search(r"\*\*12 jobs\*\* · about \*\*[\d.]+ (h|days)\*\*", shown), shown
+    table = at.dataframe[0].value
+    assert len(table) == 12
+    assert set(table["arch"]) == {"resnet50", "resnet101"} and set(table["size"]) == {64, 128, 224}
+    assert set(table["batch_size"]) == {16, 32}
+    assert at.button(key="launch").label == "Launch 12 jobs"
+    # no BloodMNIST here: launching is refused with the reason, nothing is queued
+    check(at.button(key="launch").click().run())
+    assert any("not downloaded yet" in e.value for e in at.error)
+    assert queue_at(artifacts).list() == []
+
+
+def test_a_preset_of_variants_previews_each_variant(artifacts):
+    at = open_train()
+    at.selectbox(key="preset_choice").set_value("table3")
+    check(at.button(key="load_preset").click().run())
+    table = at.dataframe[0].value
+    assert list(table["optimizer"]) == ["adam", "rmsprop", "sgd"]
+    assert at.button(key="launch").label == "Launch 3 jobs"
+    assert at.toggle(key="f_attention").value and at.toggle(key="f_class_weights").value
+
+
+def test_download_offline_says_where_to_put_the_file(artifacts, monkeypatch):
+    def offline(size, root=None, progress=None, **kwargs):
+        raise DownloadError(offline_message(size, registry.local_path(size), "no network"))
+
+    monkeypatch.setattr(core.download, "download", offline)
+    at = open_train()
+    check(at.button(key="download_64").click().run())
+    message = at.error[0].value.replace("\\", "")
+    assert "Could not download BloodMNIST 64 px (no network)" in message
+    assert str(registry.local_path(64)) in message
+
+
+def test_download_shows_progress_and_selects_the_new_file(artifacts, monkeypatch, tiny_npz):
+    calls = []
+
+    def fake(size, root=None, progress=None, **kwargs):
+        target = registry.local_path(size)
+        total = tiny_npz.stat().st_size
+        for done in (total // 2, total):
+            progress(done, total)
+            calls.append(done)
+        shutil.copy(tiny_npz, target)
+        return target
+
+    monkeypatch.setattr(core.download, "download", fake)
+    at = open_train()
+    check(at.button(key="download_28").click().run())
+    assert len(calls) == 2
+    assert at.radio(key="data_source").value == 28
+    assert "download_28" not in {b.key for b in at.button}
+    assert len(at.get("plotly_chart")) == 1  # the class counts of the new file
+
+
+def test_job_controls(artifacts, monkeypatch, tiny_npz):
+    """Cancel, resume, delete and the status filter, with the queue's scheduler switched off."""
+    monkeypatch.setattr(JobQueue, "tick", lambda self: [])
+    queue = queue_at(artifacts)
+    config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=2)
+    waiting, broken = queue.submit(config), queue.submit(config.replace(seed=1), sweep="demo")
+    queue._update(broken, status="failed", error="the training process ended without reporting",
+                  run_id="20250101-000000-abcdef", epoch=1, finished=time.time())
+    at = open_train(jobs_tab=True)
+    shown = texts(at)
+    assert "Job 1" in shown and "Job 2" in shown and "1 queued · 1 failed · updated" in shown
+    assert any("ended without reporting" in e.value for e in at.error)
+    assert at.progress[0].text.startswith("Queued")
+    assert {b.key for b in at.button} >= {"cancel_1", "resume_2", "delete_2"}
+    check(at.button(key="cancel_1").click().run())
+    assert queue.get(waiting).status == "cancelled"
+    check(at.button(key="resume_2").click().run())
+    assert queue.get(broken).status == "queued"
+    check(at.segmented_control(key="job_filter").set_value("Active").run())
+    assert "Job 2" in texts(at) and "Job 1" not in texts(at)
+    check(at.segmented_control(key="job_filter").set_value("All").run())
+    check(at.button(key="delete_1").click().run())
+    assert [j.id for j in queue.list()] == [broken]
+    check(at.number_input(key="max_concurrent").set_value(2).run())
+    assert queue.max_concurrent == 2
+
+
+@pytest.mark.slow
+def test_launch_a_tiny_run_and_see_it_succeed(artifacts, tiny_npz):
+    at = use_file(open_train(), tiny_npz)
+    at.selectbox(key="f_arch").set_value("resnet18")
+    at.selectbox(key="f_weights").set_value("none")
+    at.number_input(key="f_epochs").set_value(1)
+    at.number_input(key="f_limit_train").set_value(64)
+    at.number_input(key="f_batch_size").set_value(32)
+    check(at.button(key="launch").click().run())
+    assert not at.error, [e.value for e in at.error]
+    assert "Queued 1 job" in at.success[0].value
+    queue = queue_at(artifacts)
+    jobs = queue.list()
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert (job.config.arch, job.config.weights, job.config.epochs, job.config.limit_train,
+            job.config.batch_size, job.config.size) == ("resnet18", "none", 1, 64, 32, 28)
+    assert Path(job.config.data) == tiny_npz.resolve()
+    assert job.status in ACTIVE  # the page's tick already started it (a real training process)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        queue.tick()
+        job = queue.get(job.id)
+        if job.status not in ACTIVE:
+            break
+        time.sleep(1)
+    assert job.status == "succeeded", job.error or queue.log_tail(job.id)
+    check(at.run())  # the page stays on the Jobs tab after launching
+    shown = texts(at)
+    assert ":green-badge[:material/check_circle: succeeded]" in shown
+    assert f"Run saved in `{job.run_path}`" in shown
+    assert Path(job.run_path).is_dir()
+
+
+def page_imports() -> list[str]:
+    tree = ast.parse(PAGE.read_text())
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_the_train_page_does_not_load_tensorflow():
+    modules = page_imports()
+    assert "core.jobs" in modules and "core.sweeps" in modules
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            "heavy = sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
