@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+from core.config import ConfigError, RunConfig
+from core.sweeps import (JOB_OVERHEAD_SECONDS, PRESETS, PRESETS_BY_KEY, estimate_seconds, format_duration, grid,
+                         parse_values, relative_cost, training_speed)
+
+
+def test_grid_is_the_product_with_seed_repeats():
+    base = RunConfig(arch="resnet50", size=64, seed=10)
+    configs = grid(base, {"batch_size": [16, 32], "dropout": [0.3, 0.5]}, repeats=3)
+    assert len(configs) == 12
+    assert {(c.batch_size, c.dropout) for c in configs} == {(16, 0.3), (16, 0.5), (32, 0.3), (32, 0.5)}
+    assert sorted({c.seed for c in configs}) == [10, 11, 12]
+    assert len(set(configs)) == 12  # all distinct
+
+
+def test_grid_gives_each_architecture_its_default_weights():
+    configs = grid(RunConfig(arch="resnet50", weights="imagenet"), {"arch": ["resnet18", "resnet50"]})
+    assert {c.arch: c.weights for c in configs} == {"resnet18": "none", "resnet50": "imagenet"}
+
+
+@pytest.mark.parametrize("values, field", [({"nope": [1]}, "nope"), ({"seed": [1, 2]}, "seed"),
+                                           ({"lr": []}, "lr"), ({"dropout": [1.5]}, "dropout")])
+def test_grid_rejects_bad_sweeps(values, field):
+    with pytest.raises(ConfigError) as e:
+        grid(RunConfig(), values)
+    assert e.value.field == field
+
+
+def test_parse_values_types_each_field():
+    assert parse_values("batch_size", "16, 32") == [16, 32]
+    assert parse_values("lr", "1e-3,1e-4") == [1e-3, 1e-4]
+    assert parse_values("attention", "true, off") == [True, False]
+    assert parse_values("arch", "resnet18,resnet50") == ["resnet18", "resnet50"]
+    for name, text in (("batch_size", "sixteen"), ("attention", "maybe"), ("lr", " , ")):
+        with pytest.raises(ConfigError) as e:
+            parse_values(name, text)
+        assert e.value.field == name
+
+
+def test_presets_match_the_study_tables():
+    counts = {p.key: len(p.configs()) for p in PRESETS}
+    assert counts == {"classroom": 1, "table1": 2, "table2": 3, "table3": 3, "table4": 4, "table5": 3,
+                      "table6": 6, "table7": 6, "table8": 6, "table9": 3, "table12": 12}
+    t12 = PRESETS_BY_KEY["table12"].configs()
+    assert {(c.arch, c.size, c.batch_size) for c in t12} == {
+        (a, s, b) for a in ("resnet50", "resnet101") for s in (64, 128, 224) for b in (16, 32)}
+    assert all(c.dropout == 0.3 and c.optimizer == "adam" and c.lr == 1e-4 and not c.attention for c in t12)
+    t3 = PRESETS_BY_KEY["table3"].configs()
+    assert [(c.optimizer, c.lr, c.momentum) for c in t3] == [("adam", 1e-4, 0.9), ("rmsprop", 1e-4, 0.9),
+                                                             ("sgd", 1e-3, 0.9)]
+    assert all(c.attention and c.class_weights for c in t3)
+    assert len(PRESETS_BY_KEY["table9"].configs(repeats=3)) == 9
+
+
+def test_speed_prefers_measurements_then_scales_then_defaults():
+    config = RunConfig(arch="resnet50", size=64)
+    rows = [{"arch": "resnet50", "size": 64, "images_per_second": 50.0},
+            {"arch": "resnet50", "size": 64, "images_per_second": 70.0},
+            {"arch": "mobilenetv3small", "size": 64, "images_per_second": 900.0}]
+    measured = training_speed(config, rows)
+    assert measured.source == "measured" and measured.images_per_second == 60.0
+    scaled = training_speed(RunConfig(arch="resnet101", size=64), rows)
+    assert scaled.source == "scaled" and scaled.images_per_second < 60.0
+    default = training_speed(RunConfig(arch="resnet50", size=224), [])
+    assert default.source == "default" and default.images_per_second < training_speed(config, []).images_per_second
+    assert relative_cost("resnet18", 28) > relative_cost("resnet18", 64) / 4  # small stem keeps 4x the pixels
+
+
+def test_estimate_grows_with_epochs_and_data():
+    rows = [{"arch": "resnet50", "size": 64, "images_per_second": 100.0}]
+    one, _ = estimate_seconds(RunConfig(epochs=1), 1000, 100, 100, rows)
+    two, _ = estimate_seconds(RunConfig(epochs=2), 1000, 100, 100, rows)
+    limited, _ = estimate_seconds(RunConfig(epochs=1, limit_train=500), 1000, 100, 100, rows)
+    assert one > JOB_OVERHEAD_SECONDS + 10 and two - one == pytest.approx(1000 / 100 + 100 / 300)
+    assert limited == pytest.approx(one - 5.0)
+
+
+def test_format_duration():
+    assert format_duration(12) == "12 s"
+    assert format_duration(600) == "10 min"
+    assert format_duration(3 * 3600) == "3.0 h"
+    assert format_duration(3 * 86400) == "3.0 days"
+    assert format_duration(float("inf")) == "unknown"
