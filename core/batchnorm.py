@@ -42,14 +42,18 @@ def recalibrate(model: keras.Model, batches: Iterable, max_batches: int) -> int:
                 acc[0] += layer.moving_mean.numpy()
                 acc[1] += layer.moving_variance.numpy()
             used += 1
+    except BaseException:
+        used = 0  # leave the model as it was
+        raise
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
-    for layer, (mean, var), (old_mean, old_var) in zip(layers, sums, saved):
+        if not used:
+            for layer, (old_mean, old_var) in zip(layers, saved):
+                layer.moving_mean.assign(old_mean)
+                layer.moving_variance.assign(old_var)
+    for layer, (mean, var) in zip(layers, sums):
         if used:
             layer.moving_mean.assign(mean / used)
             layer.moving_variance.assign(var / used)
-        else:
-            layer.moving_mean.assign(old_mean)
-            layer.moving_variance.assign(old_var)
     return used
