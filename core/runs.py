@@ -45,6 +45,13 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get(ARTIFACTS_ENV, PROJECT_ROOT / "artifacts")) / "runs"
 
 
+def run_created(run_id: str) -> float:
+    """The UTC creation time a run id encodes (stable, unlike the folder's modification time)."""
+    import calendar  # noqa: PLC0415
+
+    return float(calendar.timegm(time.strptime(run_id[:15], "%Y%m%d-%H%M%S")))
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
@@ -230,7 +237,7 @@ class RunStore:
     def index_run(self, run: Run) -> None:
         c, m = run.config, run.metrics
         row = {
-            "run_id": run.run_id, "path": str(run.path), "created": run.path.stat().st_mtime,
+            "run_id": run.run_id, "path": str(run.path), "created": run_created(run.run_id),
             "arch": c.arch, "size": c.size, "weights": c.weights, "batch_size": c.batch_size,
             "epochs": c.epochs, "optimizer": c.optimizer, "lr": c.lr, "dropout": c.dropout,
             "attention": int(c.attention), "class_weights": int(c.class_weights), "seed": c.seed,

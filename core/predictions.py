@@ -1,0 +1,117 @@
+"""A run's predictions on its test split, computed once with its model and cached in the run directory.
+
+The confusion page needs to know which test images sit behind each confusion-matrix cell. metrics.json has
+only the counts, so the first time a run is explored its model predicts the test split (the same images the
+run was evaluated on: its config's data file at its size) and `test_predictions.npz` is written atomically
+into the run directory. Later visits read that file and never load TensorFlow. Grad-CAM of one test image
+goes through core.cam.
+
+TensorFlow is imported inside the functions that need a model, never at import time.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from .dataset import DatasetError, resolve
+from .runs import open_run, write_atomic
+
+if TYPE_CHECKING:
+    from .inference import Classifier
+
+PREDICTIONS_FILE = "test_predictions.npz"
+BATCH = 256  # images per model call: bounded memory even at 224 px
+
+
+@dataclass(frozen=True)
+class TestPredictions:
+    y_true: np.ndarray  # (N,) int
+    y_pred: np.ndarray  # (N,) int
+    probabilities: np.ndarray  # (N, n_classes) float32
+
+    def __len__(self) -> int:
+        return int(self.y_true.shape[0])
+
+
+def test_split(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N,S,S,3) uint8, labels (N,)) of the run's test split, reading only those two arrays."""
+    run = open_run(run_dir)
+    config = run.config
+    path = resolve(config.data, config.size)
+    if not path.is_file():
+        raise DatasetError(f"The run's data file {path} is not here any more, so its test images cannot be shown.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images, labels = npz["test_images"], np.asarray(npz["test_labels"]).reshape(-1)
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        raise DatasetError(f"{path.name}: cannot read its test split ({e.__class__.__name__}: {e})") from None
+    expected = run.metrics["test"]["n"]
+    if images.ndim != 4 or images.shape[0] != len(labels) or len(labels) != expected or images.dtype != np.uint8:
+        raise DatasetError(f"{path.name} does not hold the test split this run was evaluated on "
+                           f"({len(labels)} images, the run had {expected})")
+    return images, labels.astype(np.int64)
+
+
+def cached(run_dir: str | Path) -> TestPredictions | None:
+    """The cached predictions, or None when absent or not matching the run's test split."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            y_true, probabilities = npz["y_true"].astype(np.int64), npz["probabilities"].astype(np.float32)
+        n = open_run(run_dir).metrics["test"]["n"]
+    except (KeyError, ValueError, OSError, EOFError):
+        return None
+    if len(y_true) != n or probabilities.shape[0] != n:
+        return None
+    return TestPredictions(y_true, probabilities.argmax(axis=1), probabilities)
+
+
+def load_classifier(run_dir: str | Path) -> "Classifier":
+    from .inference import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
+
+    return Classifier(run_dir)
+
+
+def compute(run_dir: str | Path, classifier: "Classifier | None" = None,
+            progress: Callable[[float], None] | None = None) -> TestPredictions:
+    """Predict the run's test split with its model and cache the result in the run directory."""
+    run_dir = Path(run_dir)
+    images, labels = test_split(run_dir)
+    classifier = classifier or load_classifier(run_dir)
+    parts = []
+    for start in range(0, len(images), BATCH):
+        parts.append(classifier.probabilities(images[start:start + BATCH]).astype(np.float32))
+        if progress:
+            progress(min(1.0, (start + BATCH) / len(images)))
+    probabilities = np.concatenate(parts) if parts else np.zeros((0, len(classifier.labels)), np.float32)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, y_true=labels, probabilities=probabilities)
+    before = run_dir.stat()
+    write_atomic(run_dir / PREDICTIONS_FILE, buf.getvalue())
+    os.utime(run_dir, ns=(before.st_atime_ns, before.st_mtime_ns))  # the index's `created` is this time
+    return TestPredictions(labels, probabilities.argmax(axis=1), probabilities)
+
+
+def load_or_compute(run_dir: str | Path, classifier: "Classifier | None" = None,
+                    progress: Callable[[float], None] | None = None) -> TestPredictions:
+    found = cached(run_dir)
+    return found if found is not None else compute(run_dir, classifier, progress)
+
+
+def gradcam(classifier: "Classifier", image: np.ndarray, class_indices: Sequence[int]) -> np.ndarray:
+    """Grad-CAM heatmaps (len(class_indices), S, S) in [0, 1] of one uint8 image, one per class to explain
+    (say the predicted and the true class), from a single Grad-CAM pass over copies of the image."""
+    from .cam import method  # noqa: PLC0415
+    from .preprocessing import preprocess  # noqa: PLC0415
+
+    x = preprocess(np.repeat(np.asarray(image)[None], len(class_indices), axis=0), classifier.config.arch).numpy()
+    with method("gradcam")(classifier.model) as cam:
+        return cam(x, list(class_indices))

@@ -1,0 +1,332 @@
+"""Results: every run in one table, a matrix of any metric over any fields, and the study's figures beside ours.
+
+A thin view over core.results (the SQLite run index, read once per index change) and core.reference (the
+study's Tables 1-15). It never loads TensorFlow: the page opens fast even with a thousand runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from core import reference, results
+from core.errors import UserFacingError
+from core.runs import RunStore
+
+# -- settings -------------------------------------------------------------------------------------------
+DEFAULT_ROWS, DEFAULT_COLS, DEFAULT_METRIC = ["arch", "batch_size"], ["size"], "test_accuracy"
+DEFAULT_SELECTED = 3  # runs picked for the per-class and curve views when the user has not chosen
+PARALLEL_FIELDS = ("arch", "size", "weights", "batch_size", "optimizer", "lr", "momentum", "dropout", "attention",
+                   "class_weights", "epochs", "limit_train")
+SCALE = [[0.0, "#f7f3f5"], [0.5, "#d48aa9"], [1.0, "#8e2453"]]  # the theme's stained-film purple-red
+RUN_COLOURS = ["#8e2453", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#7f7f7f", "#bcbd22"]
+
+st.title("Results", anchor=False)
+st.caption("Every run's best epoch (chosen on validation, never the last epoch), as a table and as a matrix "
+           "over any settings, with the study's published numbers beside ours.")
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def load_table(runs_dir: str, signature: tuple) -> pd.DataFrame:
+    """The runs table from the SQLite index; `signature` (index file times and sizes) is the cache key."""
+    return results.runs_table(RunStore(runs_dir))
+
+
+def csv_bytes(df: pd.DataFrame):
+    return lambda: df.to_csv(index=False).encode()
+
+
+def run_labels(df: pd.DataFrame) -> dict[str, str]:
+    """run_id -> 'id · ResNet-50 · 64 px · batch 32 · val 0.974 · status' for pickers (no per-row pandas)."""
+    out = {}
+    for run_id, arch, size, batch, acc, status in zip(df["run_id"], df["arch"], df["size"], df["batch_size"],
+                                                      df["val_accuracy"], df["status"]):
+        extra = f" · val {acc:.3f}" if acc == acc else f" · {status}"
+        out[run_id] = f"{run_id} · {results.describe_value('arch', arch)} · {size} px · batch {batch}{extra}"
+    return out
+
+
+# -- the runs and the filters -----------------------------------------------------------------------------
+try:
+    store = RunStore()
+    table = load_table(str(store.runs_dir), results.index_signature(store))
+except (UserFacingError, OSError, ValueError) as e:
+    st.error(f"Could not read the run store: {e}. If its index is damaged, rebuild it from the run folders: "
+             "python -m core runs --reindex")
+    st.stop()
+except Exception as e:  # sqlite3.DatabaseError and the like
+    st.error(f"Could not read the run store ({e.__class__.__name__}: {e}). If its index is damaged, rebuild it "
+             "from the run folders: python -m core runs --reindex")
+    st.stop()
+
+if table.empty:
+    st.info("No runs yet. Train one on the Train page or with `python -m core train`; it appears here when done.",
+            icon=":material/table_chart:")
+
+notice = st.session_state.pop("results_notice", None)
+if notice:
+    st.success(notice, icon=":material/check_circle:")
+
+filters: dict[str, list] = {}
+chosen_tags: list[str] = []
+with st.expander("Filter runs", icon=":material/filter_list:", expanded=False):
+    varied = [f for f in (*results.MAIN_FIELDS, *[c for c in results.CONFIG_FIELDS if c not in results.MAIN_FIELDS])
+              if f in table and len(results.sorted_values(table[f])) > 1]
+    tag_options = results.all_tags(table)
+    status_options = results.sorted_values(table["status"])
+    grid = st.columns(4)
+    slot = 0
+    if len(status_options) > 1:
+        filters["status"] = grid[slot % 4].multiselect("Status", status_options, key="flt_status")
+        slot += 1
+    if tag_options:
+        chosen_tags = grid[slot % 4].multiselect("Tags (any of)", tag_options, key="flt_tags")
+        slot += 1
+    for field in varied:
+        filters[field] = grid[slot % 4].multiselect(
+            results.field_label(field), results.sorted_values(table[field]), key=f"flt_{field}",
+            format_func=lambda v, f=field: results.describe_value(f, v))
+        slot += 1
+    if not varied and not tag_options and len(status_options) < 2:
+        st.caption("All runs share every setting so far: nothing to filter on.")
+
+shown = results.filter_runs(table, filters, chosen_tags)
+complete = shown[shown["status"] == "complete"]
+
+st.subheader(f"Runs ({len(shown)} of {len(table)})", anchor=False)
+f1_cols = results.f1_columns(shown)
+order = ["run_id", "created", "status", "arch", "size", "weights", "batch_size", "optimizer", "lr", "dropout",
+         "attention", "class_weights", "seed", "epochs", "tags", "best_epoch", "val_accuracy", "val_auc",
+         "test_accuracy", "test_auc", "test_macro_f1", *f1_cols, "train_seconds", "images_per_second"]
+order += [c for c in results.CONFIG_FIELDS if c not in order]
+number = lambda label, fmt="%.3f": st.column_config.NumberColumn(label, format=fmt)  # noqa: E731
+column_config = {c: results.field_label(c) for c in order}
+column_config.update({c: number(results.field_label(c)) for c in
+                      ("val_accuracy", "val_auc", "test_accuracy", "test_auc", "test_macro_f1", *f1_cols)})
+column_config.update({
+    "created": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm"),
+    "lr": number("Learning rate", "%g"), "dropout": number("Dropout", "%.2f"),
+    "train_seconds": number("Train time (s)", "%.0f"), "images_per_second": number("Images/s", "%.0f"),
+})
+st.dataframe(shown[order], hide_index=True, column_config=column_config, height=min(420, 38 + 35 * len(shown)))
+st.download_button("Runs as CSV", csv_bytes(shown[order]), file_name="runs.csv", mime="text/csv",
+                   on_click="ignore", icon=":material/download:")
+
+# -- the matrix -----------------------------------------------------------------------------------------------
+st.subheader("Matrix", anchor=False)
+st.caption("Pick the fields for rows and columns and a metric: each cell is the mean ± sample SD over the runs "
+           "there (usually seeds), with their number in brackets.")
+
+metrics = results.metric_options(table)
+field_choices = [f for f in (*results.MAIN_FIELDS, *results.CONFIG_FIELDS) if f != "seed"]
+field_choices = list(dict.fromkeys(field_choices))
+st.session_state.setdefault("mx_rows", DEFAULT_ROWS)
+st.session_state.setdefault("mx_cols", DEFAULT_COLS)
+st.session_state.setdefault("mx_metric", DEFAULT_METRIC)
+st.session_state.setdefault("mx_recipe", False)
+if st.session_state["mx_metric"] not in metrics:
+    st.session_state["mx_metric"] = DEFAULT_METRIC
+
+
+def apply_table12() -> None:
+    st.session_state.update(mx_rows=list(results.TABLE12["rows"]), mx_cols=list(results.TABLE12["cols"]),
+                            mx_metric=results.TABLE12["metric"], mx_recipe=True,
+                            mx_levels_for=(tuple(results.TABLE12["rows"]), tuple(results.TABLE12["cols"])))
+
+
+pick_rows, pick_cols, pick_metric, pick_preset = st.columns([3, 3, 3, 2], vertical_alignment="bottom")
+rows = pick_rows.multiselect("Rows", field_choices, key="mx_rows", format_func=results.field_label)
+st.session_state["mx_cols"] = [c for c in st.session_state["mx_cols"] if c not in rows]
+cols = pick_cols.multiselect("Columns", [f for f in field_choices if f not in rows], key="mx_cols",
+                             format_func=results.field_label)
+metric_key = pick_metric.selectbox("Metric", list(metrics), key="mx_metric", format_func=lambda k: metrics[k].label)
+pick_preset.button("Study Table 12", on_click=apply_table12, icon=":material/table_view:",
+                   help="Rows architecture × batch size, columns image size, test accuracy, the study's recipe "
+                        "only; the study's numbers beside ours.")
+recipe = st.toggle("Only runs with the study's final recipe (dropout 0.3, Adam 1e-4, no attention, "
+                   "no class weights)", key="mx_recipe")
+metric = metrics[metric_key]
+
+matrix_runs = results.filter_runs(complete, results.TABLE12["recipe"]) if recipe else complete
+matrix_filters = {**filters, **(results.TABLE12["recipe"] if recipe else {})}
+levels = (results.TABLE12["levels"]
+          if st.session_state.get("mx_levels_for") == (tuple(rows), tuple(cols)) else None)
+ours = results.matrix(matrix_runs, rows, cols, metric.key, levels=levels)
+study = results.reference_matrix(ours, matrix_filters)
+if study is not None and study.empty:
+    study = None
+
+
+def heatmap(m: results.Matrix, text: pd.DataFrame, zrange: tuple[float, float] | None, title: str) -> go.Figure:
+    z = m.mean.to_numpy(float)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=m.col_labels(), y=m.row_labels(), texttemplate="%{text}", customdata=text.to_numpy(),
+        text=text.replace(r" \((\d+)\)$", r"<br>(\1)", regex=True).to_numpy(),  # n on its own line
+        colorscale=SCALE, zmin=zrange[0] if zrange else None,
+        zmax=zrange[1] if zrange else None, xgap=2, ygap=2, colorbar=dict(thickness=12),
+        hovertemplate="%{y} · %{x}<br>" + metric.label + ": %{customdata}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(type="category", side="top")
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=110 + 46 * len(m.row_labels()),
+                      margin=dict(l=10, r=10, t=80, b=10), plot_bgcolor="#ffffff")
+    return fig
+
+
+values = [v for v in ours.mean.to_numpy(float).ravel() if not math.isnan(v)]
+if study is not None:
+    values += [v for v in study.matrix.mean.to_numpy(float).ravel() if not math.isnan(v)]
+zrange = (min(values), max(values)) if values else None
+if ours.n.to_numpy().sum() == 0:
+    st.info("No complete run matches these filters for this metric yet: the cells are empty.",
+            icon=":material/grid_off:")
+if study is not None:
+    left, right = st.columns(2)
+    left.plotly_chart(heatmap(ours, ours.text(metric), zrange, f"Ours: {metric.label}"), key="mx_ours")
+    right.plotly_chart(heatmap(study.matrix, study.text(metric), zrange, f"Study: {metric.label}"), key="mx_study")
+    if study.unreliable.to_numpy().any():
+        st.warning(f"{reference.UNRELIABLE_MARK} Unreliable: the study's Table 13 batch-32 columns carry a "
+                   "class-name ordering error from its original notebooks, so these per-class values may belong "
+                   "to another class.", icon=":material/warning:")
+    st.caption("Study values come from its tables (listed in the comparison below); cells with several study "
+               "configurations show their mean ± SD (n).")
+else:
+    st.plotly_chart(heatmap(ours, ours.text(metric), zrange, f"Ours: {metric.label}"), key="mx_ours")
+comparison = results.comparison_table(ours, study)
+with st.expander("Cells as a table" + (" with the study's values and the difference" if study is not None else ""),
+                 icon=":material/table_rows:"):
+    st.dataframe(comparison, hide_index=True, column_config={
+        "mean": number("Ours (mean)", "%.4f"), "sd": number("Ours (SD)", "%.4f"), "n": "Runs",
+        "study": number("Study", "%.4f"), "difference": number("Ours − study", "%+.4f"),
+        "study_tables": "Study tables", "study_reliable": "Study value reliable"})
+st.download_button("Matrix as CSV", csv_bytes(comparison), file_name=f"matrix-{metric.key}.csv", mime="text/csv",
+                   on_click="ignore", icon=":material/download:")
+
+# -- selected runs: per class, curves -------------------------------------------------------------------------
+st.subheader("Selected runs", anchor=False)
+candidates = shown.sort_values("val_accuracy", ascending=False, na_position="last")
+labels = run_labels(candidates)
+default = list(complete.sort_values("val_accuracy", ascending=False)["run_id"][:DEFAULT_SELECTED])
+selected = st.multiselect("Runs to compare (best on validation first)", list(labels), default=default,
+                          format_func=lambda r: labels.get(r, r), key="sel_runs")
+selected_complete = [r for r in selected if r in set(complete["run_id"])]
+
+if selected:
+    per_class = results.per_class_table(store, selected_complete)
+    curves = results.curves(store, selected)
+    colour = {r: RUN_COLOURS[i % len(RUN_COLOURS)] for i, r in enumerate(selected)}
+
+    st.markdown("**Per class (test split)**")
+    if per_class.empty:
+        st.caption("The selected runs have no per-class metrics yet.")
+    else:
+        which = st.segmented_control("Bars show", ["f1", "precision", "recall"], default="f1", key="pc_metric",
+                                     format_func=lambda k: {"f1": "F1", "precision": "Precision",
+                                                            "recall": "Recall"}[k]) or "f1"
+        bars = go.Figure([go.Bar(name=run_id, x=g["class"], y=g[which], marker_color=colour[run_id],
+                                 hovertemplate="%{x}: %{y:.3f}<extra>" + run_id + "</extra>")
+                          for run_id, g in per_class.groupby("run_id", sort=False)])
+        bars.update_layout(barmode="group", height=340, yaxis=dict(title=which, range=[0, 1.02]),
+                           margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.12))
+        st.plotly_chart(bars, key="pc_bars")
+        wide = per_class.pivot_table(index="class", columns="run_id", values=["precision", "recall", "f1"],
+                                     sort=False)
+        # short headers: the run id's random part and the metric, e.g. "18cbbc F1"
+        short = {"precision": "precision", "recall": "recall", "f1": "F1"}
+        wide.columns = [f"{run[-6:]} {short[m]}" for m, run in wide.columns]
+        wide = wide[[f"{r[-6:]} {short[m]}" for r in per_class["run_id"].unique() for m in short]]
+        support = per_class.groupby("class", sort=False)["support"].first()
+        st.dataframe(wide.assign(support=support).reset_index(), hide_index=True,
+                     column_config={c: number(c) for c in wide.columns})
+        st.download_button("Per-class metrics as CSV", csv_bytes(per_class), file_name="per-class.csv",
+                           mime="text/csv", on_click="ignore", icon=":material/download:")
+
+    st.markdown("**Training curves** (solid: training, dashed: validation; as the study's Figure 1)")
+    if curves.empty:
+        st.caption("No training history for the selected runs.")
+    else:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.08)
+        for run_id, g in curves.groupby("run_id", sort=False):
+            for col, m in ((1, "loss"), (2, "accuracy")):
+                for split, dash in (("train", "solid"), ("val", "dash")):
+                    line = g[(g["metric"] == m) & (g["split"] == split)]
+                    fig.add_trace(go.Scatter(
+                        x=line["epoch"], y=line["value"], mode="lines+markers", name=f"{run_id} {split}",
+                        legendgroup=run_id, showlegend=col == 1, line=dict(color=colour[run_id], dash=dash),
+                        hovertemplate=f"{run_id} {split} {m}" + "<br>epoch %{x}: %{y:.4f}<extra></extra>"),
+                        row=1, col=col)
+        fig.update_xaxes(title_text="epoch", dtick=1)
+        fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(font=dict(size=11)))
+        st.plotly_chart(fig, key="curves")
+        st.download_button("Curves as CSV", csv_bytes(curves), file_name="curves.csv", mime="text/csv",
+                           on_click="ignore", icon=":material/download:")
+else:
+    st.caption("Select runs above to see their per-class metrics and training curves.")
+
+# -- hyperparameters against validation accuracy ----------------------------------------------------------------
+st.subheader("Settings against validation accuracy", anchor=False)
+dims = results.parallel_dimensions(complete, PARALLEL_FIELDS, "val_accuracy")
+if len(complete) < 2 or len(dims) < 2:
+    st.caption("Needs at least two complete runs that differ in a setting.")
+else:
+    acc = dims[-1]["values"]
+    par = go.Figure(go.Parcoords(
+        line=dict(color=acc, colorscale=SCALE, showscale=True, colorbar=dict(title="val acc", thickness=12)),
+        dimensions=dims, labelfont=dict(size=12), tickfont=dict(size=11)))
+    par.update_layout(height=380, margin=dict(l=60, r=40, t=50, b=20))
+    st.plotly_chart(par, key="parallel")
+    st.caption("One line per run, coloured by validation accuracy; drag along an axis to highlight a range.")
+
+# -- tag and delete ------------------------------------------------------------------------------------------
+st.subheader("Tag or delete runs", anchor=False)
+
+
+def do_tag(run_ids: list[str], add: bool) -> None:
+    tag = st.session_state.get("tag_text", "")
+    try:
+        n = results.tag_runs(store, run_ids, add=[tag] if add else [], remove=[] if add else [tag])
+    except UserFacingError as e:
+        st.session_state["results_error"] = str(e)
+        return
+    st.session_state["results_notice"] = (f"{'Tagged' if add else 'Untagged'} {n} run{'s' * (n != 1)} "
+                                          f"{'with' if add else 'from'} “{tag.strip()}”.")
+
+
+def ask_delete(run_ids: list[str]) -> None:
+    st.session_state["confirm_delete"] = list(run_ids)
+
+
+def do_delete() -> None:
+    run_ids = st.session_state.pop("confirm_delete", [])
+    for run_id in run_ids:
+        store.delete(run_id)
+    st.session_state["results_notice"] = f"Deleted {len(run_ids)} run{'s' * (len(run_ids) != 1)}."
+
+
+error = st.session_state.pop("results_error", None)
+if error:
+    st.error(error)
+if not selected_complete:
+    st.caption("Select complete runs above to tag or delete them.")
+else:
+    n = len(selected_complete)
+    tag_col, add_col, remove_col, delete_col = st.columns([4, 2, 2, 2], vertical_alignment="bottom")
+    tag_col.text_input("Tag", key="tag_text", placeholder="e.g. baseline", max_chars=40,
+                       help="A free label (no commas) to find and group runs; it is stored in each run's config.")
+    add_col.button(f"Tag {n} run{'s' * (n != 1)}", on_click=do_tag, args=(selected_complete, True),
+                   icon=":material/sell:")
+    remove_col.button("Remove tag", on_click=do_tag, args=(selected_complete, False))
+    delete_col.button(f"Delete {n} run{'s' * (n != 1)}…", on_click=ask_delete, args=(selected_complete,),
+                      icon=":material/delete:")
+    pending = st.session_state.get("confirm_delete")
+    if pending:
+        with st.container(border=True):
+            st.warning(f"Delete {len(pending)} run{'s' * (len(pending) != 1)} and all their files (model, "
+                       f"metrics, history)? This cannot be undone.\n\n" + "\n".join(f"- `{r}`" for r in pending),
+                       icon=":material/delete_forever:")
+            yes, no = st.columns(2)
+            yes.button("Yes, delete", type="primary", on_click=do_delete, key="confirm_yes")
+            no.button("Cancel", on_click=lambda: st.session_state.pop("confirm_delete", None), key="confirm_no")

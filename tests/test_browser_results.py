@@ -1,0 +1,151 @@
+"""The Results and Confusions pages in a real headless Chromium: `streamlit run app.py`, open each page,
+wait for its charts, and save a full-page screenshot to test-output/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from results_fixtures import seeded_artifacts
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = PROJECT_ROOT / "test-output" / "screenshots"
+START_TIMEOUT = 90  # seconds; the machine may be busy training
+PAGE_TIMEOUT = 180_000  # ms; the Confusions page predicts the test split on first visit
+
+pytestmark = pytest.mark.browser
+
+
+def need_chromium() -> None:
+    if not CHROMIUM.is_file():
+        message = f"{CHROMIUM} not found (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"streamlit did not answer on {url} within {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, trained_run, tiny_npz):
+    """`streamlit run app.py` on a free port over three real tiny runs (seeds 1-3)."""
+    need_chromium()
+    artifacts = seeded_artifacts(tmp_path_factory, trained_run, tiny_npz)
+    env = dict(os.environ, CELLSCOPE_ARTIFACTS=str(artifacts))
+    port = free_port()
+    log = tmp_path_factory.mktemp("streamlit-results") / "streamlit.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1"],
+            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def settle(page) -> None:
+    """Wait until Streamlit has finished running the script and the charts have drawn."""
+    page.wait_for_timeout(500)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=PAGE_TIMEOUT)
+    page.wait_for_timeout(1500)
+
+
+def open_from_sidebar(page, app_url: str, title: str) -> None:
+    """Start at the app's root (app.py's navigation) and follow the sidebar link, as a user does."""
+    page.goto(app_url, timeout=60_000)
+    page.get_by_role("heading", name="CellScope").wait_for(timeout=60_000)
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
+
+
+def screenshot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside its main section, so grow the window to its height first."""
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": 1440, "height": min(max(900, int(height) + 40), 8000)})
+    page.mouse.move(5, 5)  # no tooltip left over from the last click
+    page.wait_for_timeout(1500)  # plotly redraws at the new size
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+def test_results_page(app_url, browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    open_from_sidebar(page, app_url, "Results")
+    page.get_by_role("heading", name="Results").wait_for(timeout=60_000)
+    page.get_by_text("Runs (3 of 3)").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Study Table 12").click()
+    page.get_by_text("Study: Test accuracy").wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot").nth(4).wait_for(timeout=60_000)
+    settle(page)
+    screenshot(page, "results.png")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 2
+    assert page.get_by_text("0.988").count() >= 1  # the study's best model, in the Table 12 heatmap
+    page.close()
+
+
+def test_confusion_page(app_url, browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    open_from_sidebar(page, app_url, "Confusions")
+    page.get_by_role("heading", name="Confusions").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Images behind a cell").wait_for(timeout=60_000)
+    page.locator('[data-testid="stImage"]').first.wait_for(timeout=PAGE_TIMEOUT)
+    settle(page)
+    page.get_by_role("button", name="Grad-CAM").first.click()
+    page.locator("strong", has_text="Test image #").wait_for(timeout=PAGE_TIMEOUT)
+    page.get_by_text("image · heatmap · overlay").first.wait_for(timeout=PAGE_TIMEOUT)
+    settle(page)
+    screenshot(page, "confusion.png")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_role("heading", name="Two runs side by side").count() == 1
+    page.close()

@@ -1,0 +1,132 @@
+"""The Confusions page by AppTest over real tiny trained runs, and core.predictions' on-disk cache."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from results_fixtures import seeded_artifacts
+from streamlit.testing.v1 import AppTest
+
+from core import confusion, predictions
+from core.runs import Run, RunStore
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(PROJECT_ROOT / "pages" / "confusion.py")
+TIMEOUT = 240  # the first visit loads TensorFlow and predicts the test split; the machine may be busy
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, trained_run, tiny_npz) -> Path:
+    return seeded_artifacts(tmp_path_factory, trained_run, tiny_npz)
+
+
+@pytest.fixture(scope="module")
+def best(artifacts) -> dict:
+    return RunStore(artifacts / "runs").best_run()
+
+
+def open_page(monkeypatch, artifacts: Path) -> AppTest:
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def array(value) -> np.ndarray:
+    """A plotly figure's array: a list, or since plotly 6 a typed array {dtype, bdata, shape}."""
+    if isinstance(value, dict) and "bdata" in value:
+        data = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return data.reshape([int(x) for x in str(shape).split(",")]) if shape else data
+    return np.asarray(value, float)
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def test_predictions_are_computed_once_and_cached(best):
+    run_dir = Path(best["path"])
+    (run_dir / predictions.PREDICTIONS_FILE).unlink(missing_ok=True)
+    assert predictions.cached(run_dir) is None
+    created = run_dir.stat().st_mtime_ns
+    found = predictions.compute(run_dir)
+    assert (run_dir / predictions.PREDICTIONS_FILE).is_file()
+    assert run_dir.stat().st_mtime_ns == created
+    metrics = Run(run_dir).metrics
+    assert len(found) == metrics["test"]["n"]
+    counts, _ = confusion.from_metrics(metrics)
+    recomputed = confusion.from_predictions(found.y_true, found.y_pred, 8)
+    assert np.abs(recomputed - counts).sum() <= 2  # the saved model reproduces the run's test confusions
+    again = predictions.cached(run_dir)
+    assert again is not None and (again.y_pred == found.y_pred).all()
+    assert np.allclose(again.probabilities, found.probabilities)
+
+
+def test_grad_cam_of_one_test_image_for_two_classes(best):
+    run_dir = Path(best["path"])
+    images, labels = predictions.test_split(run_dir)
+    assert images.shape[1:] == (28, 28, 3) and len(images) == len(labels)
+    heats = predictions.gradcam(predictions.load_classifier(run_dir), images[0], [int(labels[0]), 3])
+    assert heats.shape == (2, 28, 28) and heats.min() >= 0 and heats.max() <= 1
+
+
+def test_page_shows_the_best_run_its_confusions_and_thumbnails(monkeypatch, artifacts, best):
+    at = open_page(monkeypatch, artifacts)
+    assert at.selectbox(key="cf_run").value == best["run_id"]  # best on validation by default
+    assert at.multiselect(key="cf_focus").value == ["monocyte", "immature granulocytes"]
+    matrix = figures(at)[0]["data"][0]
+    counts, labels = confusion.from_metrics(Run(Path(best["path"])).metrics)
+    assert matrix["type"] == "heatmap" and matrix["x"] == labels
+    assert array(matrix["z"]) == pytest.approx(confusion.row_normalise(counts), nan_ok=True)
+    shown = at.dataframe[0].value
+    assert list(shown.columns) == ["confusion", "count", "share"]
+    ranked = confusion.ranked_confusions(counts, labels)
+    assert list(shown["confusion"]) == [f"{t} → {p}" for t, p in zip(ranked["true"], ranked["predicted"])]
+    assert list(shown["count"]) == list(ranked["count"]) and len(shown) > 0
+    # the cell explorer opens on the top confusion and shows its images
+    top = ranked.iloc[0]
+    assert at.selectbox(key=f"cf_true_{best['run_id']}").value == top["true"]
+    assert at.selectbox(key=f"cf_pred_{best['run_id']}").value == top["predicted"]
+    n_images = min(int(top["count"]), 24)
+    assert len(at.get("image")) == n_images
+    assert (Path(best["path"]) / predictions.PREDICTIONS_FILE).is_file()
+    # recall with 95% intervals for this run and the second one, and the difference matrix
+    kinds = [f["data"][0]["type"] for f in figures(at)]
+    assert kinds.count("bar") == 1 and kinds.count("heatmap") == 4
+    recall = next(f for f in figures(at) if f["data"][0]["type"] == "bar")
+    assert len(recall["data"]) == 2 and "error_y" in recall["data"][0]
+    assert "Two runs side by side" in [s.value for s in at.subheader]
+
+
+def test_grad_cam_on_click(monkeypatch, artifacts, best):
+    at = open_page(monkeypatch, artifacts)
+    buttons = [b for b in at.button if b.label == "Grad-CAM"]
+    assert buttons
+    before = len(at.get("image"))
+    buttons[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(m.value.startswith("**Test image #") for m in at.markdown)
+    assert len(at.get("image")) > before  # the heatmap panels
+
+
+def test_pick_any_cell_and_no_second_run(monkeypatch, artifacts, best):
+    at = open_page(monkeypatch, artifacts)
+    run_id = best["run_id"]
+    at.selectbox(key=f"cf_true_{run_id}").set_value("platelet").run()
+    at.selectbox(key=f"cf_pred_{run_id}").set_value("platelet").run()
+    assert not at.exception
+    assert any("predicted as **platelet** (correct)" in m.value for m in at.markdown) or \
+        any("No test image of platelet" in c.value for c in at.caption)
+    at.selectbox(key="cf_compare").set_value("none").run()
+    assert "Two runs side by side" not in [s.value for s in at.subheader]
+    assert len(next(f for f in figures(at) if f["data"][0]["type"] == "bar")["data"]) == 1
+
+
+def test_no_runs(monkeypatch, tmp_path):
+    at = open_page(monkeypatch, tmp_path / "artifacts")
+    assert any("No complete runs yet" in i.value for i in at.info)
