@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,12 +264,18 @@ class Trainer:
             return self._finish()
         except (TrainingCancelled, KeyboardInterrupt):
             self.writer.log("stopped; the last completed epoch's checkpoint is kept for resuming")
-            self.writer.close()
+            self._close_work_dir()
             raise
         except BaseException as e:
             self.writer.log(f"failed: {e.__class__.__name__}: {e}")
-            self.writer.close()
+            self._close_work_dir()
             raise
+
+    def _close_work_dir(self) -> None:
+        """Keep the work directory only if it holds a checkpoint to resume from."""
+        self.writer.close()
+        if not (self.writer.work_dir / CHECKPOINT_STATE).is_file():
+            shutil.rmtree(self.writer.work_dir, ignore_errors=True)
 
     def _finish(self) -> Run:
         c, data = self.config, self.data

@@ -46,7 +46,7 @@ def test_queue_survives_restart_and_runs_one_at_a_time(tmp_path, tiny_npz):
     started = queue.tick()
     assert started == [ids[0]]
     assert queue.get(ids[1]).status == "queued"
-    wait_for(lambda: all(queue.get(i).status in ("succeeded", "failed") for i in ids), 240, queue, "both jobs")
+    wait_for(lambda: all(queue.get(i).status in ("succeeded", "failed") for i in ids), 600, queue, "both jobs")
     jobs = [queue.get(i) for i in ids]
     assert [j.status for j in jobs] == ["succeeded", "succeeded"], [j.error or j.log_tail for j in jobs]
     assert jobs[1].started >= jobs[0].finished - 1.0, "with max 1 concurrent the second waits for the first"
@@ -63,7 +63,7 @@ def test_cancel_then_resume_from_saved_epoch(tmp_path, tiny_npz):
     job_id = queue.submit(tiny_config(tiny_npz, epochs=3, limit_train=256, batch_size=16))
     queue.tick()
     # let one epoch complete (its checkpoint is written), then cancel during the second
-    wait_for(lambda: len(queue.history(queue.get(job_id))) >= 1, 240, None, "first epoch")
+    wait_for(lambda: len(queue.history(queue.get(job_id))) >= 1, 600, None, "first epoch")
     pid = queue.get(job_id).pid
     queue.cancel(job_id)
     wait_for(lambda: queue.get(job_id).status == "cancelled", 20, queue, "cancelled status")
@@ -75,7 +75,7 @@ def test_cancel_then_resume_from_saved_epoch(tmp_path, tiny_npz):
     assert store.list_runs() == []  # a cancelled run is never listed as complete
 
     queue.resume(job_id)
-    wait_for(lambda: queue.get(job_id).status in ("succeeded", "failed"), 240, queue, "resumed job")
+    wait_for(lambda: queue.get(job_id).status in ("succeeded", "failed"), 600, queue, "resumed job")
     job = queue.get(job_id)
     assert job.status == "succeeded", job.error or job.log_tail
     run = open_run(job.run_path)
@@ -94,7 +94,7 @@ def test_killed_process_is_marked_failed_and_store_intact(tmp_path, tiny_npz, tr
     queue = JobQueue(store)
     job_id = queue.submit(tiny_config(tiny_npz, epochs=50, limit_train=256, batch_size=16))
     queue.tick()
-    wait_for(lambda: queue.get(job_id).batch >= 1, 240, None, "training to start")
+    wait_for(lambda: queue.get(job_id).batch >= 1, 600, None, "training to start")
     os.killpg(queue.get(job_id).pid, signal.SIGKILL)
     wait_for(lambda: queue.get(job_id).status == "failed", 20, queue, "failed status")
     job = queue.get(job_id)
