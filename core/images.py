@@ -28,11 +28,17 @@ class ImageInputError(UserFacingError, ValueError):
 
 
 def decode(data: bytes, name: str = "image") -> np.ndarray:
-    """Bytes of a PNG/JPEG/TIFF/BMP/... -> (H, W, 3) uint8 RGB, or ImageInputError."""
+    """Bytes of a PNG/JPEG/TIFF/BMP/GIF -> (H, W, 3) uint8 RGB, or ImageInputError."""
+    return decode_with_note(data, name)[0]
+
+
+def decode_with_note(data: bytes, name: str = "image") -> tuple[np.ndarray, str | None]:
+    """As `decode`, with a note on any conversion made (greyscale, 16-bit, transparency, first frame...)."""
     if not data:
         raise ImageInputError(f"{name}: the file is empty")
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    notes = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -40,38 +46,56 @@ def decode(data: bytes, name: str = "image") -> np.ndarray:
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageInputError(f"{name}: {img.width}x{img.height} pixels is too large "
                                           f"(limit {MAX_PIXELS:,} pixels)")
-                if getattr(img, "n_frames", 1) > 1:
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
                     img.seek(0)  # animated or multi-page: the first frame
+                    notes.append(f"first of {frames} frames used")
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img)
+                rgb, note = _to_rgb(img, name)
+                notes += [note] if note else []
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageInputError(f"{name}: the image is too large (limit {MAX_PIXELS:,} pixels)") from None
     except UnidentifiedImageError:
         raise ImageInputError(f"{name}: not an image Pillow can read (PNG, JPEG, TIFF, BMP, GIF)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageInputError(f"{name}: the image is damaged or truncated ({e})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     if min(rgb.shape[:2]) < MIN_SIDE:
         raise ImageInputError(f"{name}: {rgb.shape[1]}x{rgb.shape[0]} pixels is too small "
                               f"(at least {MIN_SIDE} px a side)")
-    return rgb
+    return rgb, "; ".join(notes) or None
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+_MODE_NOTES = {"L": "greyscale, copied to the three colour channels", "1": "black-and-white, made RGB",
+               "CMYK": "CMYK converted to RGB", "P": "palette colours converted to RGB",
+               "YCbCr": "YCbCr converted to RGB", "RGBA": "transparency flattened onto white",
+               "LA": "greyscale with transparency, flattened onto white",
+               "PA": "palette with transparency, flattened onto white"}
+
+
+def _to_rgb(img: Image.Image, name: str = "image") -> tuple[np.ndarray, str | None]:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() or 1.0
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        arr = np.where(np.isfinite(arr), arr, 0.0)  # NaN/inf pixels (float TIFFs) become black
+        low = min(float(arr.min()), 0.0)  # scaled by the image's own range: 0..max, or min..max if negative
+        arr = np.clip((arr - low) / ((float(arr.max()) - low) or 1.0) * 255.0, 0, 255).astype(np.uint8)
+        bits = "32-bit" if img.mode in ("I", "F") else "16-bit"
+        return np.repeat(arr[..., None], 3, axis=2), f"{bits} greyscale, scaled to 8 bits"
+    note = _MODE_NOTES.get(img.mode)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    return np.asarray(img.convert("RGB"))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB")), note
+    if img.mode == "RGB":
+        return np.asarray(img), None
+    try:
+        return np.asarray(img.convert("RGB")), note or f"{img.mode} converted to RGB"
+    except ValueError:
+        raise ImageInputError(f"{name}: colour mode {img.mode} is not supported") from None
 
 
 def read_file(path: str | Path) -> np.ndarray:

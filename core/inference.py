@@ -1,8 +1,15 @@
-"""A trained run loaded for prediction: its model, its label names and its preprocessing, together."""
+"""A trained run loaded for prediction: its model, its label names and its preprocessing, together.
+
+The model is loaded once; prediction and each (CAM method, layer) explanation are `tf.function`s with a
+fixed input signature, traced once and reused for every later image (the page keeps one `Classifier`
+per run in `st.cache_resource`). An explanation returns the probabilities too, from the same forward pass,
+so showing a prediction with its heatmap costs one call.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +19,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from .cam import method as cam_method  # noqa: E402
+from .cam.base import BaseCAM, Explanation  # noqa: E402
 from .config import RunConfig  # noqa: E402
+from .models import CamLayer, cam_layers, last_conv_block  # noqa: E402
 from .preprocessing import preprocess  # noqa: E402
-from .runs import open_run  # noqa: E402
+from .registry import short_label  # noqa: E402
+from .runs import Run, open_run  # noqa: E402
+
+EMBEDDING_LAYER = "avg_pool"  # the pooled features before the classifier head (see models.build_model)
+BATCH = 64
 
 
 @dataclass
@@ -30,27 +44,110 @@ class Classifier:
 
     def __init__(self, run_dir: str | Path):
         run = open_run(run_dir)
+        model = keras.models.load_model(run.model_path, compile=False)
+        self._setup(model, run.config, list(run.metrics["test"]["labels"]), run)
+
+    @classmethod
+    def from_model(cls, model: keras.Model, config: RunConfig, labels: list[str]) -> "Classifier":
+        """A classifier over an in-memory model (benchmarks, tests); it has no run folder."""
+        self = cls.__new__(cls)
+        self._setup(model, config, list(labels), None)
+        return self
+
+    def _setup(self, model: keras.Model, config: RunConfig, labels: list[str], run: Run | None) -> None:
         self.run = run
-        self.config: RunConfig = run.config
-        self.labels: list[str] = list(run.metrics["test"]["labels"])
-        self.model: keras.Model = keras.models.load_model(run.model_path, compile=False)
+        self.config = config
+        self.labels = labels
+        self.short_labels: list[str] = [short_label(label) for label in self.labels]
+        self.model = model
         self.image_size = int(self.model.input_shape[1])
-        arch = self.config.arch
+        names = {layer.name for layer in self.model.layers}
+        self.embedding_layer = EMBEDDING_LAYER if EMBEDDING_LAYER in names else None
+        outputs = [self.model.output]
+        if self.embedding_layer:
+            outputs.append(self.model.get_layer(self.embedding_layer).output)
+        self._forward = keras.Model(self.model.inputs, outputs)
+        spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.uint8)
+        self._predict = tf.function(self._predict_graph, input_signature=[spec])
+        self._cams: dict[tuple[str, str], BaseCAM] = {}
+        self._lock = threading.Lock()
 
-        @tf.function(reduce_retracing=True)
-        def _predict(images: tf.Tensor) -> tf.Tensor:
-            return self.model(preprocess(images, arch), training=False)
+    # -- prediction -----------------------------------------------------------------------------------
+    def _predict_graph(self, images: tf.Tensor):
+        outputs = self._forward(self.preprocess(images), training=False)
+        probabilities = outputs[0]
+        embedding = outputs[1] if self.embedding_layer else tf.zeros((tf.shape(images)[0], 0))
+        return probabilities, embedding
 
-        self._predict = _predict
+    def preprocess(self, images: tf.Tensor) -> tf.Tensor:
+        return preprocess(images, self.config.arch)
+
+    def _check(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        s = self.image_size
+        if images.shape[1:] != (s, s, 3):
+            raise ValueError(f"expected (N, {s}, {s}, 3) images, got {images.shape}")
+        return images.astype(np.uint8, copy=False)
+
+    def probabilities_and_embeddings(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) uint8 -> probabilities (N, n_classes) and pooled embeddings (N, d), in batches."""
+        images = self._check(images)
+        probs, embs = [], []
+        for start in range(0, len(images), BATCH):
+            p, e = self._predict(tf.constant(images[start:start + BATCH]))
+            probs.append(p.numpy())
+            embs.append(e.numpy())
+        if not probs:
+            return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, 0), np.float32)
+        return np.concatenate(probs), np.concatenate(embs)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, n_classes) probabilities."""
-        return self._predict(tf.convert_to_tensor(images, tf.uint8)).numpy()
+        return self.probabilities_and_embeddings(images)[0]
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
-        out = []
-        for p in self.probabilities(images):
-            i = int(np.argmax(p))
-            out.append(Prediction(self.labels[i], i, float(p[i]),
-                                  {label: float(v) for label, v in zip(self.labels, p)}))
-        return out
+        return [self.prediction(p) for p in self.probabilities(images)]
+
+    def prediction(self, p: np.ndarray) -> Prediction:
+        i = int(np.argmax(p))
+        return Prediction(self.labels[i], i, float(p[i]), {label: float(v) for label, v in zip(self.labels, p)})
+
+    # -- explanations ---------------------------------------------------------------------------------
+    def cam_layers(self) -> list[CamLayer]:
+        return cam_layers(self.model)
+
+    def explainer(self, method: str = "gradcam", layer: str | None = None) -> BaseCAM:
+        """The (cached) CAM object for a method and layer; its function is traced on first use only."""
+        layer = layer or last_conv_block(self.model)
+        key = (method, layer)
+        with self._lock:
+            if key not in self._cams:
+                extra = (self.embedding_layer,) if self.embedding_layer else ()
+                self._cams[key] = cam_method(method)(self.model, layer, preprocess=self.preprocess,
+                                                     extra_layers=extra)
+            return self._cams[key]
+
+    def explain(self, images: np.ndarray, method: str = "gradcam", layer: str | None = None,
+                class_index: int | None = None) -> Explanation:
+        """uint8 (N, S, S, 3) -> probabilities, heatmaps (N, S, S) and the explained classes, in one call."""
+        return self.explainer(method, layer).explain(self._check(images), class_index)
+
+    def warm_up(self, method: str = "gradcam", layer: str | None = None) -> None:
+        """Trace prediction and the default explanation now, so the first user request is fast."""
+        blank = np.zeros((1, self.image_size, self.image_size, 3), np.uint8)
+        self.probabilities_and_embeddings(blank)
+        self.explain(blank, method, layer)
+
+    def close(self) -> None:
+        with self._lock:
+            for cam in self._cams.values():
+                cam.release()
+            self._cams.clear()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

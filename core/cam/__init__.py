@@ -11,13 +11,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .base import BaseCAM
 
-# name -> (module, class)
-_METHODS = {"gradcam": ("gradcam", "GradCAM")}
+# name -> (module, class, title for menus)
+_METHODS = {
+    "gradcam": ("gradcam", "GradCAM", "Grad-CAM"),
+    "gradcampp": ("gradcampp", "GradCAMPlusPlus", "Grad-CAM++"),
+    "hirescam": ("hirescam", "HiResCAM", "HiResCAM"),
+    "scorecam": ("scorecam", "ScoreCAM", "Score-CAM"),
+}
 METHOD_NAMES = tuple(_METHODS)
+METHOD_TITLES = {name: entry[2] for name, entry in _METHODS.items()}
 
 
 def method(name: str) -> "type[BaseCAM]":
     if name not in _METHODS:
         raise ValueError(f"unknown CAM method {name!r}; one of {METHOD_NAMES}")
-    module, cls = _METHODS[name]
+    module, cls, _ = _METHODS[name]
     return getattr(importlib.import_module(f".{module}", __name__), cls)

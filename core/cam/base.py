@@ -1,12 +1,20 @@
 """Shared machinery for CAM methods, in the shape of pytorch-grad-cam's `BaseCAM`.
 
-The base class builds (once) a function returning a chosen layer's activations and the class scores
-(the pre-softmax `logits` layer), takes gradients, asks the subclass for per-channel weights, forms the
-weighted sum, applies ReLU, upsamples to the input size and normalises each map to [0, 1]. A method only
-overrides `channel_weights`. Use it in a `with` block to release the extra graph when done.
+The base class builds (once) a graph returning a chosen layer's activations and the class scores (the
+pre-softmax `logits` layer), takes gradients of the explained class's score, asks the subclass for
+per-channel weights, forms the weighted sum, applies ReLU, upsamples to the input size and normalises each
+map to [0, 1]. All of it is one `tf.function` with a fixed input signature, traced once per object, that
+also returns the class probabilities: a prediction and its explanation cost one forward pass.
+
+A method overrides `channel_weights` (Grad-CAM, Grad-CAM++, Score-CAM); a method whose map is not a
+weighted sum of channels (HiResCAM) overrides `cam_map` instead. Both hooks receive TensorFlow tensors and
+run inside the traced function. Use an object in a `with` block to release its graph and function.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -14,20 +22,43 @@ import tensorflow as tf
 
 from ..models import last_conv_block
 
+PREDICTED = -1  # class_index meaning "the predicted class"
+
+
+@dataclass
+class Explanation:
+    probabilities: np.ndarray  # (N, n_classes)
+    heatmaps: np.ndarray  # (N, S, S) float32 in [0, 1]
+    targets: np.ndarray  # (N,) the class each heatmap explains
+    extras: dict[str, np.ndarray]  # outputs of `extra_layers`, e.g. the pooled embedding
+
 
 class BaseCAM:
     name = "base"
+    uses_gradients = True  # Score-CAM needs none, which saves the backward pass
 
-    def __init__(self, model: keras.Model, layer_name: str | None = None):
+    def __init__(self, model: keras.Model, layer_name: str | None = None,
+                 preprocess: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                 extra_layers: Sequence[str] = ()):
+        """`preprocess` maps float pixels (0-255) to the model's input; None when inputs are preprocessed.
+
+        `extra_layers` are returned by `explain` too (the classifier asks for the pooled embedding).
+        """
         self.layer_name = layer_name or last_conv_block(model)
         try:
             layer = model.get_layer(self.layer_name)
         except ValueError:
             raise ValueError(f"the model has no layer named {self.layer_name!r}") from None
-        score = model.get_layer("logits").output
-        self._graph: keras.Model | None = keras.Model(model.inputs, [layer.output, score])
-        self.input_size = tuple(model.input_shape[1:3])
-        self._step = tf.function(self._activations_and_grads, reduce_retracing=True)
+        if len(layer.output.shape) != 4:
+            raise ValueError(f"layer {self.layer_name!r} has no spatial (4-D) output")
+        self.extra_layers = tuple(extra_layers)
+        outputs = [layer.output, model.get_layer("logits").output]
+        outputs += [model.get_layer(n).output for n in self.extra_layers]
+        self._graph: keras.Model | None = keras.Model(model.inputs, outputs)
+        self.input_size = tuple(int(s) for s in model.input_shape[1:3])
+        self._preprocess = preprocess or (lambda x: x)
+        spec = [tf.TensorSpec((None, *self.input_size, 3), tf.float32), tf.TensorSpec((None,), tf.int32)]
+        self._explain = tf.function(self._explain_graph, input_signature=spec)
 
     # -- resources ------------------------------------------------------------------------------------
     def __enter__(self) -> "BaseCAM":
@@ -38,51 +69,75 @@ class BaseCAM:
 
     def release(self) -> None:
         self._graph = None
-        self._step = None
+        self._explain = None
 
     @property
     def released(self) -> bool:
         return self._graph is None
 
-    # -- the method ----------------------------------------------------------------------------------
-    def channel_weights(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
-        """(N, h, w, C) activations and d score / d activations -> (N, C) weights."""
+    # -- the method (override one) --------------------------------------------------------------------
+    def channel_weights(self, activations: tf.Tensor, grads: tf.Tensor | None, inputs: tf.Tensor | None = None,
+                        targets: tf.Tensor | None = None) -> tf.Tensor:
+        """(N, h, w, C) activations and d score / d activations -> (N, C) weights.
+
+        `inputs` (the preprocessed batch) and `targets` (N,) are there for methods that re-run the model.
+        """
         raise NotImplementedError
 
-    def _activations_and_grads(self, x: tf.Tensor, class_index: tf.Tensor):
+    def cam_map(self, activations: tf.Tensor, grads: tf.Tensor | None, inputs: tf.Tensor,
+                targets: tf.Tensor) -> tf.Tensor:
+        """(N, h, w) map before ReLU: by default the channel-weighted sum of the activations."""
+        weights = self.channel_weights(activations, grads, inputs, targets)
+        return tf.einsum("nhwc,nc->nhw", activations, weights)
+
+    # -- shared work -----------------------------------------------------------------------------------
+    def scores(self, inputs: tf.Tensor) -> tf.Tensor:
+        """Class scores (logits) of a preprocessed batch, for methods that re-run the model."""
+        return self._graph(inputs, training=False)[1]
+
+    def _explain_graph(self, images: tf.Tensor, class_index: tf.Tensor):
+        x = self._preprocess(images)
         with tf.GradientTape() as tape:
-            activations, scores = self._graph(x, training=False)
+            activations, logits, *extras = self._graph(x, training=False)
             tape.watch(activations)
-            chosen = tf.gather(scores, class_index, axis=1, batch_dims=1)
-        grads = tape.gradient(chosen, activations)
-        return activations, grads, scores
+            predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
+            targets = tf.where(class_index < 0, predicted, class_index)
+            chosen = tf.gather(logits, targets, axis=1, batch_dims=1)
+        grads = tape.gradient(chosen, activations) if self.uses_gradients else None
+        cam = tf.nn.relu(self.cam_map(activations, grads, x, targets))
+        heat = normalise_tf(upsample(cam, self.input_size))
+        return tf.nn.softmax(logits), heat, targets, extras
 
-    def __call__(self, x: np.ndarray | tf.Tensor, class_index: int | list[int] | None = None) -> np.ndarray:
-        """Preprocessed batch (N, S, S, 3) -> heatmaps (N, S, S) in [0, 1].
+    def explain(self, images: np.ndarray | tf.Tensor,
+                class_index: int | Sequence[int] | None = None) -> Explanation:
+        """Batch (N, S, S, 3) of pixels (through `preprocess`) -> probabilities and heatmaps together.
 
-        `class_index` None explains each image's predicted class.
+        `class_index` None (or -1) explains each image's predicted class.
         """
         if self.released:
             raise RuntimeError(f"{self.__class__.__name__} was released; create a new one")
-        x = tf.convert_to_tensor(x, tf.float32)
+        x = tf.cast(tf.convert_to_tensor(images), tf.float32)
         n = int(x.shape[0])
-        if class_index is None:
-            _, scores = self._graph(x, training=False)
-            idx = tf.argmax(scores, axis=1, output_type=tf.int32)
-        else:
-            idx = tf.constant(np.broadcast_to(np.asarray(class_index, np.int32), (n,)))
-        activations, grads, _ = self._step(x, idx)
-        weights = self.channel_weights(activations, grads)
-        cam = tf.nn.relu(tf.einsum("nhwc,nc->nhw", activations, weights))
-        return normalise(upsample(cam, self.input_size))
+        idx = np.broadcast_to(np.asarray(PREDICTED if class_index is None else class_index, np.int32), (n,))
+        probabilities, heat, targets, extras = self._explain(x, tf.constant(idx))
+        return Explanation(probabilities.numpy(), heat.numpy(), targets.numpy(),
+                           {name: e.numpy() for name, e in zip(self.extra_layers, extras)})
+
+    def __call__(self, x: np.ndarray | tf.Tensor, class_index: int | Sequence[int] | None = None) -> np.ndarray:
+        """Batch (N, S, S, 3) -> heatmaps (N, S, S) in [0, 1]; `class_index` None explains the prediction."""
+        return self.explain(x, class_index).heatmaps
 
 
 def upsample(cam: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     return tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
 
 
-def normalise(cam: tf.Tensor) -> np.ndarray:
-    cam = cam.numpy() if hasattr(cam, "numpy") else np.asarray(cam)
-    low = cam.min(axis=(1, 2), keepdims=True)
-    high = cam.max(axis=(1, 2), keepdims=True)
-    return np.where(high - low > 1e-12, (cam - low) / np.maximum(high - low, 1e-12), 0.0).astype(np.float32)
+def normalise_tf(cam: tf.Tensor) -> tf.Tensor:
+    """Each map to [0, 1] by its own min and max; a flat map becomes all zeros."""
+    low = tf.reduce_min(cam, axis=(1, 2), keepdims=True)
+    span = tf.reduce_max(cam, axis=(1, 2), keepdims=True) - low
+    return tf.where(span > 1e-12, (cam - low) / tf.maximum(span, 1e-12), tf.zeros_like(cam))
+
+
+def normalise(cam: tf.Tensor | np.ndarray) -> np.ndarray:
+    return normalise_tf(tf.convert_to_tensor(cam, tf.float32)).numpy()

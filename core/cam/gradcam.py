@@ -9,6 +9,7 @@ from .base import BaseCAM
 
 class GradCAM(BaseCAM):
     name = "gradcam"
+    title = "Grad-CAM"
 
-    def channel_weights(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+    def channel_weights(self, activations, grads, inputs=None, targets=None) -> tf.Tensor:
         return tf.reduce_mean(grads, axis=(1, 2))

@@ -1,0 +1,224 @@
+"""What the Classify page does, without Streamlit: uploads -> model inputs -> predictions, flags, explanations.
+
+The page (pages/classify.py) is a thin view over these functions, and benchmarks/pbc_samples_accuracy.py
+runs the same path on the 160 CellaVision samples, so what is measured is what users get.
+
+Flags:
+- "unidentified": the top class's probability is below a threshold the user sets (digital morphology
+  analysers leave such cells for a person to classify);
+- "unlike the training data": the image's pooled embedding is farther from every class centre than 95% of
+  validation images are (see core.ood).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+from .cam.base import Explanation
+from .errors import UserFacingError
+from .faithfulness import Faithfulness, faithfulness
+from .images import to_model_input
+from .inference import Classifier
+from .models import coarse_map_note  # noqa: F401  (re-exported for the page)
+from .ood import OODStats, load_or_fit
+from .overlay import colorize, overlay
+from .runs import open_run
+from .uploads import UploadItem
+
+DEFAULT_THRESHOLD = 0.5
+DISPLAY_MAX = 384  # the uploaded image is kept for display at most this many pixels a side
+UNIDENTIFIED, UNLIKE = "unidentified", "unlike training data"
+
+
+@dataclass
+class Prepared:
+    """One upload as the model will see it (or why it cannot be used)."""
+
+    name: str
+    model_input: np.ndarray | None = None  # (S, S, 3) uint8
+    display: np.ndarray | None = None  # the upload, scaled down for display
+    error: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class ImageResult:
+    name: str
+    model_input: np.ndarray | None = None
+    display: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    index: int | None = None
+    label: str | None = None
+    confidence: float | None = None
+    flags: list[str] = field(default_factory=list)
+    distance: float | None = None
+    error: str | None = None
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def load_classifier(run_dir: str | Path) -> Classifier:
+    """The run's model, with prediction and the default Grad-CAM traced (so the first request is fast)."""
+    clf = Classifier(run_dir)
+    clf.warm_up()
+    return clf
+
+
+def shrink(rgb: np.ndarray, side: int = DISPLAY_MAX) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if max(h, w) <= side:
+        return rgb
+    scale = side / max(h, w)
+    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                  Image.Resampling.BILINEAR))
+
+
+def prepare(items: Iterable[UploadItem], size: int, mode: str = "medmnist") -> list[Prepared]:
+    """Uploads (decoded one at a time) -> model inputs and display copies; the full image is not kept."""
+    out = []
+    for item in items:
+        if not item.ok:
+            out.append(Prepared(item.name, error=item.error))
+            continue
+        out.append(Prepared(item.name, to_model_input(item.image, size, mode), shrink(item.image), note=item.note))
+    return out
+
+
+def classify(clf: Classifier, prepared: list[Prepared], threshold: float = DEFAULT_THRESHOLD,
+             ood: OODStats | None = None) -> list[ImageResult]:
+    """All good images in one batched call; bad ones keep their message. Order is kept."""
+    good = [p for p in prepared if p.error is None]
+    probs = emb = None
+    if good:
+        probs, emb = clf.probabilities_and_embeddings(np.stack([p.model_input for p in good]))
+    distances = ood.distance(emb) if (ood is not None and good) else None
+    results, g = [], 0
+    for p in prepared:
+        if p.error is not None:
+            results.append(ImageResult(p.name, error=p.error))
+            continue
+        pr = probs[g]
+        i = int(np.argmax(pr))
+        r = ImageResult(p.name, p.model_input, p.display, pr, i, clf.labels[i], float(pr[i]), note=p.note)
+        r.flags = flags(r.confidence, threshold, None if distances is None else float(distances[g]), ood)
+        r.distance = None if distances is None else float(distances[g])
+        results.append(r)
+        g += 1
+    return results
+
+
+def flags(confidence: float, threshold: float, distance: float | None, ood: OODStats | None) -> list[str]:
+    out = []
+    if confidence < threshold:
+        out.append(UNIDENTIFIED)
+    if distance is not None and ood is not None and distance > ood.threshold:
+        out.append(UNLIKE)
+    return out
+
+
+def ood_stats(clf: Classifier) -> OODStats:
+    """The run's 'unlike the training data' statistics (computed once per run, then read from disk)."""
+    return load_or_fit(clf.run.path, lambda images: clf.probabilities_and_embeddings(images)[1])
+
+
+TABLE_COLUMNS = ("file", "prediction", "confidence", "flag", "distance", "note", "error")
+
+
+def table_rows(results: list[ImageResult], short_labels: list[str] | None = None) -> list[dict]:
+    """One row per file: file, prediction, confidence, flag, distance, note, error."""
+    rows = []
+    for r in results:
+        label = r.label
+        if label is not None and short_labels is not None:
+            label = short_labels[r.index]
+        rows.append({"file": r.name, "prediction": label or "",
+                     "confidence": None if r.confidence is None else round(r.confidence, 4),
+                     "flag": ", ".join(r.flags), "distance": None if r.distance is None else round(r.distance, 2),
+                     "note": r.note or "", "error": r.error or ""})
+    return rows
+
+
+def results_csv(results: list[ImageResult], short_labels: list[str] | None = None) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table_rows(results, short_labels))
+    return buf.getvalue()
+
+
+# -- explanations ---------------------------------------------------------------------------------------
+
+@dataclass
+class Explained:
+    explanation: Explanation  # for one image
+    heatmap: np.ndarray  # (S, S) in [0, 1]
+    target: int
+    faithfulness: Faithfulness | None
+
+
+def explain(clf: Classifier, image: np.ndarray, method: str = "gradcam", layer: str | None = None,
+            class_index: int | None = None, score: bool = True) -> Explained:
+    """One model input -> its probabilities, heatmap for the chosen class, and the faithfulness score."""
+    result = clf.explain(image[None], method, layer, class_index)
+    heat, target = result.heatmaps[0], int(result.targets[0])
+    faith = faithfulness(clf.probabilities, image, heat, target) if score else None
+    return Explained(result, heat, target, faith)
+
+
+def enlarge(image: np.ndarray, display: int = 256) -> np.ndarray:
+    """Scale a small model input up by a whole factor (nearest neighbour), so its pixels stay visible."""
+    scale = max(1, display // max(image.shape[:2]))
+    return np.asarray(Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
+                                                    Image.Resampling.NEAREST))
+
+
+def panels(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
+           display: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model input, coloured heatmap and overlay, scaled up to about `display` px for viewing."""
+    big = enlarge(image, display)
+    heat = np.asarray(Image.fromarray(heatmap.astype(np.float32), "F").resize(big.shape[1::-1],
+                                                                              Image.Resampling.BILINEAR))
+    heat = np.clip(heat, 0.0, 1.0)
+    return big, colorize(heat, colormap), overlay(big, heat, alpha, colormap)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# -- a gallery of the run's test split ------------------------------------------------------------------
+
+@dataclass
+class GalleryImage:
+    name: str
+    image: np.ndarray  # (S, S, 3) uint8, already at the model's size
+    true_index: int
+
+
+def gallery(run_dir: str | Path, per_class: int = 2, seed: int = 0) -> list[GalleryImage]:
+    """A few test-split images per class from the run's own dataset, for demos without files."""
+    from .ood import dataset_path  # noqa: PLC0415
+
+    path = dataset_path(open_run(run_dir))
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            labels = np.asarray(npz["test_labels"]).reshape(-1)
+            rng = np.random.default_rng(seed)
+            index = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
+                                    for c in np.unique(labels)])
+            images = npz["test_images"][index]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserFacingError(f"{path.name}: cannot read the test images ({e})") from None
+    return [GalleryImage(f"test #{int(i)}", img, int(labels[i])) for i, img in zip(index, images)]
