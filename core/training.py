@@ -196,8 +196,8 @@ class Trainer:
         if key > self.best_key:
             self.best_key, self.best_epoch = key, epoch
             self.best_weights = [w.copy() for w in self.model.get_weights()]
+        self._checkpoint(epoch)  # first: a history row on disk always has its checkpoint to resume from
         self.writer.write_history(self.history)
-        self._checkpoint(epoch)
         self.log(f"epoch {epoch}/{c.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} | "
                  f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} auc {row['val_auc']:.4f}"
                  f"{' (best)' if self.best_epoch == epoch else ''} [{train_seconds:.1f}s]")
