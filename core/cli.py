@@ -1,4 +1,4 @@
-"""Command line: `python -m core {train,evaluate,predict,gradcam,download,runs}`.
+"""Command line: `python -m core {train,evaluate,predict,gradcam,external,download,runs}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it.
@@ -195,20 +195,27 @@ def _batched(clf, images, batch: int = 256):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .images import ImageInputError, read_file, to_model_input  # noqa: PLC0415
-    from .inference import Classifier  # noqa: PLC0415
+    from . import classify  # noqa: PLC0415
+    from .uploads import iter_paths  # noqa: PLC0415
 
-    clf = Classifier(args.run)
+    clf = classify.Classifier(args.run)
+    prepared = classify.prepare(iter_paths(args.images), clf.image_size, args.resize)  # a zip gives its members
+    ood = classify.ood_stats(clf) if args.ood else None
+    threshold = args.threshold if args.threshold is not None else 0.0
     ok = 0
-    for name in args.images:
-        try:
-            x = to_model_input(read_file(name), clf.image_size, args.resize)
-        except ImageInputError as e:
-            print(json.dumps({"file": name, "error": str(e)}), flush=True)
+    for r in classify.classify(clf, prepared, threshold, ood):
+        if not r.ok:
+            print(json.dumps({"file": r.name, "error": r.error}), flush=True)
             continue
-        p = clf.predict(x[None])[0]
-        print(json.dumps({"file": name, "label": p.label, "confidence": round(p.confidence, 6),
-                          "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}}), flush=True)
+        line = {"file": r.name, "label": r.label, "confidence": round(r.confidence, 6),
+                "probabilities": {k: round(float(v), 6) for k, v in zip(clf.labels, r.probabilities)}}
+        if r.note:
+            line["note"] = r.note
+        if args.threshold is not None or args.ood:
+            line["flags"] = r.flags
+        if args.ood:
+            line["distance"] = round(r.distance, 4)
+        print(json.dumps(line), flush=True)
         ok += 1
     return 0 if ok else 1
 
@@ -216,25 +223,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from PIL import Image  # noqa: PLC0415
 
-    from .cam import method  # noqa: PLC0415
+    from . import classify  # noqa: PLC0415
     from .images import read_file, to_model_input  # noqa: PLC0415
-    from .inference import Classifier  # noqa: PLC0415
-    from .overlay import triptych  # noqa: PLC0415
-    from .preprocessing import preprocess  # noqa: PLC0415
+    from .overlay import COLORMAPS, triptych  # noqa: PLC0415
 
-    clf = Classifier(args.run)
+    if args.colormap not in COLORMAPS:
+        raise UserError(f"unknown colormap {args.colormap!r}; one of {', '.join(COLORMAPS)}")
+    clf = classify.Classifier(args.run)
     x = to_model_input(read_file(args.image), clf.image_size, args.resize)
-    pred = clf.predict(x[None])[0]
-    class_index = pred.index if args.target is None else _label_index(clf.labels, args.target)
-    with method(args.method)(clf.model, args.layer) as cam:
-        heat = cam(preprocess(x[None], clf.config.arch), class_index)[0]
-        layer = cam.layer_name
+    class_index = None if args.target is None else _label_index(clf.labels, args.target)
+    layers = [c.name for c in clf.cam_layers()]
+    try:
+        ex = classify.explain(clf, x, args.method, args.layer, class_index)
+    except ValueError as e:
+        raise UserError(f"{e}; layers to try: {', '.join(layers)}") from None
+    pred = clf.prediction(ex.explanation.probabilities[0])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(triptych(x, heat, args.alpha)).save(out)
+    Image.fromarray(triptych(x, ex.heatmap, args.alpha, args.colormap)).save(out)
+    f = ex.faithfulness
     print(json.dumps({"file": args.image, "label": pred.label, "confidence": round(pred.confidence, 6),
-                      "explained": clf.labels[class_index], "layer": layer, "method": args.method,
-                      "out": str(out)}))
+                      "explained": clf.labels[ex.target], "layer": args.layer or clf.explainer(args.method).layer_name,
+                      "method": args.method, "out": str(out),
+                      "faithfulness": {"top_drop": round(f.top_drop, 6), "random_drop": round(f.random_drop, 6),
+                                       "difference": round(f.difference, 6), "fraction": f.fraction}}))
     return 0
 
 
@@ -243,6 +255,28 @@ def _label_index(labels: Sequence[str], target: str) -> int:
         if target in (label, str(i)) or label.startswith(target):
             return i
     raise UserError(f"unknown class {target!r}; one of: {', '.join(labels)}")
+
+
+def cmd_external(args: argparse.Namespace) -> int:
+    from .external import ExternalError, evaluate, fine_tune, load_for_run, parse_map_args, summary  # noqa: PLC0415
+    from .stain import METHODS  # noqa: PLC0415
+
+    if not args.folder and not args.csv:
+        raise ExternalError("give --folder DIR (one subfolder per class) or --csv FILE (path,label rows)")
+    if args.normalize not in METHODS:
+        raise ExternalError(f"--normalize must be one of {', '.join(METHODS)}")
+    overrides = parse_map_args(args.map)
+    from .inference import Classifier  # noqa: PLC0415
+
+    clf = Classifier(args.run)
+    data = load_for_run(clf, args.folder, args.csv, overrides, args.resize)
+    record = evaluate(clf, data, args.normalize, run_dir=args.run, store=not args.no_store)
+    if args.fine_tune:
+        record["fine_tune"] = fine_tune(clf, data, args.normalize, fraction=args.fine_tune_fraction,
+                                        seed=args.seed, epochs=args.fine_tune_epochs, lr=args.fine_tune_lr,
+                                        run_dir=args.run, eval_id=None if args.no_store else record["id"])
+    print(json.dumps(summary(record), indent=2))
+    return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -327,23 +361,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", metavar="PATH")
     p.set_defaults(func=cmd_evaluate)
 
-    for name, helptext in (("predict", "classify image files; one JSON line per file"),
-                           ("gradcam", "write a Grad-CAM PNG (original | heatmap | overlay)")):
+    for name, helptext in (("predict", "classify image files (or zips of them); one JSON line per image"),
+                           ("gradcam", "write a CAM PNG (original | heatmap | overlay)")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--run", required=True, metavar="DIR")
         p.add_argument("--resize", choices=("medmnist", "plain"), default="medmnist",
                        help="medmnist: centre crop 200 px then resize (as BloodMNIST was made); plain: resize")
         if name == "predict":
-            p.add_argument("images", nargs="+", metavar="IMAGE")
+            p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or zips of them")
+            p.add_argument("--threshold", type=float, default=None, metavar="P",
+                           help="flag predictions below this confidence 'unidentified' (adds \"flags\")")
+            p.add_argument("--ood", action="store_true",
+                           help="also flag images unlike the training data (needs the run's dataset; computed "
+                                "once per run)")
             p.set_defaults(func=cmd_predict)
         else:
             p.add_argument("image", metavar="IMAGE")
             p.add_argument("--out", required=True, metavar="PNG")
-            p.add_argument("--method", choices=METHOD_NAMES, default="gradcam")
+            p.add_argument("--method", choices=METHOD_NAMES, default="gradcam",
+                           help="gradcam, gradcampp (Grad-CAM++), hirescam or scorecam")
             p.add_argument("--layer", default=None, help="layer name (default: the last convolutional block)")
             p.add_argument("--target", default=None, help="class to explain (default: the predicted one)")
             p.add_argument("--alpha", type=float, default=0.4, help="overlay opacity")
+            p.add_argument("--colormap", default="jet", help="jet, turbo, viridis, inferno or magma (OpenCV)")
             p.set_defaults(func=cmd_gradcam)
+
+    p = sub.add_parser("external", help="score a run, unchanged, on another lab's cells; print a JSON summary")
+    p.add_argument("--run", required=True, metavar="DIR")
+    p.add_argument("--folder", default=None, metavar="DIR",
+                   help="one subfolder per class, images inside (Raabin-WBC layout); with --csv: the base of "
+                        "relative paths")
+    p.add_argument("--csv", default=None, metavar="FILE", help="rows of path,label (a header row is optional)")
+    p.add_argument("--map", action="append", default=[], metavar="SRC=DST",
+                   help="map a dataset class to a BloodMNIST class (or none to leave it out); repeatable. "
+                        "Matching names are mapped automatically")
+    p.add_argument("--normalize", choices=("none", "reinhard", "macenko"), default="none",
+                   help="colour normalisation to the run's training images")
+    p.add_argument("--resize", choices=("medmnist", "plain"), default="medmnist",
+                   help="medmnist: centre crop 200 px then resize (as BloodMNIST was made); plain: resize")
+    p.add_argument("--no-store", action="store_true", help="do not store the evaluation with the run")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="also fine-tune a copy of the model on a stratified part and score the held-out rest")
+    p.add_argument("--fine-tune-fraction", type=float, default=0.5, metavar="F")
+    p.add_argument("--fine-tune-epochs", type=int, default=3, metavar="N")
+    p.add_argument("--fine-tune-lr", type=float, default=1e-4, metavar="LR")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tune split and training")
+    p.set_defaults(func=cmd_external)
 
     p = sub.add_parser("download", help="download BloodMNIST at a size (MD5-checked)")
     p.add_argument("--size", type=int, choices=SIZES, required=True)

@@ -263,6 +263,23 @@ if selected:
         st.plotly_chart(fig, key="curves")
         st.download_button("Curves as CSV", csv_bytes(curves), file_name="curves.csv", mime="text/csv",
                            on_click="ignore", icon=":material/download:")
+
+    # external validation (stored by the External validation page and `python -m core external`)
+    from core.external import evaluations_table  # noqa: E402, PLC0415
+
+    st.markdown("**External validation** (zero-shot on another lab's cells; details on the External validation "
+                "page)")
+    external_rows = evaluations_table({r: results.run_path(store, r) for r in selected_complete})
+    if external_rows:
+        st.dataframe(pd.DataFrame(external_rows)[
+            ["run_id", "id", "dataset", "normalize", "resize", "n_images", "excluded", "accuracy_all",
+             "accuracy_shared", "balanced_accuracy_all", "fine_tuned_accuracy"]], hide_index=True, key="ext_evals",
+            column_config={"id": "evaluation", "n_images": "images", "excluded": "left out",
+                           "accuracy_all": number("acc (all 8)"), "accuracy_shared": number("acc (shared)"),
+                           "balanced_accuracy_all": number("balanced acc"),
+                           "fine_tuned_accuracy": number("fine-tuned acc (held-out)")})
+    else:
+        st.caption("No external evaluations of the selected runs yet.")
 else:
     st.caption("Select runs above to see their per-class metrics and training curves.")
 

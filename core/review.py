@@ -1,0 +1,448 @@
+"""Pathologist review of a model's calls, as a digital morphology analyser's pre-classification is reviewed.
+
+A review session is a fixed, ordered set of cells (a run's test split, an external dataset, or uploaded
+images saved under the artifacts folder) with the model's call and confidence for each. A reviewer goes
+through them one at a time and decides: agree, reclassify (to one of the 8 classes), unsure, or not a
+cell, with an optional note. Everything lives in SQLite (`artifacts/reviews.sqlite`, beside the run
+index), so sessions survive restarts and resume at the first cell not yet reviewed.
+
+Order: lowest model confidence first, or the morphologically ambiguous classes (monocyte, immature
+granulocyte; the study's weak spots) first, each by confidence. Two reviewers who start sessions over the
+same run, source, order and size get the same cells, so their agreement (Cohen's kappa) can be measured.
+
+Building a session runs the model (TensorFlow, imported inside those functions only); the store itself,
+summaries and exports need neither TensorFlow nor Streamlit.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import secrets
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import UserFacingError
+from .registry import short_label
+
+REVIEWS_DB = "reviews.sqlite"
+UPLOADS_DIR = "review_uploads"
+DECISIONS = ("agree", "reclassify", "unsure", "not_cell")
+DECISION_TITLES = {"agree": "Agree", "reclassify": "Reclassify", "unsure": "Unsure", "not_cell": "Not a cell"}
+UNSURE, NOT_CELL = "unsure", "not a cell"  # reviewer categories besides the 8 classes
+ORDERS = ("confidence", "ambiguous")
+ORDER_TITLES = {"confidence": "Lowest confidence first",
+                "ambiguous": "Ambiguous classes first (monocyte, immature granulocyte)"}
+AMBIGUOUS_WORDS = ("monocyte", "immature")  # first words of the BloodMNIST labels reviewed first
+SOURCES = ("test", "external", "uploads")
+SOURCE_TITLES = {"test": "Test split of the run", "external": "External dataset", "uploads": "Uploaded images"}
+MAX_NOTE = 2000
+MAX_REVIEWER = 80
+CSV_COLUMNS = ("session_id", "reviewer", "position", "cell_key", "image", "true_label", "model_label",
+               "model_confidence", "decision", "reviewer_label", "note", "decided_at")
+
+
+class ReviewError(UserFacingError, ValueError):
+    pass
+
+
+def default_db_path() -> Path:
+    from .runs import default_runs_dir  # noqa: PLC0415
+
+    return default_runs_dir().parent / REVIEWS_DB
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    key: str  # identity of the cell across sessions (test:<index>, or the image file's path)
+    image: str  # where the pixels are: npz:<file>#<split>:<index>, or an image file's path
+    true_label: str | None  # the dataset's label, when it has one (never shown while reviewing)
+    model_label: str
+    confidence: float
+
+
+def check_reviewer(name: str) -> str:
+    name = " ".join(str(name or "").split())
+    if not name:
+        raise ReviewError("Enter the reviewer's name first")
+    if len(name) > MAX_REVIEWER:
+        raise ReviewError(f"The reviewer's name is longer than {MAX_REVIEWER} characters")
+    return name
+
+
+def set_key(run_id: str, cells: Sequence[CellSpec]) -> str:
+    """The same run and the same cells in the same order give the same key (for inter-reviewer kappa)."""
+    h = hashlib.sha1(run_id.encode())
+    for c in cells:
+        h.update(b"\0" + c.key.encode())
+    return h.hexdigest()[:16]
+
+
+def reviewer_category(decision: str | None, label: str | None) -> str | None:
+    """What the reviewer called the cell: a class, 'unsure' or 'not a cell' (None: not reviewed)."""
+    if decision in ("agree", "reclassify"):
+        return label
+    if decision == "unsure":
+        return UNSURE
+    if decision == "not_cell":
+        return NOT_CELL
+    return None
+
+
+class ReviewStore:
+    """Sessions, their cells and the decisions, in one SQLite file (WAL, safe for several app sessions)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.executescript(
+                """CREATE TABLE IF NOT EXISTS review_sessions (
+                       id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, reviewer TEXT NOT NULL,
+                       run_id TEXT NOT NULL, run_path TEXT NOT NULL, source_kind TEXT NOT NULL,
+                       source TEXT NOT NULL, order_mode TEXT NOT NULL, resize TEXT NOT NULL,
+                       set_key TEXT NOT NULL, labels_json TEXT NOT NULL, n_cells INTEGER NOT NULL);
+                   CREATE TABLE IF NOT EXISTS review_cells (
+                       session_id INTEGER NOT NULL REFERENCES review_sessions(id) ON DELETE CASCADE,
+                       position INTEGER NOT NULL, cell_key TEXT NOT NULL, image TEXT NOT NULL,
+                       true_label TEXT, model_label TEXT NOT NULL, confidence REAL NOT NULL,
+                       PRIMARY KEY (session_id, position));
+                   CREATE TABLE IF NOT EXISTS review_decisions (
+                       session_id INTEGER NOT NULL REFERENCES review_sessions(id) ON DELETE CASCADE,
+                       position INTEGER NOT NULL, decision TEXT NOT NULL, label TEXT, note TEXT NOT NULL,
+                       reviewer TEXT NOT NULL, decided_at REAL NOT NULL, PRIMARY KEY (session_id, position));
+                   CREATE INDEX IF NOT EXISTS review_sessions_set ON review_sessions(set_key);""")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    # -- sessions -----------------------------------------------------------------------------------------
+    def create_session(self, reviewer: str, run_id: str, run_path: str | Path, source_kind: str, source: str,
+                       order: str, cells: Sequence[CellSpec], labels: Sequence[str],
+                       resize: str = "medmnist") -> int:
+        reviewer = check_reviewer(reviewer)
+        if source_kind not in SOURCES:
+            raise ReviewError(f"source must be one of {', '.join(SOURCES)}")
+        if order not in ORDERS:
+            raise ReviewError(f"order must be one of {', '.join(ORDERS)}")
+        if not cells:
+            raise ReviewError("There are no cells to review in this source")
+        labels = [short_label(x) for x in labels]
+        with closing(self._connect()) as db, db:
+            cur = db.execute(
+                "INSERT INTO review_sessions (created, reviewer, run_id, run_path, source_kind, source, order_mode, "
+                "resize, set_key, labels_json, n_cells) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), reviewer, run_id, str(run_path), source_kind, source, order, resize,
+                 set_key(run_id, cells), json.dumps(labels), len(cells)))
+            sid = int(cur.lastrowid)
+            db.executemany(
+                "INSERT INTO review_cells (session_id, position, cell_key, image, true_label, model_label, "
+                "confidence) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(sid, i, c.key, c.image, c.true_label, c.model_label, float(c.confidence))
+                 for i, c in enumerate(cells)])
+        return sid
+
+    def sessions(self, reviewer: str | None = None) -> list[dict[str, Any]]:
+        """All sessions (or one reviewer's), newest first, with how many cells each has reviewed."""
+        query = ("SELECT s.*, (SELECT COUNT(*) FROM review_decisions d WHERE d.session_id = s.id) AS reviewed "
+                 "FROM review_sessions s")
+        args: tuple = ()
+        if reviewer:
+            query += " WHERE s.reviewer = ?"
+            args = (check_reviewer(reviewer),)
+        with closing(self._connect()) as db:
+            rows = [dict(r) for r in db.execute(query + " ORDER BY s.id DESC", args)]
+        for r in rows:
+            r["labels"] = json.loads(r.pop("labels_json"))
+        return rows
+
+    def session(self, session_id: int) -> dict[str, Any]:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT s.*, (SELECT COUNT(*) FROM review_decisions d WHERE d.session_id = s.id) "
+                             "AS reviewed FROM review_sessions s WHERE s.id = ?", (int(session_id),)).fetchone()
+        if row is None:
+            raise ReviewError(f"No review session {session_id}")
+        out = dict(row)
+        out["labels"] = json.loads(out.pop("labels_json"))
+        return out
+
+    def delete_session(self, session_id: int) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute("DELETE FROM review_decisions WHERE session_id = ?", (int(session_id),))
+            db.execute("DELETE FROM review_cells WHERE session_id = ?", (int(session_id),))
+            db.execute("DELETE FROM review_sessions WHERE id = ?", (int(session_id),))
+
+    # -- cells and decisions ------------------------------------------------------------------------------
+    def cells(self, session_id: int) -> list[dict[str, Any]]:
+        """Every cell of a session in review order, with its decision (None where not reviewed yet)."""
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT c.position, c.cell_key, c.image, c.true_label, c.model_label, c.confidence, "
+                "d.decision, d.label, d.note, d.reviewer, d.decided_at FROM review_cells c "
+                "LEFT JOIN review_decisions d ON d.session_id = c.session_id AND d.position = c.position "
+                "WHERE c.session_id = ? ORDER BY c.position", (int(session_id),)).fetchall()
+        return [dict(r) for r in rows]
+
+    def cell(self, session_id: int, position: int) -> dict[str, Any]:
+        with closing(self._connect()) as db:
+            row = db.execute(
+                "SELECT c.position, c.cell_key, c.image, c.true_label, c.model_label, c.confidence, "
+                "d.decision, d.label, d.note, d.reviewer, d.decided_at FROM review_cells c "
+                "LEFT JOIN review_decisions d ON d.session_id = c.session_id AND d.position = c.position "
+                "WHERE c.session_id = ? AND c.position = ?", (int(session_id), int(position))).fetchone()
+        if row is None:
+            raise ReviewError(f"Session {session_id} has no cell {position + 1}")
+        return dict(row)
+
+    def record(self, session_id: int, position: int, decision: str, label: str | None = None,
+               note: str = "", reviewer: str | None = None) -> None:
+        """Store (or change) the decision on one cell; 'agree' takes the model's call as the label."""
+        if decision not in DECISIONS:
+            raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}")
+        s = self.session(session_id)
+        cell = self.cell(session_id, position)
+        labels = s["labels"]
+        if decision == "agree":
+            label = cell["model_label"]
+        elif decision == "reclassify":
+            if label not in labels:
+                raise ReviewError(f"reclassify needs one of the classes: {', '.join(labels)}")
+        else:
+            label = None
+        note = str(note or "").strip()
+        if len(note) > MAX_NOTE:
+            raise ReviewError(f"The note is longer than {MAX_NOTE} characters")
+        reviewer = check_reviewer(reviewer or s["reviewer"])
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO review_decisions (session_id, position, decision, label, note, "
+                       "reviewer, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (int(session_id), int(position), decision, label, note, reviewer, time.time()))
+
+    def clear(self, session_id: int, position: int) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute("DELETE FROM review_decisions WHERE session_id = ? AND position = ?",
+                       (int(session_id), int(position)))
+
+    def progress(self, session_id: int) -> tuple[int, int]:
+        s = self.session(session_id)
+        return int(s["reviewed"]), int(s["n_cells"])
+
+    def first_unreviewed(self, session_id: int, after: int = -1) -> int | None:
+        """The first cell without a decision after `after` (wrapping round); None when all are done."""
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT c.position FROM review_cells c LEFT JOIN review_decisions d ON d.session_id = c.session_id "
+                "AND d.position = c.position WHERE c.session_id = ? AND d.decision IS NULL ORDER BY c.position",
+                (int(session_id),)).fetchall()
+        positions = [int(r[0]) for r in rows]
+        if not positions:
+            return None
+        later = [p for p in positions if p > after]
+        return later[0] if later else positions[0]
+
+    def same_set(self, session_id: int) -> list[dict[str, Any]]:
+        """Other sessions over exactly the same cells (other reviewers, or the same one again)."""
+        s = self.session(session_id)
+        return [r for r in self.sessions() if r["set_key"] == s["set_key"] and r["id"] != s["id"]]
+
+    # -- summary and export -------------------------------------------------------------------------------
+    def summary(self, session_id: int) -> dict[str, Any]:
+        s = self.session(session_id)
+        labels = s["labels"]
+        cells = self.cells(session_id)
+        reviewed = [c for c in cells if c["decision"]]
+        categories = labels + [UNSURE, NOT_CELL]
+        col = {c: j for j, c in enumerate(categories)}
+        row = {c: i for i, c in enumerate(labels)}
+        confusion = np.zeros((len(labels), len(categories)), dtype=int)
+        per_class = {label: {"reviewed": 0, "agree": 0, "reclassify": 0, "unsure": 0, "not_cell": 0}
+                     for label in labels}
+        for c in reviewed:
+            cat = reviewer_category(c["decision"], c["label"])
+            if c["model_label"] in row and cat in col:
+                confusion[row[c["model_label"]], col[cat]] += 1
+            entry = per_class.setdefault(c["model_label"], {"reviewed": 0, "agree": 0, "reclassify": 0,
+                                                            "unsure": 0, "not_cell": 0})
+            entry["reviewed"] += 1
+            entry[c["decision"]] += 1
+        agreement = []
+        for label, e in per_class.items():
+            definite = e["agree"] + e["reclassify"]
+            agreement.append({"model_label": label, **e,
+                              "agreement": e["agree"] / e["reviewed"] if e["reviewed"] else None,
+                              "agreement_definite": e["agree"] / definite if definite else None})
+        n_agree = sum(1 for c in reviewed if c["decision"] == "agree")
+        truth = [c for c in reviewed if c["true_label"]]
+        vs_truth = None
+        if truth:
+            vs_truth = {"n": len(truth),
+                        "model_accuracy": sum(c["model_label"] == c["true_label"] for c in truth) / len(truth),
+                        "reviewer_accuracy": sum(reviewer_category(c["decision"], c["label"]) == c["true_label"]
+                                                 for c in truth) / len(truth)}
+        return {
+            "session_id": int(session_id), "reviewer": s["reviewer"], "n_cells": len(cells),
+            "reviewed": len(reviewed), "decisions": {d: sum(c["decision"] == d for c in reviewed) for d in DECISIONS},
+            "agreement_overall": n_agree / len(reviewed) if reviewed else None,
+            "agreement": agreement,
+            "confusion": {"rows": labels, "columns": categories, "matrix": confusion.tolist()},
+            "vs_truth": vs_truth,
+        }
+
+    def kappa(self, session_a: int, session_b: int) -> dict[str, Any]:
+        """Cohen's kappa between two sessions' reviewer calls over the cells both reviewed."""
+        return kappa_between(self.cells(session_a), self.cells(session_b))
+
+    def export_csv(self, session_id: int) -> str:
+        s = self.session(session_id)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for c in self.cells(session_id):
+            decided = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c["decided_at"]))
+                       if c["decided_at"] else "")
+            writer.writerow([s["id"], c["reviewer"] or s["reviewer"], c["position"] + 1, c["cell_key"], c["image"],
+                             c["true_label"] or "", c["model_label"], f"{c['confidence']:.6f}",
+                             c["decision"] or "", reviewer_category(c["decision"], c["label"]) or "",
+                             c["note"] or "", decided])
+        return buf.getvalue()
+
+
+def kappa_between(cells_a: Iterable[dict[str, Any]], cells_b: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    from sklearn.metrics import cohen_kappa_score  # noqa: PLC0415
+
+    a = {c["cell_key"]: reviewer_category(c["decision"], c["label"]) for c in cells_a}
+    b = {c["cell_key"]: reviewer_category(c["decision"], c["label"]) for c in cells_b}
+    keys = [k for k in a if a[k] is not None and b.get(k) is not None]
+    ya, yb = [a[k] for k in keys], [b[k] for k in keys]
+    agree = sum(x == y for x, y in zip(ya, yb))
+    out: dict[str, Any] = {"n": len(keys), "observed_agreement": agree / len(keys) if keys else None, "kappa": None}
+    if len(keys) >= 2 and len(set(ya) | set(yb)) >= 2:
+        value = float(cohen_kappa_score(ya, yb))
+        out["kappa"] = value if value == value else None  # NaN when undefined
+    return out
+
+
+# -- building sessions (runs the model) ------------------------------------------------------------------
+
+def order_cells(cells: Sequence[CellSpec], order: str, labels: Sequence[str]) -> list[CellSpec]:
+    """Lowest confidence first; or cells the model calls an ambiguous class first, each group by confidence."""
+    if order not in ORDERS:
+        raise ReviewError(f"order must be one of {', '.join(ORDERS)}")
+    ambiguous = {short_label(x) for x in labels if short_label(x).split()[0].lower() in AMBIGUOUS_WORDS}
+    if order == "confidence":
+        return sorted(cells, key=lambda c: (c.confidence, c.key))
+    return sorted(cells, key=lambda c: (c.model_label not in ambiguous, c.confidence, c.key))
+
+
+def _specs(clf, images: np.ndarray, keys: Sequence[str], refs: Sequence[str],
+           truths: Sequence[str | None]) -> list[CellSpec]:
+    probs = clf.probabilities(images)
+    labels = [short_label(x) for x in clf.labels]
+    idx = probs.argmax(axis=1)
+    return [CellSpec(k, r, t, labels[int(i)], float(p[int(i)]))
+            for k, r, t, i, p in zip(keys, refs, truths, idx, probs)]
+
+
+def cells_from_test_split(clf, limit: int = 100, order: str = "confidence") -> list[CellSpec]:
+    """The run's test split, predicted, ordered, and cut to the first `limit` cells (0: all)."""
+    from .stain import run_training_npz  # noqa: PLC0415
+
+    path = run_training_npz(clf.run)
+    images = _npz_split(str(path), "test")
+    with np.load(path, allow_pickle=False) as npz:
+        truth = np.asarray(npz["test_labels"]).reshape(-1)
+    labels = [short_label(x) for x in clf.labels]
+    specs = _specs(clf, images, [f"test:{i}" for i in range(len(images))],
+                   [f"npz:{path}#test:{i}" for i in range(len(images))], [labels[int(t)] for t in truth])
+    ordered = order_cells(specs, order, clf.labels)
+    return ordered[:limit] if limit else ordered
+
+
+def cells_from_external(clf, folder: str | None = None, csv_file: str | None = None,
+                        overrides: dict[str, str | None] | None = None, resize: str = "medmnist",
+                        limit: int = 0, order: str = "confidence", include_unmapped: bool = True) -> list[CellSpec]:
+    """An external dataset's images (unmapped classes too: a reviewer may look at any cell)."""
+    from . import external  # noqa: PLC0415
+
+    source = external.scan(folder, csv_file)
+    mapping = external.build_mapping(source.classes, overrides, clf.labels)
+    data = external.load_images(source, clf.image_size, mapping, resize, clf.labels,
+                                keep_unmapped=include_unmapped)
+    truths = [mapping.get(s) for s in data.source_classes]
+    specs = _specs(clf, data.images, data.paths, data.paths, truths)
+    ordered = order_cells(specs, order, clf.labels)
+    return ordered[:limit] if limit else ordered
+
+
+def save_uploads(files: Iterable[tuple[str, bytes]], folder: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """Decode uploads and save each as a PNG under a generated name; returns (paths, problems)."""
+    from PIL import Image  # noqa: PLC0415
+
+    from .images import ImageInputError, decode  # noqa: PLC0415
+
+    folder = Path(folder) if folder else default_db_path().parent / UPLOADS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, problems = [], []
+    for name, data in files:
+        try:
+            rgb = decode(data, name)
+        except ImageInputError as e:
+            problems.append(str(e))
+            continue
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(4)}.png"
+        Image.fromarray(rgb).save(path, "PNG")
+        paths.append(str(path))
+    return paths, problems
+
+
+def cells_from_files(clf, paths: Sequence[str], resize: str = "medmnist", order: str = "confidence") -> list[CellSpec]:
+    from .images import ImageInputError, read_file, to_model_input  # noqa: PLC0415
+
+    images, kept = [], []
+    for p in paths:
+        try:
+            images.append(to_model_input(read_file(p), clf.image_size, resize))
+            kept.append(p)
+        except ImageInputError:
+            continue
+    if not kept:
+        return []
+    specs = _specs(clf, np.stack(images), kept, kept, [None] * len(kept))
+    return order_cells(specs, order, clf.labels)
+
+
+# -- pixels of a cell -----------------------------------------------------------------------------------
+
+@lru_cache(maxsize=2)
+def _npz_split(path: str, split: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return np.asarray(npz[f"{split}_images"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ReviewError(f"{Path(path).name}: cannot read the {split} images ({e})") from None
+
+
+def cell_pixels(image_ref: str, size: int, resize: str = "medmnist") -> tuple[np.ndarray, np.ndarray]:
+    """(what to show, what the model sees) for a cell: the original file (or npz image) and its model input."""
+    from .images import read_file, to_model_input  # noqa: PLC0415
+
+    if image_ref.startswith("npz:"):
+        path, _, where = image_ref[4:].rpartition("#")
+        split, _, index = where.partition(":")
+        image = _npz_split(path, split)[int(index)]
+        return image, to_model_input(image, size, "plain")
+    rgb = read_file(image_ref)
+    return rgb, to_model_input(rgb, size, resize)

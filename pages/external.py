@@ -1,0 +1,405 @@
+"""External validation: a trained run applied, unchanged, to another lab's cells.
+
+A thin view over core.external (layout scan, class mapping, loading, Tables 14/15 metrics, storage,
+fine-tuning) and core.stain (colour normalisation to the run's training set). TensorFlow is imported,
+through core.inference, only when an evaluation is run or a stored one is explained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import external as ext
+from core import stain
+from core.errors import UserFacingError
+from core.images import RESIZE_MODES
+from core.runs import RunStore
+
+# -- settings -------------------------------------------------------------------------------------------
+LEAVE_OUT = "(leave out)"
+SCALE = [[0.0, "#ffffff"], [0.15, "#f1d7e2"], [0.5, "#c46b92"], [1.0, "#8e2453"]]
+SAMPLE_CELLS = 8  # cells shown in the normalisation comparison
+CAM_CELLS = 4  # correct and wrong cells each in the Grad-CAM section
+THUMB_PX = 128
+RESIZE_HELP = {"medmnist": "MedMNIST recipe (centre crop 200 px, then resize), as the upload path does",
+               "plain": "Plain resize of the whole image (for images already cropped to one cell)"}
+NORMALIZE_HELP = {"none": "The images as they are",
+                  "reinhard": "Reinhard: each image's L*a*b* mean and spread moved to the training images'",
+                  "macenko": "Macenko: stain colours estimated from the whole set and re-rendered with the "
+                             "training images' stain colours"}
+
+st.title("External validation", anchor=False)
+st.caption("Apply a trained BloodMNIST run, unchanged, to cells from another lab (a folder per class, as in "
+           "Raabin-WBC, or a CSV of path,label). Scores follow the study's Tables 14/15, with the argmax over "
+           "all 8 classes and over the classes the dataset shares with BloodMNIST. Each evaluation is stored "
+           "with its run.")
+
+
+def runs_or_stop() -> list[dict]:
+    try:
+        runs = RunStore().list_runs("val_accuracy DESC")
+    except (UserFacingError, OSError, ValueError) as e:
+        st.error(f"Could not read the run store: {e}. Rebuild its index with `python -m core runs --reindex`.")
+        st.stop()
+    if not runs:
+        st.info("No trained runs yet. Train one on the **Train** page or with `python -m core train`; external "
+                "validation applies a trained run to another lab's cells.", icon=":material/model_training:")
+        st.stop()
+    return runs
+
+
+def run_label(r: dict, best_id: str) -> str:
+    return (f"{r['arch']} · {r['size']} px · val acc {r['val_accuracy']:.3f} · {r['run_id']}"
+            + ("  (best)" if r["run_id"] == best_id else ""))
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def get_classifier(run_path: str):
+    from core.inference import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
+
+    return Classifier(run_path)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def load_data(location: str, kind: str, csv_base: str, mapping: tuple, size: int, resize: str,
+              labels: tuple, signature: tuple) -> ext.ExternalImages:
+    source = ext.scan_csv(location, csv_base or None) if kind == "csv" else ext.scan_folder(location)
+    return ext.load_images(source, size, dict(mapping), resize, list(labels))
+
+
+@st.cache_data(max_entries=2, show_spinner="Measuring the colours of the run's training images (once per run)…")
+def get_target(run_path: str) -> stain.StainTarget:
+    return stain.run_target(run_path)
+
+
+def scan_signature(source: ext.ExternalSource) -> tuple:
+    return (len(source.files), source.files[0].path if source.files else "", source.files[-1].path if source.files
+            else "", tuple(source.counts.items()))
+
+
+def table14_frame(metrics: dict) -> pd.DataFrame:
+    df = pd.DataFrame(ext.table14(metrics))
+    df["class"] = df["class"].str.capitalize()
+    return df
+
+
+def table14_view(metrics: dict, key: str) -> None:
+    df = table14_frame(metrics).rename(columns={
+        "class": "Class", "precision": "Precision", "recall": "Recall", "f1": "F1-score", "support": "Support",
+        "accuracy": "Accuracy (Table 15)"})
+    st.dataframe(df, hide_index=True, key=key, column_config={
+        "Precision": st.column_config.NumberColumn(format="%.2f"),
+        "Recall": st.column_config.NumberColumn(format="%.2f"),
+        "F1-score": st.column_config.NumberColumn(format="%.2f"),
+        "Accuracy (Table 15)": st.column_config.NumberColumn(format="%.4f")})
+    caption = ("Table 14 (precision, recall, F1, support) and Table 15 (per-class accuracy = recall) of the study, "
+               "for the classes the dataset has. Overall: macro averages of precision, recall and F1, and the "
+               "accuracy over all images.")
+    if metrics.get("predicted_outside_total"):
+        outside = ", ".join(f"{k} {v}" for k, v in metrics["predicted_outside"].items())
+        caption += f" Called a class the dataset does not have: {outside}."
+    st.caption(caption)
+
+
+def confusion_figure(metrics: dict) -> go.Figure:
+    counts = np.asarray(metrics["confusion"], dtype=float)
+    rows, cols = metrics["rows"], metrics["columns"]
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    text = [[f"{int(c)}<br>{s:.0%}" if c else "" for c, s in zip(cr, sr)] for cr, sr in zip(counts, shares)]
+    fig = go.Figure(go.Heatmap(
+        z=shares, x=cols, y=rows, text=text, texttemplate="%{text}", colorscale=SCALE, zmin=0, zmax=1, xgap=1,
+        ygap=1, colorbar=dict(thickness=12, tickformat=".0%"),
+        hovertemplate="true %{y} → predicted %{x}<br>%{text}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title="true class", type="category")
+    fig.update_xaxes(title="predicted class", tickangle=-45, type="category")
+    fig.update_layout(height=160 + 52 * len(rows), margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def show_metrics(record: dict, key: str) -> None:
+    m_all, m_shared = record["metrics"]["all"], record["metrics"]["shared"]
+    c = st.columns(5)
+    c[0].metric("Images scored", record["n_images"])
+    c[1].metric("Accuracy, all 8 classes", f"{m_all['accuracy']:.3f}",
+                help=f"95% CI {m_all['accuracy_ci95'][0]:.3f}–{m_all['accuracy_ci95'][1]:.3f}")
+    c[2].metric("Accuracy, shared classes", f"{m_shared['accuracy']:.3f}",
+                help=f"95% CI {m_shared['accuracy_ci95'][0]:.3f}–{m_shared['accuracy_ci95'][1]:.3f}")
+    c[3].metric("Balanced accuracy (all 8)", f"{m_all['balanced_accuracy']:.3f}",
+                help="Mean recall over the dataset's classes: not dominated by the largest class.")
+    c[4].metric("Files left out", ext.excluded_total(record.get("excluded", {})))
+    tab_all, tab_shared = st.tabs(["Argmax over all 8 classes", "Argmax over the shared classes only"])
+    for tab, m, mode in ((tab_all, m_all, "all"), (tab_shared, m_shared, "shared")):
+        with tab:
+            left, right = st.columns([1, 1])
+            with left:
+                table14_view(m, f"{key}_t14_{mode}")
+            with right:
+                st.plotly_chart(confusion_figure(m), key=f"{key}_cf_{mode}")
+                st.caption("Rows: the dataset's label; columns: the model's call. Each cell: count and share of "
+                           "its row." + (" Columns include the classes the dataset does not have." if mode == "all"
+                                         else ""))
+
+
+def comparison_frame(records: list[dict]) -> pd.DataFrame:
+    """Metrics of evaluations with different normalisations, side by side."""
+    rows = {}
+    for r in records:
+        name = stain.METHOD_TITLES.get(r["normalize"], r["normalize"])
+        col = {}
+        for mode, title in (("all", "all 8"), ("shared", "shared")):
+            m = r["metrics"][mode]
+            col[f"Accuracy ({title})"] = m["accuracy"]
+            col[f"Balanced accuracy ({title})"] = m["balanced_accuracy"]
+        for label, v in r["metrics"]["all"]["per_class"].items():
+            col[f"Recall {label} (all 8)"] = v["recall"]
+        rows[name] = col
+    return pd.DataFrame(rows)
+
+
+def upscale(image: np.ndarray, px: int = THUMB_PX) -> np.ndarray:
+    factor = max(1, px // image.shape[0])
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -> ext.ExternalSource | None:
+    """Path -> scan -> mapping -> Evaluate. Returns the scanned source (None when there is none)."""
+    st.subheader("1 · Dataset", anchor=False)
+    kind = st.segmented_control("Layout", ["Folder per class", "CSV of path,label"], default="Folder per class",
+                                required=True, key="ext_kind")
+    csv_base = ""
+    if kind == "Folder per class":
+        location = st.text_input("Dataset folder", key="ext_folder", placeholder="/data/raabin/TestA",
+                                 help="One subfolder per class with the images inside (subfolders of a class "
+                                      "folder count for that class), as in Raabin-WBC.")
+    else:
+        location = st.text_input("CSV file", key="ext_csv", placeholder="/data/labels.csv",
+                                 help="Rows of path,label; a header row such as path,label is recognised.")
+        csv_base = st.text_input("Folder of relative paths (optional)", key="ext_csv_base",
+                                 help="Relative paths in the CSV are read from here; default: the CSV's folder.")
+    if not location.strip():
+        st.info("Enter the path of a dataset on this machine to begin.", icon=":material/folder_open:")
+        return None
+    kind_key = "folder" if kind == "Folder per class" else "csv"
+    try:
+        source = (ext.scan_folder(location.strip()) if kind_key == "folder"
+                  else ext.scan_csv(location.strip(), csv_base.strip() or None))
+    except UserFacingError as e:
+        st.error(str(e))
+        return None
+
+    classes, counts = source.classes, source.counts
+    auto = ext.auto_mapping(classes)
+    st.markdown(f"**{len(source.files)} image files** in **{len(classes)} classes** at `{source.location}`. "
+                "Check the mapping to BloodMNIST's classes; classes left out are not scored.")
+    map_key = hashlib.sha1(("\0".join(classes) + source.location).encode()).hexdigest()[:10]
+    options = ext.short_label_list() + [LEAVE_OUT]
+    mapping: dict[str, str | None] = {}
+    grid = st.columns(4)
+    for i, name in enumerate(classes):
+        default = auto.get(name) or LEAVE_OUT
+        with grid[i % 4]:
+            choice = st.selectbox(f"{name} ({counts[name]} images)", options, index=options.index(default),
+                                  key=f"ext_map_{map_key}_{i}",
+                                  help="Mapped automatically: the name matches" if auto.get(name)
+                                  else "No BloodMNIST class matches this name: left out unless you pick one")
+        mapping[name] = None if choice == LEAVE_OUT else choice
+
+    problems = source.problems()
+    notes = []
+    left_out = [k for k, v in mapping.items() if v is None]
+    if left_out:
+        notes.append("Left out (unmapped): " + ", ".join(f"{k} ({counts[k]} images)" for k in left_out))
+    if problems["empty_classes"]:
+        notes.append("Empty class folders: " + ", ".join(problems["empty_classes"]))
+    for field, text in (("not_images", "files that are not images"),
+                        ("loose_files", "images outside any class folder"), ("bad_rows", "malformed CSV rows"),
+                        ("missing_files", "CSV rows naming missing files")):
+        if problems[field]:
+            notes.append(f"{problems[field]} {text}: skipped")
+    if problems["nested_files"]:
+        notes.append(f"{problems['nested_files']} images in nested subfolders: used with their class folder")
+    if notes:
+        st.warning("  \n".join(notes), icon=":material/info:")
+    if source.messages:
+        with st.expander(f"Details ({len(source.messages)})"):
+            st.code("\n".join(source.messages), language=None)
+    if not any(mapping.values()):
+        st.error("No class is mapped to a BloodMNIST class: there is nothing to score.")
+        return source
+
+    if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="ext_go"):
+        data_key = (source.location, kind_key, csv_base.strip(), tuple(sorted(mapping.items())), resize,
+                    scan_signature(source))
+        try:
+            with st.spinner("Reading the images and scoring them…"):
+                clf = get_classifier(run_path)
+                data = load_data(*data_key[:4], clf.image_size, data_key[4], tuple(clf.labels), data_key[5])
+                target = get_target(run_path) if normalize != "none" else None
+                methods = (["none"] if compare else []) + [normalize]
+                ids = [ext.evaluate(clf, data, m, run_dir=run_path, target=target)["id"] for m in methods]
+            st.session_state.ext_current = {"run_path": run_path, "ids": ids, "data_key": data_key}
+        except UserFacingError as e:
+            st.error(str(e))
+    return source
+
+
+def results_section(run_path: str) -> None:
+    current = st.session_state.get("ext_current")
+    if not current or current["run_path"] != run_path:
+        return
+    try:
+        records = [ext.load_evaluation(run_path, i) for i in current["ids"]]
+    except UserFacingError as e:
+        st.error(str(e))
+        return
+    main = records[-1]
+    st.subheader("2 · Zero-shot result", anchor=False)
+    st.caption(f"Evaluation {main['id']} · {Path(main['dataset']['path']).name} · "
+               f"{stain.METHOD_TITLES[main['normalize']]} normalisation · {main['resize']} resize · "
+               f"stored in {Path(run_path).name}/external/")
+    show_metrics(main, "ext_main")
+    key = current["data_key"]
+    clf = get_classifier(run_path)
+    data = load_data(*key[:4], clf.image_size, key[4], tuple(clf.labels), key[5])
+
+    # -- normalisation, side by side
+    st.subheader("3 · Colour normalisation", anchor=False)
+    if len(records) > 1:
+        st.markdown("**Metrics with and without normalisation** (same images, same model)")
+        st.dataframe(comparison_frame(records).style.format("{:.3f}"), key="ext_compare_table")
+    try:
+        target = get_target(run_path)
+    except UserFacingError as e:
+        st.warning(f"Normalisation needs the run's training images: {e}")
+        target = None
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(data), size=min(SAMPLE_CELLS, len(data)), replace=False))
+    shown = {"none": data.images}
+    if target is not None:
+        for m in ("reinhard", "macenko"):
+            try:
+                shown[m] = stain.normalize(data.images, m, target)[0]
+            except UserFacingError as e:
+                st.caption(f"{stain.METHOD_TITLES[m]}: {e}")
+    st.caption("The same cells as the model sees them, in each colour normalisation (labels: the dataset's class).")
+    for m, images in shown.items():
+        st.markdown(f"**{stain.METHOD_TITLES[m]}**" + ("  · as scored" if m == main["normalize"] else ""))
+        st.image([upscale(images[i], 96) for i in pick], width=96, caption=[data.source_classes[i] for i in pick])
+
+    # -- Grad-CAM of correct and wrong cells
+    st.subheader("4 · Grad-CAM of correct and wrong cells", anchor=False)
+    from core.overlay import overlay  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
+
+    scored = shown.get(main["normalize"], data.images)
+    preds = main.get("predictions") or []
+    labels = main["labels"]
+    if len(preds) != len(data):
+        st.caption("The images have changed since this evaluation; evaluate again to see Grad-CAM.")
+    else:
+        truth = np.array([labels.index(p["true"]) for p in preds])
+        called = np.array([labels.index(p["pred"]) for p in preds])
+        rng = np.random.default_rng(1)
+        for title, mask in (("Correct", truth == called), ("Wrong", truth != called)):
+            idx = np.flatnonzero(mask)
+            idx = np.sort(rng.choice(idx, size=min(CAM_CELLS, len(idx)), replace=False)) if len(idx) else idx
+            st.markdown(f"**{title}** ({int(mask.sum())} of {len(mask)})")
+            if not len(idx):
+                st.caption("None.")
+                continue
+            with st.spinner("Grad-CAM…"):
+                expl = clf.explain(scored[idx], "gradcam")
+            grid = st.columns(CAM_CELLS)
+            for j, i in enumerate(idx):
+                big = upscale(scored[i], THUMB_PX)
+                gap = np.full((big.shape[0], 4, 3), 255, np.uint8)
+                pair = np.concatenate([big, gap, overlay(big, expl.heatmaps[j])], axis=1)
+                grid[j % CAM_CELLS].image(pair, width="stretch", caption=f"{preds[i]['true']} → {preds[i]['pred']} "
+                                                                         f"({preds[i]['confidence']:.2f})")
+        st.caption("Each pair: the cell as scored, and Grad-CAM for the model's call; captions: the dataset's "
+                   "class → the model's call (confidence). Red: evidence for that class.")
+
+    # -- fine-tuning
+    st.subheader("5 · Fine-tune on part of the data (optional)", anchor=False)
+    st.caption("The study's approach: fine-tune the model on a stratified part of the external data and score the "
+               "held-out rest. Reported apart from the zero-shot result; the run's model file is never changed.")
+    with st.form("ext_ft_form", border=True):
+        f1, f2, f3 = st.columns(3)
+        fraction = f1.slider("Fine-tune share (per class)", 0.2, 0.8, 0.5, 0.1)
+        epochs = f2.number_input("Epochs", 1, 20, 3)
+        lr = f3.select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], value=1e-4,
+                              format_func=lambda v: f"{v:g}")
+        go_ft = st.form_submit_button("Fine-tune and score the held-out part", icon=":material/tune:")
+    if go_ft:
+        try:
+            with st.spinner("Fine-tuning a copy of the model…"):
+                ext.fine_tune(clf, data, main["normalize"], fraction=float(fraction), epochs=int(epochs),
+                              lr=float(lr), run_dir=run_path, eval_id=main["id"],
+                              target=target if main["normalize"] != "none" else None)
+            main = ext.load_evaluation(run_path, main["id"])
+        except UserFacingError as e:
+            st.error(str(e))
+    ft = main.get("fine_tune")
+    if ft:
+        rows = []
+        for name, part in (("Zero-shot (same held-out images)", ft["zero_shot"]), ("Fine-tuned", ft["fine_tuned"])):
+            rows.append({"model": name, "accuracy (all 8)": part["all"]["accuracy"],
+                         "accuracy (shared)": part["shared"]["accuracy"],
+                         "balanced accuracy (all 8)": part["all"]["balanced_accuracy"],
+                         **{f"recall {k}": v["recall"] for k, v in part["all"]["per_class"].items()}})
+        st.dataframe(pd.DataFrame(rows).set_index("model").style.format("{:.3f}"), key="ext_ft_table")
+        st.caption(f"Fine-tuned on {ft['n_fine_tune']} images, scored on {ft['n_held_out']} held-out images "
+                   f"({ft['epochs']} epochs, lr {ft['lr']:g}, BatchNorm frozen, seed {ft['seed']}, "
+                   f"{ft['seconds']:.0f} s).")
+
+
+def stored_section(run_path: str) -> None:
+    st.subheader("Stored evaluations of this run", anchor=False)
+    earlier = ext.list_evaluations(run_path)
+    if not earlier:
+        st.caption("None yet.")
+        return
+    df = pd.DataFrame(earlier)
+    df["fine_tuned_accuracy"] = [f"{v:.3f}" if isinstance(v, float) else "" for v in df["fine_tuned_accuracy"]]
+    st.dataframe(df[["id", "dataset", "normalize", "resize", "n_images", "excluded", "accuracy_all",
+                     "accuracy_shared", "fine_tuned_accuracy"]], hide_index=True, key="ext_earlier",
+                 column_config={"accuracy_all": st.column_config.NumberColumn("acc (all 8)", format="%.3f"),
+                                "accuracy_shared": st.column_config.NumberColumn("acc (shared)", format="%.3f"),
+                                "fine_tuned_accuracy": "fine-tuned acc (held-out)",
+                                "n_images": "images", "excluded": "left out"})
+    by_id = {r["id"]: r for r in earlier}
+    chosen = st.selectbox("Show a stored evaluation", list(by_id), index=None, key="ext_pick",
+                          format_func=lambda i: f"{i} · {by_id[i]['dataset']} · {by_id[i]['normalize']} · "
+                                                f"acc {by_id[i]['accuracy_all']:.3f}")
+    if chosen:
+        try:
+            show_metrics(ext.load_evaluation(run_path, chosen), f"ext_old_{chosen}")
+        except UserFacingError as e:
+            st.error(str(e))
+
+
+# -- the page ---------------------------------------------------------------------------------------------
+runs = runs_or_stop()
+best_id = runs[0]["run_id"]
+with st.sidebar:
+    st.subheader("Model and settings", anchor=False)
+    run = st.selectbox("Trained run", runs, format_func=lambda r: run_label(r, best_id), key="ext_run",
+                       help="Default: the best by validation accuracy.")
+    resize = st.radio("Resize", RESIZE_MODES, key="ext_resize",
+                      format_func=lambda m: "MedMNIST recipe" if m == "medmnist" else "Plain resize",
+                      help="\n\n".join(RESIZE_HELP.values()))
+    normalize = st.radio("Colour normalisation", stain.METHODS, format_func=stain.METHOD_TITLES.get,
+                         key="ext_normalize",
+                         help="\n\n".join(f"{stain.METHOD_TITLES[k]}: {v}" for k, v in NORMALIZE_HELP.items()))
+    compare = normalize != "none" and st.toggle("Also evaluate without normalisation, to compare", value=True,
+                                                key="ext_compare")
+
+dataset_section(run["path"], resize, normalize, compare)
+results_section(run["path"])
+stored_section(run["path"])

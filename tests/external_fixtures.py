@@ -1,0 +1,81 @@
+"""Helpers shared by the external-validation and review tests: a private store holding the trained fixture run,
+and small datasets with wrong layouts written to temporary folders (the real data is only read)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from core.runs import MODEL_FILE, RunStore
+
+EXTERNAL_COUNTS = {"basophil": 3, "eosinophil": 12, "lymphocyte": 37, "monocyte": 15, "neutrophil": 33}
+
+
+def mirror_run(run: Path, artifacts: Path) -> Path:
+    """A store under `artifacts` holding `run`: small files copied, model.keras symlinked, nothing derived."""
+    target = artifacts / "runs" / run.name
+    target.mkdir(parents=True)
+    for f in run.iterdir():
+        if f.name == MODEL_FILE:
+            (target / f.name).symlink_to(f.resolve())
+        elif f.is_file() and f.suffix in (".json", ".csv", ".log"):
+            shutil.copy(f, target / f.name)
+    RunStore(artifacts / "runs").reindex()
+    return target
+
+
+def cell_image(seed: int, size: int = 96) -> np.ndarray:
+    """A smear-like test image: a beige background with a purple disc (a 'nucleus') and some noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    image = np.empty((size, size, 3), np.float64)
+    image[:] = (235, 215, 200)
+    r = size * (0.2 + 0.1 * rng.random())
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r * r
+    image[disc] = (120 + 20 * rng.random(), 60, 150)
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def save(path: Path, rgb: np.ndarray, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, fmt)
+    return path
+
+
+def jpeg_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def messy_dataset(root: Path) -> Path:
+    """Every layout problem at once:
+
+    Basophils/            2 images (one PNG, one JPEG)            -> basophil
+    monocytes/            empty                                    -> an empty class folder
+    Smudge cells/         1 image                                  -> unknown class, left out
+    Lymphocytes/          1 image + nested/deeper/1 image          -> lymphocyte, 1 nested
+    Neutrophil/           1 good, a text file renamed .png, a truncated JPEG, a readme.txt
+    loose.png             an image outside any class folder
+    .hidden/, .DS_Store   ignored
+    """
+    save(root / "Basophils" / "a.png", cell_image(1))
+    save(root / "Basophils" / "b.jpg", cell_image(2), "JPEG")
+    (root / "monocytes").mkdir(parents=True)
+    save(root / "Smudge cells" / "s.png", cell_image(3))
+    save(root / "Lymphocytes" / "l.png", cell_image(4))
+    save(root / "Lymphocytes" / "nested" / "deeper" / "l2.png", cell_image(5))
+    save(root / "Neutrophil" / "ok.png", cell_image(6))
+    (root / "Neutrophil" / "not_really.png").write_text("this is text, not a PNG\n")
+    data = jpeg_bytes(cell_image(7))
+    (root / "Neutrophil" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "Neutrophil" / "readme.txt").write_text("notes\n")
+    save(root / "loose.png", cell_image(8))
+    save(root / ".hidden" / "h.png", cell_image(9))
+    (root / ".DS_Store").write_bytes(b"\0\1")
+    return root

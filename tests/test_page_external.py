@@ -1,0 +1,149 @@
+"""The External validation page, run headless by Streamlit's AppTest over the real tiny trained run and the
+real external_dev set (the store is a private mirror of the fixture's, so stored evaluations stay here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import EXTERNAL_DEV
+from external_fixtures import EXTERNAL_COUNTS, messy_dataset, mirror_run
+from streamlit.testing.v1 import AppTest
+
+from core import external as ext
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(PROJECT_ROOT / "pages" / "external.py")
+TIMEOUT = 300  # seconds per script run; the machine may be busy training
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, trained_run) -> Path:
+    root = tmp_path_factory.mktemp("external-page-artifacts")
+    mirror_run(Path(trained_run), root)
+    return root
+
+
+def open_page(monkeypatch, artifacts: Path) -> AppTest:
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = []
+    for kind in ("title", "subheader", "markdown", "caption", "info", "error", "warning", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def run_dir(artifacts: Path) -> Path:
+    return next(p for p in (artifacts / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_evaluate_external_dev_end_to_end(monkeypatch, artifacts):
+    at = open_page(monkeypatch, artifacts)
+    assert "Enter the path of a dataset" in texts(at)
+    at.text_input(key="ext_folder").input(str(EXTERNAL_DEV)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "**100 image files** in **5 classes**" in texts(at)
+    boxes = {s.label: s.value for s in at.selectbox if s.label.endswith("images)")}
+    assert boxes == {f"{k} ({v} images)": k for k, v in EXTERNAL_COUNTS.items()}
+    at.radio(key="ext_normalize").set_value("reinhard").run()
+    at.button(key="ext_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    body = texts(at)
+    for heading in ("Zero-shot result", "Colour normalisation", "Grad-CAM of correct and wrong cells",
+                    "Fine-tune on part of the data", "Stored evaluations of this run"):
+        assert heading in body
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images scored"] == "100" and metrics["Files left out"] == "0"
+    stored = ext.list_evaluations(run_dir(artifacts))
+    assert sorted(r["normalize"] for r in stored[:2]) == ["none", "reinhard"]
+    tables = [d.value for d in at.dataframe]
+    t14 = next(t for t in tables if "Support" in getattr(t, "columns", []))
+    assert list(t14["Class"]) == [k.capitalize() for k in EXTERNAL_COUNTS] + ["Overall"]
+    assert list(t14["Support"]) == list(EXTERNAL_COUNTS.values()) + [100]
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 2
+    spec = json.loads(charts[0].proto.spec)
+    assert spec["data"][0]["type"] == "heatmap" and len(spec["data"][0]["y"]) == 5
+    assert len(at.get("image")) >= 3  # the normalisation rows and the Grad-CAM panels
+    assert "Metrics with and without normalisation" in body
+
+
+def test_fine_tune_from_the_page(monkeypatch, artifacts):
+    at = open_page(monkeypatch, artifacts)
+    at.text_input(key="ext_folder").input(str(EXTERNAL_DEV)).run()
+    at.button(key="ext_go").click().run()
+    form_button = next(b for b in at.button if b.label.startswith("Fine-tune and score"))
+    at.number_input[0].set_value(1)
+    form_button.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Fine-tuned on" in texts(at)
+    newest = ext.list_evaluations(run_dir(artifacts))[0]
+    assert newest["fine_tuned_accuracy"] is not None
+
+
+def test_unknown_classes_and_problems_are_reported(monkeypatch, artifacts, tmp_path):
+    root = messy_dataset(tmp_path / "messy")
+    at = open_page(monkeypatch, artifacts)
+    at.text_input(key="ext_folder").input(str(root)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    warning = "\n".join(str(w.value) for w in at.warning)
+    assert "Smudge cells (1 images)" in warning and "Empty class folders: monocytes" in warning
+    assert "images outside any class folder" in warning and "nested subfolders" in warning
+    smudge = next(s for s in at.selectbox if s.label.startswith("Smudge cells"))
+    assert smudge.value == "(leave out)"
+    smudge.set_value("monocyte").run()
+    at.button(key="ext_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images scored"] == "6"  # 8 mapped files (the smudge cell now too), 2 unreadable
+    assert metrics["Files left out"] == "4"  # 2 unreadable, 1 loose, 1 not an image
+
+
+def test_bad_paths_are_clear_errors(monkeypatch, artifacts, tmp_path):
+    at = open_page(monkeypatch, artifacts)
+    at.text_input(key="ext_folder").input(str(tmp_path / "nowhere")).run()
+    assert not at.exception
+    assert any("No folder at" in str(e.value) for e in at.error)
+
+
+def test_stored_evaluations_show_on_the_results_page(monkeypatch, artifacts):
+    stored = ext.list_evaluations(run_dir(artifacts))
+    if not stored:  # this test may run alone
+        from core.inference import Classifier
+
+        ext.run_external(run_dir(artifacts), EXTERNAL_DEV, clf=Classifier(run_dir(artifacts)))
+        stored = ext.list_evaluations(run_dir(artifacts))
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "results.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "**External validation**" in texts(at)
+    table = next(d.value for d in at.dataframe if "accuracy_shared" in getattr(d.value, "columns", []))
+    assert set(table["id"]) == {r["id"] for r in stored}
+
+
+def test_pages_open_without_tensorflow_when_there_is_no_run(tmp_path):
+    """With no trained run, neither page needs a model, so neither imports TensorFlow."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "for page in ('pages/external.py', 'pages/review.py'):\n"
+        "    at = AppTest.from_file(page, default_timeout=120).run()\n"
+        "    if page.endswith('review.py'):\n"
+        "        at.text_input(key='review_name').input('Dr X').run()\n"
+        "    assert not at.exception, [e.value for e in at.exception]\n"
+        "    assert any('No trained runs yet' in str(i.value) for i in at.info), page\n"
+        "print('tensorflow' in sys.modules)\n")
+    env = {**__import__("os").environ, "CELLSCOPE_ARTIFACTS": str(tmp_path / "artifacts")}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"

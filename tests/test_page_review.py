@@ -1,0 +1,112 @@
+"""The Review page, run headless by Streamlit's AppTest over the real tiny trained run: start a session on its
+test split, decide on cells, 'restart' (a new AppTest on the same database) and resume where it stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from external_fixtures import mirror_run
+from streamlit.testing.v1 import AppTest
+
+from core import review as rv
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(PROJECT_ROOT / "pages" / "review.py")
+TIMEOUT = 300  # seconds per script run; the machine may be busy training
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, trained_run) -> Path:
+    root = tmp_path_factory.mktemp("review-page-artifacts")
+    mirror_run(Path(trained_run), root)
+    return root
+
+
+def open_page(monkeypatch, artifacts: Path) -> AppTest:
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def texts(at: AppTest) -> str:
+    parts = []
+    for kind in ("title", "subheader", "markdown", "caption", "info", "error", "warning", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
+    at = open_page(monkeypatch, artifacts)
+    assert "Enter your name" in texts(at)
+    ok(at.text_input(key="review_name").input("Dr Page").run())
+    at.number_input(key="review_limit").set_value(6)
+    ok(button(at, "Start session").click().run())
+    assert "cell 1 of 6" in texts(at)
+    assert at.get("progress")[0].proto.text.startswith("0 of 6 reviewed")
+    assert len(at.get("image")) >= 2  # the cell and its Grad-CAM
+
+    ok(button(at, "Agree").click().run())
+    assert "cell 2 of 6" in texts(at)
+    assert at.get("progress")[0].proto.text.startswith("1 of 6 reviewed")
+    next(t for t in at.text_input if t.label.startswith("Note")).input("looks like a band form")
+    other = next(b for b in at.button if b.label in ("neutrophil", "monocyte") and not b.disabled)
+    ok(other.click().run())  # reclassify (the model's own call is disabled)
+    assert "cell 3 of 6" in texts(at)
+    ok(button(at, "Back").click().run())
+    assert "cell 2 of 6" in texts(at) and "Reviewed: reclassify" in texts(at)
+    assert "looks like a band form" in texts(at)
+
+    store = rv.ReviewStore(artifacts / rv.REVIEWS_DB)
+    session = store.sessions("Dr Page")[0]
+    assert session["reviewed"] == 2 and session["n_cells"] == 6 and session["source_kind"] == "test"
+    cells = store.cells(session["id"])
+    assert cells[0]["decision"] == "agree" and cells[1]["decision"] == "reclassify"
+    assert cells[1]["note"] == "looks like a band form"
+
+    # a restart: a fresh app session over the same database resumes at the first unreviewed cell
+    at = open_page(monkeypatch, artifacts)
+    ok(at.text_input(key="review_name").input("Dr Page").run())
+    ok(button(at, "Resume").click().run())
+    assert "cell 3 of 6" in texts(at)
+    ok(button(at, "Not a cell").click().run())
+    assert store.progress(session["id"]) == (3, 6)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Reviewed"] == "3 of 6" and metrics["Not a cell"] == "1"
+    download = at.get("download_button")
+    assert download, "a CSV download"
+    csv_text = store.export_csv(session["id"])
+    assert len(pd.read_csv(pd.io.common.StringIO(csv_text))) == 6
+
+
+def test_another_reviewer_sees_kappa(monkeypatch, artifacts):
+    store = rv.ReviewStore(artifacts / rv.REVIEWS_DB)
+    first = store.sessions("Dr Page")
+    at = open_page(monkeypatch, artifacts)
+    ok(at.text_input(key="review_name").input("Dr Second").run())
+    at.number_input(key="review_limit").set_value(6)
+    ok(button(at, "Start session").click().run())
+    ok(button(at, "Agree").click().run())
+    if first:
+        assert "Cohen's kappa with Dr Page" in texts(at)
+    mine = store.sessions("Dr Second")[0]
+    assert [s["id"] for s in store.same_set(mine["id"])] == [s["id"] for s in first]
+
+
+def test_an_external_folder_without_path_is_a_clear_error(monkeypatch, artifacts):
+    at = open_page(monkeypatch, artifacts)
+    ok(at.text_input(key="review_name").input("Dr Third").run())
+    ok(at.radio(key="review_source").set_value("external").run())
+    ok(button(at, "Start session").click().run())
+    assert any("external dataset's folder" in str(e.value) for e in at.error)

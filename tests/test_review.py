@@ -1,0 +1,216 @@
+"""Review sessions in SQLite: they survive a restart, resume at the first unreviewed cell, summarise agreement,
+compare two reviewers (Cohen's kappa, as scikit-learn computes it) and export a CSV that reads back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import EXTERNAL_DEV
+from external_fixtures import cell_image, jpeg_bytes, mirror_run
+from sklearn.metrics import cohen_kappa_score
+
+from core import review as rv
+from core.registry import label_names, short_label
+
+LABELS = [short_label(x) for x in label_names()]
+BASO, EOS, ERY, IG, LYM, MONO, NEU, PLT = LABELS
+
+
+def specs(n: int = 6) -> list[rv.CellSpec]:
+    calls = [MONO, NEU, IG, LYM, NEU, EOS, BASO, PLT][:n]
+    return [rv.CellSpec(f"cell-{i}", f"/images/{i}.png", [MONO, NEU, NEU, LYM, NEU, EOS, BASO, PLT][i], call,
+                        0.5 + 0.05 * i) for i, call in enumerate(calls)]
+
+
+def new_session(store: rv.ReviewStore, reviewer: str = "Dr A", cells=None) -> int:
+    return store.create_session(reviewer, "20260101-000000-abcdef", "/runs/x", "external", "/data/x",
+                                "confidence", specs() if cells is None else cells, label_names())
+
+
+def test_sessions_survive_a_restart_and_resume_at_the_first_unreviewed_cell(tmp_path):
+    db = tmp_path / "reviews.sqlite"
+    store = rv.ReviewStore(db)
+    sid = new_session(store)
+    store.record(sid, 0, "agree", note="classic monocyte")
+    store.record(sid, 1, "reclassify", IG)
+    store.record(sid, 3, "unsure")
+    del store
+
+    again = rv.ReviewStore(db)  # a "restart": a new object on the same file
+    s = again.session(sid)
+    assert (s["reviewer"], s["n_cells"], s["reviewed"], s["labels"]) == ("Dr A", 6, 3, LABELS)
+    assert again.progress(sid) == (3, 6)
+    assert again.first_unreviewed(sid) == 2
+    assert again.first_unreviewed(sid, after=2) == 4
+    assert again.first_unreviewed(sid, after=5) == 2  # wraps round
+    cells = again.cells(sid)
+    assert cells[0]["decision"] == "agree" and cells[0]["label"] == MONO and cells[0]["note"] == "classic monocyte"
+    assert cells[1]["label"] == IG and cells[3]["label"] is None and cells[2]["decision"] is None
+    assert cells[0]["reviewer"] == "Dr A" and cells[0]["decided_at"] > 0
+    for position in (2, 4, 5):
+        again.record(sid, position, "not_cell")
+    assert again.first_unreviewed(sid) is None
+    assert [r["id"] for r in rv.ReviewStore(db).sessions("Dr A")] == [sid]
+
+
+def test_a_decision_can_be_changed_and_cleared(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store)
+    store.record(sid, 0, "unsure")
+    store.record(sid, 0, "reclassify", LYM, note="changed my mind")
+    cell = store.cell(sid, 0)
+    assert (cell["decision"], cell["label"], cell["note"]) == ("reclassify", LYM, "changed my mind")
+    assert store.progress(sid) == (1, 6)
+    store.clear(sid, 0)
+    assert store.progress(sid) == (0, 6)
+
+
+def test_invalid_decisions_are_refused(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store)
+    with pytest.raises(rv.ReviewError):
+        store.record(sid, 0, "maybe")
+    with pytest.raises(rv.ReviewError):
+        store.record(sid, 0, "reclassify", "dragon")
+    with pytest.raises(rv.ReviewError):
+        store.record(sid, 99, "agree")
+    with pytest.raises(rv.ReviewError):
+        store.record(sid, 0, "agree", note="x" * (rv.MAX_NOTE + 1))
+    with pytest.raises(rv.ReviewError):
+        new_session(store, reviewer="   ")
+    with pytest.raises(rv.ReviewError):
+        new_session(store, cells=[])
+    with pytest.raises(rv.ReviewError):
+        store.session(12345)
+
+
+def test_order_lowest_confidence_or_ambiguous_first():
+    cells = [rv.CellSpec("a", "a", None, NEU, 0.3), rv.CellSpec("b", "b", None, MONO, 0.9),
+             rv.CellSpec("c", "c", None, IG, 0.6), rv.CellSpec("d", "d", None, LYM, 0.2)]
+    assert [c.key for c in rv.order_cells(cells, "confidence", LABELS)] == ["d", "a", "c", "b"]
+    assert [c.key for c in rv.order_cells(cells, "ambiguous", label_names())] == ["c", "b", "d", "a"]
+    with pytest.raises(rv.ReviewError):
+        rv.order_cells(cells, "random", LABELS)
+
+
+def test_summary_agreement_per_class_and_confusion(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store)
+    store.record(sid, 0, "agree")  # model MONO
+    store.record(sid, 1, "agree")  # model NEU
+    store.record(sid, 2, "reclassify", NEU)  # model IG -> NEU
+    store.record(sid, 3, "not_cell")  # model LYM
+    store.record(sid, 4, "unsure")  # model NEU
+    s = store.summary(sid)
+    assert s["reviewed"] == 5 and s["n_cells"] == 6
+    assert s["decisions"] == {"agree": 2, "reclassify": 1, "unsure": 1, "not_cell": 1}
+    assert s["agreement_overall"] == pytest.approx(2 / 5)
+    per = {r["model_label"]: r for r in s["agreement"]}
+    assert per[NEU]["reviewed"] == 2 and per[NEU]["agreement"] == 0.5 and per[NEU]["agreement_definite"] == 1.0
+    assert per[IG]["agreement"] == 0.0 and per[EOS]["agreement"] is None
+    cf = s["confusion"]
+    assert cf["rows"] == LABELS and cf["columns"] == LABELS + [rv.UNSURE, rv.NOT_CELL]
+    m = np.asarray(cf["matrix"])
+    assert m.sum() == 5
+    assert m[LABELS.index(IG), LABELS.index(NEU)] == 1
+    assert m[LABELS.index(LYM), cf["columns"].index(rv.NOT_CELL)] == 1
+    assert m[LABELS.index(NEU), cf["columns"].index(rv.UNSURE)] == 1
+    # against the dataset's labels: model right on cells 0, 1, 3, 4; reviewer on 0, 1, 2
+    assert s["vs_truth"] == {"n": 5, "model_accuracy": 4 / 5, "reviewer_accuracy": 3 / 5}
+
+
+def test_cohens_kappa_between_two_reviewers_equals_sklearn(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    cells = specs(8)
+    a = new_session(store, "Dr A", cells)
+    b = new_session(store, "Dr B", cells)
+    assert [r["id"] for r in store.same_set(a)] == [b]
+    decisions_a = [("agree", None), ("agree", None), ("reclassify", NEU), ("agree", None), ("unsure", None),
+                   ("agree", None), ("not_cell", None), ("agree", None)]
+    decisions_b = [("agree", None), ("reclassify", MONO), ("reclassify", NEU), ("agree", None), ("agree", None),
+                   ("reclassify", BASO), ("not_cell", None), None]  # B has not reviewed the last cell
+    for i, (da, db) in enumerate(zip(decisions_a, decisions_b)):
+        store.record(a, i, *da)
+        if db:
+            store.record(b, i, *db)
+    k = store.kappa(a, b)
+    cats_a = [MONO, NEU, NEU, LYM, rv.UNSURE, EOS, rv.NOT_CELL]
+    cats_b = [MONO, MONO, NEU, LYM, NEU, BASO, rv.NOT_CELL]
+    assert k["n"] == 7
+    assert k["kappa"] == pytest.approx(cohen_kappa_score(cats_a, cats_b))
+    assert k["observed_agreement"] == pytest.approx(4 / 7)
+    assert store.kappa(b, a)["kappa"] == pytest.approx(k["kappa"])
+    # a session over other cells is not "the same set"
+    other = new_session(store, "Dr C", specs(5))
+    assert other not in [r["id"] for r in store.same_set(a)]
+
+
+def test_kappa_is_undefined_without_overlap(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    a, b = new_session(store, "Dr A"), new_session(store, "Dr B")
+    store.record(a, 0, "agree")
+    assert store.kappa(a, b) == {"n": 0, "observed_agreement": None, "kappa": None}
+
+
+def test_csv_export_reads_back_as_stored(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store)
+    store.record(sid, 0, "agree", note='a note, with "quotes" and a comma')
+    store.record(sid, 2, "reclassify", NEU, reviewer="Dr A")
+    store.record(sid, 5, "not_cell", note="débris\nsecond line")
+    path = tmp_path / "review.csv"
+    path.write_text(store.export_csv(sid))
+    df = pd.read_csv(path, keep_default_na=False)
+    assert tuple(df.columns) == rv.CSV_COLUMNS
+    cells = store.cells(sid)
+    assert len(df) == len(cells)
+    for row, cell in zip(df.to_dict("records"), cells):
+        assert row["session_id"] == sid and row["reviewer"] == "Dr A"
+        assert row["position"] == cell["position"] + 1
+        assert row["cell_key"] == cell["cell_key"] and row["image"] == cell["image"]
+        assert row["true_label"] == (cell["true_label"] or "")
+        assert row["model_label"] == cell["model_label"]
+        assert row["model_confidence"] == pytest.approx(cell["confidence"], abs=1e-6)
+        assert row["decision"] == (cell["decision"] or "")
+        assert row["reviewer_label"] == (rv.reviewer_category(cell["decision"], cell["label"]) or "")
+        assert row["note"] == (cell["note"] or "")
+        assert bool(row["decided_at"]) == bool(cell["decision"])
+
+
+# -- sessions built with the real model -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory, trained_run):
+    from core.inference import Classifier
+
+    return Classifier(mirror_run(Path(trained_run), tmp_path_factory.mktemp("review-artifacts")))
+
+
+def test_cells_from_the_test_split(clf):
+    cells = rv.cells_from_test_split(clf, limit=10, order="confidence")
+    assert len(cells) == 10
+    conf = [c.confidence for c in cells]
+    assert conf == sorted(conf)
+    assert all(c.key.startswith("test:") and c.image.startswith("npz:") and c.true_label in LABELS for c in cells)
+    shown, seen = rv.cell_pixels(cells[0].image, clf.image_size)
+    assert seen.shape == (clf.image_size, clf.image_size, 3) and shown.shape == seen.shape
+    ambiguous = rv.cells_from_test_split(clf, limit=0, order="ambiguous")
+    calls = [c.model_label in (MONO, IG) for c in ambiguous]
+    assert calls == sorted(calls, reverse=True)  # every ambiguous call comes before any other
+
+
+def test_cells_from_an_external_folder_and_uploads(clf, tmp_path):
+    cells = rv.cells_from_external(clf, str(EXTERNAL_DEV), limit=5)
+    assert len(cells) == 5 and all(Path(c.key).is_file() and c.true_label in LABELS for c in cells)
+    shown, seen = rv.cell_pixels(cells[0].image, clf.image_size)
+    assert shown.shape == (300, 300, 3) and seen.shape == (clf.image_size, clf.image_size, 3)
+    paths, problems = rv.save_uploads([("a.jpg", jpeg_bytes(cell_image(1))), ("bad.png", b"nope"),
+                                       ("../../evil.png", jpeg_bytes(cell_image(2)))], tmp_path / "uploads")
+    assert len(paths) == 2 and len(problems) == 1 and "bad.png" in problems[0]
+    assert all(Path(p).parent == tmp_path / "uploads" and "evil" not in p for p in paths)
+    assert not (tmp_path.parent / "evil.png").exists()
+    uploaded = rv.cells_from_files(clf, paths)
+    assert len(uploaded) == 2 and all(c.true_label is None for c in uploaded)
