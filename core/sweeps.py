@@ -63,16 +63,21 @@ class Speed:
 
 
 def training_speed(config: RunConfig, history: Iterable[Mapping[str, Any]]) -> Speed:
-    """Images/s for `config`, from earlier runs (rows of the run index) where possible."""
-    rows = [r for r in history if r.get("images_per_second")]
-    same = [r["images_per_second"] for r in rows if r["arch"] == config.arch and r["size"] == config.size]
+    """Images/s for `config`, from earlier runs (rows of the run index) where possible.
+
+    Same architecture and size: the median measured speed. Same architecture at other sizes: scaled by
+    the pixel count. Otherwise the reference speed measured on this project's machine, scaled by cost;
+    FLOP ratios do not carry across architecture families on a CPU (MobileNet is memory-bound), so a
+    MobileNet run says nothing about a ResNet's speed.
+    """
+    rows = [r for r in history if r.get("images_per_second") and r.get("arch") == config.arch]
+    same = [r["images_per_second"] for r in rows if r["size"] == config.size]
     if same:
         return Speed(statistics.median(same), "measured")
     if rows:
         scaled = [r["images_per_second"] * relative_cost(r["arch"], r["size"]) / relative_cost(config.arch, config.size)
-                  for r in rows if r["arch"] in GFLOPS_224]
-        if scaled:
-            return Speed(statistics.median(scaled), "scaled")
+                  for r in rows]
+        return Speed(statistics.median(scaled), "scaled")
     return Speed(FALLBACK_RESNET50_64_IPS * relative_cost("resnet50", 64) / relative_cost(config.arch, config.size),
                  "default")
 

@@ -55,15 +55,18 @@ def test_presets_match_the_study_tables():
     assert len(PRESETS_BY_KEY["table9"].configs(repeats=3)) == 9
 
 
-def test_speed_prefers_measurements_then_scales_then_defaults():
+def test_speed_prefers_measurements_then_same_arch_scaling_then_the_reference():
     config = RunConfig(arch="resnet50", size=64)
     rows = [{"arch": "resnet50", "size": 64, "images_per_second": 50.0},
             {"arch": "resnet50", "size": 64, "images_per_second": 70.0},
             {"arch": "mobilenetv3small", "size": 64, "images_per_second": 900.0}]
     measured = training_speed(config, rows)
     assert measured.source == "measured" and measured.images_per_second == 60.0
-    scaled = training_speed(RunConfig(arch="resnet101", size=64), rows)
-    assert scaled.source == "scaled" and scaled.images_per_second < 60.0
+    scaled = training_speed(RunConfig(arch="resnet50", size=128), rows)
+    assert scaled.source == "scaled" and scaled.images_per_second == pytest.approx(60.0 / 4)
+    # a MobileNet measurement says nothing about ResNet-101: the reference speed is used
+    other = training_speed(RunConfig(arch="resnet101", size=64), rows)
+    assert other.source == "default" and other == training_speed(RunConfig(arch="resnet101", size=64), [])
     default = training_speed(RunConfig(arch="resnet50", size=224), [])
     assert default.source == "default" and default.images_per_second < training_speed(config, []).images_per_second
     assert relative_cost("resnet18", 28) > relative_cost("resnet18", 64) / 4  # small stem keeps 4x the pixels
