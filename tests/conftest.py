@@ -5,6 +5,7 @@ small subsets are written to pytest's temporary folders.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,21 @@ def write_subset(source: Path, target: Path, n_train: int, n_val: int, n_test: i
             arrays[f"{split}_images"] = npz[f"{split}_images"][index]
             arrays[f"{split}_labels"] = labels[index]
     np.savez(target, **arrays)
+    return target
+
+
+def mirror_run(run: Path, artifacts: Path) -> Path:
+    """A store under `artifacts` holding `run`: small files copied, model.keras symlinked, nothing derived."""
+    from core.runs import MODEL_FILE, RunStore
+
+    target = artifacts / "runs" / run.name
+    target.mkdir(parents=True)
+    for f in run.iterdir():
+        if f.name == MODEL_FILE:
+            (target / f.name).symlink_to(f.resolve())
+        elif f.is_file() and f.suffix in (".json", ".csv", ".log"):
+            shutil.copy(f, target / f.name)
+    RunStore(artifacts / "runs").reindex()
     return target
 
 

@@ -4,28 +4,14 @@ and small datasets with wrong layouts written to temporary folders (the real dat
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from core.runs import MODEL_FILE, RunStore
+from conftest import mirror_run  # noqa: F401 - re-exported for the external and review tests
 
 EXTERNAL_COUNTS = {"basophil": 3, "eosinophil": 12, "lymphocyte": 37, "monocyte": 15, "neutrophil": 33}
-
-
-def mirror_run(run: Path, artifacts: Path) -> Path:
-    """A store under `artifacts` holding `run`: small files copied, model.keras symlinked, nothing derived."""
-    target = artifacts / "runs" / run.name
-    target.mkdir(parents=True)
-    for f in run.iterdir():
-        if f.name == MODEL_FILE:
-            (target / f.name).symlink_to(f.resolve())
-        elif f.is_file() and f.suffix in (".json", ".csv", ".log"):
-            shutil.copy(f, target / f.name)
-    RunStore(artifacts / "runs").reindex()
-    return target
 
 
 def cell_image(seed: int, size: int = 96) -> np.ndarray:

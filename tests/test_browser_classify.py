@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from browser_support import SCREENSHOTS, launch_chromium, streamlit_app
 
-from conftest import PBC_SAMPLES
-from test_browser import CHROMIUM, CHROMIUM_ARGS, PROJECT_ROOT, SCREENSHOTS, free_port, need_chromium, wait_healthy
-from test_page_classify import mirror_run
+from conftest import PBC_SAMPLES, mirror_run
 
 pytestmark = pytest.mark.browser
 SAMPLE = sorted((PBC_SAMPLES / "eosinophil").glob("*.jpg"))[0]
@@ -20,28 +16,11 @@ SAMPLE = sorted((PBC_SAMPLES / "eosinophil").glob("*.jpg"))[0]
 @pytest.fixture
 def classify_url(tmp_path, trained_run):
     """`streamlit run app.py` on a free port over a store holding the trained fixture run."""
-    need_chromium()
     artifacts = tmp_path / "artifacts"
     mirror_run(Path(trained_run), artifacts)
-    env = dict(os.environ, CELLSCOPE_ARTIFACTS=str(artifacts))
-    port = free_port()
     log = tmp_path / "streamlit.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1"],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, server, log)
+    with streamlit_app(log, CELLSCOPE_ARTIFACTS=str(artifacts)) as url:
         yield url, log
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def settle(page) -> None:
@@ -66,7 +45,7 @@ def test_upload_a_jpeg_and_see_the_overlay(classify_url):
     url, log = classify_url
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(url, timeout=60_000)  # the app's root, then the sidebar link, as a user does

@@ -3,56 +3,13 @@ wait for its charts, and save a full-page screenshot to test-output/screenshots/
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
-
 import pytest
+from browser_support import SCREENSHOTS, launch_chromium, need_chromium, streamlit_app
 from results_fixtures import seeded_artifacts
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = PROJECT_ROOT / "test-output" / "screenshots"
-START_TIMEOUT = 90  # seconds; the machine may be busy training
 PAGE_TIMEOUT = 180_000  # ms; the Confusions page predicts the test split on first visit
 
 pytestmark = pytest.mark.browser
-
-
-def need_chromium() -> None:
-    if not CHROMIUM.is_file():
-        message = f"{CHROMIUM} not found (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer on {url} within {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -60,25 +17,9 @@ def app_url(tmp_path_factory, trained_run, tiny_npz):
     """`streamlit run app.py` on a free port over three real tiny runs (seeds 1-3)."""
     need_chromium()
     artifacts = seeded_artifacts(tmp_path_factory, trained_run, tiny_npz)
-    env = dict(os.environ, CELLSCOPE_ARTIFACTS=str(artifacts))
-    port = free_port()
     log = tmp_path_factory.mktemp("streamlit-results") / "streamlit.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1"],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, server, log)
+    with streamlit_app(log, CELLSCOPE_ARTIFACTS=str(artifacts)) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +27,7 @@ def browser(app_url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        chromium = launch_chromium(p)
         try:
             yield chromium
         finally:

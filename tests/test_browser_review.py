@@ -4,77 +4,26 @@ shortcut, then evaluate the real external_dev set. Screenshots go to test-output
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import SCREENSHOTS, launch_chromium, streamlit_app
+
 from conftest import EXTERNAL_DEV
 from external_fixtures import mirror_run
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = PROJECT_ROOT / "test-output" / "screenshots"
-START_TIMEOUT = 120  # seconds; the machine may be busy training
 WAIT_MS = 180_000  # a step that loads TensorFlow and a model on a busy machine
 
 pytestmark = pytest.mark.browser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer on {url} within {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def app_url(tmp_path, trained_run):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     artifacts = tmp_path / "artifacts"
     mirror_run(Path(trained_run), artifacts)
-    env = dict(os.environ, CELLSCOPE_ARTIFACTS=str(artifacts))
-    port = free_port()
-    log = tmp_path / "streamlit.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1"],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, server, log)
+    with streamlit_app(tmp_path / "streamlit.log", CELLSCOPE_ARTIFACTS=str(artifacts)) as url:
         yield url, artifacts
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def shoot(page, name: str, max_height: int = 4000) -> None:
@@ -103,7 +52,7 @@ def test_review_and_external_pages_in_chromium(app_url):
     app_url, artifacts = app_url
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1500})
             # the first request of a fresh server goes to the app's root: a deep link before app.py has run once

@@ -3,97 +3,39 @@ job, watch its progress bar move and its curves appear, then cancel it."""
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
+from browser_support import SCREENSHOTS, launch_chromium, streamlit_app
 
 from core.jobs import ACTIVE, JobQueue
 from core.runs import RunStore
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = PROJECT_ROOT / "test-output" / "screenshots"
-START_TIMEOUT = 90  # seconds; the machine may be busy training
 JOB_TIMEOUT = 300  # TensorFlow start-up plus a few tiny epochs on a busy 2-core machine
 UI_TIMEOUT = 60_000  # ms
 
 pytestmark = pytest.mark.browser
 
 
-def need_chromium() -> None:
-    if not CHROMIUM.is_file():
-        message = f"{CHROMIUM} not found (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer on {url} within {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def server(tmp_path):
     """`streamlit run app.py` on a free port over an empty run store and an empty data folder. On teardown
     every job still queued or running is cancelled (its process group gets SIGTERM) and the server stops."""
-    need_chromium()
     artifacts = tmp_path / "artifacts"
     empty_data = tmp_path / "no-data"
     empty_data.mkdir()
-    env = dict(os.environ, CELLSCOPE_ARTIFACTS=str(artifacts), CELLSCOPE_DATA_DIR=str(empty_data))
-    port = free_port()
-    log = tmp_path / "streamlit.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    queue = None
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, process, log)
+    with streamlit_app(tmp_path / "streamlit.log", CELLSCOPE_ARTIFACTS=str(artifacts),
+                       CELLSCOPE_DATA_DIR=str(empty_data)) as url:
         queue = JobQueue(RunStore(artifacts / "runs"))
-        yield url, queue
-    finally:
-        if queue is not None:
+        try:
+            yield url, queue
+        finally:
             for job in queue.list(ACTIVE):
                 try:
                     queue.cancel(job.id)
                 except Exception:  # noqa: BLE001 - best effort; the job may have just ended
                     pass
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def screenshot(page, name: str) -> None:
@@ -135,7 +77,7 @@ def test_launch_watch_and_cancel_a_job(server, tiny_npz):
 
     url, queue = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             # In through the front door: on a fresh server a first visit straight to /train would run the

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import io
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -19,25 +18,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import PBC_SAMPLES, PROJECT_ROOT
-from core.runs import MODEL_FILE, RunStore
+from conftest import PBC_SAMPLES, PROJECT_ROOT, mirror_run
 
 PAGE = str(PROJECT_ROOT / "pages" / "classify.py")
 TIMEOUT = 300  # seconds per script run; the machine may be busy training
 ONE_PER_CLASS = [sorted((PBC_SAMPLES / c).glob("*.jpg"))[0] for c in sorted(p.name for p in PBC_SAMPLES.iterdir())]
-
-
-def mirror_run(run: Path, artifacts: Path) -> Path:
-    """A store under `artifacts` holding `run` (its small files copied, model.keras symlinked)."""
-    target = artifacts / "runs" / run.name
-    target.mkdir(parents=True)
-    for f in run.iterdir():
-        if f.name == MODEL_FILE:
-            (target / f.name).symlink_to(f.resolve())
-        elif f.is_file() and not f.name.startswith("ood_"):
-            shutil.copy(f, target / f.name)
-    RunStore(artifacts / "runs").reindex()
-    return target
 
 
 @pytest.fixture(scope="module")
