@@ -19,7 +19,6 @@ import core.download
 from core import registry
 from core.config import FIELD_HELP, RunConfig
 from core.dataset import class_counts
-from core.download import DownloadError, offline_message
 from core.jobs import ACTIVE, JobQueue
 from core.runs import RunStore
 
@@ -244,15 +243,15 @@ def test_a_preset_of_variants_previews_each_variant(artifacts):
 
 
 def test_download_offline_says_where_to_put_the_file(artifacts, monkeypatch):
-    def offline(size, root=None, progress=None, **kwargs):
-        raise DownloadError(offline_message(size, registry.local_path(size), "no network"))
-
-    monkeypatch.setattr(core.download, "download", offline)
+    # the real download code, pointed at an address where nothing listens
+    _, md5 = registry.url_and_md5(64)
+    monkeypatch.setattr(registry, "url_and_md5", lambda size: ("http://127.0.0.1:9/bloodmnist_64.npz", md5))
     at = open_train()
     check(at.button(key="download_64").click().run())
     message = at.error[0].value.replace("\\", "")
-    assert "Could not download BloodMNIST 64 px (no network)" in message
-    assert str(registry.local_path(64)) in message
+    assert "Could not download BloodMNIST 64 px" in message
+    assert str(registry.local_path(64)) in message and "127.0.0.1:9" in message
+    assert not registry.local_path(64).with_name("bloodmnist_64.npz.part").exists()
 
 
 def test_download_shows_progress_and_selects_the_new_file(artifacts, monkeypatch, tiny_npz):
