@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -93,26 +90,3 @@ def test_empty_state_suggests_a_present_data_file(monkeypatch, tmp_path, data_di
     (code,) = [c.value for c in at.code if "core train" in c.value]
     assert code == (f"python -m core train --data {data_dir / 'bloodmnist.npz'} "
                     "--arch resnet18 --epochs 1 --limit-train 512")
-
-
-def page_imports() -> list[str]:
-    """The modules pages/home.py imports, read from its source."""
-    tree = ast.parse(HOME.read_text())
-    names = []
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
-    return names
-
-
-def test_the_home_page_does_not_load_tensorflow():
-    modules = page_imports()
-    assert "core.overview" in modules and "streamlit" in modules
-    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
-            "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
-            "assert not heavy, heavy\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
