@@ -21,6 +21,7 @@ import shutil
 import sqlite3
 import time
 from contextlib import closing
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -179,51 +180,37 @@ class RunWriter:
             self._log.close()
 
 
+RUNS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, path TEXT NOT NULL, created REAL NOT NULL,
+    arch TEXT, size INTEGER, weights TEXT, batch_size INTEGER, epochs INTEGER,
+    optimizer TEXT, lr REAL, dropout REAL, attention INTEGER, class_weights INTEGER,
+    seed INTEGER, tags TEXT, best_epoch INTEGER, epochs_run INTEGER,
+    val_accuracy REAL, val_auc REAL, test_accuracy REAL, test_auc REAL, test_macro_f1 REAL,
+    train_seconds REAL, images_per_second REAL, config_json TEXT NOT NULL,
+    per_class_f1 TEXT)"""  # per_class_f1: JSON {label: test F1} at the best epoch, for the results matrix
+
+
+@lru_cache(maxsize=1)
+def runs_columns() -> frozenset[str]:
+    """The columns RUNS_TABLE_SQL defines, as SQLite itself reads them."""
+    with closing(sqlite3.connect(":memory:")) as mem:
+        mem.execute(RUNS_TABLE_SQL)
+        return frozenset(row[1] for row in mem.execute("PRAGMA table_info(runs)"))
+
+
 class RunStore:
     def __init__(self, runs_dir: str | Path | None = None):
         self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.index_path = self.runs_dir.parent / "index.sqlite"
         with closing(self._connect()) as db, db:
-            db.execute(
-                """CREATE TABLE IF NOT EXISTS runs (
-                    run_id TEXT PRIMARY KEY, path TEXT NOT NULL, created REAL NOT NULL,
-                    arch TEXT, size INTEGER, weights TEXT, batch_size INTEGER, epochs INTEGER,
-                    optimizer TEXT, lr REAL, dropout REAL, attention INTEGER, class_weights INTEGER,
-                    seed INTEGER, tags TEXT, best_epoch INTEGER, epochs_run INTEGER,
-                    val_accuracy REAL, val_auc REAL, test_accuracy REAL, test_auc REAL, test_macro_f1 REAL,
-                    train_seconds REAL, images_per_second REAL, config_json TEXT NOT NULL)""")
-            added = self._migrate(db)
-        if "per_class_f1" in added:
-            self._backfill_per_class_f1()
-
-    # Columns added after the first release; an older index gains them on open (ALTER TABLE ADD COLUMN).
-    # per_class_f1: JSON {label: test F1} at the best epoch, for the results matrix without reading metrics.json.
-    ADDED_COLUMNS = (("per_class_f1", "TEXT"),)
-
-    def _migrate(self, db: sqlite3.Connection) -> list[str]:
-        present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-        added = []
-        for name, kind in self.ADDED_COLUMNS:
-            if name not in present:
-                try:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-                    added.append(name)
-                except sqlite3.OperationalError as e:  # another process added it first
-                    if "duplicate column" not in str(e):
-                        raise
-        return added
-
-    def _backfill_per_class_f1(self) -> None:
-        """Fill the new column once for runs indexed before it existed (reads their metrics.json)."""
-        with closing(self._connect()) as db, db:
-            rows = db.execute("SELECT run_id, path FROM runs WHERE per_class_f1 IS NULL").fetchall()
-            for row in rows:
-                try:
-                    value = per_class_f1_json(Run(Path(row["path"])).metrics)
-                except (OSError, ValueError, KeyError):
-                    continue
-                db.execute("UPDATE runs SET per_class_f1 = ? WHERE run_id = ?", (value, row["run_id"]))
+            db.execute(RUNS_TABLE_SQL)
+            stale = {row[1] for row in db.execute("PRAGMA table_info(runs)")} != runs_columns()
+            if stale:  # written by an older version: the index is derived data, so rebuild it
+                db.execute("DROP TABLE runs")
+                db.execute(RUNS_TABLE_SQL)
+        if stale:
+            self.reindex()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.index_path, timeout=30)

@@ -1,5 +1,5 @@
 """The runs table, filters and the results matrix (mean, sample SD and n over seeds; empty cells), the study
-beside it, tagging, and the index's per-class F1 column (with its migration for older indexes)."""
+beside it, tagging, and the index's per-class F1 column (an older index is rebuilt on open)."""
 
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def test_parallel_dimensions(grid):
 
 
 def test_index_gains_the_per_class_column_on_an_old_database(tmp_path):
-    """An index written before per_class_f1 existed is migrated and back-filled when opened."""
+    """An index written by an older version (no per_class_f1) is rebuilt from the run folders when opened."""
     runs_dir = tmp_path / "artifacts" / "runs"
     store = RunStore(runs_dir)
     run = publish(store, config(seed=5), synthetic_metrics(0.9, 0.9, 5))
