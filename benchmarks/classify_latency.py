@@ -35,9 +35,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from core.config import RunConfig  # noqa: E402
-from core.inference import Classifier  # noqa: E402
-from core.models import build_model  # noqa: E402
-from core.registry import label_names  # noqa: E402
+from core.inference.classifier import Classifier  # noqa: E402
+from core.models.build import build_model  # noqa: E402
+from core.data.registry import label_names  # noqa: E402
 
 DEFAULT_CASES = ("resnet18:64", "resnet50:64", "resnet50:224")
 TARGET_MS = {64: 50.0, 224: 200.0}  # image size -> target for prediction + Grad-CAM

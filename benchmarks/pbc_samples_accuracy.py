@@ -1,8 +1,8 @@
 """Accuracy of a trained run on the 160 CellaVision originals in ../shared/data/pbc_samples, via the upload path.
 
 The JPEG files are read as bytes and go through exactly what the Classify page does with an upload:
-`core.uploads.iter_uploads` (decoding), `core.classify.prepare` (the MedMNIST recipe: centre crop 200 px,
-bicubic resize; or a plain resize) and `core.classify.classify` (one batched prediction). The true class
+`core.data.uploads.iter_uploads` (decoding), `core.inference.classify.prepare` (the MedMNIST recipe: centre crop 200 px,
+bicubic resize; or a plain resize) and `core.inference.classify.classify` (one batched prediction). The true class
 is the sample's folder. All 160 images are from the test split of the PBC-derived npz files, so the
 figure is a (small) test-set figure, on full-size originals rather than the pre-resized npz images.
 
@@ -24,11 +24,11 @@ sys.path.insert(0, str(PROJECT))
 
 import numpy as np  # noqa: E402
 
-from core import classify  # noqa: E402
-from core.images import RESIZE_MODES  # noqa: E402
-from core.registry import short_label  # noqa: E402
-from core.runs import RunStore  # noqa: E402
-from core.uploads import iter_uploads  # noqa: E402
+from core.inference import classify  # noqa: E402
+from core.data.images import RESIZE_MODES  # noqa: E402
+from core.data.registry import short_label  # noqa: E402
+from core.store.runs import RunStore  # noqa: E402
+from core.data.uploads import iter_uploads  # noqa: E402
 
 SAMPLES = PROJECT.parent / "shared" / "data" / "pbc_samples"
 FOLDER_ALIASES = {"ig": "immature granulocytes"}

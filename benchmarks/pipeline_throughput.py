@@ -3,12 +3,12 @@
 (a) study: `ImageDataGenerator(rescale=1/255, shear_range=0.2, zoom_range=0.2, horizontal_flip=True)
     .flow(x, y_onehot, batch_size=B, shuffle=True, seed=S)` fed to `model.fit(..., steps_per_epoch=...)`,
     as in the study's Methods: per-image NumPy/SciPy augmentation in Python.
-(b) ours: `core.pipeline.training_dataset(images, labels, config, n_classes)`: a tf.data pipeline on uint8
+(b) ours: `core.training.pipeline.training_dataset(images, labels, config, n_classes)`: a tf.data pipeline on uint8
     arrays with batched augmentation (shear 0.2 rad, zoom [0.8, 1.2], horizontal flips) and the
     backbone's own preprocessing.
 
-Both train the same model: `core.models.build_model` from one `RunConfig`, compiled with
-`core.training.compile_model`, rebuilt with the same seed for each pipeline so both start from identical
+Both train the same model: `core.models.build.build_model` from one `RunConfig`, compiled with
+`core.training.trainer.compile_model`, rebuilt with the same seed for each pipeline so both start from identical
 weights (checked by a hash of the initial weights). Only steady-state steps are timed: a callback records
 the time at every batch end and the first --warmup-steps steps (graph tracing, first-call costs, filling
 the shuffle buffer) are left out. Each pipeline is also timed alone, without a model, to show where the
@@ -50,17 +50,17 @@ import tensorflow as tf  # noqa: E402
 # only to reproduce the study's input pipeline; the project itself never uses it.
 from keras.src.legacy.preprocessing.image import ImageDataGenerator  # noqa: E402
 
-from core import pipeline  # noqa: E402
+from core.training import pipeline  # noqa: E402
 from core.config import ARCHITECTURES, SIZES, RunConfig  # noqa: E402
-from core.dataset import Dataset, load_for_config, load_npz  # noqa: E402
-from core.models import build_model  # noqa: E402
-from core.training import compile_model  # noqa: E402
+from core.data.dataset import Dataset, load_for_config, load_npz  # noqa: E402
+from core.models.build import build_model  # noqa: E402
+from core.training.trainer import compile_model  # noqa: E402
 
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 STUDY, OURS = "study", "ours"
 LABELS = {
     STUDY: "study: ImageDataGenerator.flow",
-    OURS: "ours: core.pipeline tf.data",
+    OURS: "ours: core.training.pipeline tf.data",
 }
 
 
@@ -159,7 +159,7 @@ def time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.n
     clock = BatchClock()
     t0 = time.perf_counter()
     # fit's default shuffle=True for the study (as its code called fit; Keras then also shuffles the order of
-    # the flow's batches, which costs nothing); shuffle=False for ours, as core.training passes (tf.data
+    # the flow's batches, which costs nothing); shuffle=False for ours, as core.training.trainer passes (tf.data
     # shuffles itself and Keras would only warn that it ignores the flag).
     model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[clock], verbose=0,
               shuffle=which == STUDY)
@@ -223,7 +223,7 @@ def median(values: list[float]) -> float:
 
 def print_report(settings: dict, machine: dict, summary: dict) -> None:
     print()
-    print("Input pipeline throughput: the study's ImageDataGenerator vs core.pipeline, same model")
+    print("Input pipeline throughput: the study's ImageDataGenerator vs core.training.pipeline, same model")
     print(f"machine : {machine['cpu_count']} CPUs ({machine['cpus_usable']} usable) {machine['cpu_model']}; "
           f"GPUs: {', '.join(machine['gpus']) or 'none'}")
     print(f"software: TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, NumPy {machine['numpy']}, "
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": config.optimizer, "lr": config.lr, "dropout": config.dropout,
         "study_generator": "ImageDataGenerator(rescale=1/255, shear_range=0.2 (degrees), zoom_range=0.2, "
                            "horizontal_flip=True).flow(float32 0..255, one-hot, shuffle=True)",
-        "ours": f"core.pipeline.training_dataset (aug_shear={config.aug_shear} rad, aug_zoom={config.aug_zoom}, "
+        "ours": f"core.training.pipeline.training_dataset (aug_shear={config.aug_shear} rad, aug_zoom={config.aug_zoom}, "
                 f"hflip={config.aug_hflip}; uint8 in memory, {config.arch} preprocessing)",
     }
 

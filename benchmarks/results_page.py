@@ -30,9 +30,9 @@ sys.path.insert(0, str(PROJECT))
 import numpy as np  # noqa: E402
 
 from core.config import RunConfig  # noqa: E402
-from core.metrics import classification_metrics  # noqa: E402
-from core.registry import label_names  # noqa: E402
-from core.runs import RunStore  # noqa: E402
+from core.evaluation.metrics import classification_metrics  # noqa: E402
+from core.data.registry import label_names  # noqa: E402
+from core.store.runs import RunStore  # noqa: E402
 
 TARGET_SECONDS = 1.0
 
@@ -118,7 +118,7 @@ def main() -> None:
         warmup = render_seconds(page)
         times = [render_seconds(page) for _ in range(args.repeats)]
         # an index change (a run tagged) makes the next render re-read the index
-        from core import results  # noqa: PLC0415
+        from core.store import results  # noqa: PLC0415
 
         results.tag_runs(store, [store.list_runs()[0]["run_id"]], add=["touched"])
         after_change = render_seconds(page)

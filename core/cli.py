@@ -13,9 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from .cam import METHOD_NAMES
-from .config import ARCHITECTURES, OPTIMIZERS, SIZES, RunConfig
-from .errors import UserFacingError
+from core.explain.cam import METHOD_NAMES
+from core.config import ARCHITECTURES, OPTIMIZERS, SIZES, RunConfig
+from core.errors import UserFacingError
 
 EXIT_USAGE = 2
 
@@ -64,7 +64,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     size = args.size
     if args.data:
-        from .dataset import load_npz  # noqa: PLC0415
+        from core.data.dataset import load_npz  # noqa: PLC0415
 
         file_size = load_npz(args.data).image_size
         if size is not None and size != file_size:
@@ -79,8 +79,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    from .runs import RunStore  # noqa: PLC0415
-    from .training import Progress, train  # noqa: PLC0415
+    from core.store.runs import RunStore  # noqa: PLC0415
+    from core.training.trainer import Progress, train  # noqa: PLC0415
 
     last = [-1.0]
 
@@ -99,9 +99,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .jobs import JobQueue  # noqa: PLC0415
-    from .runs import RunStore  # noqa: PLC0415
-    from .sweeps import PRESETS_BY_KEY, grid, parse_values  # noqa: PLC0415
+    from core.jobs.queue import JobQueue  # noqa: PLC0415
+    from core.store.runs import RunStore  # noqa: PLC0415
+    from core.jobs.sweeps import PRESETS_BY_KEY, grid, parse_values  # noqa: PLC0415
 
     if args.preset:
         if args.preset not in PRESETS_BY_KEY:
@@ -125,8 +125,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from .jobs import JobQueue  # noqa: PLC0415
-    from .runs import RunStore  # noqa: PLC0415
+    from core.jobs.queue import JobQueue  # noqa: PLC0415
+    from core.store.runs import RunStore  # noqa: PLC0415
 
     queue = JobQueue(RunStore(args.runs_dir))
     if args.max_concurrent:
@@ -154,8 +154,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .jobs import worker  # noqa: PLC0415
-    from .runs import RunStore  # noqa: PLC0415
+    from core.jobs.queue import worker  # noqa: PLC0415
+    from core.store.runs import RunStore  # noqa: PLC0415
 
     print("worker: running the job queue; Ctrl-C to stop (running jobs go on)", file=sys.stderr)
     worker(RunStore(args.runs_dir), poll_seconds=args.poll, once=args.once)
@@ -163,16 +163,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_job_exec(args: argparse.Namespace) -> int:
-    from .jobs import execute  # noqa: PLC0415
-    from .runs import RunStore  # noqa: PLC0415
+    from core.jobs.queue import execute  # noqa: PLC0415
+    from core.store.runs import RunStore  # noqa: PLC0415
 
     return execute(args.job_id, RunStore(args.runs_dir))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .dataset import load_npz, resolve  # noqa: PLC0415
-    from .inference import Classifier  # noqa: PLC0415
-    from .metrics import classification_metrics  # noqa: PLC0415
+    from core.data.dataset import load_npz, resolve  # noqa: PLC0415
+    from core.inference.classifier import Classifier  # noqa: PLC0415
+    from core.evaluation.metrics import classification_metrics  # noqa: PLC0415
 
     clf = Classifier(args.run)
     data = load_npz(args.data or resolve(clf.config.data, clf.config.size))
@@ -195,8 +195,8 @@ def _batched(clf, images, batch: int = 256):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from . import classify  # noqa: PLC0415
-    from .uploads import iter_paths  # noqa: PLC0415
+    from core.inference import classify  # noqa: PLC0415
+    from core.data.uploads import iter_paths  # noqa: PLC0415
 
     clf = classify.Classifier(args.run)
     prepared = classify.prepare(iter_paths(args.images), clf.image_size, args.resize)  # a zip gives its members
@@ -223,9 +223,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from PIL import Image  # noqa: PLC0415
 
-    from . import classify  # noqa: PLC0415
-    from .images import read_file, to_model_input  # noqa: PLC0415
-    from .overlay import COLORMAPS, triptych  # noqa: PLC0415
+    from core.inference import classify  # noqa: PLC0415
+    from core.data.images import read_file, to_model_input  # noqa: PLC0415
+    from core.explain.overlay import COLORMAPS, triptych  # noqa: PLC0415
 
     if args.colormap not in COLORMAPS:
         raise UserError(f"unknown colormap {args.colormap!r}; one of {', '.join(COLORMAPS)}")
@@ -258,15 +258,15 @@ def _label_index(labels: Sequence[str], target: str) -> int:
 
 
 def cmd_external(args: argparse.Namespace) -> int:
-    from .external import ExternalError, evaluate, fine_tune, load_for_run, parse_map_args, summary  # noqa: PLC0415
-    from .stain import METHODS  # noqa: PLC0415
+    from core.validation.external import ExternalError, evaluate, fine_tune, load_for_run, parse_map_args, summary  # noqa: PLC0415
+    from core.validation.stain import METHODS  # noqa: PLC0415
 
     if not args.folder and not args.csv:
         raise ExternalError("give --folder DIR (one subfolder per class) or --csv FILE (path,label rows)")
     if args.normalize not in METHODS:
         raise ExternalError(f"--normalize must be one of {', '.join(METHODS)}")
     overrides = parse_map_args(args.map)
-    from .inference import Classifier  # noqa: PLC0415
+    from core.inference.classifier import Classifier  # noqa: PLC0415
 
     clf = Classifier(args.run)
     data = load_for_run(clf, args.folder, args.csv, overrides, args.resize)
@@ -280,7 +280,7 @@ def cmd_external(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .download import download  # noqa: PLC0415
+    from core.data.download import download  # noqa: PLC0415
 
     def progress(done: int, total: int) -> None:
         pct = f"{100 * done / total:5.1f}%" if total else ""
@@ -293,7 +293,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .runs import RunStore  # noqa: PLC0415
+    from core.store.runs import RunStore  # noqa: PLC0415
 
     store = RunStore(args.runs_dir)
     if args.reindex:
@@ -316,7 +316,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .runs import default_runs_dir  # noqa: PLC0415
+    from core.store.runs import default_runs_dir  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Blood cell classification on BloodMNIST")
     sub = parser.add_subparsers(dest="command", required=True)

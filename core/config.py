@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import UserFacingError
+from core.errors import UserFacingError
 
 ARCHITECTURES = ("resnet18", "resnet50", "resnet101", "mobilenetv3small", "efficientnetb0", "densenet121")
 DISPLAY_NAMES = {

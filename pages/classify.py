@@ -1,7 +1,7 @@
 """Classify: upload cell images (or pick from the test set), get the predicted type, and see the evidence.
 
-A thin view over core.classify (uploads -> model inputs -> predictions, flags and explanations) and
-core.uploads (reading files and zips safely). TensorFlow is imported, through core.classify, only once a
+A thin view over core.inference.classify (uploads -> model inputs -> predictions, flags and explanations) and
+core.data.uploads (reading files and zips safely). TensorFlow is imported, through core.inference.classify, only once a
 trained run exists; the model is loaded once per run and kept in `st.cache_resource`.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.cam import METHOD_NAMES, METHOD_TITLES
+from core.explain.cam import METHOD_NAMES, METHOD_TITLES
 from core.errors import UserFacingError
-from core.images import RESIZE_MODES
-from core.overlay import COLORMAPS
-from core.overview import arch_name
-from core.runs import RunStore
-from core.uploads import MAX_FILE_BYTES, UPLOAD_TYPES, iter_uploads
+from core.data.images import RESIZE_MODES
+from core.explain.overlay import COLORMAPS
+from core.store.overview import arch_name
+from core.store.runs import RunStore
+from core.data.uploads import MAX_FILE_BYTES, UPLOAD_TYPES, iter_uploads
 
 # -- settings -------------------------------------------------------------------------------------------
 RESIZE_HELP = {
@@ -48,7 +48,7 @@ if not runs:
     st.caption(f"Runs are looked for in `{store.runs_dir}`.")
     st.stop()
 
-from core import classify as svc  # noqa: E402  (imports TensorFlow: only now that a model is needed)
+from core.inference import classify as svc  # noqa: E402  (imports TensorFlow: only now that a model is needed)
 
 
 def run_label(r: dict) -> str:

@@ -2,7 +2,7 @@
 
 Reads the run's metrics.json for its confusion matrix (rows = true class). The images behind a cell need the
 run's test predictions: computed once with the run's model (TensorFlow loads then, through core) and cached
-in the run folder, so later visits are fast. Grad-CAM of a thumbnail goes through core.cam as well.
+in the run folder, so later visits are fast. Grad-CAM of a thumbnail goes through core.explain.cam as well.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import confusion, predictions, results
+from core.evaluation import confusion
+from core.evaluation import predictions
+from core.store import results
 from core.errors import UserFacingError
-from core.runs import Run, RunStore
+from core.store.runs import Run, RunStore
 
 # -- settings -------------------------------------------------------------------------------------------
 MAX_THUMBNAILS = 24
@@ -201,7 +203,7 @@ def cell_explorer() -> None:
     picked = st.session_state.get(picked_key)
     if picked is None or picked >= len(images):
         return
-    from core.overlay import triptych  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
+    from core.explain.overlay import triptych  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
 
     with st.container(border=True):
         st.markdown(f"**Test image #{picked}**: true {labels[found.y_true[picked]]}, predicted "

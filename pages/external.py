@@ -1,8 +1,8 @@
 """External validation: a trained run applied, unchanged, to another lab's cells.
 
-A thin view over core.external (layout scan, class mapping, loading, Tables 14/15 metrics, storage,
-fine-tuning) and core.stain (colour normalisation to the run's training set). TensorFlow is imported,
-through core.inference, only when an evaluation is run or a stored one is explained.
+A thin view over core.validation.external (layout scan, class mapping, loading, Tables 14/15 metrics, storage,
+fine-tuning) and core.validation.stain (colour normalisation to the run's training set). TensorFlow is imported,
+through core.inference.classifier, only when an evaluation is run or a stored one is explained.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import external as ext
-from core import stain
+from core.validation import external as ext
+from core.validation import stain
 from core.errors import UserFacingError
-from core.images import RESIZE_MODES
-from core.runs import RunStore
+from core.data.images import RESIZE_MODES
+from core.store.runs import RunStore
 
 # -- settings -------------------------------------------------------------------------------------------
 LEAVE_OUT = "(leave out)"
@@ -61,7 +61,7 @@ def run_label(r: dict, best_id: str) -> str:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def get_classifier(run_path: str):
-    from core.inference import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
+    from core.inference.classifier import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
 
     return Classifier(run_path)
 
@@ -295,7 +295,7 @@ def results_section(run_path: str) -> None:
 
     # -- Grad-CAM of correct and wrong cells
     st.subheader("4 · Grad-CAM of correct and wrong cells", anchor=False)
-    from core.overlay import overlay  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
+    from core.explain.overlay import overlay  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
 
     scored = shown.get(main["normalize"], data.images)
     preds = main.get("predictions") or []

@@ -1,6 +1,6 @@
 """Home: what CellScope is, which BloodMNIST files are here, and how the runs so far went.
 
-A thin view over core.overview (file sizes and the SQLite run index); it never loads TensorFlow.
+A thin view over core.store.overview (file sizes and the SQLite run index); it never loads TensorFlow.
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import UserFacingError
-from core.overview import (DatasetFile, RunsOverview, arch_name, class_names, dataset_files, download_url,
+from core.store.overview import (DatasetFile, RunsOverview, arch_name, class_names, dataset_files, download_url,
                            human_bytes, recent_table, runs_overview, weights_label)
-from core.registry import DATA_DIR_ENV, data_root
+from core.data.registry import DATA_DIR_ENV, data_root
 
 st.title("CellScope", anchor=False)
 classes = class_names()

@@ -1,6 +1,6 @@
 """Results: every run in one table, a matrix of any metric over any fields, and the study's figures beside ours.
 
-A thin view over core.results (the SQLite run index, read once per index change) and core.reference (the
+A thin view over core.store.results (the SQLite run index, read once per index change) and core.store.reference (the
 study's Tables 1-15). It never loads TensorFlow: the page opens fast even with a thousand runs.
 """
 
@@ -13,9 +13,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core import reference, results
+from core.store import reference
+from core.store import results
 from core.errors import UserFacingError
-from core.runs import RunStore
+from core.store.runs import RunStore
 
 # -- settings -------------------------------------------------------------------------------------------
 DEFAULT_ROWS, DEFAULT_COLS, DEFAULT_METRIC = ["arch", "batch_size"], ["size"], "test_accuracy"
@@ -265,7 +266,7 @@ if selected:
                            on_click="ignore", icon=":material/download:")
 
     # external validation (stored by the External validation page and `python -m core external`)
-    from core.external import evaluations_table  # noqa: E402, PLC0415
+    from core.validation.external import evaluations_table  # noqa: E402, PLC0415
 
     st.markdown("**External validation** (zero-shot on another lab's cells; details on the External validation "
                 "page)")

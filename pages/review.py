@@ -1,8 +1,8 @@
 """Review: a pathologist goes through a model's calls one cell at a time, as with a digital morphology
 analyser's pre-classification: agree, reclassify, unsure or not a cell, with a note.
 
-A thin view over core.review (SQLite sessions that survive restarts and resume where they stopped). The
-model (TensorFlow, through core.inference) is loaded only once a session is started or shown: it gives the
+A thin view over core.validation.review (SQLite sessions that survive restarts and resume where they stopped). The
+model (TensorFlow, through core.inference.classifier) is loaded only once a session is started or shown: it gives the
 Grad-CAM evidence for each call.
 
 Keyboard: in the decision form, Enter in the note field submits "Agree" (the form's first button); the
@@ -17,11 +17,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import review as rv
+from core.validation import review as rv
 from core.errors import UserFacingError
-from core.images import RESIZE_MODES
-from core.runs import RunStore
-from core.uploads import UPLOAD_TYPES
+from core.data.images import RESIZE_MODES
+from core.store.runs import RunStore
+from core.data.uploads import UPLOAD_TYPES
 
 # -- settings -------------------------------------------------------------------------------------------
 DISPLAY_PX = 320  # the cell image is scaled to this many pixels a side
@@ -36,7 +36,7 @@ st.caption("Go through a model's calls one cell at a time, with its confidence a
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def get_classifier(run_path: str):
-    from core.inference import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
+    from core.inference.classifier import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
 
     return Classifier(run_path)
 
@@ -45,7 +45,7 @@ def get_classifier(run_path: str):
 def cell_view(run_path: str, image_ref: str, resize: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(the original image when it is larger than the model's input, the model's input scaled up, the same
     with the Grad-CAM of the model's call over it)."""
-    from core.overlay import overlay  # noqa: PLC0415
+    from core.explain.overlay import overlay  # noqa: PLC0415
 
     clf = get_classifier(run_path)
     original, model_input = rv.cell_pixels(image_ref, clf.image_size, resize)

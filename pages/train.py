@@ -1,9 +1,9 @@
 """Train: pick the data, set up one run, a sweep or a study preset, launch it as background jobs, and watch
 the jobs train.
 
-A thin view over core: core.config (settings and their help), core.sweeps (grids, presets, estimates),
-core.jobs (the queue; each job trains in its own process, so it keeps going when the browser tab closes),
-core.dataset / core.registry / core.download (data) and core.runs (the run store). It never loads
+A thin view over core: core.config (settings and their help), core.jobs.sweeps (grids, presets, estimates),
+core.jobs.queue (the queue; each job trains in its own process, so it keeps going when the browser tab closes),
+core.data.dataset / core.data.registry / core.data.download (data) and core.store.runs (the run store). It never loads
 TensorFlow.
 """
 
@@ -21,15 +21,15 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core import registry
+from core.data import registry
 from core.config import ARCHITECTURES, BN_RECALIBRATION, FIELD_HELP, OPTIMIZERS, SIZES, ConfigError, RunConfig
-from core.dataset import SPLITS, class_counts, load_npz
-from core.download import download
+from core.data.dataset import SPLITS, class_counts, load_npz
+from core.data.download import download
 from core.errors import UserFacingError
-from core.jobs import ACTIVE, Job, JobQueue
-from core.overview import arch_name, human_bytes, weights_label
-from core.runs import RunStore
-from core.sweeps import PRESETS, PRESETS_BY_KEY, estimate_seconds, field_type, format_duration, grid, parse_values
+from core.jobs.queue import ACTIVE, Job, JobQueue
+from core.store.overview import arch_name, human_bytes, weights_label
+from core.store.runs import RunStore
+from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, estimate_seconds, field_type, format_duration, grid, parse_values
 
 REFRESH_SECONDS = 2.0
 JOBS_SHOWN = 25

@@ -28,7 +28,7 @@ def pytest_configure(config):
 
 def write_subset(source: Path, target: Path, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Path:
     """A stratified slice of a real MedMNIST npz, in the same layout."""
-    from core.dataset import stratified_subset
+    from core.data.dataset import stratified_subset
 
     arrays = {}
     with np.load(source) as npz:
@@ -43,7 +43,7 @@ def write_subset(source: Path, target: Path, n_train: int, n_val: int, n_test: i
 
 def mirror_run(run: Path, artifacts: Path) -> Path:
     """A store under `artifacts` holding `run`: small files copied, model.keras symlinked, nothing derived."""
-    from core.runs import MODEL_FILE, RunStore
+    from core.store.runs import MODEL_FILE, RunStore
 
     target = artifacts / "runs" / run.name
     target.mkdir(parents=True)
@@ -76,8 +76,8 @@ def runs_dir(tmp_path) -> Path:
 def trained_run(tmp_path_factory, tiny_npz) -> Path:
     """One real, tiny ResNet-18 run (1 epoch on 256 images) shared by CLI, CAM and page tests."""
     from core.config import RunConfig
-    from core.runs import RunStore
-    from core.training import train
+    from core.store.runs import RunStore
+    from core.training.trainer import train
 
     runs = tmp_path_factory.mktemp("shared-artifacts") / "runs"
     config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=1,

@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 
 from core.config import RunConfig
-from core.metrics import classification_metrics
-from core.registry import label_names
-from core.runs import RunStore
+from core.evaluation.metrics import classification_metrics
+from core.data.registry import label_names
+from core.store.runs import RunStore
 
 _SEEDED: dict[str, Path] = {}
 
 
 def synthetic_metrics(test_accuracy: float, val_accuracy: float | None = None, seed: int = 0,
                       n: int = 200) -> dict[str, Any]:
-    """metrics.json in the real layout (core.metrics.classification_metrics) for predictions that are right
+    """metrics.json in the real layout (core.evaluation.metrics.classification_metrics) for predictions that are right
     on about `test_accuracy` of `n` images."""
     labels = label_names()
     rng = np.random.default_rng(seed)
@@ -61,7 +61,7 @@ def seeded_artifacts(tmp_path_factory, trained_run: Path, tiny_npz: Path) -> Pat
     session's `trained_run` (copied) and two more trained here (64 images, one epoch each)."""
     if "path" in _SEEDED:
         return _SEEDED["path"]
-    from core.training import train  # noqa: PLC0415 - TensorFlow only for the tests that train
+    from core.training.trainer import train  # noqa: PLC0415 - TensorFlow only for the tests that train
 
     artifacts = tmp_path_factory.mktemp("results-artifacts")
     store = RunStore(artifacts / "runs")

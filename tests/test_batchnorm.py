@@ -1,4 +1,4 @@
-"""The BatchNorm trap, shown on real data, and the fix (core.batchnorm.recalibrate).
+"""The BatchNorm trap, shown on real data, and the fix (core.models.batchnorm.recalibrate).
 
 With Keras' default BN momentum (0.99), the moving statistics that inference uses still sit close to their
 initial values (mean 0, variance 1) after a short from-scratch schedule, while the weights have moved far:
@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from conftest import NPZ_64
 
-from core.batchnorm import batchnorm_layers, recalibrate
+from core.models.batchnorm import batchnorm_layers, recalibrate
 from core.config import RunConfig
-from core.dataset import load_npz, stratified_subset
-from core.models import SCRATCH_BN_MOMENTUM, build_model
-from core.pipeline import bn_statistics_dataset, training_dataset
-from core.training import compile_model, predict_probabilities
+from core.data.dataset import load_npz, stratified_subset
+from core.models.build import SCRATCH_BN_MOMENTUM, build_model
+from core.training.pipeline import bn_statistics_dataset, training_dataset
+from core.training.trainer import compile_model, predict_probabilities
 
 KERAS_DEFAULT_BN_MOMENTUM = keras.layers.BatchNormalization().momentum  # 0.99
 N_TRAIN, N_VAL, STEPS, BATCH, RECAL_BATCHES = 1024, 256, 32, 32, 16

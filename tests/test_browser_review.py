@@ -47,7 +47,7 @@ def no_exception(page) -> None:
 def test_review_and_external_pages_in_chromium(app_url):
     from playwright.sync_api import sync_playwright
 
-    from core.review import REVIEWS_DB, ReviewStore
+    from core.validation.review import REVIEWS_DB, ReviewStore
 
     app_url, artifacts = app_url
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ import time
 import pytest
 from browser_support import SCREENSHOTS, launch_chromium, streamlit_app
 
-from core.jobs import ACTIVE, JobQueue
-from core.runs import RunStore
+from core.jobs.queue import ACTIVE, JobQueue
+from core.store.runs import RunStore
 
 JOB_TIMEOUT = 300  # TensorFlow start-up plus a few tiny epochs on a busy 2-core machine
 UI_TIMEOUT = 60_000  # ms

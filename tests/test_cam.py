@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from core.cam import method
-from core.cam.gradcam import GradCAM
-from core.dataset import load_npz
-from core.models import last_conv_block
-from core.overlay import colorize, overlay, triptych
-from core.preprocessing import preprocess
+from core.explain.cam import method
+from core.explain.cam.gradcam import GradCAM
+from core.data.dataset import load_npz
+from core.models.build import last_conv_block
+from core.explain.overlay import colorize, overlay, triptych
+from core.models.preprocessing import preprocess
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from core.cam import METHOD_NAMES, METHOD_TITLES, method
-from core.cam.base import normalise
+from core.explain.cam import METHOD_NAMES, METHOD_TITLES, method
+from core.explain.cam.base import normalise
 
 SIZE = 32
 
@@ -122,8 +122,8 @@ def test_unknown_or_flat_layer_is_refused(model):
 
 def test_each_method_on_a_real_trained_run(trained_run):
     """The real ResNet-18 fixture at 28 px, through the classifier's fused predict+explain call."""
-    from core.inference import Classifier
-    from core.models import cam_layers
+    from core.inference.classifier import Classifier
+    from core.models.build import cam_layers
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)

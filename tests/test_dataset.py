@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import NPZ_28
-from core import registry
-from core.dataset import (SPLITS, Dataset, DatasetError, load_for_config, load_npz, resolve,
+from core.data import registry
+from core.data.dataset import (SPLITS, Dataset, DatasetError, load_for_config, load_npz, resolve,
                           stratified_subset)
 from core.errors import UserFacingError
 
@@ -80,7 +80,7 @@ def test_unknown_split_name(tiny_npz):
 
 def test_subset_and_class_counts():
     a = arrays(16)
-    from core.dataset import Split
+    from core.data.dataset import Split
 
     s = Split(a["train_images"], a["train_labels"][:, 0].astype(np.int64))
     sub = s.subset(np.array([0, 1, 9]))

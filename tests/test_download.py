@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core import download as dl
-from core import registry
+from core.data import download as dl
+from core.data import registry
 from core.errors import UserFacingError
 
 DEAD_URL = "http://127.0.0.1:9/bloodmnist.npz"  # the discard port: nothing listens, the connection is refused

@@ -11,9 +11,9 @@ import pytest
 from conftest import EXTERNAL_DEV
 from external_fixtures import EXTERNAL_COUNTS, cell_image, messy_dataset, mirror_run, save
 
-from core import external as ext
+from core.validation import external as ext
 from core.cli import main
-from core.registry import label_names, short_label
+from core.data.registry import label_names, short_label
 
 SHORT = [short_label(x) for x in label_names()]
 
@@ -25,7 +25,7 @@ def run_dir(tmp_path_factory, trained_run) -> Path:
 
 @pytest.fixture(scope="module")
 def clf(run_dir):
-    from core.inference import Classifier
+    from core.inference.classifier import Classifier
 
     return Classifier(run_dir)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.faithfulness import apply_mask, faithfulness, random_masks, top_mask
+from core.explain.faithfulness import apply_mask, faithfulness, random_masks, top_mask
 
 SIZE = 20
 
@@ -96,7 +96,7 @@ def test_with_a_real_cam_on_the_synthetic_model():
     """Grad-CAM of the hand-weighted colour model is faithful by construction."""
     from test_cam_methods import SIZE as S, square_image, synthetic_model
 
-    from core.cam import method
+    from core.explain.cam import method
 
     model = synthetic_model()
     img = (square_image({0: (4, 20)}) * 255).astype(np.uint8)

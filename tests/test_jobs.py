@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from core.config import RunConfig
-from core.jobs import JobError, JobQueue, process_alive
-from core.runs import RunStore, open_run
+from core.jobs.queue import JobError, JobQueue, process_alive
+from core.store.runs import RunStore, open_run
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, roc_auc_score)
 
-from core.metrics import classification_metrics, macro_auc, wilson_interval
+from core.evaluation.metrics import classification_metrics, macro_auc, wilson_interval
 
 LABELS = ("a", "b", "c")
 

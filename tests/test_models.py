@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from core.batchnorm import batchnorm_layers
+from core.models.batchnorm import batchnorm_layers
 from core.config import ARCHITECTURES, RunConfig
-from core.models import (KERAS_MIN_SIZE, SCRATCH_BN_MOMENTUM, WeightsUnavailableError, build_model,
+from core.models.build import (KERAS_MIN_SIZE, SCRATCH_BN_MOMENTUM, WeightsUnavailableError, build_model,
                          feature_layer_names, last_conv_block)
 
 N_CLASSES = 8

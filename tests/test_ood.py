@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import ood
+from core.inference import ood
 from core.errors import UserFacingError
-from core.ood import STATS_FILE, OODStats, fit, load_or_fit
+from core.inference.ood import STATS_FILE, OODStats, fit, load_or_fit
 from test_page_classify import mirror_run
 
 
@@ -58,7 +58,7 @@ def test_stats_round_trip(tmp_path):
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory, trained_run):
-    from core.inference import Classifier
+    from core.inference.classifier import Classifier
 
     run = mirror_run(Path(trained_run), tmp_path_factory.mktemp("ood-artifacts"))
     with Classifier(run) as clf:

@@ -1,4 +1,4 @@
-"""core.overview: the data files and run summary the home page shows, without TensorFlow."""
+"""core.store.overview: the data files and run summary the home page shows, without TensorFlow."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 from core.config import SIZES, RunConfig
 from core.errors import UserFacingError
-from core.overview import (OverviewError, class_names, dataset_files, human_bytes, recent_table,
+from core.store.overview import (OverviewError, class_names, dataset_files, human_bytes, recent_table,
                            runs_overview, weights_label)
-from core.runs import RunStore, write_json
+from core.store.runs import RunStore, write_json
 
 
 def fake_run(runs_dir: Path, run_id: str, val_acc: float, test_acc: float, mtime: float) -> Path:
@@ -55,7 +55,7 @@ def test_human_bytes(n, text):
 
 
 def test_class_names_come_from_the_registry():
-    from core.registry import label_names
+    from core.data.registry import label_names
 
     names = class_names()
     assert names is not None and len(names) == len(label_names()) == 8

@@ -1,4 +1,4 @@
-"""The Confusions page by AppTest over real tiny trained runs, and core.predictions' on-disk cache."""
+"""The Confusions page by AppTest over real tiny trained runs, and core.evaluation.predictions' on-disk cache."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from results_fixtures import seeded_artifacts
 from streamlit.testing.v1 import AppTest
 
-from core import confusion, predictions
-from core.runs import Run, RunStore
+from core.evaluation import confusion
+from core.evaluation import predictions
+from core.store.runs import Run, RunStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(PROJECT_ROOT / "pages" / "confusion.py")

@@ -11,7 +11,7 @@ from conftest import EXTERNAL_DEV
 from external_fixtures import EXTERNAL_COUNTS, messy_dataset, mirror_run
 from streamlit.testing.v1 import AppTest
 
-from core import external as ext
+from core.validation import external as ext
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(PROJECT_ROOT / "pages" / "external.py")
@@ -115,7 +115,7 @@ def test_bad_paths_are_clear_errors(monkeypatch, artifacts, tmp_path):
 def test_stored_evaluations_show_on_the_results_page(monkeypatch, artifacts):
     stored = ext.list_evaluations(run_dir(artifacts))
     if not stored:  # this test may run alone
-        from core.inference import Classifier
+        from core.inference.classifier import Classifier
 
         ext.run_external(run_dir(artifacts), EXTERNAL_DEV, clf=Classifier(run_dir(artifacts)))
         stored = ext.list_evaluations(run_dir(artifacts))

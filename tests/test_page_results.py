@@ -10,7 +10,7 @@ import pytest
 from results_fixtures import copy_store, seeded_artifacts
 from streamlit.testing.v1 import AppTest
 
-from core.runs import RunStore
+from core.store.runs import RunStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(PROJECT_ROOT / "pages" / "results.py")

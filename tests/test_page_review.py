@@ -10,7 +10,7 @@ import pytest
 from external_fixtures import mirror_run
 from streamlit.testing.v1 import AppTest
 
-from core import review as rv
+from core.validation import review as rv
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(PROJECT_ROOT / "pages" / "review.py")

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import core.download
-from core import registry
+import core.data.download
+from core.data import registry
 from core.config import FIELD_HELP, RunConfig
-from core.dataset import class_counts
-from core.jobs import ACTIVE, JobQueue
-from core.runs import RunStore
+from core.data.dataset import class_counts
+from core.jobs.queue import ACTIVE, JobQueue
+from core.store.runs import RunStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 APP = str(PROJECT_ROOT / "app.py")
@@ -263,7 +263,7 @@ def test_download_shows_progress_and_selects_the_new_file(artifacts, monkeypatch
         shutil.copy(tiny_npz, target)
         return target
 
-    monkeypatch.setattr(core.download, "download", fake)
+    monkeypatch.setattr(core.data.download, "download", fake)
     at = open_train()
     check(at.button(key="download_28").click().run())
     assert len(calls) == 2

@@ -1,5 +1,5 @@
 """Pages that need no model open without TensorFlow: importing what each page imports at top level must not
-load tensorflow, keras or torch (the Classify page loads a model by design, through core.classify)."""
+load tensorflow, keras or torch (the Classify page loads a model by design, through core.inference.classify)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core import registry
+from core.data import registry
 from core.config import SIZES
 
 EXPECTED_ORDER = ("basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte",

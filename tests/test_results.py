@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from results_fixtures import publish, synthetic_metrics
 
-from core import results
+from core.store import results
 from core.config import RunConfig
-from core.runs import Run, RunStore
+from core.store.runs import Run, RunStore
 
 
 def config(**kw) -> RunConfig:

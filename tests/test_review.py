@@ -12,8 +12,8 @@ from conftest import EXTERNAL_DEV
 from external_fixtures import cell_image, jpeg_bytes, mirror_run
 from sklearn.metrics import cohen_kappa_score
 
-from core import review as rv
-from core.registry import label_names, short_label
+from core.validation import review as rv
+from core.data.registry import label_names, short_label
 
 LABELS = [short_label(x) for x in label_names()]
 BASO, EOS, ERY, IG, LYM, MONO, NEU, PLT = LABELS
@@ -184,7 +184,7 @@ def test_csv_export_reads_back_as_stored(tmp_path):
 
 @pytest.fixture(scope="module")
 def clf(tmp_path_factory, trained_run):
-    from core.inference import Classifier
+    from core.inference.classifier import Classifier
 
     return Classifier(mirror_run(Path(trained_run), tmp_path_factory.mktemp("review-artifacts")))
 

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from core import runs as R
+from core.store import runs as R
 from core.config import RunConfig
 from core.errors import UserFacingError
 

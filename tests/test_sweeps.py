@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from core.config import ConfigError, RunConfig
-from core.sweeps import (JOB_OVERHEAD_SECONDS, PRESETS, PRESETS_BY_KEY, estimate_seconds, format_duration, grid,
+from core.jobs.sweeps import (JOB_OVERHEAD_SECONDS, PRESETS, PRESETS_BY_KEY, estimate_seconds, format_duration, grid,
                          parse_values, relative_cost, training_speed)
 
 

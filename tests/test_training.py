@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
-from core.runs import RunStore, open_run, read_history
-from core.training import Progress, TrainingCancelled, class_weight_map, resume, train
+from core.store.runs import RunStore, open_run, read_history
+from core.training.trainer import Progress, TrainingCancelled, class_weight_map, resume, train
 
 SPLIT_KEYS = {"accuracy", "balanced_accuracy", "auc", "per_class", "confusion", "labels"}
 CLASS_KEYS = {"precision", "recall", "f1", "support"}

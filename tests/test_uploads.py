@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from conftest import PBC_SAMPLES, PROJECT_ROOT
-from core import uploads
-from core.uploads import (MAX_FILE_BYTES, UploadItem, iter_paths, read_uploads, unsafe_member_name)
+from core.data import uploads
+from core.data.uploads import (MAX_FILE_BYTES, UploadItem, iter_paths, read_uploads, unsafe_member_name)
 from test_images import png_header_only
 
 JPEGS = sorted(PBC_SAMPLES.glob("*/*.jpg"))

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import RunConfig
-from .errors import UserFacingError
+from core.config import RunConfig
+from core.errors import UserFacingError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_ENV = "CELLSCOPE_ARTIFACTS"
 RUN_ID_PATTERN = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")  # \Z: "$" would accept a trailing newline
 INCOMPLETE = ".incomplete"

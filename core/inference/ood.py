@@ -25,9 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from .dataset import resolve, stratified_subset
-from .errors import UserFacingError
-from .runs import Run, open_run, write_atomic
+from core.data.dataset import resolve, stratified_subset
+from core.errors import UserFacingError
+from core.store.runs import Run, open_run, write_atomic
 
 STATS_FILE = "ood_stats.npz"
 VERSION = 1

@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import UserFacingError
+from core.errors import UserFacingError
 
 METHODS = ("none", "reinhard", "macenko")
 METHOD_TITLES = {"none": "None", "reinhard": "Reinhard", "macenko": "Macenko"}
@@ -249,7 +249,7 @@ def sample_npz_images(path: str | Path, key: str = "train_images", n: int = SAMP
 def run_training_npz(run) -> Path:
     """The npz a run was trained on: as recorded in its metrics (relative paths are tried from the working
     folder, then from the project folder), else from its config."""
-    from .runs import PROJECT_ROOT  # noqa: PLC0415
+    from core.store.runs import PROJECT_ROOT  # noqa: PLC0415
 
     source = run.metrics.get("dataset", {}).get("source") or run.config.data
     if source:
@@ -257,7 +257,7 @@ def run_training_npz(run) -> Path:
         for candidate in ([p] if p.is_absolute() else [p, PROJECT_ROOT / p]):
             if candidate.is_file():
                 return candidate
-    from .dataset import resolve  # noqa: PLC0415
+    from core.data.dataset import resolve  # noqa: PLC0415
 
     try:
         path = resolve(run.config.data, run.config.size)
@@ -279,7 +279,7 @@ def fit_target(images: np.ndarray, source: str = "") -> StainTarget:
 
 def run_target(run_dir: str | Path, refresh: bool = False) -> StainTarget:
     """The run's training-set colour statistics, from `<run>/stain_stats.json` or computed and cached."""
-    from .runs import open_run, write_json  # noqa: PLC0415
+    from core.store.runs import open_run, write_json  # noqa: PLC0415
 
     run = open_run(run_dir)
     cache = run.path / STATS_FILE

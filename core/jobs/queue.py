@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import RunConfig
-from .errors import UserFacingError
-from .runs import INCOMPLETE, PROJECT_ROOT, RunStore
+from core.config import RunConfig
+from core.errors import UserFacingError
+from core.store.runs import INCOMPLETE, PROJECT_ROOT, RunStore
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -172,7 +172,7 @@ class JobQueue:
 
     def history(self, job: Job) -> list[dict[str, float]]:
         """Per-epoch history so far (from the run's work directory, or the finished run)."""
-        from .runs import read_history  # noqa: PLC0415
+        from core.store.runs import read_history  # noqa: PLC0415
 
         if job.run_path:
             return read_history(Path(job.run_path))
@@ -311,7 +311,7 @@ class JobQueue:
 
 def execute(job_id: int, store: RunStore) -> int:
     """Body of a job process (`python -m core job-exec ID`): train, record the outcome, start the next job."""
-    from .training import Progress, Trainer, TrainingCancelled  # noqa: PLC0415 - heavy import, job process only
+    from core.training.trainer import Progress, Trainer, TrainingCancelled  # noqa: PLC0415 - heavy import, job process only
 
     queue = JobQueue(store)
     job = queue.get(job_id)

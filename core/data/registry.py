@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-from .errors import UserFacingError
+from core.errors import UserFacingError
 
 FLAG = "bloodmnist"
 DATA_DIR_ENV = "CELLSCOPE_DATA_DIR"
@@ -105,6 +105,6 @@ def local_path(size: int, root: Path | None = None) -> Path:
 
 def available_sizes(root: Path | None = None) -> dict[int, Path]:
     """BloodMNIST sizes whose npz is present locally."""
-    from .config import SIZES
+    from core.config import SIZES
 
     return {s: local_path(s, root) for s in SIZES if local_path(s, root).is_file()}

@@ -8,9 +8,9 @@
    such as 'ig' or 'immature granulocyte', the 'lymph' prefix...); a user's edits override it. Classes
    mapped to nothing are left out, with their counts reported.
 3. `load_images` decodes the mapped files and brings them to the model's input exactly as the upload path
-   does (`core.images.to_model_input`, MedMNIST recipe by default); unreadable files are counted.
+   does (`core.data.images.to_model_input`, MedMNIST recipe by default); unreadable files are counted.
 4. `evaluate` scores the run on them, optionally after colour normalisation to its training set
-   (core.stain), in the study's Tables 14/15 format twice: argmax over all 8 classes, and argmax over the
+   (core.validation.stain), in the study's Tables 14/15 format twice: argmax over all 8 classes, and argmax over the
    classes the dataset shares with BloodMNIST only. The result is stored with the run, atomically, as
    `<run>/external/<eval_id>.json` (ids are generated, never taken from user text).
 5. `fine_tune` (optional, the study's approach) splits the data into a stratified fine-tune part and a
@@ -34,10 +34,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import UserFacingError
-from .images import RESIZE_MODES, ImageInputError, read_file, to_model_input
-from .metrics import wilson_interval
-from .registry import label_names, short_label
+from core.errors import UserFacingError
+from core.data.images import RESIZE_MODES, ImageInputError, read_file, to_model_input
+from core.evaluation.metrics import wilson_interval
+from core.data.registry import label_names, short_label
 
 EXTERNAL_DIR = "external"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
@@ -538,7 +538,7 @@ def evaluations_dir(run_dir: str | Path) -> Path:
 
 
 def _write(run_dir: str | Path, record: dict[str, Any]) -> Path:
-    from .runs import write_json  # noqa: PLC0415
+    from core.store.runs import write_json  # noqa: PLC0415
 
     folder = evaluations_dir(run_dir)
     folder.mkdir(exist_ok=True)
@@ -601,7 +601,7 @@ def evaluations_table(run_dirs: Mapping[str, str | Path]) -> list[dict[str, Any]
 
 
 def new_eval_id() -> str:
-    from .runs import new_run_id  # noqa: PLC0415
+    from core.store.runs import new_run_id  # noqa: PLC0415
 
     return new_run_id()
 
@@ -611,7 +611,7 @@ def new_eval_id() -> str:
 def evaluate(clf, data: ExternalImages, normalize: str = "none", *, run_dir: str | Path | None = None,
              store: bool = True, target=None, keep_predictions: bool = True) -> dict[str, Any]:
     """Score the classifier's run, unchanged, on `data` (after colour normalisation if asked)."""
-    from . import stain  # noqa: PLC0415
+    from core.validation import stain  # noqa: PLC0415
 
     if len(data) == 0:
         raise ExternalError("No images to evaluate: no class is mapped to a BloodMNIST class, or no file "
@@ -702,12 +702,12 @@ def run_external(run_dir: str | Path, folder: str | Path | None = None, csv_file
                  resize: str = "medmnist", store: bool = True, clf=None,
                  progress: ProgressFn | None = None) -> dict[str, Any]:
     """Scan, map, load and evaluate in one call (the command line's path)."""
-    from . import stain  # noqa: PLC0415
+    from core.validation import stain  # noqa: PLC0415
 
     if normalize not in stain.METHODS:
         raise ExternalError(f"--normalize must be one of {', '.join(stain.METHODS)}")
     if clf is None:
-        from .inference import Classifier  # noqa: PLC0415
+        from core.inference.classifier import Classifier  # noqa: PLC0415
 
         clf = Classifier(run_dir)
     data = load_for_run(clf, folder, csv_file, overrides, resize, progress)
@@ -747,7 +747,7 @@ def fine_tune(clf, data: ExternalImages, normalize: str = "none", *, fraction: f
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    from . import stain  # noqa: PLC0415
+    from core.validation import stain  # noqa: PLC0415
 
     run_dir = Path(run_dir or clf.run.path)
     if not 0.05 <= fraction <= 0.95:

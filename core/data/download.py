@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from . import registry
-from .errors import UserFacingError
+from core.data import registry
+from core.errors import UserFacingError
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total or 0 when unknown)
 CHUNK = 1 << 20

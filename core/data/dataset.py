@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import registry
-from .errors import UserFacingError
+from core.data import registry
+from core.errors import UserFacingError
 
 SPLITS = ("train", "val", "test")
 
@@ -174,7 +174,7 @@ def resolve(data: str, size: int) -> Path:
         return Path(data).expanduser()
     path = registry.local_path(size)
     if not path.is_file():
-        from .download import offline_message  # noqa: PLC0415 - only for the message
+        from core.data.download import offline_message  # noqa: PLC0415 - only for the message
 
         raise DatasetError(
             f"BloodMNIST {size} px is not downloaded yet. Run `python -m core download --size {size}`.\n"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from .config import RunConfig
-from .preprocessing import preprocess
+from core.config import RunConfig
+from core.models.preprocessing import preprocess
 
 AUTOTUNE = tf.data.AUTOTUNE
 

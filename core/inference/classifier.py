@@ -19,13 +19,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from .cam import method as cam_method  # noqa: E402
-from .cam.base import BaseCAM, Explanation  # noqa: E402
-from .config import RunConfig  # noqa: E402
-from .models import CamLayer, cam_layers, last_conv_block  # noqa: E402
-from .preprocessing import preprocess  # noqa: E402
-from .registry import short_label  # noqa: E402
-from .runs import Run, open_run  # noqa: E402
+from core.explain.cam import method as cam_method  # noqa: E402
+from core.explain.cam.base import BaseCAM, Explanation  # noqa: E402
+from core.config import RunConfig  # noqa: E402
+from core.models.build import CamLayer, cam_layers, last_conv_block  # noqa: E402
+from core.models.preprocessing import preprocess  # noqa: E402
+from core.data.registry import short_label  # noqa: E402
+from core.store.runs import Run, open_run  # noqa: E402
 
 EMBEDDING_LAYER = "avg_pool"  # the pooled features before the classifier head (see models.build_model)
 BATCH = 64

@@ -29,12 +29,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import reference
-from .config import RunConfig
-from .errors import UserFacingError
-from .overview import arch_name
-from .registry import short_label
-from .runs import (CONFIG_FILE, HISTORY_FILE, INCOMPLETE, RUN_ID_PATTERN, Run, RunStore, read_history,
+from core.store import reference
+from core.config import RunConfig
+from core.errors import UserFacingError
+from core.store.overview import arch_name
+from core.data.registry import short_label
+from core.store.runs import (CONFIG_FILE, HISTORY_FILE, INCOMPLETE, RUN_ID_PATTERN, Run, RunStore, read_history,
                    write_json)
 
 # -- the runs table ------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ class Metric:
     label: str
     digits: int = 3
     percent: bool = False
-    # where the study reports it: (split, metric, class) for core.reference.values, or None
+    # where the study reports it: (split, metric, class) for core.store.reference.values, or None
     reference: tuple[str, str, str | None] | None = None
 
     def format(self, value: float) -> str:

@@ -31,8 +31,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import UserFacingError
-from .registry import short_label
+from core.errors import UserFacingError
+from core.data.registry import short_label
 
 REVIEWS_DB = "reviews.sqlite"
 UPLOADS_DIR = "review_uploads"
@@ -56,7 +56,7 @@ class ReviewError(UserFacingError, ValueError):
 
 
 def default_db_path() -> Path:
-    from .runs import default_runs_dir  # noqa: PLC0415
+    from core.store.runs import default_runs_dir  # noqa: PLC0415
 
     return default_runs_dir().parent / REVIEWS_DB
 
@@ -358,7 +358,7 @@ def _specs(clf, images: np.ndarray, keys: Sequence[str], refs: Sequence[str],
 
 def cells_from_test_split(clf, limit: int = 100, order: str = "confidence") -> list[CellSpec]:
     """The run's test split, predicted, ordered, and cut to the first `limit` cells (0: all)."""
-    from .stain import run_training_npz  # noqa: PLC0415
+    from core.validation.stain import run_training_npz  # noqa: PLC0415
 
     path = run_training_npz(clf.run)
     images = _npz_split(str(path), "test")
@@ -375,7 +375,7 @@ def cells_from_external(clf, folder: str | None = None, csv_file: str | None = N
                         overrides: dict[str, str | None] | None = None, resize: str = "medmnist",
                         limit: int = 0, order: str = "confidence", include_unmapped: bool = True) -> list[CellSpec]:
     """An external dataset's images (unmapped classes too: a reviewer may look at any cell)."""
-    from . import external  # noqa: PLC0415
+    from core.validation import external  # noqa: PLC0415
 
     source = external.scan(folder, csv_file)
     mapping = external.build_mapping(source.classes, overrides, clf.labels)
@@ -391,7 +391,7 @@ def save_uploads(files: Iterable[tuple[str, bytes]], folder: str | Path | None =
     """Decode uploads and save each as a PNG under a generated name; returns (paths, problems)."""
     from PIL import Image  # noqa: PLC0415
 
-    from .images import ImageInputError, decode  # noqa: PLC0415
+    from core.data.images import ImageInputError, decode  # noqa: PLC0415
 
     folder = Path(folder) if folder else default_db_path().parent / UPLOADS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -409,7 +409,7 @@ def save_uploads(files: Iterable[tuple[str, bytes]], folder: str | Path | None =
 
 
 def cells_from_files(clf, paths: Sequence[str], resize: str = "medmnist", order: str = "confidence") -> list[CellSpec]:
-    from .images import ImageInputError, read_file, to_model_input  # noqa: PLC0415
+    from core.data.images import ImageInputError, read_file, to_model_input  # noqa: PLC0415
 
     images, kept = [], []
     for p in paths:
@@ -437,7 +437,7 @@ def _npz_split(path: str, split: str) -> np.ndarray:
 
 def cell_pixels(image_ref: str, size: int, resize: str = "medmnist") -> tuple[np.ndarray, np.ndarray]:
     """(what to show, what the model sees) for a cell: the original file (or npz image) and its model input."""
-    from .images import read_file, to_model_input  # noqa: PLC0415
+    from core.data.images import read_file, to_model_input  # noqa: PLC0415
 
     if image_ref.startswith("npz:"):
         path, _, where = image_ref[4:].rpartition("#")

@@ -4,7 +4,7 @@ The confusion page needs to know which test images sit behind each confusion-mat
 only the counts, so the first time a run is explored its model predicts the test split (the same images the
 run was evaluated on: its config's data file at its size) and `test_predictions.npz` is written atomically
 into the run directory. Later visits read that file and never load TensorFlow. Grad-CAM of one test image
-goes through core.cam.
+goes through core.explain.cam.
 
 TensorFlow is imported inside the functions that need a model, never at import time.
 """
@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .dataset import DatasetError, resolve
-from .runs import open_run, write_atomic
+from core.data.dataset import DatasetError, resolve
+from core.store.runs import open_run, write_atomic
 
 if TYPE_CHECKING:
-    from .inference import Classifier
+    from core.inference.classifier import Classifier
 
 PREDICTIONS_FILE = "test_predictions.npz"
 BATCH = 256  # images per model call: bounded memory even at 224 px
@@ -75,7 +75,7 @@ def cached(run_dir: str | Path) -> TestPredictions | None:
 
 
 def load_classifier(run_dir: str | Path) -> "Classifier":
-    from .inference import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
+    from core.inference.classifier import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
 
     return Classifier(run_dir)
 
@@ -109,8 +109,8 @@ def load_or_compute(run_dir: str | Path, classifier: "Classifier | None" = None,
 def gradcam(classifier: "Classifier", image: np.ndarray, class_indices: Sequence[int]) -> np.ndarray:
     """Grad-CAM heatmaps (len(class_indices), S, S) in [0, 1] of one uint8 image, one per class to explain
     (say the predicted and the true class), from a single Grad-CAM pass over copies of the image."""
-    from .cam import method  # noqa: PLC0415
-    from .preprocessing import preprocess  # noqa: PLC0415
+    from core.explain.cam import method  # noqa: PLC0415
+    from core.models.preprocessing import preprocess  # noqa: PLC0415
 
     x = preprocess(np.repeat(np.asarray(image)[None], len(class_indices), axis=0), classifier.config.arch).numpy()
     with method("gradcam")(classifier.model) as cam:

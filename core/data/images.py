@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UserFacingError
+from core.errors import UserFacingError
 
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs)
 MIN_SIDE = 8

@@ -7,7 +7,7 @@ Flags:
 - "unidentified": the top class's probability is below a threshold the user sets (digital morphology
   analysers leave such cells for a person to classify);
 - "unlike the training data": the image's pooled embedding is farther from every class centre than 95% of
-  validation images are (see core.ood).
+  validation images are (see core.inference.ood).
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from .cam.base import Explanation
-from .errors import UserFacingError
-from .faithfulness import Faithfulness, faithfulness
-from .images import to_model_input
-from .inference import Classifier
-from .models import coarse_map_note  # noqa: F401  (re-exported for the page)
-from .ood import OODStats, load_or_fit
-from .overlay import colorize, overlay
-from .runs import open_run
-from .uploads import UploadItem
+from core.explain.cam.base import Explanation
+from core.errors import UserFacingError
+from core.explain.faithfulness import Faithfulness, faithfulness
+from core.data.images import to_model_input
+from core.inference.classifier import Classifier
+from core.models.build import coarse_map_note  # noqa: F401  (re-exported for the page)
+from core.inference.ood import OODStats, load_or_fit
+from core.explain.overlay import colorize, overlay
+from core.store.runs import open_run
+from core.data.uploads import UploadItem
 
 DEFAULT_THRESHOLD = 0.5
 DISPLAY_MAX = 384  # the uploaded image is kept for display at most this many pixels a side
@@ -209,7 +209,7 @@ class GalleryImage:
 
 def gallery(run_dir: str | Path, per_class: int = 2, seed: int = 0) -> list[GalleryImage]:
     """A few test-split images per class from the run's own dataset, for demos without files."""
-    from .ood import dataset_path  # noqa: PLC0415
+    from core.inference.ood import dataset_path  # noqa: PLC0415
 
     path = dataset_path(open_run(run_dir))
     try:

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..models import last_conv_block
+from core.models.build import last_conv_block
 
 PREDICTED = -1  # class_index meaning "the predicted class"
 

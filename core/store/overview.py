@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .config import DISPLAY_NAMES, SIZES
-from .errors import UserFacingError
-from .runs import RunStore, default_runs_dir
+from core.data import registry
+from core.config import DISPLAY_NAMES, SIZES
+from core.errors import UserFacingError
+from core.store.runs import RunStore, default_runs_dir
 
 RECENT_RUNS = 10
 

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
-from .config import ConfigError, RunConfig
+from core.config import ConfigError, RunConfig
 
 # Approximate training cost per image relative to ResNet-50 at 64 px (forward GFLOPs at 224 px, scaled by
 # the pixel count each backbone actually computes on). Used only when no earlier run of that

@@ -25,12 +25,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from . import batchnorm, pipeline  # noqa: E402
-from .config import RunConfig  # noqa: E402
-from .dataset import Dataset, load_for_config  # noqa: E402
-from .metrics import classification_metrics  # noqa: E402
-from .models import build_model  # noqa: E402
-from .runs import Run, RunStore, RunWriter  # noqa: E402
+from core.models import batchnorm
+from core.training import pipeline  # noqa: E402
+from core.config import RunConfig  # noqa: E402
+from core.data.dataset import Dataset, load_for_config  # noqa: E402
+from core.evaluation.metrics import classification_metrics  # noqa: E402
+from core.models.build import build_model  # noqa: E402
+from core.store.runs import Run, RunStore, RunWriter  # noqa: E402
 
 CHECKPOINT_MODEL, CHECKPOINT_BEST, CHECKPOINT_STATE = (
     "checkpoint.keras", "checkpoint-best.weights.h5", "checkpoint.json")
@@ -215,7 +216,7 @@ class Trainer:
         state = {"epochs_done": epoch, "best_epoch": self.best_epoch, "best_key": list(self.best_key),
                  "history": self.history, "train_seconds": self.train_seconds,
                  "images_trained": self.images_trained}
-        from .runs import write_json  # noqa: PLC0415
+        from core.store.runs import write_json  # noqa: PLC0415
 
         write_json(work / CHECKPOINT_STATE, state)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from .config import DISPLAY_NAMES, RunConfig
-from .errors import UserFacingError
-from .resnet18 import ResNet18
+from core.config import DISPLAY_NAMES, RunConfig
+from core.errors import UserFacingError
+from core.models.resnet18 import ResNet18
 
 KERAS_MIN_SIZE = 32  # keras.applications backbones refuse smaller inputs
 SCRATCH_BN_MOMENTUM = 0.9  # Keras' 0.99-0.999 lags far behind the weights on short schedules

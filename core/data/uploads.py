@@ -3,7 +3,7 @@
 Every file (and every zip member) becomes an `UploadItem` holding either the decoded RGB image (with a note
 when it was converted: greyscale, 16-bit, transparency, CMYK, palette, first frame of an animation) or the
 message saying what is wrong with it. One bad file never stops the others; decoding itself is
-`core.images.decode_with_note` (Pillow with the decompression-bomb guard).
+`core.data.images.decode_with_note` (Pillow with the decompression-bomb guard).
 
 Zips are read in memory and never extracted to disk. An archive is refused as a whole when a member name
 could escape a folder (`../`, absolute paths, drive letters: a "zip slip"), when it has more than
@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .images import ImageInputError, decode_with_note
+from core.data.images import ImageInputError, decode_with_note
 
 MAX_FILE_BYTES = 50 * 2**20  # = server.maxUploadSize (50 MB) in .streamlit/config.toml; the CLI checks it too
 MAX_ZIP_MEMBERS = 1000
