@@ -31,13 +31,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from core.config import RunConfig  # noqa: E402
-from core.inference.classifier import Classifier  # noqa: E402
-from core.models.build import build_model  # noqa: E402
-from core.data.registry import label_names  # noqa: E402
+from core.config import RunConfig
+from core.data.registry import label_names
+from core.inference.classifier import Classifier
+from core.models.build import build_model
 
 DEFAULT_CASES = ("resnet18:64", "resnet50:64", "resnet50:224")
 TARGET_MS = {64: 50.0, 224: 200.0}  # image size -> target for prediction + Grad-CAM

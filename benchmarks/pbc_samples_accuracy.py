@@ -22,13 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core.inference import classify  # noqa: E402
-from core.data.images import RESIZE_MODES  # noqa: E402
-from core.data.registry import short_label  # noqa: E402
-from core.store.runs import RunStore  # noqa: E402
-from core.data.uploads import iter_uploads  # noqa: E402
+from core.data.images import RESIZE_MODES
+from core.data.registry import short_label
+from core.data.uploads import iter_uploads
+from core.inference import classify
+from core.store.runs import RunStore
 
 SAMPLES = PROJECT.parent / "shared" / "data" / "pbc_samples"
 FOLDER_ALIASES = {"ig": "immature granulocytes"}

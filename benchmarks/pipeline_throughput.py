@@ -40,21 +40,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import scipy
+import tensorflow as tf
 
 # Keras 3 removed the public `keras.preprocessing.image.ImageDataGenerator` alias; the deprecated class
 # itself still ships (unchanged, NumPy/SciPy based) under keras.src.legacy. It is imported from there
 # only to reproduce the study's input pipeline; the project itself never uses it.
-from keras.src.legacy.preprocessing.image import ImageDataGenerator  # noqa: E402
+from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
-from core.training import pipeline  # noqa: E402
-from core.config import ARCHITECTURES, SIZES, RunConfig  # noqa: E402
-from core.data.dataset import Dataset, load_for_config, load_npz  # noqa: E402
-from core.models.build import build_model  # noqa: E402
-from core.training.trainer import compile_model  # noqa: E402
+from core.config import ARCHITECTURES, SIZES, RunConfig
+from core.data.dataset import Dataset, load_for_config, load_npz
+from core.models.build import build_model
+from core.training import pipeline
+from core.training.trainer import compile_model
 
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 STUDY, OURS = "study", "ours"
@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": config.optimizer, "lr": config.lr, "dropout": config.dropout,
         "study_generator": "ImageDataGenerator(rescale=1/255, shear_range=0.2 (degrees), zoom_range=0.2, "
                            "horizontal_flip=True).flow(float32 0..255, one-hot, shuffle=True)",
-        "ours": f"core.training.pipeline.training_dataset (aug_shear={config.aug_shear} rad, aug_zoom={config.aug_zoom}, "
+        "ours": f"core.training.pipeline.training_dataset (aug_shear={config.aug_shear} rad, "
+                f"aug_zoom={config.aug_zoom}, "
                 f"hflip={config.aug_hflip}; uint8 in memory, {config.arch} preprocessing)",
     }
 

@@ -27,12 +27,12 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core.config import RunConfig  # noqa: E402
-from core.evaluation.metrics import classification_metrics  # noqa: E402
-from core.data.registry import label_names  # noqa: E402
-from core.store.runs import RunStore  # noqa: E402
+from core.config import RunConfig
+from core.data.registry import label_names
+from core.evaluation.metrics import classification_metrics
+from core.store.runs import RunStore
 
 TARGET_SECONDS = 1.0
 
@@ -118,7 +118,7 @@ def main() -> None:
         warmup = render_seconds(page)
         times = [render_seconds(page) for _ in range(args.repeats)]
         # an index change (a run tagged) makes the next render re-read the index
-        from core.store import results  # noqa: PLC0415
+        from core.store import results
 
         results.tag_runs(store, [store.list_runs()[0]["run_id"]], add=["touched"])
         after_change = render_seconds(page)

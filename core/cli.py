@@ -13,9 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from core.explain.cam import METHOD_NAMES
 from core.config import ARCHITECTURES, OPTIMIZERS, SIZES, RunConfig
 from core.errors import UserFacingError
+from core.explain.cam import METHOD_NAMES
 
 EXIT_USAGE = 2
 
@@ -100,8 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from core.jobs.queue import JobQueue  # noqa: PLC0415
-    from core.store.runs import RunStore  # noqa: PLC0415
     from core.jobs.sweeps import PRESETS_BY_KEY, grid, parse_values  # noqa: PLC0415
+    from core.store.runs import RunStore  # noqa: PLC0415
 
     if args.preset:
         if args.preset not in PRESETS_BY_KEY:
@@ -171,8 +171,8 @@ def cmd_job_exec(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.data.dataset import load_npz, resolve  # noqa: PLC0415
-    from core.inference.classifier import Classifier  # noqa: PLC0415
     from core.evaluation.metrics import classification_metrics  # noqa: PLC0415
+    from core.inference.classifier import Classifier  # noqa: PLC0415
 
     clf = Classifier(args.run)
     data = load_npz(args.data or resolve(clf.config.data, clf.config.size))
@@ -195,8 +195,8 @@ def _batched(clf, images, batch: int = 256):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core.inference import classify  # noqa: PLC0415
     from core.data.uploads import iter_paths  # noqa: PLC0415
+    from core.inference import classify  # noqa: PLC0415
 
     clf = classify.Classifier(args.run)
     prepared = classify.prepare(iter_paths(args.images), clf.image_size, args.resize)  # a zip gives its members
@@ -223,9 +223,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from PIL import Image  # noqa: PLC0415
 
-    from core.inference import classify  # noqa: PLC0415
     from core.data.images import read_file, to_model_input  # noqa: PLC0415
     from core.explain.overlay import COLORMAPS, triptych  # noqa: PLC0415
+    from core.inference import classify  # noqa: PLC0415
 
     if args.colormap not in COLORMAPS:
         raise UserError(f"unknown colormap {args.colormap!r}; one of {', '.join(COLORMAPS)}")

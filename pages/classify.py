@@ -10,13 +10,13 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.explain.cam import METHOD_NAMES, METHOD_TITLES
-from core.errors import UserFacingError
 from core.data.images import RESIZE_MODES
+from core.data.uploads import MAX_FILE_BYTES, UPLOAD_TYPES, iter_uploads
+from core.errors import UserFacingError
+from core.explain.cam import METHOD_NAMES, METHOD_TITLES
 from core.explain.overlay import COLORMAPS
 from core.store.overview import arch_name
 from core.store.runs import RunStore
-from core.data.uploads import MAX_FILE_BYTES, UPLOAD_TYPES, iter_uploads
 
 # -- settings -------------------------------------------------------------------------------------------
 RESIZE_HELP = {
@@ -216,7 +216,8 @@ m1, m2, m3 = st.columns(3)
 m1.metric(f"Top {f.fraction:.0%} masked", f"{-f.top_drop * 100:+.1f} pp",
           help=f"Probability of {labels[ex.target]}: {f.probability:.1%} before masking. Masked pixels take the "
                "image's mean colour.")
-m2.metric(f"Random {f.fraction:.0%} masked", f"{-f.random_drop * 100:+.1f} pp", help="Mean over 5 seeded random blobs of the same area: where the map points against anywhere.")
+m2.metric(f"Random {f.fraction:.0%} masked", f"{-f.random_drop * 100:+.1f} pp",
+          help="Mean over 5 seeded random blobs of the same area: where the map points against anywhere.")
 m3.metric("Difference", f"{f.difference * 100:+.1f} pp",
           help="Top drop minus random drop. Positive: the highlighted pixels matter more to the model than random "
                "ones.")

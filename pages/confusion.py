@@ -14,10 +14,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.evaluation import confusion
-from core.evaluation import predictions
-from core.store import results
 from core.errors import UserFacingError
+from core.evaluation import confusion, predictions
+from core.store import results
 from core.store.runs import Run, RunStore
 
 # -- settings -------------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.data.images import RESIZE_MODES
+from core.errors import UserFacingError
+from core.store.runs import RunStore
 from core.validation import external as ext
 from core.validation import stain
-from core.errors import UserFacingError
-from core.data.images import RESIZE_MODES
-from core.store.runs import RunStore
 
 # -- settings -------------------------------------------------------------------------------------------
 LEAVE_OUT = "(leave out)"

@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.errors import UserFacingError
-from core.store.overview import (DatasetFile, RunsOverview, arch_name, class_names, dataset_files, download_url,
-                           human_bytes, recent_table, runs_overview, weights_label)
 from core.data.registry import DATA_DIR_ENV, data_root
+from core.errors import UserFacingError
+from core.store.overview import (
+    DatasetFile,
+    RunsOverview,
+    arch_name,
+    class_names,
+    dataset_files,
+    download_url,
+    human_bytes,
+    recent_table,
+    runs_overview,
+    weights_label,
+)
 
 st.title("CellScope", anchor=False)
 classes = class_names()

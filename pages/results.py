@@ -13,9 +13,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.store import reference
-from core.store import results
 from core.errors import UserFacingError
+from core.store import reference, results
 from core.store.runs import RunStore
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -266,7 +265,7 @@ if selected:
                            on_click="ignore", icon=":material/download:")
 
     # external validation (stored by the External validation page and `python -m core external`)
-    from core.validation.external import evaluations_table  # noqa: E402, PLC0415
+    from core.validation.external import evaluations_table
 
     st.markdown("**External validation** (zero-shot on another lab's cells; details on the External validation "
                 "page)")

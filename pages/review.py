@@ -17,11 +17,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.validation import review as rv
-from core.errors import UserFacingError
 from core.data.images import RESIZE_MODES
-from core.store.runs import RunStore
 from core.data.uploads import UPLOAD_TYPES
+from core.errors import UserFacingError
+from core.store.runs import RunStore
+from core.validation import review as rv
 
 # -- settings -------------------------------------------------------------------------------------------
 DISPLAY_PX = 320  # the cell image is scaled to this many pixels a side

@@ -21,15 +21,15 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.data import registry
 from core.config import ARCHITECTURES, BN_RECALIBRATION, FIELD_HELP, OPTIMIZERS, SIZES, ConfigError, RunConfig
+from core.data import registry
 from core.data.dataset import SPLITS, class_counts, load_npz
 from core.data.download import download
 from core.errors import UserFacingError
 from core.jobs.queue import ACTIVE, Job, JobQueue
+from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, estimate_seconds, field_type, format_duration, grid, parse_values
 from core.store.overview import arch_name, human_bytes, weights_label
 from core.store.runs import RunStore
-from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, estimate_seconds, field_type, format_duration, grid, parse_values
 
 REFRESH_SECONDS = 2.0
 JOBS_SHOWN = 25

@@ -7,9 +7,8 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import mirror_run  # noqa: F401 - re-exported for the external and review tests
+from PIL import Image
 
 EXTERNAL_COUNTS = {"basophil": 3, "eosinophil": 12, "lymphocyte": 37, "monocyte": 15, "neutrophil": 33}
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from core.config import RunConfig
-from core.evaluation.metrics import classification_metrics
 from core.data.registry import label_names
+from core.evaluation.metrics import classification_metrics
 from core.store.runs import RunStore
 
 _SEEDED: dict[str, Path] = {}
@@ -61,7 +61,7 @@ def seeded_artifacts(tmp_path_factory, trained_run: Path, tiny_npz: Path) -> Pat
     session's `trained_run` (copied) and two more trained here (64 images, one epoch each)."""
     if "path" in _SEEDED:
         return _SEEDED["path"]
-    from core.training.trainer import train  # noqa: PLC0415 - TensorFlow only for the tests that train
+    from core.training.trainer import train
 
     artifacts = tmp_path_factory.mktemp("results-artifacts")
     store = RunStore(artifacts / "runs")

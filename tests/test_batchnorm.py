@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from conftest import NPZ_64
 
-from core.models.batchnorm import batchnorm_layers, recalibrate
 from core.config import RunConfig
 from core.data.dataset import load_npz, stratified_subset
+from core.models.batchnorm import batchnorm_layers, recalibrate
 from core.models.build import SCRATCH_BN_MOMENTUM, build_model
 from core.training.pipeline import bn_statistics_dataset, training_dataset
 from core.training.trainer import compile_model, predict_probabilities

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from browser_support import SCREENSHOTS, launch_chromium, streamlit_app
-
 from conftest import PBC_SAMPLES, mirror_run
 
 pytestmark = pytest.mark.browser

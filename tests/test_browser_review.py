@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from browser_support import SCREENSHOTS, launch_chromium, streamlit_app
-
 from conftest import EXTERNAL_DEV
 from external_fixtures import mirror_run
 

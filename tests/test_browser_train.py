@@ -34,7 +34,7 @@ def server(tmp_path):
             for job in queue.list(ACTIVE):
                 try:
                     queue.cancel(job.id)
-                except Exception:  # noqa: BLE001 - best effort; the job may have just ended
+                except Exception:
                     pass
 
 

@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
+from core.data.dataset import load_npz
 from core.explain.cam import method
 from core.explain.cam.gradcam import GradCAM
-from core.data.dataset import load_npz
-from core.models.build import last_conv_block
 from core.explain.overlay import colorize, overlay, triptych
+from core.models.build import last_conv_block
 from core.models.preprocessing import preprocess
 
 

@@ -74,10 +74,10 @@ def test_shape_range_and_heat_on_the_deciding_region(model, name):
     assert heat.min() >= 0.0 and heat.max() <= 1.0 and np.isclose(heat.max(), 1.0)
     assert list(result.targets) == [0, 0]
     assert result.probabilities.shape == (2, 3) and np.allclose(result.probabilities.sum(axis=1), 1.0)
-    for h, (t, l) in zip(heat, [(top, left), (20, 2)]):
-        inside = inside_mask(t, l)
+    for h, (row, col) in zip(heat, [(top, left), (20, 2)]):
+        inside = inside_mask(row, col)
         peak = np.unravel_index(np.argmax(h), h.shape)
-        assert inside[peak], f"{name}: peak at {peak}, square at {(t, l)}"
+        assert inside[peak], f"{name}: peak at {peak}, square at {(row, col)}"
         assert h[inside].mean() > 0.6 and h[~inside].mean() < 0.2, name
 
 

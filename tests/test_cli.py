@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PBC_SAMPLES, PROJECT_ROOT
 from PIL import Image
 
-from conftest import PBC_SAMPLES, PROJECT_ROOT
 from core.data import registry
 from core.store.runs import RUN_ID_PATTERN, RunStore, open_run
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from core.explain.cam import METHOD_NAMES
-from core.cli import main
 from test_page_classify import mirror_run
 from test_uploads import ERRORS, NOTES, bad_list, cell, converted_list
+
+from core.cli import main
+from core.explain.cam import METHOD_NAMES
 
 
 @pytest.fixture(scope="module")

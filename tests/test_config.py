@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from core.config import (ARCHITECTURES, NO_IMAGENET_WEIGHTS, OPTIMIZERS, SIZES, ConfigError, RunConfig)
+from core.config import ARCHITECTURES, NO_IMAGENET_WEIGHTS, OPTIMIZERS, SIZES, ConfigError, RunConfig
 from core.errors import UserFacingError
 
 
@@ -40,7 +41,7 @@ def test_defaults_are_the_study_recipe():
 
 def test_config_is_frozen():
     c = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.epochs = 3  # type: ignore[misc]
 
 

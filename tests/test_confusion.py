@@ -1,4 +1,5 @@
-"""core.evaluation.confusion: row normalisation, ranked confusions of the ambiguous classes, differences, recall intervals."""
+"""core.evaluation.confusion: row normalisation, ranked confusions of the ambiguous classes, differences and
+recall intervals."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from core.data.registry import label_names
 from core.evaluation import confusion
 from core.evaluation.metrics import classification_metrics, wilson_interval
-from core.data.registry import label_names
 
 LABELS = ["basophil", "monocyte", "immature granulocytes", "neutrophil"]
 COUNTS = np.array([

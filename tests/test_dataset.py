@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import NPZ_28
+
 from core.data import registry
-from core.data.dataset import (SPLITS, Dataset, DatasetError, load_for_config, load_npz, resolve,
-                          stratified_subset)
+from core.data.dataset import SPLITS, Dataset, DatasetError, load_for_config, load_npz, resolve, stratified_subset
 from core.errors import UserFacingError
 
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import EXTERNAL_DEV
 from external_fixtures import EXTERNAL_COUNTS, cell_image, messy_dataset, mirror_run, save
 
-from core.validation import external as ext
 from core.cli import main
 from core.data.registry import label_names, short_label
+from core.validation import external as ext
 
 SHORT = [short_label(x) for x in label_names()]
 

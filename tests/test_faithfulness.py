@@ -94,7 +94,8 @@ def test_bad_arguments():
 
 def test_with_a_real_cam_on_the_synthetic_model():
     """Grad-CAM of the hand-weighted colour model is faithful by construction."""
-    from test_cam_methods import SIZE as S, square_image, synthetic_model
+    from test_cam_methods import SIZE as S
+    from test_cam_methods import square_image, synthetic_model
 
     from core.explain.cam import method
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NPZ_28, NPZ_64, PBC_SAMPLES, SHARED_DATA
 from PIL import Image
 
-from conftest import NPZ_28, NPZ_64, PBC_SAMPLES, SHARED_DATA
-from core.errors import UserFacingError
 from core.data.images import MAX_PIXELS, ImageInputError, decode, read_file, to_model_input
+from core.errors import UserFacingError
 
 SAMPLES = sorted(PBC_SAMPLES.glob("*/*.jpg"))
 ONE_PER_CLASS = [sorted((PBC_SAMPLES / c).glob("*.jpg"))[0] for c in sorted(p.name for p in PBC_SAMPLES.iterdir())]

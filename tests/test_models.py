@@ -7,10 +7,16 @@ import keras
 import numpy as np
 import pytest
 
-from core.models.batchnorm import batchnorm_layers
 from core.config import ARCHITECTURES, RunConfig
-from core.models.build import (KERAS_MIN_SIZE, SCRATCH_BN_MOMENTUM, WeightsUnavailableError, build_model,
-                         feature_layer_names, last_conv_block)
+from core.models.batchnorm import batchnorm_layers
+from core.models.build import (
+    KERAS_MIN_SIZE,
+    SCRATCH_BN_MOMENTUM,
+    WeightsUnavailableError,
+    build_model,
+    feature_layer_names,
+    last_conv_block,
+)
 
 N_CLASSES = 8
 KERAS_DEFAULT_BN_MOMENTUM = keras.layers.BatchNormalization().momentum  # 0.99 in Keras 3

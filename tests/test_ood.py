@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from core.inference import ood
-from core.errors import UserFacingError
-from core.inference.ood import STATS_FILE, OODStats, fit, load_or_fit
 from test_page_classify import mirror_run
+
+from core.errors import UserFacingError
+from core.inference import ood
+from core.inference.ood import STATS_FILE, OODStats, fit, load_or_fit
 
 
 def clusters(rng, n_per_class: int, centres: np.ndarray, scale: np.ndarray):

@@ -11,8 +11,15 @@ import pytest
 
 from core.config import SIZES, RunConfig
 from core.errors import UserFacingError
-from core.store.overview import (OverviewError, class_names, dataset_files, human_bytes, recent_table,
-                           runs_overview, weights_label)
+from core.store.overview import (
+    OverviewError,
+    class_names,
+    dataset_files,
+    human_bytes,
+    recent_table,
+    runs_overview,
+    weights_label,
+)
 from core.store.runs import RunStore, write_json
 
 

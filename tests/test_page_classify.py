@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PBC_SAMPLES, PROJECT_ROOT, mirror_run
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-
-from conftest import PBC_SAMPLES, PROJECT_ROOT, mirror_run
 
 PAGE = str(PROJECT_ROOT / "pages" / "classify.py")
 TIMEOUT = 300  # seconds per script run; the machine may be busy training

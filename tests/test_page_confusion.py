@@ -11,8 +11,7 @@ import pytest
 from results_fixtures import seeded_artifacts
 from streamlit.testing.v1 import AppTest
 
-from core.evaluation import confusion
-from core.evaluation import predictions
+from core.evaluation import confusion, predictions
 from core.store.runs import Run, RunStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import core.data.download
-from core.data import registry
 from core.config import FIELD_HELP, RunConfig
+from core.data import registry
 from core.data.dataset import class_counts
 from core.jobs.queue import ACTIVE, JobQueue
 from core.store.runs import RunStore

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PROJECT_ROOT
 
 LIGHT_PAGES = ["home.py", "train.py", "results.py", "confusion.py", "external.py", "review.py"]

@@ -12,9 +12,16 @@ import tensorflow as tf
 
 from core.config import ARCHITECTURES, RunConfig
 from core.data.dataset import load_npz
-from core.training.pipeline import (Augmentation, augment_batch, augmentation_matrices, bn_statistics_dataset,
-                           inference_dataset, steps_per_epoch, training_dataset)
 from core.models.preprocessing import MODE_BY_ARCH, preprocess
+from core.training.pipeline import (
+    Augmentation,
+    augment_batch,
+    augmentation_matrices,
+    bn_statistics_dataset,
+    inference_dataset,
+    steps_per_epoch,
+    training_dataset,
+)
 
 N_CLASSES = 8
 NO_AUG = dict(aug_shear=0.0, aug_zoom=0.0, aug_hflip=False, aug_vflip=False, aug_rot90=False)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.store import reference
 from core.config import ARCHITECTURES, OPTIMIZERS, SIZES
 from core.data.registry import label_names, short_label
+from core.store import reference
 
 STUDY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "study.txt"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.data import registry
 from core.config import SIZES
+from core.data import registry
 
 EXPECTED_ORDER = ("basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte",
                   "neutrophil", "platelet")

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from results_fixtures import publish, synthetic_metrics
 
-from core.store import results
 from core.config import RunConfig
+from core.store import results
 from core.store.runs import Run, RunStore
 
 

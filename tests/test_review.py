@@ -12,8 +12,8 @@ from conftest import EXTERNAL_DEV
 from external_fixtures import cell_image, jpeg_bytes, mirror_run
 from sklearn.metrics import cohen_kappa_score
 
-from core.validation import review as rv
 from core.data.registry import label_names, short_label
+from core.validation import review as rv
 
 LABELS = [short_label(x) for x in label_names()]
 BASO, EOS, ERY, IG, LYM, MONO, NEU, PLT = LABELS

@@ -8,9 +8,9 @@ import sqlite3
 
 import pytest
 
-from core.store import runs as R
 from core.config import RunConfig
 from core.errors import UserFacingError
+from core.store import runs as R
 
 FILES = {"config.json", "history.csv", "metrics.json", "model.keras", "train.log"}
 

@@ -10,8 +10,8 @@ import pytest
 from conftest import EXTERNAL_DEV
 from external_fixtures import cell_image, mirror_run
 
-from core.validation import stain
 from core.data.images import read_file, to_model_input
+from core.validation import stain
 
 
 def smear_batch(seed: int, n: int = 6) -> np.ndarray:

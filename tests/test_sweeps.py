@@ -3,8 +3,17 @@ from __future__ import annotations
 import pytest
 
 from core.config import ConfigError, RunConfig
-from core.jobs.sweeps import (JOB_OVERHEAD_SECONDS, PRESETS, PRESETS_BY_KEY, estimate_seconds, format_duration, grid,
-                         parse_values, relative_cost, training_speed)
+from core.jobs.sweeps import (
+    JOB_OVERHEAD_SECONDS,
+    PRESETS,
+    PRESETS_BY_KEY,
+    estimate_seconds,
+    format_duration,
+    grid,
+    parse_values,
+    relative_cost,
+    training_speed,
+)
 
 
 def test_grid_is_the_product_with_seed_repeats():

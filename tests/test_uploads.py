@@ -8,18 +8,18 @@ with too many members, and zips whose members are too large or compressed too we
 from __future__ import annotations
 
 import io
-import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
+import tomllib
 from conftest import PBC_SAMPLES, PROJECT_ROOT
-from core.data import uploads
-from core.data.uploads import (MAX_FILE_BYTES, UploadItem, iter_paths, read_uploads, unsafe_member_name)
+from PIL import Image
 from test_images import png_header_only
+
+from core.data import uploads
+from core.data.uploads import MAX_FILE_BYTES, UploadItem, iter_paths, read_uploads, unsafe_member_name
 
 JPEGS = sorted(PBC_SAMPLES.glob("*/*.jpg"))
 

@@ -105,6 +105,6 @@ def local_path(size: int, root: Path | None = None) -> Path:
 
 def available_sizes(root: Path | None = None) -> dict[int, Path]:
     """BloodMNIST sizes whose npz is present locally."""
-    from core.config import SIZES
+    from core.config import SIZES  # noqa: PLC0415  (config imports this module)
 
     return {s: local_path(s, root) for s in SIZES if local_path(s, root).is_file()}

@@ -163,7 +163,8 @@ def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> Uplo
         return UploadItem(label, error=f"{label}: refused, {info.file_size / 2**20:,.0f} MB unpacked "
                                        f"(limit {MAX_MEMBER_BYTES // 2**20} MB)")
     if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-        return UploadItem(label, error=f"{label}: refused, compressed {info.file_size / max(info.compress_size, 1):,.0f}"
+        ratio = info.file_size / max(info.compress_size, 1)
+        return UploadItem(label, error=f"{label}: refused, compressed {ratio:,.0f}"
                                        f" times (a zip bomb?; limit {MAX_RATIO}x)")
     try:
         with archive.open(info) as f:

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from core.evaluation.metrics import wilson_interval
 from core.data.registry import short_label
+from core.evaluation.metrics import wilson_interval
 
 # The classes the study could not separate well (its Tables 10 and 13): the page's default focus.
 AMBIGUOUS = ("monocyte", "immature granulocytes")

@@ -11,8 +11,13 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, log_loss,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -15,17 +15,17 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from core.explain.cam import method as cam_method  # noqa: E402
-from core.explain.cam.base import BaseCAM, Explanation  # noqa: E402
-from core.config import RunConfig  # noqa: E402
-from core.models.build import CamLayer, cam_layers, last_conv_block  # noqa: E402
-from core.models.preprocessing import preprocess  # noqa: E402
-from core.data.registry import short_label  # noqa: E402
-from core.store.runs import Run, open_run  # noqa: E402
+from core.config import RunConfig
+from core.data.registry import short_label
+from core.explain.cam import method as cam_method
+from core.explain.cam.base import BaseCAM, Explanation
+from core.models.build import CamLayer, cam_layers, last_conv_block
+from core.models.preprocessing import preprocess
+from core.store.runs import Run, open_run
 
 EMBEDDING_LAYER = "avg_pool"  # the pooled features before the classifier head (see models.build_model)
 BATCH = 64

@@ -21,16 +21,16 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from core.explain.cam.base import Explanation
-from core.errors import UserFacingError
-from core.explain.faithfulness import Faithfulness, faithfulness
 from core.data.images import to_model_input
-from core.inference.classifier import Classifier
-from core.models.build import coarse_map_note  # noqa: F401  (re-exported for the page)
-from core.inference.ood import OODStats, load_or_fit
-from core.explain.overlay import colorize, overlay
-from core.store.runs import open_run
 from core.data.uploads import UploadItem
+from core.errors import UserFacingError
+from core.explain.cam.base import Explanation
+from core.explain.faithfulness import Faithfulness, faithfulness
+from core.explain.overlay import colorize, overlay
+from core.inference.classifier import Classifier
+from core.inference.ood import OODStats, load_or_fit
+from core.models.build import coarse_map_note  # noqa: F401  (re-exported for the page)
+from core.store.runs import open_run
 
 DEFAULT_THRESHOLD = 0.5
 DISPLAY_MAX = 384  # the uploaded image is kept for display at most this many pixels a side

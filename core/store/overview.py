@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.data import registry
 from core.config import DISPLAY_NAMES, SIZES
+from core.data import registry
 from core.errors import UserFacingError
 from core.store.runs import RunStore, default_runs_dir
 

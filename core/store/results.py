@@ -29,13 +29,21 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from core.store import reference
 from core.config import RunConfig
-from core.errors import UserFacingError
-from core.store.overview import arch_name
 from core.data.registry import short_label
-from core.store.runs import (CONFIG_FILE, HISTORY_FILE, INCOMPLETE, RUN_ID_PATTERN, Run, RunStore, read_history,
-                   write_json)
+from core.errors import UserFacingError
+from core.store import reference
+from core.store.overview import arch_name
+from core.store.runs import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    INCOMPLETE,
+    RUN_ID_PATTERN,
+    Run,
+    RunStore,
+    read_history,
+    write_json,
+)
 
 # -- the runs table ------------------------------------------------------------------------------------
 

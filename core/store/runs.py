@@ -21,8 +21,8 @@ import shutil
 import sqlite3
 import time
 from contextlib import closing
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -21,17 +21,17 @@ from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
+from core.config import RunConfig
+from core.data.dataset import Dataset, load_for_config
+from core.evaluation.metrics import classification_metrics
 from core.models import batchnorm
-from core.training import pipeline  # noqa: E402
-from core.config import RunConfig  # noqa: E402
-from core.data.dataset import Dataset, load_for_config  # noqa: E402
-from core.evaluation.metrics import classification_metrics  # noqa: E402
-from core.models.build import build_model  # noqa: E402
-from core.store.runs import Run, RunStore, RunWriter  # noqa: E402
+from core.models.build import build_model
+from core.store.runs import Run, RunStore, RunWriter
+from core.training import pipeline
 
 CHECKPOINT_MODEL, CHECKPOINT_BEST, CHECKPOINT_STATE = (
     "checkpoint.keras", "checkpoint-best.weights.h5", "checkpoint.json")

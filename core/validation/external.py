@@ -34,10 +34,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from core.errors import UserFacingError
 from core.data.images import RESIZE_MODES, ImageInputError, read_file, to_model_input
-from core.evaluation.metrics import wilson_interval
 from core.data.registry import label_names, short_label
+from core.errors import UserFacingError
+from core.evaluation.metrics import wilson_interval
 
 EXTERNAL_DIR = "external"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")

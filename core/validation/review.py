@@ -31,8 +31,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from core.errors import UserFacingError
 from core.data.registry import short_label
+from core.errors import UserFacingError
 
 REVIEWS_DB = "reviews.sqlite"
 UPLOADS_DIR = "review_uploads"
