@@ -48,7 +48,7 @@ def load_classifier(run_dir: str):
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def load_test_images(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    return predictions.test_split(run_dir)
+    return Run(Path(run_dir)).test_split()
 
 
 def run_labels(df: pd.DataFrame) -> dict[str, str]:

@@ -14,7 +14,8 @@ from conftest import PBC_SAMPLES, PROJECT_ROOT
 from PIL import Image
 
 from core.data import registry
-from core.store.runs import RUN_ID_PATTERN, RunStore, open_run
+from core.store.io import RUN_ID_PATTERN
+from core.store.runs import RunStore, open_run
 
 RUN_FILES = {"config.json", "history.csv", "metrics.json", "model.keras", "train.log"}
 TIMEOUT = 600  # the machine is shared; TensorFlow start-up alone can take a while under load

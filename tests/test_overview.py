@@ -11,6 +11,7 @@ import pytest
 
 from core.config import SIZES, RunConfig
 from core.errors import UserFacingError
+from core.store.io import write_json
 from core.store.overview import (
     OverviewError,
     class_names,
@@ -20,7 +21,7 @@ from core.store.overview import (
     runs_overview,
     weights_label,
 )
-from core.store.runs import RunStore, write_json
+from core.store.runs import RunStore
 
 
 def fake_run(runs_dir: Path, run_id: str, val_acc: float, test_acc: float, mtime: float) -> Path:

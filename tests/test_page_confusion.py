@@ -12,7 +12,7 @@ from results_fixtures import seeded_artifacts
 from streamlit.testing.v1 import AppTest
 
 from core.evaluation import confusion, predictions
-from core.store.runs import Run, RunStore
+from core.store.runs import Run, RunStore, open_run
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(PROJECT_ROOT / "pages" / "confusion.py")
@@ -69,7 +69,7 @@ def test_predictions_are_computed_once_and_cached(best):
 
 def test_grad_cam_of_one_test_image_for_two_classes(best):
     run_dir = Path(best["path"])
-    images, labels = predictions.test_split(run_dir)
+    images, labels = open_run(run_dir).test_split()
     assert images.shape[1:] == (28, 28, 3) and len(images) == len(labels)
     heats = predictions.gradcam(predictions.load_classifier(run_dir), images[0], [int(labels[0]), 3])
     assert heats.shape == (2, 28, 28) and heats.min() >= 0 and heats.max() <= 1

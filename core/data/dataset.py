@@ -168,6 +168,19 @@ def class_counts(path: str | Path) -> dict[str, list[int]]:
         raise DatasetError(f"{path.name} is not a readable MedMNIST npz ({e.__class__.__name__}: {e})") from None
 
 
+def read_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N,H,W,3) uint8, labels (N,) int64) of one split, reading only those two arrays."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images, labels = npz[f"{split}_images"], np.asarray(npz[f"{split}_labels"]).reshape(-1)
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"{path.name}: cannot read its {split} split ({e.__class__.__name__}: {e})") from None
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] != len(labels) or images.dtype != np.uint8:
+        raise DatasetError(f"{path.name}: its {split} split is not (N,H,W,3) uint8 images with N labels")
+    return images, labels.astype(np.int64)
+
+
 def resolve(data: str, size: int) -> Path:
     """The npz a config points at: its `data` path, else BloodMNIST at `size` in the data root."""
     if data:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from core.data.dataset import DatasetError, resolve
-from core.store.runs import open_run, write_atomic
+from core.store.io import write_atomic
+from core.store.runs import open_run
 
 if TYPE_CHECKING:
     from core.inference.classifier import Classifier
@@ -37,25 +37,6 @@ class TestPredictions:
 
     def __len__(self) -> int:
         return int(self.y_true.shape[0])
-
-
-def test_split(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N,S,S,3) uint8, labels (N,)) of the run's test split, reading only those two arrays."""
-    run = open_run(run_dir)
-    config = run.config
-    path = resolve(config.data, config.size)
-    if not path.is_file():
-        raise DatasetError(f"The run's data file {path} is not here any more, so its test images cannot be shown.")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            images, labels = npz["test_images"], np.asarray(npz["test_labels"]).reshape(-1)
-    except (KeyError, ValueError, OSError, EOFError) as e:
-        raise DatasetError(f"{path.name}: cannot read its test split ({e.__class__.__name__}: {e})") from None
-    expected = run.metrics["test"]["n"]
-    if images.ndim != 4 or images.shape[0] != len(labels) or len(labels) != expected or images.dtype != np.uint8:
-        raise DatasetError(f"{path.name} does not hold the test split this run was evaluated on "
-                           f"({len(labels)} images, the run had {expected})")
-    return images, labels.astype(np.int64)
 
 
 def cached(run_dir: str | Path) -> TestPredictions | None:
@@ -84,7 +65,7 @@ def compute(run_dir: str | Path, classifier: "Classifier | None" = None,
             progress: Callable[[float], None] | None = None) -> TestPredictions:
     """Predict the run's test split with its model and cache the result in the run directory."""
     run_dir = Path(run_dir)
-    images, labels = test_split(run_dir)
+    images, labels = open_run(run_dir).test_split()
     classifier = classifier or load_classifier(run_dir)
     parts = []
     for start in range(0, len(images), BATCH):

@@ -209,9 +209,7 @@ class GalleryImage:
 
 def gallery(run_dir: str | Path, per_class: int = 2, seed: int = 0) -> list[GalleryImage]:
     """A few test-split images per class from the run's own dataset, for demos without files."""
-    from core.inference.ood import dataset_path  # noqa: PLC0415
-
-    path = dataset_path(open_run(run_dir))
+    path = open_run(run_dir).training_data()
     try:
         with np.load(path, allow_pickle=False) as npz:
             labels = np.asarray(npz["test_labels"]).reshape(-1)

@@ -25,9 +25,10 @@ from typing import Callable
 
 import numpy as np
 
-from core.data.dataset import resolve, stratified_subset
+from core.data.dataset import stratified_subset
 from core.errors import UserFacingError
-from core.store.runs import Run, open_run, write_atomic
+from core.store.io import write_atomic
+from core.store.runs import open_run
 
 STATS_FILE = "ood_stats.npz"
 VERSION = 1
@@ -94,21 +95,6 @@ def fit(train_embeddings: np.ndarray, train_labels: np.ndarray, val_embeddings: 
     return OODStats(stats.centres, whitening, threshold, percentile, len(x), len(val_embeddings))
 
 
-def dataset_path(run: Run) -> Path:
-    """The npz the run was trained on (as recorded in its metrics, else from its config)."""
-    source = run.metrics.get("dataset", {}).get("source")
-    if source and Path(source).is_file():
-        return Path(source)
-    config = run.config
-    try:
-        path = resolve(config.data, config.size)
-    except UserFacingError as e:
-        raise OODError(f"The run's dataset is not on this machine ({e})") from None
-    if not path.is_file():
-        raise OODError(f"The run's dataset is not on this machine (no file at {path})")
-    return path
-
-
 def _split(npz, split: str, limit: int) -> np.ndarray:
     labels = np.asarray(npz[f"{split}_labels"]).reshape(-1)
     index = stratified_subset(labels, limit, SEED)
@@ -124,7 +110,10 @@ def load_or_fit(run_dir: str | Path, embed: EmbedFn) -> OODStats:
             return OODStats.from_file(path)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
             pass  # damaged or from an older version: compute again and replace it
-    data = dataset_path(run)
+    try:
+        data = run.training_data()
+    except UserFacingError as e:
+        raise OODError(f"The run's dataset is not on this machine ({e})") from None
     try:
         with np.load(data, allow_pickle=False) as npz:
             train_images, train_labels = _split(npz, "train", TRAIN_LIMIT)

@@ -15,8 +15,6 @@ import csv
 import io
 import json
 import os
-import re
-import secrets
 import shutil
 import sqlite3
 import time
@@ -26,12 +24,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from core.config import RunConfig
+from core.data.dataset import DatasetError, read_split, resolve
 from core.errors import UserFacingError
+from core.store.io import RUN_ID_PATTERN, new_run_id, run_created, write_atomic, write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_ENV = "CELLSCOPE_ARTIFACTS"
-RUN_ID_PATTERN = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")  # \Z: "$" would accept a trailing newline
 INCOMPLETE = ".incomplete"
 
 CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, LOG_FILE = (
@@ -44,36 +45,6 @@ class RunStoreError(UserFacingError, RuntimeError):
 
 def default_runs_dir() -> Path:
     return Path(os.environ.get(ARTIFACTS_ENV, PROJECT_ROOT / "artifacts")) / "runs"
-
-
-def run_created(run_id: str) -> float:
-    """The UTC creation time a run id encodes (stable, unlike the folder's modification time)."""
-    import calendar  # noqa: PLC0415
-
-    return float(calendar.timegm(time.strptime(run_id[:15], "%Y%m%d-%H%M%S")))
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary sibling, fsync, then rename over `path`: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    try:
-        with open(tmp, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def history_csv(rows: list[dict[str, Any]]) -> str:
@@ -126,6 +97,32 @@ class Run:
 
     def history(self) -> list[dict[str, float]]:
         return read_history(self.path)
+
+    def training_data(self) -> Path:
+        """The npz this run trained on: the file its metrics record (a relative path is tried from the working
+        folder, then from the project folder), else its config's data file, else BloodMNIST at its size in
+        the data root. DatasetError when none of them is on this machine."""
+        source = self.metrics.get("dataset", {}).get("source") or self.config.data
+        if source:
+            p = Path(source).expanduser()
+            for candidate in ([p] if p.is_absolute() else [p, PROJECT_ROOT / p]):
+                if candidate.is_file():
+                    return candidate
+        path = resolve(self.config.data, self.config.size)
+        if not path.is_file():
+            raise DatasetError(f"The run's data file {path} is not on this machine.")
+        return path
+
+    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images (N,S,S,3) uint8, labels (N,)) of the test split this run was evaluated on, reading only
+        those two arrays; DatasetError when the file is unreadable or holds another test split."""
+        path = self.training_data()
+        images, labels = read_split(path, "test")
+        expected = self.metrics["test"]["n"]
+        if len(labels) != expected:
+            raise DatasetError(f"{path.name} does not hold the test split this run was evaluated on "
+                               f"({len(labels)} images, the run had {expected})")
+        return images, labels
 
 
 def open_run(path: str | Path) -> Run:

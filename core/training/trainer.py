@@ -216,7 +216,7 @@ class Trainer:
         state = {"epochs_done": epoch, "best_epoch": self.best_epoch, "best_key": list(self.best_key),
                  "history": self.history, "train_seconds": self.train_seconds,
                  "images_trained": self.images_trained}
-        from core.store.runs import write_json  # noqa: PLC0415
+        from core.store.io import write_json  # noqa: PLC0415
 
         write_json(work / CHECKPOINT_STATE, state)
 

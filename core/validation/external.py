@@ -538,7 +538,7 @@ def evaluations_dir(run_dir: str | Path) -> Path:
 
 
 def _write(run_dir: str | Path, record: dict[str, Any]) -> Path:
-    from core.store.runs import write_json  # noqa: PLC0415
+    from core.store.io import write_json  # noqa: PLC0415
 
     folder = evaluations_dir(run_dir)
     folder.mkdir(exist_ok=True)
@@ -601,7 +601,7 @@ def evaluations_table(run_dirs: Mapping[str, str | Path]) -> list[dict[str, Any]
 
 
 def new_eval_id() -> str:
-    from core.store.runs import new_run_id  # noqa: PLC0415
+    from core.store.io import new_run_id  # noqa: PLC0415
 
     return new_run_id()
 

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from core.data.dataset import read_split
 from core.data.registry import short_label
 from core.errors import UserFacingError
 
@@ -358,12 +359,8 @@ def _specs(clf, images: np.ndarray, keys: Sequence[str], refs: Sequence[str],
 
 def cells_from_test_split(clf, limit: int = 100, order: str = "confidence") -> list[CellSpec]:
     """The run's test split, predicted, ordered, and cut to the first `limit` cells (0: all)."""
-    from core.validation.stain import run_training_npz  # noqa: PLC0415
-
-    path = run_training_npz(clf.run)
-    images = _npz_split(str(path), "test")
-    with np.load(path, allow_pickle=False) as npz:
-        truth = np.asarray(npz["test_labels"]).reshape(-1)
+    path = clf.run.training_data()
+    images, truth = clf.run.test_split()
     labels = [short_label(x) for x in clf.labels]
     specs = _specs(clf, images, [f"test:{i}" for i in range(len(images))],
                    [f"npz:{path}#test:{i}" for i in range(len(images))], [labels[int(t)] for t in truth])
@@ -427,14 +424,6 @@ def cells_from_files(clf, paths: Sequence[str], resize: str = "medmnist", order:
 # -- pixels of a cell -----------------------------------------------------------------------------------
 
 @lru_cache(maxsize=2)
-def _npz_split(path: str, split: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return np.asarray(npz[f"{split}_images"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ReviewError(f"{Path(path).name}: cannot read the {split} images ({e})") from None
-
-
 def cell_pixels(image_ref: str, size: int, resize: str = "medmnist") -> tuple[np.ndarray, np.ndarray]:
     """(what to show, what the model sees) for a cell: the original file (or npz image) and its model input."""
     from core.data.images import read_file, to_model_input  # noqa: PLC0415
@@ -442,7 +431,7 @@ def cell_pixels(image_ref: str, size: int, resize: str = "medmnist") -> tuple[np
     if image_ref.startswith("npz:"):
         path, _, where = image_ref[4:].rpartition("#")
         split, _, index = where.partition(":")
-        image = _npz_split(path, split)[int(index)]
+        image = read_split(path, split)[0][int(index)]
         return image, to_model_input(image, size, "plain")
     rgb = read_file(image_ref)
     return rgb, to_model_input(rgb, size, resize)

@@ -246,28 +246,6 @@ def sample_npz_images(path: str | Path, key: str = "train_images", n: int = SAMP
     return np.stack(keep)
 
 
-def run_training_npz(run) -> Path:
-    """The npz a run was trained on: as recorded in its metrics (relative paths are tried from the working
-    folder, then from the project folder), else from its config."""
-    from core.store.runs import PROJECT_ROOT  # noqa: PLC0415
-
-    source = run.metrics.get("dataset", {}).get("source") or run.config.data
-    if source:
-        p = Path(source).expanduser()
-        for candidate in ([p] if p.is_absolute() else [p, PROJECT_ROOT / p]):
-            if candidate.is_file():
-                return candidate
-    from core.data.dataset import resolve  # noqa: PLC0415
-
-    try:
-        path = resolve(run.config.data, run.config.size)
-    except UserFacingError as e:
-        raise StainError(f"the run's training data is not on this machine ({e})") from None
-    if not path.is_file():
-        raise StainError(f"the run's training data is not on this machine (no file at {path})")
-    return path
-
-
 def fit_target(images: np.ndarray, source: str = "") -> StainTarget:
     lab = fit_reinhard(images)
     try:
@@ -279,7 +257,8 @@ def fit_target(images: np.ndarray, source: str = "") -> StainTarget:
 
 def run_target(run_dir: str | Path, refresh: bool = False) -> StainTarget:
     """The run's training-set colour statistics, from `<run>/stain_stats.json` or computed and cached."""
-    from core.store.runs import open_run, write_json  # noqa: PLC0415
+    from core.store.io import write_json  # noqa: PLC0415
+    from core.store.runs import open_run  # noqa: PLC0415
 
     run = open_run(run_dir)
     cache = run.path / STATS_FILE
@@ -288,7 +267,7 @@ def run_target(run_dir: str | Path, refresh: bool = False) -> StainTarget:
             return StainTarget.from_dict(json.loads(cache.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass  # damaged or stale: computed again below
-    npz = run_training_npz(run)
+    npz = run.training_data()
     target = fit_target(sample_npz_images(npz), str(npz))
     try:
         write_json(cache, target.to_dict())
