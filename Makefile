@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup app test test-fast browser-deps clean
+.PHONY: setup app test test-fast lint browser-deps clean
 
 setup: $(STAMP)
 
@@ -23,11 +23,14 @@ app: setup
 browser-deps:
 	scripts/install-chromium.sh
 
-test: setup browser-deps
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup browser-deps lint
 	$(BIN)/python -m pytest
 
 # Everything but the real-browser test, for a quick loop while editing.
-test-fast: setup
+test-fast: setup lint
 	$(BIN)/python -m pytest -m "not browser"
 
 clean:
