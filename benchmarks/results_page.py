@@ -31,7 +31,7 @@ import numpy as np
 
 from core.config import RunConfig
 from core.data.registry import label_names
-from core.evaluation.metrics import classification_metrics
+from core.evaluation.metrics import evaluate
 from core.store.runs import RunStore
 
 TARGET_SECONDS = 1.0
@@ -48,7 +48,7 @@ def fake_metrics(rng: np.random.Generator, accuracy: float, n: int = 400) -> dic
         pred = np.where(right, y, (y + rng.integers(1, k, n)) % k)
         probs = rng.dirichlet(np.ones(k), n) * 0.3
         probs[np.arange(n), pred] += 0.7
-        return classification_metrics(y, probs, labels)
+        return evaluate(y, probs, labels).to_dict()
 
     return {"val": split(accuracy), "test": split(accuracy - 0.01), "best_epoch": int(rng.integers(3, 11)),
             "epochs_run": 10, "train_seconds": float(rng.uniform(60, 3600)),

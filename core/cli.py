@@ -171,7 +171,7 @@ def cmd_job_exec(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.data.dataset import load_npz, resolve  # noqa: PLC0415
-    from core.evaluation.metrics import classification_metrics  # noqa: PLC0415
+    from core.evaluation.metrics import evaluate  # noqa: PLC0415
     from core.inference.classifier import Classifier  # noqa: PLC0415
 
     clf = Classifier(args.run)
@@ -183,7 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for split in ("val", "test"):
         s = data.split(split)
         probs = clf.probabilities(s.images) if len(s) <= 512 else _batched(clf, s.images)
-        out[split] = classification_metrics(s.labels, probs, clf.labels)
+        out[split] = evaluate(s.labels, probs, clf.labels).to_dict()
     print(json.dumps(out, indent=2))
     return 0
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from core.config import RunConfig
 from core.data.registry import label_names
-from core.evaluation.metrics import classification_metrics
+from core.evaluation.metrics import evaluate
 from core.store.runs import RunStore
 
 _SEEDED: dict[str, Path] = {}
@@ -23,7 +23,7 @@ _SEEDED: dict[str, Path] = {}
 
 def synthetic_metrics(test_accuracy: float, val_accuracy: float | None = None, seed: int = 0,
                       n: int = 200) -> dict[str, Any]:
-    """metrics.json in the real layout (core.evaluation.metrics.classification_metrics) for predictions that are right
+    """metrics.json in the real layout (core.evaluation.metrics.evaluate) for predictions that are right
     on about `test_accuracy` of `n` images."""
     labels = label_names()
     rng = np.random.default_rng(seed)
@@ -34,7 +34,7 @@ def synthetic_metrics(test_accuracy: float, val_accuracy: float | None = None, s
         pred = np.where(right, y, (y + 1 + rng.integers(0, len(labels) - 1, n)) % len(labels))
         probs = np.full((n, len(labels)), 0.02)
         probs[np.arange(n), pred] = 1 - 0.02 * (len(labels) - 1)
-        return classification_metrics(y, probs, labels)
+        return evaluate(y, probs, labels).to_dict()
 
     val = split(val_accuracy if val_accuracy is not None else test_accuracy)
     test = split(test_accuracy)

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from core.data.registry import label_names
+from core.data.registry import label_names, short_label
 from core.evaluation import confusion
-from core.evaluation.metrics import classification_metrics, wilson_interval
+from core.evaluation.metrics import evaluate, wilson_interval
 
 LABELS = ["basophil", "monocyte", "immature granulocytes", "neutrophil"]
 COUNTS = np.array([
@@ -78,7 +78,15 @@ def test_from_metrics_and_from_predictions_agree():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 8, 300)
     probs = rng.random((300, 8))
-    metrics = {"test": classification_metrics(y, probs, labels)}
+    metrics = {"test": evaluate(y, probs, labels).to_dict()}
     counts, short = confusion.from_metrics(metrics)
     assert short[3] == "immature granulocytes" and len(short) == 8
     assert (counts == confusion.from_predictions(y, probs.argmax(1), 8)).all()
+
+
+def test_ambiguous_classes_are_the_registry_names():
+    shorts = [short_label(x) for x in label_names()]
+    assert confusion.AMBIGUOUS == ("monocyte", "immature granulocytes")
+    assert set(confusion.AMBIGUOUS) <= set(shorts)
+    assert confusion.ambiguous_labels(["basophil", "Immature granulocytes(IG)", "Monocyte"]) == (
+        "Monocyte", "Immature granulocytes")

@@ -1,4 +1,5 @@
-"""Metrics against hand-computed values and scikit-learn."""
+"""The one evaluator (core.evaluation.metrics.evaluate) against hand-computed values and scikit-learn, its
+restricted forms (external validation) and the stored layouts it reads back."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from core.evaluation.metrics import classification_metrics, macro_auc, wilson_interval
+from core.evaluation.metrics import (
+    LEGACY_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    SplitMetrics,
+    evaluate,
+    evaluate_calls,
+    macro_auc,
+    predictions,
+    wilson_interval,
+)
 
 LABELS = ("a", "b", "c")
 
@@ -108,7 +118,7 @@ def example():
 
 def test_hand_computed_values(example):
     y, p = example
-    m = classification_metrics(y, p, LABELS)
+    m = evaluate(y, p, LABELS).to_dict()
     assert m["n"] == 10
     assert m["accuracy"] == pytest.approx(6 / 10)
     assert m["confusion"] == [[2, 1, 1], [1, 2, 0], [0, 1, 2]]  # rows = true class
@@ -122,7 +132,7 @@ def test_hand_computed_values(example):
 
 def test_against_sklearn(example):
     y, p = example
-    m = classification_metrics(y, p, LABELS)
+    m = evaluate(y, p, LABELS).to_dict()
     pred = p.argmax(1)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
@@ -142,7 +152,7 @@ def test_against_sklearn(example):
 def test_confusion_rows_are_true_class():
     y = np.array([0, 0, 0, 1])
     p = np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=float)
-    m = classification_metrics(y, p, LABELS)
+    m = evaluate(y, p, LABELS).to_dict()
     assert m["confusion"] == [[0, 3, 0], [0, 1, 0], [0, 0, 0]]
     assert m["per_class"]["a"]["recall"] == 0.0
     assert m["per_class"]["b"]["precision"] == pytest.approx(0.25)
@@ -155,7 +165,7 @@ def test_macro_auc_equals_sklearn_on_random_eight_classes():
     logits = rng.normal(size=(200, 8)) + 1.5 * np.eye(8)[y]
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     labels = [f"c{i}" for i in range(8)]
-    m = classification_metrics(y, p, labels)
+    m = evaluate(y, p, labels).to_dict()
     assert m["auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"), abs=1e-12)
     assert macro_auc(y, p) == pytest.approx(m["auc"])
     assert m["loss"] == pytest.approx(-np.mean(np.log(p[np.arange(200), y])), rel=1e-6)
@@ -164,7 +174,7 @@ def test_macro_auc_equals_sklearn_on_random_eight_classes():
 def test_perfect_predictions():
     y = np.array([0, 1, 2, 0, 1, 2])
     p = np.eye(3)[y]
-    m = classification_metrics(y, p, LABELS)
+    m = evaluate(y, p, LABELS).to_dict()
     assert m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0 and m["macro_f1"] == 1.0 and m["auc"] == 1.0
     assert m["accuracy_ci95"][1] == 1.0 and m["accuracy_ci95"][0] < 1.0
     assert m["loss"] < 1e-5  # probabilities are clipped, so a perfect one-hot gives a tiny finite loss
@@ -172,7 +182,7 @@ def test_perfect_predictions():
 
 def test_accuracy_ci_is_wilson(example):
     y, p = example
-    m = classification_metrics(y, p, LABELS)
+    m = evaluate(y, p, LABELS).to_dict()
     assert m["accuracy_ci95"] == pytest.approx(list(wilson_interval(6, 10)))
     assert m["accuracy_ci95"][0] < m["accuracy"] < m["accuracy_ci95"][1]
 
@@ -183,7 +193,7 @@ def test_one_class_absent():
     y = np.array([0, 0, 1, 1, 0, 1])
     p = np.array([[0.7, 0.2, 0.1], [0.2, 0.1, 0.7], [0.1, 0.8, 0.1], [0.4, 0.5, 0.1], [0.6, 0.3, 0.1],
                   [0.5, 0.4, 0.1]])
-    m = classification_metrics(y, p, LABELS)
+    m = evaluate(y, p, LABELS).to_dict()
     assert m["per_class"]["c"]["support"] == 0
     assert m["per_class"]["c"]["recall"] == 0.0
     assert m["per_class"]["c"]["precision"] == 0.0
@@ -202,7 +212,7 @@ def test_one_class_absent():
 def test_single_class_present_has_no_auc():
     y = np.array([1, 1, 1])
     p = np.array([[0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
-    m = classification_metrics(y, p, LABELS)
+    m = evaluate(y, p, LABELS).to_dict()
     assert m["auc"] is None
     assert macro_auc(y, p) is None
     assert m["accuracy"] == pytest.approx(2 / 3)
@@ -210,16 +220,97 @@ def test_single_class_present_has_no_auc():
 
 def test_metrics_are_json_serialisable(example):
     y, p = example
-    m = classification_metrics(y, p, LABELS)
+    m = evaluate(y, p, LABELS).to_dict()
     again = json.loads(json.dumps(m, allow_nan=False))
     assert again["confusion"] == m["confusion"]
     assert set(again) == {"n", "accuracy", "accuracy_ci95", "balanced_accuracy", "auc", "macro_f1", "loss",
-                          "per_class", "confusion", "labels"}
+                          "per_class", "confusion", "labels", "schema_version", "rows", "columns", "macro_precision",
+                          "macro_recall", "predicted_outside", "predicted_outside_total"}
+    assert again["schema_version"] == SCHEMA_VERSION
 
 
 def test_labels_as_column_vector_and_float32_probabilities(example):
     y, p = example
-    m1 = classification_metrics(y, p, LABELS)
-    m2 = classification_metrics(y.astype(np.int64), p.astype(np.float32), list(LABELS))
+    m1 = evaluate(y, p, LABELS).to_dict()
+    m2 = evaluate(y.astype(np.int64), p.astype(np.float32), list(LABELS)).to_dict()
     assert m2["accuracy"] == m1["accuracy"]
     assert m2["auc"] == pytest.approx(m1["auc"])
+
+
+# -- restricted forms (external validation) -------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_rows_and_allowed_restrict_the_table_against_sklearn():
+    """Rows = the classes a dataset has; allowed = the classes an argmax may choose (the shared-only figure)."""
+    rng = np.random.default_rng(3)
+    y = rng.choice([1, 3, 4], size=120)
+    p = rng.dirichlet(np.ones(6), size=120)
+    labels = [f"c{i}" for i in range(6)]
+    shared = [1, 3, 4]
+    everything = evaluate(y, p, labels, rows=shared)
+    pred = p.argmax(1)
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=shared, zero_division=0)
+    assert everything.rows == ["c1", "c3", "c4"] and everything.columns == labels
+    assert np.asarray(everything.confusion).shape == (3, 6) and np.sum(everything.confusion) == 120
+    assert list(everything.per_class) == everything.rows
+    for k, c in enumerate(shared):
+        v = everything.per_class[labels[c]]
+        assert (v.precision, v.recall, v.f1, v.support) == pytest.approx((precision[k], recall[k], f1[k], support[k]))
+    assert everything.macro_precision == pytest.approx(precision.mean())
+    assert everything.macro_recall == everything.balanced_accuracy == pytest.approx(balanced_accuracy_score(y, pred))
+    assert everything.macro_f1 == pytest.approx(f1.mean())
+    assert everything.predicted_outside_total == int(np.isin(pred, shared, invert=True).sum())
+    assert sum(everything.predicted_outside.values()) == everything.predicted_outside_total
+
+    restricted = evaluate(y, p, labels, allowed=shared, rows=shared)
+    called = predictions(p, shared)
+    assert set(called) <= set(shared)
+    assert called.tolist() == np.asarray(shared)[p[:, shared].argmax(1)].tolist()
+    assert restricted.columns == restricted.rows and restricted.predicted_outside_total == 0
+    assert restricted.accuracy == pytest.approx(accuracy_score(y, called))
+    assert restricted.accuracy >= everything.accuracy
+    assert restricted.accuracy_ci95 == pytest.approx(list(wilson_interval(int((y == called).sum()), 120)))
+    assert restricted.auc == everything.auc == pytest.approx(macro_auc(y, p))  # from the probabilities as given
+
+
+def test_hard_calls_have_no_auc_or_loss():
+    m = evaluate_calls(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), LABELS)
+    assert m.auc is None and m.loss is None
+    assert m.accuracy == 0.75 and m.confusion == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    wide = evaluate_calls(np.array([0, 1]), np.array([3, 1]), ["a", "b", "unsure", "not a cell"], rows=[0, 1])
+    assert wide.confusion == [[0, 0, 0, 1], [0, 1, 0, 0]] and wide.predicted_outside == {"not a cell": 1}
+
+
+# -- stored layouts -------------------------------------------------------------------------------------------
+
+def test_split_metrics_round_trip_through_json(example):
+    y, p = example
+    m = evaluate(y, p, LABELS, rows=[0, 1], allowed=[0, 1])
+    assert SplitMetrics.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+def test_legacy_metrics_json_split_reads_back(example):
+    """A split of a metrics.json written before schema_version (today's keys only) loads with the same figures."""
+    y, p = example
+    m = evaluate(y, p, LABELS)
+    legacy = {k: v for k, v in m.to_dict().items()
+              if k in ("n", "accuracy", "accuracy_ci95", "balanced_accuracy", "auc", "macro_f1", "loss",
+                       "per_class", "confusion", "labels")}
+    back = SplitMetrics.from_dict(legacy)
+    assert back.schema_version == LEGACY_SCHEMA_VERSION
+    assert back.rows == back.columns == list(LABELS) and back.predicted_outside_total == 0
+    assert back.macro_precision == pytest.approx(m.macro_precision) and back.macro_recall == m.macro_recall
+    assert back.per_class == m.per_class and back.confusion == m.confusion and back.auc == m.auc
+
+
+def test_legacy_external_table_reads_back():
+    """An external evaluation's table as stored before (rows/columns, per-class 'accuracy', no labels)."""
+    old = {"n": 4, "accuracy": 0.5, "accuracy_ci95": [0.15, 0.85], "balanced_accuracy": 0.5, "macro_f1": 0.5,
+           "macro_precision": 0.5, "macro_recall": 0.5,
+           "per_class": {"a": {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2, "accuracy": 0.5},
+                         "c": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "accuracy": 0.5}},
+           "confusion": [[1, 1, 0], [0, 1, 1]], "rows": ["a", "c"], "columns": ["a", "b", "c"],
+           "predicted_outside": {"b": 1}, "predicted_outside_total": 1}
+    back = SplitMetrics.from_dict(old)
+    assert back.rows == ["a", "c"] and back.columns == back.labels == ["a", "b", "c"]
+    assert back.per_class["a"].recall == 0.5 and back.predicted_outside_total == 1 and back.auc is None

@@ -11,27 +11,35 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from core.data.registry import short_label
-from core.evaluation.metrics import wilson_interval
+from core.data.registry import label_names, short_label
+from core.evaluation.metrics import SplitMetrics, count_matrix, wilson_interval
 
-# The classes the study could not separate well (its Tables 10 and 13): the page's default focus.
-AMBIGUOUS = ("monocyte", "immature granulocytes")
+# First words of the classes the study could not separate well (its Tables 10 and 13), matched against the
+# registry's label names: the confusion page's default focus and the review's "ambiguous first" order.
+AMBIGUOUS_WORDS = ("monocyte", "immature")
+
+
+def ambiguous_labels(labels: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The study's hard classes, as short names of `labels` (default: the registry's), in label order."""
+    names = [short_label(x) for x in (labels if labels is not None else label_names())]
+    return tuple(n for word in AMBIGUOUS_WORDS for n in names if n.split()[0].lower() == word)
+
+
+AMBIGUOUS = ambiguous_labels()  # ('monocyte', 'immature granulocytes') with medmnist's names
 
 
 def from_metrics(metrics: dict[str, Any], split: str = "test") -> tuple[np.ndarray, list[str]]:
-    """(counts, short class names) of a run's best epoch on `split`."""
-    part = metrics[split]
-    counts = np.asarray(part["confusion"], dtype=np.int64)
-    labels = [short_label(label) for label in part["labels"]]
-    if counts.shape != (len(labels), len(labels)):
+    """(counts, short class names) of a run's best epoch on `split` (any metrics.json layout)."""
+    part = SplitMetrics.from_dict(metrics[split])
+    counts = np.asarray(part.confusion, dtype=np.int64)
+    labels = [short_label(label) for label in part.rows]
+    if counts.shape != (len(labels), len(part.columns)) or part.rows != part.columns:
         raise ValueError(f"confusion matrix {counts.shape} does not match {len(labels)} labels")
     return counts, labels
 
 
 def from_predictions(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    counts = np.zeros((n_classes, n_classes), np.int64)
-    np.add.at(counts, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return counts
+    return count_matrix(y_true, y_pred, range(n_classes), range(n_classes))
 
 
 def row_normalise(counts: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from core.config import RunConfig
 from core.data.dataset import Dataset, load_for_config
-from core.evaluation.metrics import classification_metrics
+from core.evaluation.metrics import SCHEMA_VERSION, evaluate
 from core.models import batchnorm
 from core.models.build import build_model
 from core.store.runs import Run, RunStore, RunWriter
@@ -182,18 +182,18 @@ class Trainer:
             batchnorm.recalibrate(self.model, pipeline.bn_statistics_dataset(
                 data.train.images, c.arch, c.batch_size, c.seed + epoch), c.bn_recalibration_batches)
         probabilities = predict_probabilities(self.model, data.val.images, c.arch)
-        val = classification_metrics(data.val.labels, probabilities, data.labels)
+        val = evaluate(data.val.labels, probabilities, data.labels)
         row = {
             "epoch": epoch,
             "loss": float(train_logs.get("loss", np.nan)),
             "accuracy": float(train_logs.get("accuracy", np.nan)),
             "auc": float(train_logs.get("auc", np.nan)),
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-            "val_auc": val["auc"] if val["auc"] is not None else np.nan,
+            "val_loss": val.loss, "val_accuracy": val.accuracy,
+            "val_auc": val.auc if val.auc is not None else np.nan,
             "train_seconds": train_seconds,
         }
         self.history.append(row)
-        key = (val["accuracy"], -val["loss"])
+        key = (val.accuracy, -val.loss)
         if key > self.best_key:
             self.best_key, self.best_epoch = key, epoch
             self.best_weights = [w.copy() for w in self.model.get_weights()]
@@ -283,12 +283,11 @@ class Trainer:
         if self.best_weights is None:
             raise RuntimeError("no epoch completed")
         self.model.set_weights(self.best_weights)
-        val = classification_metrics(data.val.labels, predict_probabilities(self.model, data.val.images, c.arch),
-                                     data.labels)
-        test = classification_metrics(data.test.labels,
-                                      predict_probabilities(self.model, data.test.images, c.arch), data.labels)
+        val = evaluate(data.val.labels, predict_probabilities(self.model, data.val.images, c.arch), data.labels)
+        test = evaluate(data.test.labels, predict_probabilities(self.model, data.test.images, c.arch), data.labels)
         metrics = {
-            "val": val, "test": test,
+            "schema_version": SCHEMA_VERSION,
+            "val": val.to_dict(), "test": test.to_dict(),
             "best_epoch": self.best_epoch, "epochs_run": len(self.history),
             "train_seconds": self.train_seconds,
             "train_images_per_second": self.images_trained / self.train_seconds if self.train_seconds else 0.0,
@@ -297,8 +296,8 @@ class Trainer:
                         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)},
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         }
-        self.log(f"best epoch {self.best_epoch}: val acc {val['accuracy']:.4f}; "
-                 f"test acc {test['accuracy']:.4f} auc {test['auc']:.4f} (evaluated once)")
+        self.log(f"best epoch {self.best_epoch}: val acc {val.accuracy:.4f}; "
+                 f"test acc {test.accuracy:.4f} auc {test.auc:.4f} (evaluated once)")
         run = self.writer.publish(metrics, self.model.save)
         return run
 
