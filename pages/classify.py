@@ -15,8 +15,12 @@ from core.data.uploads import MAX_FILE_BYTES, UPLOAD_TYPES, iter_uploads
 from core.errors import UserFacingError
 from core.explain.cam import METHOD_NAMES, METHOD_TITLES
 from core.explain.overlay import COLORMAPS
-from core.store.overview import arch_name
 from core.store.runs import RunStore
+from ui.guard import guard
+from ui.model import classifier
+from ui.palette import ACCENT, MUTED
+from ui.runs import run_label
+from ui.text import md_escape
 
 # -- settings -------------------------------------------------------------------------------------------
 RESIZE_HELP = {
@@ -26,7 +30,6 @@ RESIZE_HELP = {
 }
 GALLERY_PER_CLASS = 2
 GALLERY_COLUMNS = 8
-PURPLE, GREY = "#8e2453", "#c9bfc6"
 
 st.title("Classify", anchor=False)
 st.caption("Upload microscope images of single blood cells, or pick one from the test set, to see what a trained "
@@ -34,12 +37,9 @@ st.caption("Upload microscope images of single blood cells, or pick one from the
            "tool, not a diagnostic device.")
 
 # -- the run --------------------------------------------------------------------------------------------
-try:
+with guard():
     store = RunStore()
     runs = store.list_runs("val_accuracy DESC")
-except (UserFacingError, OSError, ValueError) as e:
-    st.error(f"Could not read the run store: {e}. Rebuild its index with `python -m core runs --reindex`.")
-    st.stop()
 
 if not runs:
     st.info("No trained runs yet, so there is no model to ask. Train one on the **Train** page, or from a "
@@ -51,19 +51,9 @@ if not runs:
 from core.inference import classify as svc  # noqa: E402  (imports TensorFlow: only now that a model is needed)
 
 
-def run_label(r: dict) -> str:
-    best = " · best" if r["run_id"] == runs[0]["run_id"] else ""
-    return f"{arch_name(r['arch'])} {r['size']} px · val {r['val_accuracy']:.3f}{best}"
-
-
-@st.cache_resource(max_entries=3, show_spinner="Loading the model and compiling its functions…")
-def get_classifier(run_path: str):
-    return svc.load_classifier(run_path)
-
-
 @st.cache_resource(max_entries=3, show_spinner="Measuring the training data once for this run…")
 def get_ood(run_path: str):
-    return svc.ood_stats(get_classifier(run_path))
+    return svc.ood_stats(classifier(run_path))
 
 
 @st.cache_data(max_entries=3, show_spinner=False)
@@ -73,7 +63,9 @@ def get_gallery(run_path: str):
 
 with st.sidebar:
     st.subheader("Model", anchor=False)
-    run = st.selectbox("Trained run", runs, format_func=run_label, help="Default: the best by validation accuracy.")
+    best_id = runs[0]["run_id"]
+    run = st.selectbox("Trained run", runs, format_func=lambda r: run_label(r, best_id),
+                       help="Default: the best by validation accuracy.")
     st.caption(f"Run `{run['run_id']}`")
     mode = st.radio("Resize", RESIZE_MODES, format_func=lambda m: RESIZE_HELP[m].split(":")[0],
                     help="\n\n".join(RESIZE_HELP.values()))
@@ -86,9 +78,9 @@ with st.sidebar:
                                "flagged beyond the 95th percentile of validation images (computed once per run).")
 
 try:
-    clf = get_classifier(run["path"])
-except (UserFacingError, OSError, ValueError) as e:
-    st.error(f"Could not load run {run['run_id']}: {e}")
+    clf = classifier(run["path"])
+except (UserFacingError, OSError, ValueError) as e:  # OSError, ValueError: Keras on a damaged model file
+    st.error(f"Could not load run {run['run_id']}: {md_escape(e)}")
     st.stop()
 labels = clf.short_labels
 ood = None
@@ -174,7 +166,7 @@ with chart:
         st.warning(f"**Unlike the training data**: distance {r.distance:.1f} from the nearest class centre, "
                    f"beyond {ood.threshold:.1f} (the {ood.percentile:.0f}th percentile of validation images). "
                    f"Treat the prediction with suspicion.", icon=":material/report:")
-    colours = [PURPLE if i == r.index else GREY for i in range(len(labels))]
+    colours = [ACCENT if i == r.index else MUTED for i in range(len(labels))]
     fig = go.Figure(go.Bar(x=r.probabilities, y=labels, orientation="h", marker_color=colours,
                            text=[f"{p:.1%}" for p in r.probabilities], textposition="outside"))
     fig.update_layout(height=280, margin=dict(l=0, r=40, t=10, b=0), xaxis=dict(range=[0, 1.15], tickformat=".0%"),

@@ -18,13 +18,17 @@ from core.errors import UserFacingError
 from core.evaluation import confusion, predictions
 from core.store import results
 from core.store.runs import Run, RunStore
+from ui.figures import bold_if, confusion_heatmap, difference_heatmap
+from ui.guard import guard
+from ui.images import enlarge
+from ui.model import classifier
+from ui.palette import SERIES
+from ui.runs import run_labels
 
 # -- settings -------------------------------------------------------------------------------------------
 MAX_THUMBNAILS = 24
 THUMBS_PER_ROW = 8
 THUMB_PX = 96
-SCALE = [[0.0, "#f7f2f5"], [0.15, "#f0d3e0"], [0.5, "#c46b92"], [1.0, "#8e2453"]]  # empty cells stay visible
-RUN_COLOURS = ("#8e2453", "#1f77b4")
 
 st.title("Confusions", anchor=False)
 st.caption("Which classes a run mixes up on its test split, the images behind each mistake, and what the model "
@@ -42,69 +46,14 @@ def load_metrics(run_dir: str) -> dict:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def load_classifier(run_dir: str):
-    return predictions.load_classifier(run_dir)
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)
 def load_test_images(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
     return Run(Path(run_dir)).test_split()
 
 
-def run_labels(df: pd.DataFrame) -> dict[str, str]:
-    return {r: f"{r} · {results.describe_value('arch', a)} · {s} px · batch {b} · val {v:.3f}"
-            for r, a, s, b, v in zip(df["run_id"], df["arch"], df["size"], df["batch_size"], df["val_accuracy"])}
-
-
-def bold_if(labels: list[str], focus: set[str]) -> list[str]:
-    return [f"<b>{label}</b>" if label in focus else label for label in labels]
-
-
-def confusion_heatmap(counts: np.ndarray, labels: list[str], focus: set[str], colour_by: str,
-                      title: str = "") -> go.Figure:
-    shares = confusion.row_normalise(counts)
-    text = [[f"{c}<br>{s:.0%}" if c else "" for c, s in zip(cr, sr)] for cr, sr in zip(counts, np.nan_to_num(shares))]
-    z = shares if colour_by == "share" else counts
-    fig = go.Figure(go.Heatmap(
-        z=z, x=labels, y=labels, text=text, texttemplate="%{text}", colorscale=SCALE, xgap=1, ygap=1,
-        zmin=0, zmax=1 if colour_by == "share" else None, customdata=shares,
-        colorbar=dict(thickness=12, tickformat=".0%" if colour_by == "share" else None),
-        hovertemplate="true %{y} → predicted %{x}<br>%{text}<extra></extra>"))
-    axis = dict(type="category", tickmode="array", tickvals=labels, ticktext=bold_if(labels, focus))
-    fig.update_yaxes(autorange="reversed", title="true class", **axis)
-    fig.update_xaxes(title="predicted class", tickangle=-35, **axis)
-    fig.update_layout(height=470, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      title=dict(text=title, font=dict(size=14)) if title else None)
-    return fig
-
-
-def difference_heatmap(diff: np.ndarray, labels: list[str], focus: set[str]) -> go.Figure:
-    limit = max(0.05, float(np.nanmax(np.abs(diff)))) if np.isfinite(diff).any() else 1.0
-    text = [[f"{d:+.0%}" if abs(d) >= 0.005 else "" for d in row] for row in np.nan_to_num(diff)]
-    fig = go.Figure(go.Heatmap(
-        z=diff, x=labels, y=labels, text=text, texttemplate="%{text}", colorscale="RdBu_r", zmid=0,
-        zmin=-limit, zmax=limit, xgap=1, ygap=1, colorbar=dict(thickness=12, tickformat="+.0%"),
-        hovertemplate="true %{y} → predicted %{x}<br>B − A: %{z:+.1%}<extra></extra>"))
-    axis = dict(type="category", tickmode="array", tickvals=labels, ticktext=bold_if(labels, focus))
-    fig.update_yaxes(autorange="reversed", title="true class", **axis)
-    fig.update_xaxes(title="predicted class", tickangle=-35, **axis)
-    fig.update_layout(height=480, margin=dict(l=10, r=10, t=10, b=10))
-    return fig
-
-
-def upscale(image: np.ndarray, px: int = THUMB_PX) -> np.ndarray:
-    factor = max(1, px // image.shape[0])
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
-
-
 # -- the run ------------------------------------------------------------------------------------------------
-try:
+with guard():
     store = RunStore()
     table = load_table(str(store.runs_dir), results.index_signature(store))
-except Exception as e:  # a damaged index must not take the page down
-    st.error(f"Could not read the run store ({e}). If its index is damaged, rebuild it from the run folders: "
-             "python -m core runs --reindex")
-    st.stop()
 if table.empty:
     st.info("No complete runs yet. Train one on the Train page or with `python -m core train`.",
             icon=":material/grid_on:")
@@ -127,13 +76,12 @@ view, focus_col = st.columns([1, 2], vertical_alignment="bottom")
 colour_by = view.segmented_control("Colour cells by", ["share", "count"], default="share", key="cf_colour",
                                    format_func={"share": "Share of true class", "count": "Count"}.get) or "share"
 focus = focus_col.multiselect("Focus classes", labels, default=focus_default, key="cf_focus")
-focus_set = set(focus)
 
 # -- the matrix and the ranked confusions ---------------------------------------------------------------------
 st.subheader("Confusion matrix (test split)", anchor=False)
 matrix_col, rank_col = st.columns([4, 3], gap="large")
 with matrix_col:
-    st.plotly_chart(confusion_heatmap(counts, labels, focus_set, colour_by), key="cf_matrix")
+    st.plotly_chart(confusion_heatmap(counts, labels, colour_by=colour_by, focus=focus), key="cf_matrix")
     st.caption(f"{int(counts.sum())} test images; each cell: count and share of its true class (row). "
                "Bold: focus classes.")
 ranked = confusion.ranked_confusions(counts, labels, focus or labels)
@@ -174,7 +122,7 @@ def cell_explorer() -> None:
         found = predictions.cached(run_dir)
         if found is None:
             with st.spinner("Predicting the test split once with this run's model (then cached in its folder)…"):
-                found = predictions.compute(run_dir, load_classifier(run_dir))
+                found = predictions.compute(run_dir, classifier(run_dir))
         images, _ = load_test_images(run_dir)
     except UserFacingError as e:
         st.warning(str(e), icon=":material/image_not_supported:")
@@ -194,7 +142,7 @@ def cell_explorer() -> None:
         cells = st.columns(THUMBS_PER_ROW)
         for cell, index in zip(cells, shown[start:start + THUMBS_PER_ROW]):
             index = int(index)
-            cell.image(upscale(images[index]), width="stretch",
+            cell.image(enlarge(images[index], THUMB_PX), width="stretch",
                        caption=f"#{index} · p={found.probabilities[index, pi]:.2f}")
             if cell.button("Grad-CAM", key=f"cf_cam_btn_{run_id}_{index}", width="stretch",
                            help=f"What the model looked at in test image #{index}"):
@@ -212,7 +160,7 @@ def cell_explorer() -> None:
             explain.append((int(found.y_true[picked]), "true class"))
         try:
             with st.spinner("Grad-CAM…"):
-                heats = predictions.gradcam(load_classifier(run_dir), images[picked], [c for c, _ in explain])
+                heats = predictions.gradcam(classifier(run_dir), images[picked], [c for c, _ in explain])
         except (UserFacingError, ValueError) as e:
             st.warning(f"Grad-CAM is not available for this run: {e}")
             return
@@ -245,7 +193,7 @@ if compare_id != NO_SECOND:
 
 recall_fig = go.Figure()
 recalls = []
-for (rid, c), colour in zip(runs, RUN_COLOURS):
+for (rid, c), colour in zip(runs, SERIES):
     r = confusion.recall_intervals(c, labels).assign(run_id=rid)
     recalls.append(r)
     recall_fig.add_trace(go.Bar(
@@ -258,7 +206,7 @@ for (rid, c), colour in zip(runs, RUN_COLOURS):
                       "%{customdata[1]:.1%}<extra></extra>"))
 recall_fig.update_layout(barmode="group", height=360, yaxis=dict(title="recall", range=[0, 1.05], tickformat=".0%"),
                          margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.12))
-recall_fig.update_xaxes(type="category", tickmode="array", tickvals=labels, ticktext=bold_if(labels, focus_set))
+recall_fig.update_xaxes(type="category", tickmode="array", tickvals=labels, ticktext=bold_if(labels, focus))
 st.plotly_chart(recall_fig, key="cf_recall")
 st.caption("Error bars: 95% Wilson score intervals for each class's recall, from its number of test images.")
 st.download_button("Recall table as CSV", lambda: pd.concat(recalls).to_csv(index=False).encode(),
@@ -267,8 +215,8 @@ st.download_button("Recall table as CSV", lambda: pd.concat(recalls).to_csv(inde
 if len(runs) == 2:
     st.subheader("Two runs side by side", anchor=False)
     left, right = st.columns(2)
-    left.plotly_chart(confusion_heatmap(counts, labels, focus_set, "share", f"A: {run_id}"), key="cf_a")
-    right.plotly_chart(confusion_heatmap(runs[1][1], labels, focus_set, "share", f"B: {compare_id}"), key="cf_b")
+    left.plotly_chart(confusion_heatmap(counts, labels, focus=focus, title=f"A: {run_id}"), key="cf_a")
+    right.plotly_chart(confusion_heatmap(runs[1][1], labels, focus=focus, title=f"B: {compare_id}"), key="cf_b")
     st.markdown("**Difference B − A** (share of each true class): red where B sends more images there, blue "
                 "where fewer. On the diagonal, red means B gets the class right more often.")
-    st.plotly_chart(difference_heatmap(confusion.difference(counts, runs[1][1]), labels, focus_set), key="cf_diff")
+    st.plotly_chart(difference_heatmap(confusion.difference(counts, runs[1][1]), labels, focus), key="cf_diff")

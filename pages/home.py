@@ -8,7 +8,6 @@ from __future__ import annotations
 import streamlit as st
 
 from core.data.registry import DATA_DIR_ENV, data_root
-from core.errors import UserFacingError
 from core.store.overview import (
     DatasetFile,
     RunsOverview,
@@ -21,6 +20,7 @@ from core.store.overview import (
     runs_overview,
     weights_label,
 )
+from ui.guard import guard
 
 st.title("CellScope", anchor=False)
 classes = class_names()
@@ -106,16 +106,10 @@ def show_recent(overview: RunsOverview) -> None:
 files: list[DatasetFile] = []
 overview: RunsOverview | None = None
 data_col, runs_col = st.columns([2, 3], gap="large")
-with data_col:
-    try:
-        files = dataset_files()
-        show_data(files)
-    except UserFacingError as e:
-        st.error(str(e))
-with runs_col:
-    try:
-        overview = show_runs(files)
-    except UserFacingError as e:
-        st.error(str(e))
+with data_col, guard(stop=False):
+    files = dataset_files()
+    show_data(files)
+with runs_col, guard(stop=False):
+    overview = show_runs(files)
 if overview is not None and overview.recent:
     show_recent(overview)

@@ -16,14 +16,16 @@ from plotly.subplots import make_subplots
 from core.errors import UserFacingError
 from core.store import reference, results
 from core.store.runs import RunStore
+from ui.guard import guard
+from ui.palette import SCALE, series_colours
+from ui.runs import run_labels
+from ui.text import md_escape, plural
 
 # -- settings -------------------------------------------------------------------------------------------
 DEFAULT_ROWS, DEFAULT_COLS, DEFAULT_METRIC = ["arch", "batch_size"], ["size"], "test_accuracy"
 DEFAULT_SELECTED = 3  # runs picked for the per-class and curve views when the user has not chosen
 PARALLEL_FIELDS = ("arch", "size", "weights", "batch_size", "optimizer", "lr", "momentum", "dropout", "attention",
                    "class_weights", "epochs", "limit_train")
-SCALE = [[0.0, "#f7f3f5"], [0.5, "#d48aa9"], [1.0, "#8e2453"]]  # the theme's stained-film purple-red
-RUN_COLOURS = ["#8e2453", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#7f7f7f", "#bcbd22"]
 
 st.title("Results", anchor=False)
 st.caption("Every run's best epoch (chosen on validation, never the last epoch), as a table and as a matrix "
@@ -40,28 +42,10 @@ def csv_bytes(df: pd.DataFrame):
     return lambda: df.to_csv(index=False).encode()
 
 
-def run_labels(df: pd.DataFrame) -> dict[str, str]:
-    """run_id -> 'id · ResNet-50 · 64 px · batch 32 · val 0.974 · status' for pickers (no per-row pandas)."""
-    out = {}
-    for run_id, arch, size, batch, acc, status in zip(df["run_id"], df["arch"], df["size"], df["batch_size"],
-                                                      df["val_accuracy"], df["status"]):
-        extra = f" · val {acc:.3f}" if acc == acc else f" · {status}"
-        out[run_id] = f"{run_id} · {results.describe_value('arch', arch)} · {size} px · batch {batch}{extra}"
-    return out
-
-
 # -- the runs and the filters -----------------------------------------------------------------------------
-try:
+with guard():
     store = RunStore()
     table = load_table(str(store.runs_dir), results.index_signature(store))
-except (UserFacingError, OSError, ValueError) as e:
-    st.error(f"Could not read the run store: {e}. If its index is damaged, rebuild it from the run folders: "
-             "python -m core runs --reindex")
-    st.stop()
-except Exception as e:  # sqlite3.DatabaseError and the like
-    st.error(f"Could not read the run store ({e.__class__.__name__}: {e}). If its index is damaged, rebuild it "
-             "from the run folders: python -m core runs --reindex")
-    st.stop()
 
 if table.empty:
     st.info("No runs yet. Train one on the Train page or with `python -m core train`; it appears here when done.",
@@ -217,7 +201,7 @@ selected_complete = [r for r in selected if r in set(complete["run_id"])]
 if selected:
     per_class = results.per_class_table(store, selected_complete)
     curves = results.curves(store, selected)
-    colour = {r: RUN_COLOURS[i % len(RUN_COLOURS)] for i, r in enumerate(selected)}
+    colour = series_colours(selected)
 
     st.markdown("**Per class (test split)**")
     if per_class.empty:
@@ -232,15 +216,8 @@ if selected:
         bars.update_layout(barmode="group", height=340, yaxis=dict(title=which, range=[0, 1.02]),
                            margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.12))
         st.plotly_chart(bars, key="pc_bars")
-        wide = per_class.pivot_table(index="class", columns="run_id", values=["precision", "recall", "f1"],
-                                     sort=False)
-        # short headers: the run id's random part and the metric, e.g. "18cbbc F1"
-        short = {"precision": "precision", "recall": "recall", "f1": "F1"}
-        wide.columns = [f"{run[-6:]} {short[m]}" for m, run in wide.columns]
-        wide = wide[[f"{r[-6:]} {short[m]}" for r in per_class["run_id"].unique() for m in short]]
-        support = per_class.groupby("class", sort=False)["support"].first()
-        st.dataframe(wide.assign(support=support).reset_index(), hide_index=True,
-                     column_config={c: number(c) for c in wide.columns})
+        wide, metric_columns = results.per_class_wide(per_class)  # "18cbbc F1": run id's random part, metric
+        st.dataframe(wide, hide_index=True, column_config={c: number(c) for c in metric_columns})
         st.download_button("Per-class metrics as CSV", csv_bytes(per_class), file_name="per-class.csv",
                            mime="text/csv", on_click="ignore", icon=":material/download:")
 
@@ -265,7 +242,7 @@ if selected:
                            on_click="ignore", icon=":material/download:")
 
     # external validation (stored by the External validation page and `python -m core external`)
-    from core.validation.external import evaluations_table
+    from core.validation.external.storage import evaluations_table
 
     st.markdown("**External validation** (zero-shot on another lab's cells; details on the External validation "
                 "page)")
@@ -308,7 +285,7 @@ def do_tag(run_ids: list[str], add: bool) -> None:
     except UserFacingError as e:
         st.session_state["results_error"] = str(e)
         return
-    st.session_state["results_notice"] = (f"{'Tagged' if add else 'Untagged'} {n} run{'s' * (n != 1)} "
+    st.session_state["results_notice"] = (f"{'Tagged' if add else 'Untagged'} {plural(n, 'run')} "
                                           f"{'with' if add else 'from'} “{tag.strip()}”.")
 
 
@@ -320,12 +297,12 @@ def do_delete() -> None:
     run_ids = st.session_state.pop("confirm_delete", [])
     for run_id in run_ids:
         store.delete(run_id)
-    st.session_state["results_notice"] = f"Deleted {len(run_ids)} run{'s' * (len(run_ids) != 1)}."
+    st.session_state["results_notice"] = f"Deleted {plural(len(run_ids), 'run')}."
 
 
 error = st.session_state.pop("results_error", None)
 if error:
-    st.error(error)
+    st.error(md_escape(error))
 if not selected_complete:
     st.caption("Select complete runs above to tag or delete them.")
 else:
@@ -333,15 +310,15 @@ else:
     tag_col, add_col, remove_col, delete_col = st.columns([4, 2, 2, 2], vertical_alignment="bottom")
     tag_col.text_input("Tag", key="tag_text", placeholder="e.g. baseline", max_chars=40,
                        help="A free label (no commas) to find and group runs; it is stored in each run's config.")
-    add_col.button(f"Tag {n} run{'s' * (n != 1)}", on_click=do_tag, args=(selected_complete, True),
+    add_col.button(f"Tag {plural(n, 'run')}", on_click=do_tag, args=(selected_complete, True),
                    icon=":material/sell:")
     remove_col.button("Remove tag", on_click=do_tag, args=(selected_complete, False))
-    delete_col.button(f"Delete {n} run{'s' * (n != 1)}…", on_click=ask_delete, args=(selected_complete,),
+    delete_col.button(f"Delete {plural(n, 'run')}…", on_click=ask_delete, args=(selected_complete,),
                       icon=":material/delete:")
     pending = st.session_state.get("confirm_delete")
     if pending:
         with st.container(border=True):
-            st.warning(f"Delete {len(pending)} run{'s' * (len(pending) != 1)} and all their files (model, "
+            st.warning(f"Delete {plural(len(pending), 'run')} and all their files (model, "
                        f"metrics, history)? This cannot be undone.\n\n" + "\n".join(f"- `{r}`" for r in pending),
                        icon=":material/delete_forever:")
             yes, no = st.columns(2)

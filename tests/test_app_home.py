@@ -6,23 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from page_helpers import APP, open_page, texts
 from streamlit.testing.v1 import AppTest
 
 from core.store.overview import human_bytes
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-APP = str(PROJECT_ROOT / "app.py")
-HOME = PROJECT_ROOT / "pages" / "home.py"
 TIMEOUT = 60  # seconds per script run; the machine may be busy training
-
-
-def texts(at: AppTest) -> str:
-    """Every piece of text the page shows, joined (markdown, captions, code, alerts, metrics, headings)."""
-    parts = []
-    for kind in ("title", "subheader", "markdown", "caption", "code", "info", "error", "warning", "success"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    parts += [f"{m.label}: {m.value}" for m in at.metric]
-    return "\n".join(parts)
 
 
 @pytest.fixture
@@ -35,11 +24,7 @@ def data_dir(tmp_path, tiny_npz) -> Path:
 
 
 def run_app(monkeypatch, artifacts: Path, data: Path) -> AppTest:
-    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
-    monkeypatch.setenv("CELLSCOPE_DATA_DIR", str(data))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(monkeypatch, APP, artifacts, TIMEOUT, CELLSCOPE_DATA_DIR=data)
 
 
 def test_empty_state(monkeypatch, tmp_path):

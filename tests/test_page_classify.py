@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PBC_SAMPLES, PROJECT_ROOT, mirror_run
+from conftest import PBC_SAMPLES, mirror_run
+from page_helpers import metrics, ok, open_page, page, selectbox, texts
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
-PAGE = str(PROJECT_ROOT / "pages" / "classify.py")
+PAGE = page("classify")
 TIMEOUT = 300  # seconds per script run; the machine may be busy training
 ONE_PER_CLASS = [sorted((PBC_SAMPLES / c).glob("*.jpg"))[0] for c in sorted(p.name for p in PBC_SAMPLES.iterdir())]
 
@@ -29,33 +29,6 @@ def artifacts(tmp_path_factory, trained_run) -> Path:
     root = tmp_path_factory.mktemp("classify-artifacts")
     mirror_run(Path(trained_run), root)
     return root
-
-
-def open_page(monkeypatch, artifacts: Path) -> AppTest:
-    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
-    check(at)
-    return at
-
-
-def check(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(at: AppTest) -> str:
-    parts = []
-    for kind in ("title", "subheader", "markdown", "caption", "info", "error", "warning", "success", "code"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    return "\n".join(parts)
-
-
-def selectbox(at: AppTest, label: str):
-    return next(s for s in at.selectbox if s.label == label)
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
 
 
 def jpeg(path: Path) -> tuple[str, bytes, str]:
@@ -76,14 +49,14 @@ def test_page_imports_no_tensorflow_itself():
 
 
 def test_empty_store_points_to_training(monkeypatch, tmp_path):
-    at = open_page(monkeypatch, tmp_path / "empty")
+    at = open_page(monkeypatch, PAGE, tmp_path / "empty", TIMEOUT)
     text = texts(at)
     assert "No trained runs yet" in text and "python -m core train" in text and "Train" in text
     assert not at.file_uploader
 
 
 def test_batch_upload_with_bad_files(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     assert "Classify" in texts(at) and len(at.file_uploader) == 1
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
@@ -96,7 +69,7 @@ def test_batch_upload_with_bad_files(monkeypatch, artifacts):
         ("cells.zip", archive.getvalue(), "application/zip"),
     ]
     at.file_uploader[0].set_value(files)
-    check(at.run())
+    ok(at.run())
     errors = [e.value for e in at.error]
     assert len(errors) == 3, errors
     assert any(e.startswith("notes.png: not an image") for e in errors)
@@ -120,29 +93,29 @@ def test_batch_upload_with_bad_files(monkeypatch, artifacts):
 
 
 def test_explanation_controls(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.file_uploader[0].set_value([jpeg(ONE_PER_CLASS[1])])
-    check(at.run())
+    ok(at.run())
     assert not at.dataframe  # one image: no batch table
     captions = lambda: [c for i in at.image for c in i.captions if c]  # noqa: E731
     for i, title in enumerate(("Grad-CAM", "Grad-CAM++", "HiResCAM", "Score-CAM")):
         selectbox(at, "Method").select_index(i)
-        check(at.run())
+        ok(at.run())
         assert any(c.startswith(title + " ·") for c in captions()), captions()
     selectbox(at, "Method").select_index(0)
     selectbox(at, "Layer").select_index(1)  # conv3_block2_out, 14x14
     selectbox(at, "Class to explain").select_index(8)  # platelet
-    check(at.run())
+    ok(at.run())
     assert any(c == "Grad-CAM · platelet · conv3_block2_out" for c in captions()), captions()
     assert "14×14 map" in texts(at)
 
 
 def test_flags(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     at.file_uploader[0].set_value([png("noise.png", noise)])
     next(s for s in at.slider if s.label.startswith("Unidentified")).set_value(1.0)
-    check(at.run())
+    ok(at.run())
     warnings = " ".join(w.value for w in at.warning)
     assert "Unidentified" in warnings and "below your threshold 100%" in warnings
     assert "Unlike the training data" in warnings  # random noise is far from every class centre
@@ -150,15 +123,15 @@ def test_flags(monkeypatch, artifacts):
 
 
 def test_gallery_of_the_test_split(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.segmented_control[0].set_value("Test-set gallery")
-    check(at.run())
+    ok(at.run())
     assert len(at.image) >= 16 + 4  # 2 per class, then the chosen image's views
     pick = selectbox(at, "Image to classify")
     assert "true class: basophil" in pick.options[0] and "true class: platelet" in pick.options[-1]
     first = [s.value for s in at.subheader if s.value.startswith("test #")]
     pick.select_index(len(pick.options) - 1)
-    check(at.run())
+    ok(at.run())
     last = [s.value for s in at.subheader if s.value.startswith("test #")]
     assert len(first) == len(last) == 1 and first != last
     assert last[0] in pick.options[-1] and metrics(at)["Prediction"]

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from page_helpers import array, figures, open_page, page
 from results_fixtures import seeded_artifacts
-from streamlit.testing.v1 import AppTest
 
 from core.evaluation import confusion, predictions
 from core.store.runs import Run, RunStore, open_run
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(PROJECT_ROOT / "pages" / "confusion.py")
+PAGE = page("confusion")
 TIMEOUT = 240  # the first visit loads TensorFlow and predicts the test split; the machine may be busy
 
 
@@ -27,26 +24,6 @@ def artifacts(tmp_path_factory, trained_run, tiny_npz) -> Path:
 @pytest.fixture(scope="module")
 def best(artifacts) -> dict:
     return RunStore(artifacts / "runs").best_run()
-
-
-def open_page(monkeypatch, artifacts: Path) -> AppTest:
-    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def array(value) -> np.ndarray:
-    """A plotly figure's array: a list, or since plotly 6 a typed array {dtype, bdata, shape}."""
-    if isinstance(value, dict) and "bdata" in value:
-        data = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        return data.reshape([int(x) for x in str(shape).split(",")]) if shape else data
-    return np.asarray(value, float)
-
-
-def figures(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
 def test_predictions_are_computed_once_and_cached(best):
@@ -76,7 +53,7 @@ def test_grad_cam_of_one_test_image_for_two_classes(best):
 
 
 def test_page_shows_the_best_run_its_confusions_and_thumbnails(monkeypatch, artifacts, best):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     assert at.selectbox(key="cf_run").value == best["run_id"]  # best on validation by default
     assert at.multiselect(key="cf_focus").value == ["monocyte", "immature granulocytes"]
     matrix = figures(at)[0]["data"][0]
@@ -104,7 +81,7 @@ def test_page_shows_the_best_run_its_confusions_and_thumbnails(monkeypatch, arti
 
 
 def test_grad_cam_on_click(monkeypatch, artifacts, best):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     buttons = [b for b in at.button if b.label == "Grad-CAM"]
     assert buttons
     before = len(at.get("image"))
@@ -115,7 +92,7 @@ def test_grad_cam_on_click(monkeypatch, artifacts, best):
 
 
 def test_pick_any_cell_and_no_second_run(monkeypatch, artifacts, best):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     run_id = best["run_id"]
     at.selectbox(key=f"cf_true_{run_id}").set_value("platelet").run()
     at.selectbox(key=f"cf_pred_{run_id}").set_value("platelet").run()
@@ -128,5 +105,5 @@ def test_pick_any_cell_and_no_second_run(monkeypatch, artifacts, best):
 
 
 def test_no_runs(monkeypatch, tmp_path):
-    at = open_page(monkeypatch, tmp_path / "artifacts")
+    at = open_page(monkeypatch, PAGE, tmp_path / "artifacts", TIMEOUT)
     assert any("No complete runs yet" in i.value for i in at.info)

@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from page_helpers import PROJECT_ROOT, figures, frame_with, open_page, page, texts
 from results_fixtures import copy_store, seeded_artifacts
-from streamlit.testing.v1 import AppTest
 
 from core.store.runs import RunStore
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(PROJECT_ROOT / "pages" / "results.py")
+PAGE = page("results")
 TIMEOUT = 120  # seconds per script run; the machine may be busy training
 
 
@@ -22,34 +21,8 @@ def artifacts(tmp_path_factory, trained_run, tiny_npz) -> Path:
     return seeded_artifacts(tmp_path_factory, trained_run, tiny_npz)
 
 
-def open_page(monkeypatch, artifacts: Path) -> AppTest:
-    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(at: AppTest) -> str:
-    parts = []
-    for kind in ("title", "subheader", "markdown", "caption", "info", "error", "warning", "success"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    return "\n".join(parts)
-
-
-def frame_with(at: AppTest, column: str):
-    return next(d.value for d in at.dataframe if column in d.value.columns)
-
-
-def charts(at: AppTest) -> list:
-    return at.get("plotly_chart")
-
-
-def figure(chart) -> dict:
-    return json.loads(chart.proto.spec)
-
-
 def test_runs_table_matrix_and_details(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     store = RunStore(artifacts / "runs")
     ids = {r["run_id"] for r in store.list_runs()}
     assert "Runs (3 of 3)" in texts(at)
@@ -57,12 +30,12 @@ def test_runs_table_matrix_and_details(monkeypatch, artifacts):
     assert set(runs["run_id"]) == ids
     assert {"test_accuracy", "val_accuracy", "f1_monocyte", "tags"} <= set(runs.columns)
     # the matrix: all three seeds in one cell, "mean ± sd (n)"
-    heat = figure(charts(at)[0])["data"][0]
+    heat = figures(at)[0]["data"][0]
     cells = [t for row in heat["text"] for t in row if t]
     assert len(cells) == 1 and "±" in cells[0] and cells[0].endswith("(3)")
     # selected runs default to all three; their per-class bars, curves and the parallel coordinates show
     assert set(at.multiselect(key="sel_runs").value) == ids
-    kinds = [figure(c)["data"][0]["type"] for c in charts(at)]
+    kinds = [f["data"][0]["type"] for f in figures(at)]
     assert kinds.count("bar") == 1 and "parcoords" in kinds and "scatter" in kinds
     per_class = frame_with(at, "support")
     assert len(per_class) == 8
@@ -70,14 +43,14 @@ def test_runs_table_matrix_and_details(monkeypatch, artifacts):
 
 
 def test_study_table_12_in_one_click(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.button[0].click().run()  # "Study Table 12"
     assert not at.exception
     assert at.multiselect(key="mx_rows").value == ["arch", "batch_size"]
     assert at.multiselect(key="mx_cols").value == ["size"]
     assert at.selectbox(key="mx_metric").value == "test_accuracy"
     assert at.toggle(key="mx_recipe").value is True
-    ours, study = (figure(c) for c in charts(at)[:2])
+    ours, study = figures(at)[:2]
     assert study["data"][0]["y"][:4] == ["ResNet-101 · batch 16", "ResNet-101 · batch 32", "ResNet-50 · batch 16",
                                         "ResNet-50 · batch 32"]
     assert study["data"][0]["x"][:3] == ["224 px", "128 px", "64 px"]
@@ -93,17 +66,17 @@ def test_study_table_12_in_one_click(monkeypatch, artifacts):
 
 
 def test_class_f1_marks_the_unreliable_study_columns(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.button[0].click().run()
     at.selectbox(key="mx_metric").set_value("f1_monocyte").run()
     assert not at.exception
-    study = figure(charts(at)[1])["data"][0]
+    study = figures(at)[1]["data"][0]
     assert study["text"][0][0] == "0.990" and study["text"][1][0] == "0.990 †"
     assert any("ordering error" in w.value for w in at.warning)
 
 
 def test_filters(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.multiselect(key="flt_seed").set_value([2]).run()
     assert "Runs (1 of 3)" in texts(at)
     assert list(frame_with(at, "run_id")["seed"]) == [2]
@@ -116,7 +89,7 @@ def test_tag_then_delete_with_confirmation(monkeypatch, artifacts, tmp_path):
     private = copy_store(artifacts, tmp_path / "artifacts")
     store = RunStore(private / "runs")
     ids = sorted(r["run_id"] for r in store.list_runs())
-    at = open_page(monkeypatch, private)
+    at = open_page(monkeypatch, PAGE, private, TIMEOUT)
     at.multiselect(key="sel_runs").set_value(ids[:2]).run()
     at.text_input(key="tag_text").set_value("keep").run()
     next(b for b in at.button if b.label == "Tag 2 runs").click().run()
@@ -142,12 +115,12 @@ def test_tag_then_delete_with_confirmation(monkeypatch, artifacts, tmp_path):
 
 
 def test_empty_store(monkeypatch, tmp_path):
-    at = open_page(monkeypatch, tmp_path / "artifacts")
+    at = open_page(monkeypatch, PAGE, tmp_path / "artifacts", TIMEOUT)
     assert "No runs yet" in texts(at)
     # the study's Table 12 is still there to look at
     at.button[0].click().run()
     assert not at.exception
-    assert len(charts(at)) == 2
+    assert len(figures(at)) == 2
 
 
 def test_app_navigation_lists_the_pages():
