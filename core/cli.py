@@ -258,7 +258,12 @@ def _label_index(labels: Sequence[str], target: str) -> int:
 
 
 def cmd_external(args: argparse.Namespace) -> int:
-    from core.validation.external import ExternalError, evaluate, fine_tune, load_for_run, parse_map_args, summary  # noqa: PLC0415
+    from core.validation.external.errors import ExternalError  # noqa: PLC0415
+    from core.validation.external.finetune import FineTuneConfig  # noqa: PLC0415
+    from core.validation.external.flow import run_external  # noqa: PLC0415
+    from core.validation.external.loading import load_for_run  # noqa: PLC0415
+    from core.validation.external.mapping import parse_map_args  # noqa: PLC0415
+    from core.validation.external.scoring import summary  # noqa: PLC0415
     from core.validation.stain import METHODS  # noqa: PLC0415
 
     if not args.folder and not args.csv:
@@ -266,15 +271,14 @@ def cmd_external(args: argparse.Namespace) -> int:
     if args.normalize not in METHODS:
         raise ExternalError(f"--normalize must be one of {', '.join(METHODS)}")
     overrides = parse_map_args(args.map)
-    from core.inference.classifier import Classifier  # noqa: PLC0415
+    fine_tune = (FineTuneConfig(args.fine_tune_fraction, args.fine_tune_epochs, args.fine_tune_lr, args.seed)
+                 if args.fine_tune else None)
+    from core.inference.classifier import Classifier  # noqa: PLC0415  (TensorFlow only once the input is checked)
 
     clf = Classifier(args.run)
     data = load_for_run(clf, args.folder, args.csv, overrides, args.resize)
-    record = evaluate(clf, data, args.normalize, run_dir=args.run, store=not args.no_store)
-    if args.fine_tune:
-        record["fine_tune"] = fine_tune(clf, data, args.normalize, fraction=args.fine_tune_fraction,
-                                        seed=args.seed, epochs=args.fine_tune_epochs, lr=args.fine_tune_lr,
-                                        run_dir=args.run, eval_id=None if args.no_store else record["id"])
+    record = run_external(clf, data, args.normalize, fine_tune_config=fine_tune, run_dir=args.run,
+                          store=not args.no_store)[-1]
     print(json.dumps(summary(record), indent=2))
     return 0
 
@@ -402,10 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-store", action="store_true", help="do not store the evaluation with the run")
     p.add_argument("--fine-tune", action="store_true",
                    help="also fine-tune a copy of the model on a stratified part and score the held-out rest")
-    p.add_argument("--fine-tune-fraction", type=float, default=0.5, metavar="F")
-    p.add_argument("--fine-tune-epochs", type=int, default=3, metavar="N")
-    p.add_argument("--fine-tune-lr", type=float, default=1e-4, metavar="LR")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tune split and training")
+    from core.validation.external.finetune import FineTuneConfig  # noqa: PLC0415  (light: settings only)
+
+    ft, ranges = FineTuneConfig(), FineTuneConfig.RANGES
+    p.add_argument("--fine-tune-fraction", type=float, default=ft.fraction, metavar="F",
+                   help="share of each class to fine-tune on, {:g} to {:g} (default {:g})".format(
+                       *ranges["fraction"], ft.fraction))
+    p.add_argument("--fine-tune-epochs", type=int, default=ft.epochs, metavar="N",
+                   help="{:g} to {:g} (default {:g})".format(*ranges["epochs"], ft.epochs))
+    p.add_argument("--fine-tune-lr", type=float, default=ft.lr, metavar="LR",
+                   help="{:g} to {:g} (default {:g})".format(*ranges["lr"], ft.lr))
+    p.add_argument("--seed", type=int, default=ft.seed, help="seed of the fine-tune split and training")
     p.set_defaults(func=cmd_external)
 
     p = sub.add_parser("download", help="download BloodMNIST at a size (MD5-checked)")

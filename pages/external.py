@@ -1,8 +1,9 @@
 """External validation: a trained run applied, unchanged, to another lab's cells.
 
-A thin view over core.validation.external (layout scan, class mapping, loading, Tables 14/15 metrics, storage,
-fine-tuning) and core.validation.stain (colour normalisation to the run's training set). TensorFlow is imported,
-through core.inference.classifier, only when an evaluation is run or a stored one is explained.
+A thin view over core.validation.external (layout scan, class mapping, loading, the one evaluation flow,
+Tables 14/15, storage, fine-tuning with its settings) and core.validation.stain (colour normalisation to the
+run's training set). TensorFlow is imported, through core.inference.classifier, only when an evaluation is run
+or a stored one is explained.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import streamlit as st
 from core.data.images import RESIZE_MODES
 from core.errors import UserFacingError
 from core.store.runs import RunStore
-from core.validation import external as ext
 from core.validation import stain
+from core.validation.external import finetune, flow, loading, mapping, scan, scoring, storage
 
 # -- settings -------------------------------------------------------------------------------------------
 LEAVE_OUT = "(leave out)"
@@ -67,10 +68,10 @@ def get_classifier(run_path: str):
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def load_data(location: str, kind: str, csv_base: str, mapping: tuple, size: int, resize: str,
-              labels: tuple, signature: tuple) -> ext.ExternalImages:
-    source = ext.scan_csv(location, csv_base or None) if kind == "csv" else ext.scan_folder(location)
-    return ext.load_images(source, size, dict(mapping), resize, list(labels))
+def load_data(location: str, kind: str, csv_base: str, class_map: tuple, size: int, resize: str,
+              labels: tuple, signature: tuple) -> loading.ExternalImages:
+    source = scan.scan(csv_base or None, location) if kind == "csv" else scan.scan(location)
+    return loading.load_images(source, size, dict(class_map), resize, list(labels))
 
 
 @st.cache_data(max_entries=2, show_spinner="Measuring the colours of the run's training images (once per run)…")
@@ -78,13 +79,13 @@ def get_target(run_path: str) -> stain.StainTarget:
     return stain.run_target(run_path)
 
 
-def scan_signature(source: ext.ExternalSource) -> tuple:
+def scan_signature(source: scan.ExternalSource) -> tuple:
     return (len(source.files), source.files[0].path if source.files else "", source.files[-1].path if source.files
             else "", tuple(source.counts.items()))
 
 
 def table14_frame(metrics: dict) -> pd.DataFrame:
-    df = pd.DataFrame(ext.table14(metrics))
+    df = pd.DataFrame(scoring.table14(metrics))
     df["class"] = df["class"].str.capitalize()
     return df
 
@@ -133,7 +134,7 @@ def show_metrics(record: dict, key: str) -> None:
                 help=f"95% CI {m_shared['accuracy_ci95'][0]:.3f}–{m_shared['accuracy_ci95'][1]:.3f}")
     c[3].metric("Balanced accuracy (all 8)", f"{m_all['balanced_accuracy']:.3f}",
                 help="Mean recall over the dataset's classes: not dominated by the largest class.")
-    c[4].metric("Files left out", ext.excluded_total(record.get("excluded", {})))
+    c[4].metric("Files left out", storage.excluded_total(record.get("excluded", {})))
     tab_all, tab_shared = st.tabs(["Argmax over all 8 classes", "Argmax over the shared classes only"])
     for tab, m, mode in ((tab_all, m_all, "all"), (tab_shared, m_shared, "shared")):
         with tab:
@@ -168,7 +169,7 @@ def upscale(image: np.ndarray, px: int = THUMB_PX) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -> ext.ExternalSource | None:
+def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -> scan.ExternalSource | None:
     """Path -> scan -> mapping -> Evaluate. Returns the scanned source (None when there is none)."""
     st.subheader("1 · Dataset", anchor=False)
     kind = st.segmented_control("Layout", ["Folder per class", "CSV of path,label"], default="Folder per class",
@@ -188,19 +189,19 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
         return None
     kind_key = "folder" if kind == "Folder per class" else "csv"
     try:
-        source = (ext.scan_folder(location.strip()) if kind_key == "folder"
-                  else ext.scan_csv(location.strip(), csv_base.strip() or None))
+        source = (scan.scan(location.strip()) if kind_key == "folder"
+                  else scan.scan(csv_base.strip() or None, location.strip()))
     except UserFacingError as e:
         st.error(str(e))
         return None
 
     classes, counts = source.classes, source.counts
-    auto = ext.auto_mapping(classes)
+    auto = mapping.auto_mapping(classes)
     st.markdown(f"**{len(source.files)} image files** in **{len(classes)} classes** at `{source.location}`. "
                 "Check the mapping to BloodMNIST's classes; classes left out are not scored.")
     map_key = hashlib.sha1(("\0".join(classes) + source.location).encode()).hexdigest()[:10]
-    options = ext.short_label_list() + [LEAVE_OUT]
-    mapping: dict[str, str | None] = {}
+    options = mapping.short_label_list() + [LEAVE_OUT]
+    chosen: dict[str, str | None] = {}
     grid = st.columns(4)
     for i, name in enumerate(classes):
         default = auto.get(name) or LEAVE_OUT
@@ -209,11 +210,11 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
                                   key=f"ext_map_{map_key}_{i}",
                                   help="Mapped automatically: the name matches" if auto.get(name)
                                   else "No BloodMNIST class matches this name: left out unless you pick one")
-        mapping[name] = None if choice == LEAVE_OUT else choice
+        chosen[name] = None if choice == LEAVE_OUT else choice
 
     problems = source.problems()
     notes = []
-    left_out = [k for k, v in mapping.items() if v is None]
+    left_out = [k for k, v in chosen.items() if v is None]
     if left_out:
         notes.append("Left out (unmapped): " + ", ".join(f"{k} ({counts[k]} images)" for k in left_out))
     if problems["empty_classes"]:
@@ -230,20 +231,21 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
     if source.messages:
         with st.expander(f"Details ({len(source.messages)})"):
             st.code("\n".join(source.messages), language=None)
-    if not any(mapping.values()):
+    if not any(chosen.values()):
         st.error("No class is mapped to a BloodMNIST class: there is nothing to score.")
         return source
 
     if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="ext_go"):
-        data_key = (source.location, kind_key, csv_base.strip(), tuple(sorted(mapping.items())), resize,
+        data_key = (source.location, kind_key, csv_base.strip(), tuple(sorted(chosen.items())), resize,
                     scan_signature(source))
         try:
             with st.spinner("Reading the images and scoring them…"):
                 clf = get_classifier(run_path)
                 data = load_data(*data_key[:4], clf.image_size, data_key[4], tuple(clf.labels), data_key[5])
                 target = get_target(run_path) if normalize != "none" else None
-                methods = (["none"] if compare else []) + [normalize]
-                ids = [ext.evaluate(clf, data, m, run_dir=run_path, target=target)["id"] for m in methods]
+                records = flow.run_external(clf, data, normalize, compare=("none",) if compare else (),
+                                            run_dir=run_path, target=target)
+                ids = [r["id"] for r in records]
             st.session_state.ext_current = {"run_path": run_path, "ids": ids, "data_key": data_key}
         except UserFacingError as e:
             st.error(str(e))
@@ -255,7 +257,7 @@ def results_section(run_path: str) -> None:
     if not current or current["run_path"] != run_path:
         return
     try:
-        records = [ext.load_evaluation(run_path, i) for i in current["ids"]]
+        records = [storage.load_evaluation(run_path, i) for i in current["ids"]]
     except UserFacingError as e:
         st.error(str(e))
         return
@@ -295,7 +297,7 @@ def results_section(run_path: str) -> None:
 
     # -- Grad-CAM of correct and wrong cells
     st.subheader("4 · Grad-CAM of correct and wrong cells", anchor=False)
-    from core.explain.overlay import overlay  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
+    from core.explain.overlay import triptych  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
 
     scored = shown.get(main["normalize"], data.images)
     preds = main.get("predictions") or []
@@ -317,32 +319,31 @@ def results_section(run_path: str) -> None:
                 expl = clf.explain(scored[idx], "gradcam")
             grid = st.columns(CAM_CELLS)
             for j, i in enumerate(idx):
-                big = upscale(scored[i], THUMB_PX)
-                gap = np.full((big.shape[0], 4, 3), 255, np.uint8)
-                pair = np.concatenate([big, gap, overlay(big, expl.heatmaps[j])], axis=1)
-                grid[j % CAM_CELLS].image(pair, width="stretch", caption=f"{preds[i]['true']} → {preds[i]['pred']} "
-                                                                         f"({preds[i]['confidence']:.2f})")
-        st.caption("Each pair: the cell as scored, and Grad-CAM for the model's call; captions: the dataset's "
-                   "class → the model's call (confidence). Red: evidence for that class.")
+                strip = triptych(scored[i], expl.heatmaps[j], display=THUMB_PX)
+                grid[j % CAM_CELLS].image(strip, width="stretch", caption=f"{preds[i]['true']} → {preds[i]['pred']} "
+                                                                          f"({preds[i]['confidence']:.2f})")
+        st.caption("Each strip: the cell as scored, Grad-CAM for the model's call, and the two overlaid; captions: "
+                   "the dataset's class → the model's call (confidence). Red: evidence for that class.")
 
     # -- fine-tuning
     st.subheader("5 · Fine-tune on part of the data (optional)", anchor=False)
     st.caption("The study's approach: fine-tune the model on a stratified part of the external data and score the "
                "held-out rest. Reported apart from the zero-shot result; the run's model file is never changed.")
+    ft_default, ft_range = finetune.FineTuneConfig(), finetune.FineTuneConfig.RANGES
     with st.form("ext_ft_form", border=True):
         f1, f2, f3 = st.columns(3)
-        fraction = f1.slider("Fine-tune share (per class)", 0.2, 0.8, 0.5, 0.1)
-        epochs = f2.number_input("Epochs", 1, 20, 3)
-        lr = f3.select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], value=1e-4,
+        fraction = f1.slider("Fine-tune share (per class)", *ft_range["fraction"], ft_default.fraction, 0.05)
+        epochs = f2.number_input("Epochs", *map(int, ft_range["epochs"]), ft_default.epochs)
+        lr = f3.select_slider("Learning rate", finetune.FineTuneConfig.LR_CHOICES, value=ft_default.lr,
                               format_func=lambda v: f"{v:g}")
         go_ft = st.form_submit_button("Fine-tune and score the held-out part", icon=":material/tune:")
     if go_ft:
         try:
+            config = finetune.FineTuneConfig(fraction=float(fraction), epochs=int(epochs), lr=float(lr))
             with st.spinner("Fine-tuning a copy of the model…"):
-                ext.fine_tune(clf, data, main["normalize"], fraction=float(fraction), epochs=int(epochs),
-                              lr=float(lr), run_dir=run_path, eval_id=main["id"],
-                              target=target if main["normalize"] != "none" else None)
-            main = ext.load_evaluation(run_path, main["id"])
+                finetune.fine_tune(clf, data, main["normalize"], config, run_dir=run_path, eval_id=main["id"],
+                                   target=target if main["normalize"] != "none" else None)
+            main = storage.load_evaluation(run_path, main["id"])
         except UserFacingError as e:
             st.error(str(e))
     ft = main.get("fine_tune")
@@ -361,7 +362,7 @@ def results_section(run_path: str) -> None:
 
 def stored_section(run_path: str) -> None:
     st.subheader("Stored evaluations of this run", anchor=False)
-    earlier = ext.list_evaluations(run_path)
+    earlier = storage.list_evaluations(run_path)
     if not earlier:
         st.caption("None yet.")
         return
@@ -379,7 +380,7 @@ def stored_section(run_path: str) -> None:
                                                 f"acc {by_id[i]['accuracy_all']:.3f}")
     if chosen:
         try:
-            show_metrics(ext.load_evaluation(run_path, chosen), f"ext_old_{chosen}")
+            show_metrics(storage.load_evaluation(run_path, chosen), f"ext_old_{chosen}")
         except UserFacingError as e:
             st.error(str(e))
 

@@ -68,7 +68,7 @@ def scale_up(image: np.ndarray, px: int) -> np.ndarray:
 def store_or_stop() -> rv.ReviewStore:
     try:
         return rv.ReviewStore()
-    except Exception as e:  # sqlite3 errors and the like: show them, never a traceback
+    except UserFacingError as e:  # the store wraps SQLite's errors
         st.error(f"Could not open the review database: {e}")
         st.stop()
 
@@ -81,9 +81,7 @@ def session_label(s: dict) -> str:
 
 def open_session(session_id: int) -> None:
     st.session_state.review_sid = int(session_id)
-    st.session_state.review_pos = store.first_unreviewed(session_id)
-    if st.session_state.review_pos is None:
-        st.session_state.review_pos = 0
+    st.session_state.review_pos = store.next_item(session_id)
 
 
 # -- the reviewer and the sessions ------------------------------------------------------------------------
@@ -227,9 +225,7 @@ with right:
         except UserFacingError as e:
             st.session_state.review_error = str(e)
             return
-        nxt = store.first_unreviewed(sid, after=here)
-        st.session_state.review_pos = here + 1 if nxt is None and here + 1 < n else (nxt if nxt is not None
-                                                                                      else here)
+        st.session_state.review_pos = store.next_item(sid, after=here)
 
     st.session_state.review_pos = pos
     if st.session_state.get("review_note_for") != (sid, pos):  # a new cell: its stored note, or nothing

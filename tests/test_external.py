@@ -11,9 +11,10 @@ import pytest
 from conftest import EXTERNAL_DEV
 from external_fixtures import EXTERNAL_COUNTS, cell_image, messy_dataset, mirror_run, save
 
-from core.cli import main
+from core.cli import build_parser, main
 from core.data.registry import label_names, short_label
-from core.validation import external as ext
+from core.evaluation.metrics import SCHEMA_VERSION
+from core.validation.external import errors, finetune, flow, loading, mapping, scan, scoring, storage
 
 SHORT = [short_label(x) for x in label_names()]
 
@@ -31,21 +32,21 @@ def clf(run_dir):
 
 
 @pytest.fixture(scope="module")
-def dev_data(clf) -> ext.ExternalImages:
-    source = ext.scan(EXTERNAL_DEV)
-    return ext.load_images(source, clf.image_size, ext.build_mapping(source.classes, None, clf.labels),
+def dev_data(clf) -> loading.ExternalImages:
+    source = scan.scan(EXTERNAL_DEV)
+    return loading.load_images(source, clf.image_size, mapping.build_mapping(source.classes, None, clf.labels),
                            "medmnist", clf.labels)
 
 
 @pytest.fixture(scope="module")
 def dev_record(clf, dev_data, run_dir) -> dict:
-    return ext.evaluate(clf, dev_data, "none", run_dir=run_dir)
+    return scoring.evaluate(clf, dev_data, "none", run_dir=run_dir)
 
 
 # -- the real external set -----------------------------------------------------------------------------
 
 def test_external_dev_layout_counts():
-    source = ext.scan_folder(EXTERNAL_DEV)
+    source = scan.scan_folder(EXTERNAL_DEV)
     assert source.counts == EXTERNAL_COUNTS
     assert len(source.files) == 100
     assert source.problems() == {"empty_classes": [], "not_images": 0, "loose_files": 0, "nested_files": 0,
@@ -53,7 +54,7 @@ def test_external_dev_layout_counts():
 
 
 def test_external_dev_classes_map_automatically():
-    assert ext.auto_mapping(EXTERNAL_COUNTS) == {name: name for name in EXTERNAL_COUNTS}
+    assert mapping.auto_mapping(EXTERNAL_COUNTS) == {name: name for name in EXTERNAL_COUNTS}
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -66,19 +67,19 @@ def test_external_dev_classes_map_automatically():
     ("Smudge cells", None), ("lymphoblast", None), ("myeloblast", None), ("granulocyte", None), ("Train", None),
 ])
 def test_class_name_mapping(name, expected):
-    assert ext.auto_mapping([name])[name] == expected
+    assert mapping.auto_mapping([name])[name] == expected
 
 
 def test_mapping_overrides_and_errors():
-    mapping = ext.build_mapping(["Band", "Smudge", "weird"], {"weird": "IG", "band": "none"})
-    assert mapping == {"Band": None, "Smudge": None, "weird": "immature granulocytes"}
-    with pytest.raises(ext.ExternalError, match="no class 'nope'"):
-        ext.build_mapping(["Band"], {"nope": "neutrophil"})
-    with pytest.raises(ext.ExternalError, match="unknown class"):
-        ext.build_mapping(["Band"], {"Band": "dragon"})
-    assert ext.parse_map_args(["Band=neutrophil", "Smudge=none"]) == {"Band": "neutrophil", "Smudge": None}
-    with pytest.raises(ext.ExternalError):
-        ext.parse_map_args(["no-equals-sign"])
+    mapped = mapping.build_mapping(["Band", "Smudge", "weird"], {"weird": "IG", "band": "none"})
+    assert mapped == {"Band": None, "Smudge": None, "weird": "immature granulocytes"}
+    with pytest.raises(errors.ExternalError, match="no class 'nope'"):
+        mapping.build_mapping(["Band"], {"nope": "neutrophil"})
+    with pytest.raises(errors.ExternalError, match="unknown class"):
+        mapping.build_mapping(["Band"], {"Band": "dragon"})
+    assert mapping.parse_map_args(["Band=neutrophil", "Smudge=none"]) == {"Band": "neutrophil", "Smudge": None}
+    with pytest.raises(errors.ExternalError):
+        mapping.parse_map_args(["no-equals-sign"])
 
 
 def test_zero_shot_metric_structures(dev_record, dev_data):
@@ -92,14 +93,16 @@ def test_zero_shot_metric_structures(dev_record, dev_data):
         assert {k: v["support"] for k, v in m["per_class"].items()} == EXTERNAL_COUNTS
         for v in m["per_class"].values():
             assert 0 <= v["precision"] <= 1 and 0 <= v["recall"] <= 1 and 0 <= v["f1"] <= 1
-            assert v["accuracy"] == v["recall"]  # Table 15's per-class accuracy
+        assert m["schema_version"] == SCHEMA_VERSION and m["labels"] == SHORT
+        for row in scoring.table14(m)[:-1]:
+            assert row["accuracy"] == m["per_class"][row["class"]]["recall"]  # Table 15's per-class accuracy
         cm = np.asarray(m["confusion"])
         assert cm.shape == (5, n_cols) and cm.sum() == 100
         assert m["rows"] == dev_record["shared_labels"]
         diagonal = sum(cm[i, m["columns"].index(r)] for i, r in enumerate(m["rows"]))
         assert m["accuracy"] == pytest.approx(diagonal / 100)
         assert m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
-        rows = ext.table14(m)
+        rows = scoring.table14(m)
         assert rows[-1]["class"] == "Overall" and rows[-1]["accuracy"] == m["accuracy"]
     assert dev_record["metrics"]["all"]["accuracy"] <= dev_record["metrics"]["shared"]["accuracy"]
 
@@ -121,32 +124,32 @@ def test_shared_only_argmax_never_leaves_the_shared_classes(dev_record, clf, dev
 def test_stored_evaluation_reads_back(dev_record, run_dir):
     path = run_dir / "external" / f"{dev_record['id']}.json"
     assert path.is_file() and dev_record["stored_at"] == str(path)
-    assert ext.EVAL_ID.match(dev_record["id"])
-    back = ext.load_evaluation(run_dir, dev_record["id"])
+    assert storage.EVAL_ID.match(dev_record["id"])
+    back = storage.load_evaluation(run_dir, dev_record["id"])
     assert back == json.loads(json.dumps({k: v for k, v in dev_record.items() if k != "stored_at"}))
     assert back["dataset"]["path"] == str(EXTERNAL_DEV)
     assert back["mapping"] == {k: k for k in EXTERNAL_COUNTS}
     assert back["normalize"] == "none" and back["resize"] == "medmnist"
-    rows = ext.list_evaluations(run_dir)
+    rows = storage.list_evaluations(run_dir)
     assert dev_record["id"] in [r["id"] for r in rows]
     row = next(r for r in rows if r["id"] == dev_record["id"])
     assert row["accuracy_all"] == dev_record["metrics"]["all"]["accuracy"] and row["excluded"] == 0
     assert not list((run_dir / "external").glob(".*.tmp"))  # atomic writes leave nothing behind
-    with pytest.raises(ext.ExternalError):
-        ext.load_evaluation(run_dir, "../../etc/passwd")
+    with pytest.raises(errors.ExternalError):
+        storage.load_evaluation(run_dir, "../../etc/passwd")
 
 
 def test_damaged_evaluation_file_is_skipped_in_listing(run_dir, dev_record):
     (run_dir / "external" / "20990101-000000-abcdef.json").write_text("{ not json")
     try:
-        ids = [r["id"] for r in ext.list_evaluations(run_dir)]
+        ids = [r["id"] for r in storage.list_evaluations(run_dir)]
         assert dev_record["id"] in ids and "20990101-000000-abcdef" not in ids
     finally:
         (run_dir / "external" / "20990101-000000-abcdef.json").unlink()
 
 
 def test_reinhard_evaluation_and_cached_training_statistics(clf, dev_data, run_dir):
-    record = ext.evaluate(clf, dev_data, "reinhard", run_dir=run_dir, store=False)
+    record = scoring.evaluate(clf, dev_data, "reinhard", run_dir=run_dir, store=False)
     assert record["normalize"] == "reinhard" and "target" in record["normalization"]
     assert (run_dir / "stain_stats.json").is_file()
     assert "stored_at" not in record
@@ -154,8 +157,8 @@ def test_reinhard_evaluation_and_cached_training_statistics(clf, dev_data, run_d
 
 
 def test_plain_resize_gives_the_model_size(clf):
-    source = ext.scan(EXTERNAL_DEV)
-    data = ext.load_images(source, clf.image_size, None, "plain", clf.labels)
+    source = scan.scan(EXTERNAL_DEV)
+    data = loading.load_images(source, clf.image_size, None, "plain", clf.labels)
     assert data.images.shape == (100, clf.image_size, clf.image_size, 3) and data.resize == "plain"
 
 
@@ -163,22 +166,22 @@ def test_plain_resize_gives_the_model_size(clf):
 
 def test_messy_folder_is_counted_never_fatal(tmp_path, clf, run_dir):
     root = messy_dataset(tmp_path / "messy")
-    source = ext.scan_folder(root)
+    source = scan.scan_folder(root)
     assert source.counts == {"Basophils": 2, "Lymphocytes": 2, "monocytes": 0, "Neutrophil": 3, "Smudge cells": 1}
     assert source.empty_classes == ["monocytes"]
     assert (source.not_images, source.loose_files, source.nested_files) == (1, 1, 1)
-    mapping = ext.build_mapping(source.classes, None, clf.labels)
-    assert mapping == {"Basophils": "basophil", "Lymphocytes": "lymphocyte", "monocytes": "monocyte",
+    mapped = mapping.build_mapping(source.classes, None, clf.labels)
+    assert mapped == {"Basophils": "basophil", "Lymphocytes": "lymphocyte", "monocytes": "monocyte",
                        "Neutrophil": "neutrophil", "Smudge cells": None}
-    data = ext.load_images(source, clf.image_size, mapping, "medmnist", clf.labels)
+    data = loading.load_images(source, clf.image_size, mapped, "medmnist", clf.labels)
     assert len(data) == 5
     ex = data.excluded
     assert ex["unmapped"] == {"Smudge cells": 1} and ex["unreadable"] == 2
     assert ex["empty_classes"] == ["monocytes"] and ex["loose_files"] == 1 and ex["not_images"] == 1
     assert any("not_really.png" in m for m in ex["messages"])
     assert any("truncated.jpg" in m for m in ex["messages"])
-    assert ext.excluded_total(ex) == 1 + 2 + 1 + 1
-    record = ext.evaluate(clf, data, "none", run_dir=run_dir, store=False)
+    assert storage.excluded_total(ex) == 1 + 2 + 1 + 1
+    record = scoring.evaluate(clf, data, "none", run_dir=run_dir, store=False)
     assert set(record["shared_labels"]) == {"basophil", "lymphocyte", "neutrophil"}
     assert record["metrics"]["shared"]["n"] == 5
 
@@ -186,7 +189,7 @@ def test_messy_folder_is_counted_never_fatal(tmp_path, clf, run_dir):
 def test_wrapper_folder_is_entered(tmp_path):
     save(tmp_path / "Raabin" / "Train" / "Basophil" / "a.png", cell_image(1))
     save(tmp_path / "Raabin" / "Train" / "Monocyte" / "b.png", cell_image(2))
-    source = ext.scan_folder(tmp_path / "Raabin")
+    source = scan.scan_folder(tmp_path / "Raabin")
     assert source.counts == {"Basophil": 1, "Monocyte": 1}
     assert source.location.endswith("Train")
 
@@ -199,17 +202,17 @@ def test_folder_without_classes_is_a_clear_error(tmp_path, layout):
     elif layout == "files_only":
         (root).mkdir()
         (root / "notes.txt").write_text("x")
-    with pytest.raises(ext.ExternalError):
-        ext.scan_folder(root)
+    with pytest.raises(errors.ExternalError):
+        scan.scan_folder(root)
 
 
 def test_only_unmapped_classes_cannot_be_scored(tmp_path, clf):
     save(tmp_path / "d" / "Smudge" / "a.png", cell_image(1))
-    source = ext.scan_folder(tmp_path / "d")
-    data = ext.load_images(source, clf.image_size, None, "medmnist", clf.labels)
+    source = scan.scan_folder(tmp_path / "d")
+    data = loading.load_images(source, clf.image_size, None, "medmnist", clf.labels)
     assert len(data) == 0 and data.excluded["unmapped"] == {"Smudge": 1}
-    with pytest.raises(ext.ExternalError, match="No images to evaluate"):
-        ext.evaluate(clf, data, store=False)
+    with pytest.raises(errors.ExternalError, match="No images to evaluate"):
+        scoring.evaluate(clf, data, store=False)
 
 
 def test_csv_input_with_bad_rows(tmp_path, clf):
@@ -232,53 +235,53 @@ def test_csv_input_with_bad_rows(tmp_path, clf):
     ]
     csv_file = tmp_path / "labels.csv"
     csv_file.write_text("\n".join(rows) + "\n")
-    source = ext.scan_csv(csv_file)
+    source = scan.scan_csv(csv_file)
     assert source.kind == "csv"
     assert (source.bad_rows, source.missing_files, source.not_images) == (2, 1, 1)
     assert source.counts == {"IG": 1, "Lymphocyte": 1, "lymphocytes": 1, "monocyte": 1, "Smudge": 1}
-    data = ext.load_images(source, clf.image_size, None, "medmnist", clf.labels)
+    data = loading.load_images(source, clf.image_size, None, "medmnist", clf.labels)
     assert len(data) == 3
     assert data.excluded["unreadable"] == 1 and data.excluded["unmapped"] == {"Smudge": 1}
     assert sorted(SHORT[i] for i in data.labels) == ["immature granulocytes", "lymphocyte", "lymphocyte"]
     # without a header, and with a base folder for the relative paths
     plain = tmp_path / "plain.csv"
     plain.write_text("a.png,basophil\nb.png,basophil\n")
-    assert ext.scan_csv(plain, images).counts == {"basophil": 2}
+    assert scan.scan_csv(plain, images).counts == {"basophil": 2}
 
 
 def test_unreadable_csv_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\xff\xfe\x00garbage\x00\x81")
-    with pytest.raises(ext.ExternalError):
-        ext.scan_csv(bad)
-    with pytest.raises(ext.ExternalError):
-        ext.scan_csv(tmp_path / "missing.csv")
+    with pytest.raises(errors.ExternalError):
+        scan.scan_csv(bad)
+    with pytest.raises(errors.ExternalError):
+        scan.scan_csv(tmp_path / "missing.csv")
 
 
 # -- fine-tuning and the command line ----------------------------------------------------------------------
 
 def test_stratified_halves():
     labels = np.array([0] * 3 + [1] * 12 + [2] * 37 + [3] * 1)
-    tune, held = ext.stratified_halves(labels, 0.5, seed=3)
+    tune, held = finetune.stratified_halves(labels, 0.5, seed=3)
     assert not set(tune) & set(held) and len(tune) + len(held) == len(labels)
     for c, n in ((0, 3), (1, 12), (2, 37)):
         assert 1 <= (labels[tune] == c).sum() < n and (labels[held] == c).sum() >= 1
     assert (labels[held] == 3).sum() == 1  # a single image is scored, never learnt from
-    again = ext.stratified_halves(labels, 0.5, seed=3)
+    again = finetune.stratified_halves(labels, 0.5, seed=3)
     assert np.array_equal(again[0], tune)
 
 
 def test_fine_tune_reports_held_out_apart_and_is_stored(clf, dev_data, dev_record, run_dir):
     before = clf.model.get_weights()[0].copy()
-    result = ext.fine_tune(clf, dev_data, "none", epochs=1, lr=1e-4, seed=0, run_dir=run_dir,
-                           eval_id=dev_record["id"])
+    result = finetune.fine_tune(clf, dev_data, "none", finetune.FineTuneConfig(epochs=1, lr=1e-4, seed=0),
+                                run_dir=run_dir, eval_id=dev_record["id"])
     assert result["n_fine_tune"] + result["n_held_out"] == 100
     assert sum(result["held_out_counts"].values()) == result["n_held_out"]
     for part in ("zero_shot", "fine_tuned"):
         assert result[part]["all"]["n"] == result["n_held_out"]
         assert set(result[part]["shared"]["per_class"]) == set(EXTERNAL_COUNTS)
     assert np.array_equal(clf.model.get_weights()[0], before)  # the run's model is untouched
-    stored = ext.load_evaluation(run_dir, dev_record["id"])
+    stored = storage.load_evaluation(run_dir, dev_record["id"])
     assert stored["fine_tune"]["n_held_out"] == result["n_held_out"]
     assert stored["metrics"] == json.loads(json.dumps(dev_record["metrics"]))  # zero-shot result unchanged
 
@@ -309,3 +312,56 @@ def test_cli_external_with_map_and_errors(run_dir, tmp_path, capsys):
     assert main(["external", "--run", str(run_dir)]) == 2
     assert main(["external", "--run", str(run_dir), "--folder", str(root), "--map", "Nope=monocyte"]) == 2
     assert "no class 'Nope'" in capsys.readouterr().err
+
+
+def test_fine_tune_settings_have_one_home():
+    ft = finetune.FineTuneConfig()
+    assert (ft.fraction, ft.epochs, ft.lr, ft.seed) == (0.5, 3, 1e-4, 0)
+    assert finetune.FineTuneConfig(fraction=0.05, epochs=50).epochs == 50
+    for field, value in (("fraction", 0.99), ("fraction", 0.0), ("epochs", 0), ("epochs", 51), ("epochs", 2.5),
+                         ("lr", 0.0), ("lr", 1.0), ("seed", -1), ("fraction", "half")):
+        with pytest.raises(errors.ExternalError, match=f"fine-tune {'learning rate' if field == 'lr' else field}"):
+            finetune.FineTuneConfig(**{field: value})
+    parser_defaults = {a.dest: a.default for a in build_parser()._subparsers._group_actions[0]
+                       .choices["external"]._actions}
+    assert (parser_defaults["fine_tune_fraction"], parser_defaults["fine_tune_epochs"],
+            parser_defaults["fine_tune_lr"], parser_defaults["seed"]) == (ft.fraction, ft.epochs, ft.lr, ft.seed)
+
+
+def test_cli_refuses_fine_tune_settings_out_of_range_before_scoring(run_dir, capsys):
+    before = set((run_dir / "external").glob("*.json"))
+    code = main(["external", "--run", str(run_dir), "--folder", str(EXTERNAL_DEV), "--fine-tune",
+                 "--fine-tune-epochs", "99"])
+    assert code == 2 and "fine-tune epochs must be between 1 and 50" in capsys.readouterr().err
+    assert set((run_dir / "external").glob("*.json")) == before  # nothing scored or stored
+
+
+def test_run_external_compares_normalisations_in_one_flow(clf, dev_data, run_dir):
+    records = flow.run_external(clf, dev_data, "reinhard", compare=("none",), run_dir=run_dir, store=False)
+    assert [r["normalize"] for r in records] == ["none", "reinhard"]
+    assert all(r["n_images"] == 100 and "stored_at" not in r for r in records)
+    with pytest.raises(errors.ExternalError):
+        flow.run_external(clf, dev_data, "sepia", run_dir=run_dir, store=False)
+
+
+def test_a_record_written_before_schema_version_still_reads(dev_record, run_dir):
+    """The layout external evaluations had before this version: per-class 'accuracy', no labels, no
+    schema_version: listed, shown as Tables 14/15 and summarised as before."""
+    old = json.loads(json.dumps({k: v for k, v in dev_record.items() if k not in ("schema_version", "stored_at")}))
+    old["id"] = "20200101-000000-0ab1cd"
+    for table in old["metrics"].values():
+        for key in ("schema_version", "labels", "auc", "loss"):
+            table.pop(key)
+        for v in table["per_class"].values():
+            v["accuracy"] = v["recall"]
+    (run_dir / "external" / f"{old['id']}.json").write_text(json.dumps(old))
+    try:
+        assert old["id"] in [r["id"] for r in storage.list_evaluations(run_dir)]
+        back = storage.load_evaluation(run_dir, old["id"])
+        for mode in ("all", "shared"):
+            assert scoring.table14(back["metrics"][mode]) == scoring.table14(dev_record["metrics"][mode])
+        new, legacy = scoring.summary(dev_record), scoring.summary(back)
+        assert {k: v for k, v in legacy.items() if k not in ("eval_id", "stored_at")} == \
+            {k: v for k, v in new.items() if k not in ("eval_id", "stored_at")}
+    finally:
+        (run_dir / "external" / f"{old['id']}.json").unlink()

@@ -11,7 +11,7 @@ from conftest import EXTERNAL_DEV
 from external_fixtures import EXTERNAL_COUNTS, messy_dataset, mirror_run
 from streamlit.testing.v1 import AppTest
 
-from core.validation import external as ext
+from core.validation.external import flow, loading, storage
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(PROJECT_ROOT / "pages" / "external.py")
@@ -60,7 +60,7 @@ def test_evaluate_external_dev_end_to_end(monkeypatch, artifacts):
         assert heading in body
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Images scored"] == "100" and metrics["Files left out"] == "0"
-    stored = ext.list_evaluations(run_dir(artifacts))
+    stored = storage.list_evaluations(run_dir(artifacts))
     assert sorted(r["normalize"] for r in stored[:2]) == ["none", "reinhard"]
     tables = [d.value for d in at.dataframe]
     t14 = next(t for t in tables if "Support" in getattr(t, "columns", []))
@@ -83,7 +83,7 @@ def test_fine_tune_from_the_page(monkeypatch, artifacts):
     form_button.click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Fine-tuned on" in texts(at)
-    newest = ext.list_evaluations(run_dir(artifacts))[0]
+    newest = storage.list_evaluations(run_dir(artifacts))[0]
     assert newest["fine_tuned_accuracy"] is not None
 
 
@@ -113,12 +113,13 @@ def test_bad_paths_are_clear_errors(monkeypatch, artifacts, tmp_path):
 
 
 def test_stored_evaluations_show_on_the_results_page(monkeypatch, artifacts):
-    stored = ext.list_evaluations(run_dir(artifacts))
+    stored = storage.list_evaluations(run_dir(artifacts))
     if not stored:  # this test may run alone
         from core.inference.classifier import Classifier
 
-        ext.run_external(run_dir(artifacts), EXTERNAL_DEV, clf=Classifier(run_dir(artifacts)))
-        stored = ext.list_evaluations(run_dir(artifacts))
+        clf = Classifier(run_dir(artifacts))
+        flow.run_external(clf, loading.load_for_run(clf, EXTERNAL_DEV), run_dir=run_dir(artifacts))
+        stored = storage.list_evaluations(run_dir(artifacts))
     monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
     at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "results.py"), default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]

@@ -56,6 +56,40 @@ def test_sessions_survive_a_restart_and_resume_at_the_first_unreviewed_cell(tmp_
     assert [r["id"] for r in rv.ReviewStore(db).sessions("Dr A")] == [sid]
 
 
+def test_next_item_resumes_and_moves_on_after_a_decision(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store)
+    assert store.next_item(sid) == 0  # opening a new session: its first cell
+    store.record(sid, 0, "agree")
+    store.record(sid, 2, "unsure")
+    assert store.next_item(sid) == 1  # resuming: the first cell without a decision
+    assert store.next_item(sid, after=0) == 1
+    assert store.next_item(sid, after=1) == 3  # skips the decided cell 2
+    assert store.next_item(sid, after=5) == 1  # wraps round
+    for position in (1, 3, 4, 5):
+        store.record(sid, position, "agree")
+    assert store.next_item(sid) == 0  # all done: back to the first cell
+    assert store.next_item(sid, after=2) == 3  # all done: the cell after the one just decided
+    assert store.next_item(sid, after=5) == 5  # ... or the last one stays
+
+
+def test_a_damaged_database_is_a_store_error(tmp_path):
+    from core.errors import StoreError, UserFacingError
+
+    db = tmp_path / "reviews.sqlite"
+    db.write_bytes(b"this is not an SQLite database, just some bytes" * 50)
+    with pytest.raises(rv.ReviewStoreError, match="reviews.sqlite") as caught:
+        rv.ReviewStore(db)
+    assert isinstance(caught.value, StoreError) and isinstance(caught.value, UserFacingError)
+    good = rv.ReviewStore(tmp_path / "good.sqlite")
+    sid = new_session(good)
+    (tmp_path / "good.sqlite").write_bytes(b"\0" * 4096)  # damaged while in use
+    for tmp in tmp_path.glob("good.sqlite-*"):
+        tmp.unlink()
+    with pytest.raises(rv.ReviewStoreError):
+        good.cells(sid)
+
+
 def test_a_decision_can_be_changed_and_cleared(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     sid = new_session(store)

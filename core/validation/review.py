@@ -23,17 +23,22 @@ import json
 import secrets
 import sqlite3
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from core.data.dataset import read_split
 from core.data.registry import short_label
-from core.errors import UserFacingError
+from core.errors import StoreError, UserFacingError
+from core.evaluation.confusion import ambiguous_labels
+from core.evaluation.metrics import evaluate_calls
+from core.validation.external.loading import load_images
+from core.validation.external.mapping import build_mapping
+from core.validation.external.scan import scan
 
 REVIEWS_DB = "reviews.sqlite"
 UPLOADS_DIR = "review_uploads"
@@ -43,7 +48,6 @@ UNSURE, NOT_CELL = "unsure", "not a cell"  # reviewer categories besides the 8 c
 ORDERS = ("confidence", "ambiguous")
 ORDER_TITLES = {"confidence": "Lowest confidence first",
                 "ambiguous": "Ambiguous classes first (monocyte, immature granulocyte)"}
-AMBIGUOUS_WORDS = ("monocyte", "immature")  # first words of the BloodMNIST labels reviewed first
 SOURCES = ("test", "external", "uploads")
 SOURCE_TITLES = {"test": "Test split of the run", "external": "External dataset", "uploads": "Uploaded images"}
 MAX_NOTE = 2000
@@ -53,7 +57,11 @@ CSV_COLUMNS = ("session_id", "reviewer", "position", "cell_key", "image", "true_
 
 
 class ReviewError(UserFacingError, ValueError):
-    pass
+    """A review input a user can fix (a name, a decision, a session that does not exist)."""
+
+
+class ReviewStoreError(StoreError):
+    """The review database could not be opened, read or written (SQLite's errors, wrapped)."""
 
 
 def default_db_path() -> Path:
@@ -104,8 +112,12 @@ class ReviewStore:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ReviewStoreError(f"Cannot create the folder of the review database {self.path} "
+                                   f"({e.strerror or e})") from None
+        with self._db(write=True) as db:
             db.executescript(
                 """CREATE TABLE IF NOT EXISTS review_sessions (
                        id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, reviewer TEXT NOT NULL,
@@ -130,6 +142,20 @@ class ReviewStore:
         db.execute("PRAGMA foreign_keys=ON")
         return db
 
+    @contextmanager
+    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection (in a transaction when `write`); SQLite's errors come out as ReviewStoreError."""
+        try:
+            with closing(self._connect()) as db:
+                if write:
+                    with db:
+                        yield db
+                else:
+                    yield db
+        except sqlite3.Error as e:
+            raise ReviewStoreError(f"The review database {self.path} cannot be used ({e}). If it is damaged, "
+                                   f"move it away and a new, empty one is started.") from None
+
     # -- sessions -----------------------------------------------------------------------------------------
     def create_session(self, reviewer: str, run_id: str, run_path: str | Path, source_kind: str, source: str,
                        order: str, cells: Sequence[CellSpec], labels: Sequence[str],
@@ -142,7 +168,7 @@ class ReviewStore:
         if not cells:
             raise ReviewError("There are no cells to review in this source")
         labels = [short_label(x) for x in labels]
-        with closing(self._connect()) as db, db:
+        with self._db(write=True) as db:
             cur = db.execute(
                 "INSERT INTO review_sessions (created, reviewer, run_id, run_path, source_kind, source, order_mode, "
                 "resize, set_key, labels_json, n_cells) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -164,14 +190,14 @@ class ReviewStore:
         if reviewer:
             query += " WHERE s.reviewer = ?"
             args = (check_reviewer(reviewer),)
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = [dict(r) for r in db.execute(query + " ORDER BY s.id DESC", args)]
         for r in rows:
             r["labels"] = json.loads(r.pop("labels_json"))
         return rows
 
     def session(self, session_id: int) -> dict[str, Any]:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             row = db.execute("SELECT s.*, (SELECT COUNT(*) FROM review_decisions d WHERE d.session_id = s.id) "
                              "AS reviewed FROM review_sessions s WHERE s.id = ?", (int(session_id),)).fetchone()
         if row is None:
@@ -181,7 +207,7 @@ class ReviewStore:
         return out
 
     def delete_session(self, session_id: int) -> None:
-        with closing(self._connect()) as db, db:
+        with self._db(write=True) as db:
             db.execute("DELETE FROM review_decisions WHERE session_id = ?", (int(session_id),))
             db.execute("DELETE FROM review_cells WHERE session_id = ?", (int(session_id),))
             db.execute("DELETE FROM review_sessions WHERE id = ?", (int(session_id),))
@@ -189,7 +215,7 @@ class ReviewStore:
     # -- cells and decisions ------------------------------------------------------------------------------
     def cells(self, session_id: int) -> list[dict[str, Any]]:
         """Every cell of a session in review order, with its decision (None where not reviewed yet)."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = db.execute(
                 "SELECT c.position, c.cell_key, c.image, c.true_label, c.model_label, c.confidence, "
                 "d.decision, d.label, d.note, d.reviewer, d.decided_at FROM review_cells c "
@@ -198,7 +224,7 @@ class ReviewStore:
         return [dict(r) for r in rows]
 
     def cell(self, session_id: int, position: int) -> dict[str, Any]:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             row = db.execute(
                 "SELECT c.position, c.cell_key, c.image, c.true_label, c.model_label, c.confidence, "
                 "d.decision, d.label, d.note, d.reviewer, d.decided_at FROM review_cells c "
@@ -227,13 +253,13 @@ class ReviewStore:
         if len(note) > MAX_NOTE:
             raise ReviewError(f"The note is longer than {MAX_NOTE} characters")
         reviewer = check_reviewer(reviewer or s["reviewer"])
-        with closing(self._connect()) as db, db:
+        with self._db(write=True) as db:
             db.execute("INSERT OR REPLACE INTO review_decisions (session_id, position, decision, label, note, "
                        "reviewer, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (int(session_id), int(position), decision, label, note, reviewer, time.time()))
 
     def clear(self, session_id: int, position: int) -> None:
-        with closing(self._connect()) as db, db:
+        with self._db(write=True) as db:
             db.execute("DELETE FROM review_decisions WHERE session_id = ? AND position = ?",
                        (int(session_id), int(position)))
 
@@ -243,7 +269,7 @@ class ReviewStore:
 
     def first_unreviewed(self, session_id: int, after: int = -1) -> int | None:
         """The first cell without a decision after `after` (wrapping round); None when all are done."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = db.execute(
                 "SELECT c.position FROM review_cells c LEFT JOIN review_decisions d ON d.session_id = c.session_id "
                 "AND d.position = c.position WHERE c.session_id = ? AND d.decision IS NULL ORDER BY c.position",
@@ -253,6 +279,17 @@ class ReviewStore:
             return None
         later = [p for p in positions if p > after]
         return later[0] if later else positions[0]
+
+    def next_item(self, session_id: int, after: int | None = None) -> int:
+        """The cell a reviewer goes to next. Opening a session (`after` None): the first cell without a decision,
+        or the first cell when all are done. After deciding on cell `after`: the next cell without a decision
+        (wrapping round); when none is left, the cell after it (or `after` itself, at the last cell)."""
+        nxt = self.first_unreviewed(session_id, -1 if after is None else after)
+        if nxt is not None:
+            return nxt
+        if after is None:
+            return 0
+        return after + 1 if after + 1 < self.session(session_id)["n_cells"] else after
 
     def same_set(self, session_id: int) -> list[dict[str, Any]]:
         """Other sessions over exactly the same cells (other reviewers, or the same one again)."""
@@ -266,15 +303,14 @@ class ReviewStore:
         cells = self.cells(session_id)
         reviewed = [c for c in cells if c["decision"]]
         categories = labels + [UNSURE, NOT_CELL]
-        col = {c: j for j, c in enumerate(categories)}
-        row = {c: i for i, c in enumerate(labels)}
-        confusion = np.zeros((len(labels), len(categories)), dtype=int)
+        index = {c: j for j, c in enumerate(categories)}
+        calls = [(index[c["model_label"]], index[cat]) for c in reviewed
+                 if c["model_label"] in labels and (cat := reviewer_category(c["decision"], c["label"])) in index]
+        model_calls, reviewer_calls = (np.asarray(x, dtype=int) for x in (zip(*calls) if calls else ((), ())))
+        confusion = evaluate_calls(model_calls, reviewer_calls, categories, rows=range(len(labels))).confusion
         per_class = {label: {"reviewed": 0, "agree": 0, "reclassify": 0, "unsure": 0, "not_cell": 0}
                      for label in labels}
         for c in reviewed:
-            cat = reviewer_category(c["decision"], c["label"])
-            if c["model_label"] in row and cat in col:
-                confusion[row[c["model_label"]], col[cat]] += 1
             entry = per_class.setdefault(c["model_label"], {"reviewed": 0, "agree": 0, "reclassify": 0,
                                                             "unsure": 0, "not_cell": 0})
             entry["reviewed"] += 1
@@ -298,7 +334,7 @@ class ReviewStore:
             "reviewed": len(reviewed), "decisions": {d: sum(c["decision"] == d for c in reviewed) for d in DECISIONS},
             "agreement_overall": n_agree / len(reviewed) if reviewed else None,
             "agreement": agreement,
-            "confusion": {"rows": labels, "columns": categories, "matrix": confusion.tolist()},
+            "confusion": {"rows": labels, "columns": categories, "matrix": confusion},
             "vs_truth": vs_truth,
         }
 
@@ -342,7 +378,7 @@ def order_cells(cells: Sequence[CellSpec], order: str, labels: Sequence[str]) ->
     """Lowest confidence first; or cells the model calls an ambiguous class first, each group by confidence."""
     if order not in ORDERS:
         raise ReviewError(f"order must be one of {', '.join(ORDERS)}")
-    ambiguous = {short_label(x) for x in labels if short_label(x).split()[0].lower() in AMBIGUOUS_WORDS}
+    ambiguous = set(ambiguous_labels(labels))
     if order == "confidence":
         return sorted(cells, key=lambda c: (c.confidence, c.key))
     return sorted(cells, key=lambda c: (c.model_label not in ambiguous, c.confidence, c.key))
@@ -372,12 +408,9 @@ def cells_from_external(clf, folder: str | None = None, csv_file: str | None = N
                         overrides: dict[str, str | None] | None = None, resize: str = "medmnist",
                         limit: int = 0, order: str = "confidence", include_unmapped: bool = True) -> list[CellSpec]:
     """An external dataset's images (unmapped classes too: a reviewer may look at any cell)."""
-    from core.validation import external  # noqa: PLC0415
-
-    source = external.scan(folder, csv_file)
-    mapping = external.build_mapping(source.classes, overrides, clf.labels)
-    data = external.load_images(source, clf.image_size, mapping, resize, clf.labels,
-                                keep_unmapped=include_unmapped)
+    source = scan(folder, csv_file)
+    mapping = build_mapping(source.classes, overrides, clf.labels)
+    data = load_images(source, clf.image_size, mapping, resize, clf.labels, keep_unmapped=include_unmapped)
     truths = [mapping.get(s) for s in data.source_classes]
     specs = _specs(clf, data.images, data.paths, data.paths, truths)
     ordered = order_cells(specs, order, clf.labels)

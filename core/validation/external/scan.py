@@ -1,0 +1,202 @@
+"""External validation, step 1: read a dataset's layout without decoding anything.
+
+A folder with one subfolder per class (the Raabin-WBC layout; images may sit in nested subfolders of a class
+folder) or a CSV of `path,label`. Problems are counted and reported, never raised: empty class folders, files
+that are not images, loose files outside class folders, CSV rows that are malformed or name missing files.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.data.registry import label_names
+from core.validation.external.errors import ExternalError
+from core.validation.external.mapping import auto_map
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
+MAX_MESSAGES = 50  # problem details kept for display; the counts are always complete
+CSV_PATH_HEADERS = ("path", "file", "filename", "file_name", "image", "image_path", "img", "filepath")
+CSV_LABEL_HEADERS = ("label", "class", "class_name", "classname", "category", "cell_type", "celltype", "type")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    source_class: str
+
+
+@dataclass
+class ExternalSource:
+    """What a dataset holds, by its own class names, and what is wrong with it (nothing decoded yet)."""
+
+    location: str  # the folder, or the CSV file
+    kind: str  # "folder" or "csv"
+    files: list[SourceFile] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)  # class folders with no image in them
+    not_images: int = 0  # files skipped because their extension is not an image's
+    loose_files: int = 0  # images directly in the folder, outside any class folder
+    nested_files: int = 0  # images found in subfolders of a class folder (used, with that class)
+    bad_rows: int = 0  # CSV rows without a path and a label
+    missing_files: int = 0  # CSV rows naming a file that does not exist
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = Counter(f.source_class for f in self.files)
+        for name in self.empty_classes:
+            counts.setdefault(name, 0)
+        return dict(sorted(counts.items(), key=lambda kv: kv[0].lower()))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.counts)
+
+    def note(self, message: str) -> None:
+        if len(self.messages) < MAX_MESSAGES:
+            self.messages.append(message)
+
+    def problems(self) -> dict[str, Any]:
+        return {"empty_classes": list(self.empty_classes), "not_images": self.not_images,
+                "loose_files": self.loose_files, "nested_files": self.nested_files, "bad_rows": self.bad_rows,
+                "missing_files": self.missing_files}
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name.lower() in IGNORED_NAMES
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def scan_folder(folder: str | Path) -> ExternalSource:
+    """One subfolder per class, images anywhere inside it (nested subfolders count for the top class).
+
+    A folder holding only one subfolder that is not itself a class (say `Raabin/Train/<class>/`) is entered.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ExternalError(f"No folder at {root}")
+    root = _enter_wrappers(root)
+    out = ExternalSource(str(root), "folder")
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name.lower())
+    except OSError as e:
+        raise ExternalError(f"Cannot list {root} ({e.strerror or e})") from None
+    for entry in entries:
+        if _ignored(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            _scan_class(out, Path(entry.path), entry.name)
+        elif _is_image(entry.name):
+            out.loose_files += 1
+            out.note(f"{entry.name}: an image outside any class folder, left out")
+        else:
+            out.not_images += 1
+    if not out.files and not out.empty_classes:
+        raise ExternalError(f"{root} holds no class folders (expected one subfolder per class, "
+                            f"images inside, as in Raabin-WBC)")
+    return out
+
+
+def _enter_wrappers(root: Path, depth: int = 3) -> Path:
+    labels = label_names()
+    for _ in range(depth):
+        try:
+            entries = [e for e in os.scandir(root) if not _ignored(e.name)]
+        except OSError:
+            return root
+        dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
+        files = [e for e in entries if not e.is_dir(follow_symlinks=False) and _is_image(e.name)]
+        if len(dirs) != 1 or files or auto_map(dirs[0].name, labels) is not None:
+            return root
+        inner = Path(dirs[0].path)
+        try:
+            if not any(e.is_dir(follow_symlinks=False) and not _ignored(e.name) for e in os.scandir(inner)):
+                return root
+        except OSError:
+            return root
+        root = inner
+    return root
+
+
+def _scan_class(out: ExternalSource, folder: Path, name: str) -> None:
+    found = 0
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=lambda e: out.note(f"{name}: {e}")):
+        dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
+        nested = Path(dirpath) != folder
+        for fname in sorted(filenames):
+            if _ignored(fname):
+                continue
+            if not _is_image(fname):
+                out.not_images += 1
+                continue
+            out.files.append(SourceFile(str(Path(dirpath) / fname), name))
+            found += 1
+            out.nested_files += int(nested)
+    if not found:
+        out.empty_classes.append(name)
+        out.note(f"{name}/: no images in this class folder")
+
+
+def scan_csv(csv_path: str | Path, base: str | Path | None = None) -> ExternalSource:
+    """Rows of `path,label` (a header row is recognised and skipped); relative paths are read from `base`,
+    else from the CSV's own folder."""
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise ExternalError(f"No CSV file at {csv_path}")
+    base = Path(base).expanduser() if base else csv_path.parent
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ExternalError(f"{csv_path.name} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise ExternalError(f"{csv_path.name}: cannot read the file ({e.strerror or e})") from None
+    out = ExternalSource(str(csv_path), "csv")
+    try:
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as e:
+        raise ExternalError(f"{csv_path.name} is not a readable CSV ({e})") from None
+    path_col, label_col, start = 0, 1, 0
+    if rows:
+        header = [c.strip().lower() for c in rows[0]]
+        p = next((i for i, c in enumerate(header) if c in CSV_PATH_HEADERS), None)
+        lab = next((i for i, c in enumerate(header) if c in CSV_LABEL_HEADERS), None)
+        if p is not None and lab is not None:
+            path_col, label_col, start = p, lab, 1
+    for number, row in enumerate(rows[start:], start=start + 1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(path_col, label_col) or not row[path_col].strip() or not row[label_col].strip():
+            out.bad_rows += 1
+            out.note(f"row {number}: expected a path and a label, got {','.join(row)[:80]!r}")
+            continue
+        rel, label = row[path_col].strip(), row[label_col].strip()
+        path = Path(rel).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not _is_image(path.name):
+            out.not_images += 1
+            out.note(f"row {number}: {rel} is not an image file name")
+            continue
+        if not path.is_file():
+            out.missing_files += 1
+            out.note(f"row {number}: no file at {rel}")
+            continue
+        out.files.append(SourceFile(str(path), label))
+    if not out.files and not out.bad_rows and not out.missing_files and not out.not_images:
+        raise ExternalError(f"{csv_path.name} has no rows (expected path,label rows)")
+    return out
+
+
+def scan(folder: str | Path | None = None, csv_file: str | Path | None = None) -> ExternalSource:
+    if csv_file:
+        return scan_csv(csv_file, folder)
+    if folder:
+        return scan_folder(folder)
+    raise ExternalError("Give a dataset folder (one subfolder per class) or a CSV of path,label")
