@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from core.config import ARCHITECTURES, RunConfig
+from core.config import RunConfig
+from core.models.architectures import KERAS_MIN_SIZE, KEYS
 from core.models.batchnorm import batchnorm_layers
 from core.models.build import (
-    KERAS_MIN_SIZE,
     SCRATCH_BN_MOMENTUM,
     WeightsUnavailableError,
     build_model,
@@ -21,7 +21,7 @@ from core.models.build import (
 N_CLASSES = 8
 KERAS_DEFAULT_BN_MOMENTUM = keras.layers.BatchNormalization().momentum  # 0.99 in Keras 3
 # The large backbones upsample 28 px to 32 anyway; at 64 px only the cheaper ones are built (time).
-CASES = [(arch, 28) for arch in ARCHITECTURES] + [
+CASES = [(arch, 28) for arch in KEYS] + [
     (arch, 64) for arch in ("resnet18", "resnet50", "mobilenetv3small", "efficientnetb0")]
 
 

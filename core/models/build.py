@@ -12,20 +12,14 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from core.config import DISPLAY_NAMES, RunConfig
+from core.config import RunConfig
 from core.errors import UserFacingError
+from core.models import architectures
+from core.models.architectures import display_name
 from core.models.resnet18 import ResNet18
 
-KERAS_MIN_SIZE = 32  # keras.applications backbones refuse smaller inputs
 SCRATCH_BN_MOMENTUM = 0.9  # Keras' 0.99-0.999 lags far behind the weights on short schedules
-
-_BACKBONES = {
-    "resnet50": keras.applications.ResNet50,
-    "resnet101": keras.applications.ResNet101,
-    "mobilenetv3small": keras.applications.MobileNetV3Small,
-    "efficientnetb0": keras.applications.EfficientNetB0,
-    "densenet121": keras.applications.DenseNet121,
-}
+WRITTEN_HERE = {"resnet18": ResNet18}  # backbones keras.applications lacks (registry: keras_builder None)
 
 
 
@@ -35,7 +29,7 @@ class WeightsUnavailableError(UserFacingError, RuntimeError):
 
 def _imagenet_message(arch: str, reason: str) -> str:
     return (
-        f"ImageNet weights for {DISPLAY_NAMES[arch]} could not be downloaded by Keras ({reason}).\n"
+        f"ImageNet weights for {display_name(arch)} could not be downloaded by Keras ({reason}).\n"
         f"Choose one of:\n"
         f"  - train from scratch: weights 'none' (--weights none);\n"
         f"  - a local weights file for the backbone without its top: --weights PATH\n"
@@ -56,19 +50,20 @@ def attention_block(x, name: str = "attention"):
 
 
 def _backbone(arch: str, inputs, weights: str | None):
-    if arch == "resnet18":
+    spec = architectures.get(arch)
+    if spec.keras_builder is None:
         if weights == "imagenet":
             raise WeightsUnavailableError(
-                "Keras has no ImageNet weights for ResNet-18. Train it from scratch (weights 'none') "
+                f"Keras has no ImageNet weights for {spec.name}. Train it from scratch (weights 'none') "
                 "or give a local weights file.")
         try:
-            return ResNet18(inputs, weights=weights)
-        except Exception as e:  # a file that is not ResNet-18 backbone weights: same message as below
+            return WRITTEN_HERE[arch](inputs, weights=weights)
+        except Exception as e:  # a file that is not this backbone's weights: same message as below
             if weights:
                 raise WeightsUnavailableError(f"Could not load weights file {weights} into "
-                                              f"{DISPLAY_NAMES[arch]}: {e}") from None
+                                              f"{spec.name}: {e}") from None
             raise
-    constructor = _BACKBONES[arch]
+    constructor = getattr(keras.applications, spec.keras_builder)
     try:
         return constructor(include_top=False, weights=weights, input_tensor=inputs)
     except WeightsUnavailableError:
@@ -78,7 +73,7 @@ def _backbone(arch: str, inputs, weights: str | None):
                                       or isinstance(e, OSError)):
             raise WeightsUnavailableError(_imagenet_message(arch, str(e).splitlines()[0][:200])) from None
         if weights not in (None, "imagenet"):
-            raise WeightsUnavailableError(f"Could not load weights file {weights} into {DISPLAY_NAMES[arch]}: "
+            raise WeightsUnavailableError(f"Could not load weights file {weights} into {spec.name}: "
                                           f"{e}") from None
         raise
 
@@ -87,8 +82,9 @@ def build_model(config: RunConfig, n_classes: int, image_size: int) -> keras.Mod
     weights = None if config.weights == "none" else config.weights
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = inputs
-    if config.arch != "resnet18" and image_size < KERAS_MIN_SIZE:
-        x = layers.Resizing(KERAS_MIN_SIZE, KERAS_MIN_SIZE, interpolation="bilinear", name="upsample")(x)
+    side = architectures.get(config.arch).upsample_to(image_size)
+    if side is not None:
+        x = layers.Resizing(side, side, interpolation="bilinear", name="upsample")(x)
     backbone = _backbone(config.arch, x, weights)
     features = backbone.output
     if config.attention:

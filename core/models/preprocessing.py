@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from core.models.architectures import ARCHITECTURES, get
+
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet (ResNet-50/101)
 _TORCH_MEAN = (0.485, 0.456, 0.406)  # keras.applications.densenet, and our ResNet-18
 _TORCH_STD = (0.229, 0.224, 0.225)
 
-# MobileNetV3 and EfficientNet carry their own Rescaling/Normalization layers and expect 0..255.
-MODE_BY_ARCH = {
-    "resnet50": "caffe",
-    "resnet101": "caffe",
-    "densenet121": "torch",
-    "resnet18": "torch",
-    "mobilenetv3small": "builtin",
-    "efficientnetb0": "builtin",
-}
+# The mode of each backbone is its registry entry's `preprocessing`; MobileNetV3 and EfficientNet ("builtin")
+# carry their own Rescaling/Normalization layers and expect 0..255.
+MODE_BY_ARCH = {a.key: a.preprocessing for a in ARCHITECTURES}  # derived, read by tests/test_pipeline.py
 
 
 def preprocess(images: tf.Tensor, arch: str) -> tf.Tensor:
     """uint8 or float [0,255] RGB batch -> what the backbone expects."""
     x = tf.cast(images, tf.float32)
-    mode = MODE_BY_ARCH[arch]
+    mode = get(arch).preprocessing
     if mode == "caffe":
         return x[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN)
     if mode == "torch":

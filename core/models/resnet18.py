@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from core.models.architectures import get
+
 BN_EPSILON = 1.001e-5
 
 
@@ -34,7 +36,7 @@ def _basic_block(x, filters: int, stride: int, name: str):
 def ResNet18(input_tensor, weights: str | None = None) -> keras.Model:
     """Backbone without head, built on `input_tensor` (so it joins the caller's graph flat)."""
     size = input_tensor.shape[1]
-    if size is not None and size <= 32:
+    if size is not None and size <= get("resnet18").small_input_stem:
         x = _conv_bn(input_tensor, 64, 3, 1, "conv1")
     else:
         x = _conv_bn(input_tensor, 64, 7, 2, "conv1")

@@ -1,0 +1,72 @@
+"""The architecture registry: every fact about each backbone this project can train, in one place.
+
+TensorFlow-free on purpose: the configuration, the job planner, the run store and the pages read it without
+loading Keras; `core.models.build` and `core.models.preprocessing` turn the same facts into layers.
+
+Adding an architecture is one `Architecture(...)` entry here (plus, for one written by hand, its builder in
+`core.models`). Grad-CAM's default layer is not a per-architecture fact: it is read from the built graph
+(`core.models.build.last_conv_block`, the backbone's last spatial output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KERAS_MIN_SIZE = 32  # keras.applications backbones refuse smaller inputs
+
+
+@dataclass(frozen=True)
+class Architecture:
+    key: str  # the RunConfig value, e.g. "resnet50"
+    name: str  # display name, e.g. "ResNet-50"
+    preprocessing: str  # "caffe" (BGR, ImageNet mean), "torch" (RGB, mean/std) or "builtin" (model rescales)
+    imagenet_weights: bool  # keras.applications has ImageNet weights for it
+    gflops_224: float  # forward GFLOPs at 224 px: the reference cost for time estimates
+    keras_builder: str | None  # the keras.applications constructor; None: written here (core.models)
+    # Inputs smaller than this are upsampled to it by a Resizing layer first (0: any size is taken as is).
+    min_input: int = KERAS_MIN_SIZE
+    # Inputs up to this size get a stride-1 stem without max-pool, which keeps 4x the pixels (0: never).
+    small_input_stem: int = 0
+
+    def effective_size(self, size: int) -> int:
+        """The image side the backbone effectively computes on, for relative costs."""
+        if size <= self.small_input_stem:
+            return size * 4
+        return max(size, self.min_input)
+
+    def relative_cost(self, size: int) -> float:
+        """Training cost per image: GFLOPs at 224 px scaled by the pixels actually computed on."""
+        return self.gflops_224 * (self.effective_size(size) / 224) ** 2
+
+    def upsample_to(self, image_size: int) -> int | None:
+        """The side a Resizing layer brings `image_size` inputs to, or None when none is needed."""
+        return self.min_input if image_size < self.min_input else None
+
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture("resnet18", "ResNet-18", "torch", imagenet_weights=False, gflops_224=1.8, keras_builder=None,
+                 min_input=0, small_input_stem=32),
+    Architecture("resnet50", "ResNet-50", "caffe", imagenet_weights=True, gflops_224=4.1,
+                 keras_builder="ResNet50"),
+    Architecture("resnet101", "ResNet-101", "caffe", imagenet_weights=True, gflops_224=7.8,
+                 keras_builder="ResNet101"),
+    Architecture("mobilenetv3small", "MobileNetV3-Small", "builtin", imagenet_weights=True, gflops_224=0.06,
+                 keras_builder="MobileNetV3Small"),
+    Architecture("efficientnetb0", "EfficientNet-B0", "builtin", imagenet_weights=True, gflops_224=0.39,
+                 keras_builder="EfficientNetB0"),
+    Architecture("densenet121", "DenseNet-121", "torch", imagenet_weights=True, gflops_224=2.9,
+                 keras_builder="DenseNet121"),
+)
+BY_KEY: dict[str, Architecture] = {a.key: a for a in ARCHITECTURES}
+KEYS: tuple[str, ...] = tuple(BY_KEY)
+
+
+def get(key: str) -> Architecture:
+    """The registry entry; KeyError for a key that is not one (RunConfig validation rejects those first)."""
+    return BY_KEY[key]
+
+
+def display_name(key: str) -> str:
+    """'resnet50' -> 'ResNet-50'; an unknown key (say from a hand-edited config) is shown as it is."""
+    arch = BY_KEY.get(key)
+    return arch.name if arch else key
