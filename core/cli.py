@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from core.config import ARCHITECTURES, OPTIMIZERS, SIZES, RunConfig
+from core.config import SETTINGS, SIZES, RunConfig
 from core.errors import UserFacingError
 from core.explain.cam import METHOD_NAMES
 
@@ -25,40 +24,20 @@ class UserError(UserFacingError):
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    d = RunConfig()
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="", metavar="PATH", help="a MedMNIST-layout npz (default: BloodMNIST at --size)")
-    g.add_argument("--size", type=int, choices=SIZES, default=None,
-                   help="image size; with --data it must match the file (default: taken from the file, else 64)")
-    g.add_argument("--limit-train", type=int, default=0, metavar="N", help="train on a stratified N images")
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
-    g.add_argument("--weights", default=None,
-                   help="imagenet, none (from scratch) or PATH to a weights file (default: imagenet where "
-                        "Keras has it, else none)")
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--attention", action="store_true", help="channel + spatial attention before pooling")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    g.add_argument("--class-weights", action="store_true", help="class-weighted (balanced) loss")
-    g.add_argument("--patience", type=int, default=d.patience, help="early stopping patience; 0 = off")
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--aug-shear", type=float, default=d.aug_shear, help="shear range, +- radians")
-    g.add_argument("--aug-zoom", type=float, default=d.aug_zoom, help="zoom range: factor in [1-z, 1+z]")
-    g.add_argument("--no-hflip", dest="aug_hflip", action="store_false", help="no horizontal flips")
-    g.add_argument("--vflip", dest="aug_vflip", action="store_true", help="random vertical flips")
-    g.add_argument("--rot90", dest="aug_rot90", action="store_true", help="random 90-degree rotations")
-    g = p.add_argument_group("batchnorm and reproducibility")
-    g.add_argument("--bn-recalibration", choices=("auto", "on", "off"), default=d.bn_recalibration,
-                   help="re-estimate BatchNorm statistics before each evaluation (auto: from-scratch runs)")
-    g.add_argument("--bn-recalibration-batches", type=int, default=d.bn_recalibration_batches)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops")
-    g.add_argument("--tag", dest="tags", action="append", default=[], help="a label for the results page")
+    """One flag per RunConfig setting, spelt, grouped and explained by its metadata (core.config.SETTINGS)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for s in SETTINGS.values():
+        if s.group not in groups:
+            groups[s.group] = p.add_argument_group(s.group.lower())
+        help_ = s.cli_help or (f"turn off: {s.help}" if s.kind is bool and s.default else s.help)
+        g, help_ = groups[s.group], help_.replace("%", "%%")
+        if s.kind is bool:
+            g.add_argument(s.cli_flag, dest=s.name, action="store_false" if s.default else "store_true", help=help_)
+        elif s.kind is tuple:
+            g.add_argument(s.cli_flag, dest=s.name, action="append", default=[], help=help_)
+        else:
+            g.add_argument(s.cli_flag, dest=s.name, type=s.kind, choices=s.choices or None, metavar=s.metavar,
+                           default=None if s.cli_auto else s.default, help=help_)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -70,8 +49,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if size is not None and size != file_size:
             raise UserError(f"--size {size} but {args.data} holds {file_size} px images")
         size = file_size
-    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
-    values["size"] = size or 64
+    values = {name: getattr(args, name) for name in SETTINGS}
+    values["size"] = size or RunConfig().size
     values["weights"] = args.weights or RunConfig.default_weights(args.arch)
     values["tags"] = tuple(args.tags)
     return RunConfig(**values)
@@ -99,25 +78,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from core.jobs.plans import PlanRequest, plan, preset_request  # noqa: PLC0415
     from core.jobs.queue import JobQueue  # noqa: PLC0415
-    from core.jobs.sweeps import PRESETS_BY_KEY, grid, parse_values  # noqa: PLC0415
     from core.store.runs import RunStore  # noqa: PLC0415
 
     if args.preset:
-        if args.preset not in PRESETS_BY_KEY:
-            raise UserError(f"unknown preset {args.preset!r}; one of {', '.join(PRESETS_BY_KEY)}")
-        configs = PRESETS_BY_KEY[args.preset].configs(repeats=args.repeats)
+        try:
+            request = preset_request(args.preset, repeats=args.repeats)
+        except UserFacingError as e:
+            raise UserError(str(e).removeprefix("preset: ")) from None
     else:
-        values = {}
+        sweep = {}
         for item in args.grid:
             name, sep, text = item.partition("=")
             if not sep:
                 raise UserError(f"--grid takes FIELD=V1,V2,...; got {item!r}")
-            values[name.strip().replace("-", "_")] = parse_values(name.strip().replace("-", "_"), text)
-        configs = grid(config_from_args(args), values, args.repeats)
-    queue = JobQueue(RunStore(args.runs_dir))
-    sweep = f"sweep-{len(configs)}" if len(configs) > 1 else None
-    ids = queue.submit_many(configs, sweep)
+            sweep[name.strip().replace("-", "_")] = text
+        request = PlanRequest(values=config_from_args(args).to_dict(), sweep=sweep, repeats=args.repeats)
+    store = RunStore(args.runs_dir)
+    p = plan(request, store=store)
+    error = p.first_error()
+    if error is not None:
+        raise error
+    queue = JobQueue(store)
+    ids = queue.submit_many(p.configs, p.sweep_name)
     if not args.no_start:
         queue.tick()
     print(f"queued {len(ids)} job(s): {', '.join(map(str, ids))}")

@@ -11,20 +11,20 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Mapping
 
 from core.errors import UserFacingError
+from core.models import architectures
 
-ARCHITECTURES = ("resnet18", "resnet50", "resnet101", "mobilenetv3small", "efficientnetb0", "densenet121")
-DISPLAY_NAMES = {
-    "resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
-    "mobilenetv3small": "MobileNetV3-Small", "efficientnetb0": "EfficientNet-B0", "densenet121": "DenseNet-121",
-}
-NO_IMAGENET_WEIGHTS = ("resnet18",)  # written here; keras.applications has none for it
+ARCHITECTURES = architectures.KEYS  # the registry's keys (core.models.architectures holds their facts)
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SIZES = (28, 64, 128, 224)
 WEIGHT_CHOICES = ("imagenet", "none")  # or a path to a local weights file
 BN_RECALIBRATION = ("auto", "on", "off")
+
+# Form groups, in the order the Train page shows them (the command line groups its flags the same way).
+DATA, MODEL, OPTIMISATION, AUGMENTATION, REPRODUCIBILITY = (
+    "Data", "Model", "Optimisation", "Training images and augmentation", "BatchNorm and reproducibility")
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -37,45 +37,170 @@ class ConfigError(UserFacingError, ValueError):
 
 
 @dataclass(frozen=True)
+class Setting:
+    """Everything the Train form, the command line, the results page and the run index know about one
+    `RunConfig` field. Written once, beside the field (`setting(...)` below); `SETTINGS` fills in the field's
+    name, type and default."""
+
+    label: str  # short, for tables and the results page ("Learning rate")
+    help: str  # one line that teaches what it does: the Train page's tooltip and the CLI's --help
+    group: str  # the form group (DATA, MODEL, ...); also the CLI's flag group
+    form_label: str = ""  # the Train form's label where it differs from `label`
+    widget: str = ""  # "toggle", "int", "float", "text", "select", "tags", "weights", "data" ("" = from the type)
+    choices: tuple[Any, ...] = ()  # the allowed values (a select on the form, argparse choices)
+    value_names: Mapping[str, str] = field(default_factory=dict)  # value -> display name (forms, results)
+    level: str = "{label} {value}"  # how a results matrix names one value: "{value} px", "{name}", ...
+    step: float = 0.05  # float inputs: the +/- step
+    flag: str = ""  # CLI spelling; "" = --name-with-dashes (a bool defaulting to True: --no-name)
+    metavar: str | None = None  # CLI metavar
+    cli_help: str = ""  # the CLI's help where its default differs from the form's ("" = `help`)
+    cli_auto: bool = False  # the CLI derives an unset value (size from --data, weights from --arch)
+    sweepable: bool = True  # offered as a sweep axis on the Train page
+    indexed: bool = False  # has its own column in the run index (fast listing, speed estimates, CLI table)
+    main: int = 0  # position among the fields the results page's pickers offer first (0: not among them)
+    preview: bool = False  # always a column of the Train page's plan preview
+    study: bool = False  # the study's tables record it (core.store.reference groups by these)
+    # filled in from the dataclass field by SETTINGS:
+    name: str = ""
+    kind: type = str  # bool, int, float, str or tuple (tags)
+    default: Any = None
+
+    @property
+    def form_text(self) -> str:
+        return self.form_label or self.label
+
+    @property
+    def cli_flag(self) -> str:
+        if self.flag:
+            return self.flag
+        dashed = self.name.replace("_", "-")
+        return f"--no-{dashed}" if self.kind is bool and self.default is True else f"--{dashed}"
+
+    def value_name(self, value: Any) -> str:
+        return self.value_names.get(str(value), str(value))
+
+    def describe(self, value: Any) -> str:
+        """One value as a short human label: 'ResNet-50', '64 px', 'batch 32', 'no attention'."""
+        label = self.label.lower()
+        if self.kind is bool:
+            return label if value else f"no {label}"
+        text = format(value, "g") if isinstance(value, float) else str(value)
+        name = self.value_names.get(text) or (os.path.basename(text) if self.widget == "weights" else text)
+        return self.level.format(label=label, value=text, name=name)
+
+
+def setting(default: Any = dataclasses.MISSING, **info: Any) -> Any:
+    """A RunConfig field with its `Setting` (label, help, group, ...) as metadata."""
+    if default == ():
+        return field(default_factory=tuple, metadata={"setting": Setting(**info)})
+    return field(default=default, metadata={"setting": Setting(**info)})
+
+
+@dataclass(frozen=True)
 class RunConfig:
     # Data
-    data: str = ""  # path to a MedMNIST-layout .npz; empty means BloodMNIST at `size` from the data root
-    size: int = 64
-    limit_train: int = 0  # use only the first N (stratified) training images; 0 = all
+    data: str = setting(
+        "", label="Data file", form_label="Path to a .npz file", group=DATA, widget="data", sweepable=False,
+        help="A MedMNIST-layout .npz file to train on; leave empty to use BloodMNIST at the chosen size.",
+        cli_help="a MedMNIST-layout npz (default: BloodMNIST at --size)", metavar="PATH")
+    size: int = setting(
+        64, label="Image size", group=DATA, widget="size", choices=SIZES, level="{value} px", indexed=True, main=2,
+        preview=True, study=True, cli_auto=True,
+        help="Image side in pixels. Larger images show more detail of nucleus and granules but train slower.",
+        cli_help="image size; with --data it must match the file (default: taken from the file, else 64)")
     # Model
-    arch: str = "resnet50"
-    weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file for the backbone
-    dropout: float = 0.3
-    attention: bool = False
+    arch: str = setting(
+        "resnet50", label="Architecture", form_label="Network", group=MODEL, choices=architectures.KEYS,
+        value_names={a.key: a.name for a in architectures.ARCHITECTURES}, level="{name}", indexed=True, main=1,
+        preview=True, study=True,
+        help="The network. Deeper ResNets see more complex patterns; MobileNet and EfficientNet are light.")
+    weights: str = setting(  # "imagenet", "none" or a path to a weights file for the backbone
+        "imagenet", label="Weights", form_label="Starting weights", group=MODEL, widget="weights",
+        value_names={"imagenet": "ImageNet", "none": "from scratch"}, level="{name}", indexed=True, main=3,
+        preview=True, study=True, cli_auto=True,
+        help="Start from ImageNet-pretrained filters (transfer learning) or from random ones ('none').",
+        cli_help="imagenet, none (from scratch) or PATH to a weights file (default: imagenet where Keras has it, "
+                 "else none)")
+    dropout: float = setting(
+        0.3, label="Dropout", group=MODEL, indexed=True, main=8, study=True,
+        help="Share of features randomly switched off in each training step; fights overfitting.")
+    attention: bool = setting(
+        False, label="Attention", form_label="Attention block", group=MODEL, indexed=True, main=9, study=True,
+        help="Adds a block that learns which channels and image regions to emphasise.")
     # Optimisation
-    batch_size: int = 32
-    epochs: int = 10
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    momentum: float = 0.9  # SGD only
-    class_weights: bool = False
-    patience: int = 0  # early stopping on validation accuracy; 0 = off
-    # Augmentation (applied to training batches only)
-    aug_shear: float = 0.2  # radians, +-; the study's text says radians (its code used degrees)
-    aug_zoom: float = 0.2  # zoom factor drawn from [1-z, 1+z] per axis
-    aug_hflip: bool = True
-    aug_vflip: bool = False
-    aug_rot90: bool = False
+    optimizer: str = setting(
+        "adam", label="Optimizer", group=OPTIMISATION, choices=OPTIMIZERS,
+        value_names={"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}, level="{name}", indexed=True, main=5,
+        preview=True, study=True,
+        help="The update rule: Adam and RMSprop adapt step sizes per weight; SGD uses one, with momentum.")
+    lr: float = setting(
+        1e-4, label="Learning rate", group=OPTIMISATION, step=1e-5, level="lr {value}", indexed=True, main=6,
+        preview=True, study=True,
+        help="Learning rate: the size of each update step. Too large diverges, too small learns slowly.")
+    momentum: float = setting(  # SGD only
+        0.9, label="Momentum", form_label="Momentum (SGD only)", group=OPTIMISATION, main=7, study=True,
+        help="SGD only: how much of the previous step carries into the next, smoothing the path.")
+    batch_size: int = setting(
+        32, label="Batch size", group=OPTIMISATION, level="batch {value}", indexed=True, main=4, preview=True,
+        study=True,
+        help="Images per weight update. Small batches add helpful noise; large ones are faster per image.")
+    epochs: int = setting(
+        10, label="Epochs", group=OPTIMISATION, indexed=True, main=11, preview=True,
+        help="How many times the model sees the whole training set. The best epoch on validation is kept.")
+    patience: int = setting(  # early stopping on validation accuracy; 0 = off
+        0, label="Patience", form_label="Early-stop patience", group=OPTIMISATION,
+        help="Stop after this many epochs without a better validation accuracy; 0 never stops early.")
+    class_weights: bool = setting(
+        False, label="Class weights", form_label="Class-weighted loss", group=OPTIMISATION, indexed=True, main=10,
+        study=True, help="Weights the loss so rare cell types count as much as common ones.")
+    # Training images and augmentation (applied to training batches only)
+    limit_train: int = setting(  # use only the first N (stratified) training images; 0 = all
+        0, label="Training images", form_label="Training images (0 = all)", group=AUGMENTATION, metavar="N",
+        main=12, preview=True,
+        help="Train on only this many training images (same class mix) for quick runs; 0 uses all.")
+    aug_shear: float = setting(  # radians, +-; the study's text says radians (its code used degrees)
+        0.2, label="Shear (radians)", group=AUGMENTATION,
+        help="Random shear of training images, up to this many radians either way (0.2 rad = 11.5°).")
+    aug_zoom: float = setting(  # zoom factor drawn from [1-z, 1+z] per axis
+        0.2, label="Zoom range", group=AUGMENTATION,
+        help="Random zoom of training images by a factor between 1-z and 1+z.")
+    aug_hflip: bool = setting(
+        True, label="Mirror left-right", group=AUGMENTATION, flag="--no-hflip", cli_help="no left-right mirroring",
+        help="Randomly mirror training images left-right (a cell has no left or right).")
+    aug_vflip: bool = setting(
+        False, label="Mirror top-bottom", group=AUGMENTATION, flag="--vflip",
+        help="Randomly mirror training images top-bottom (a cell has no up or down either).")
+    aug_rot90: bool = setting(
+        False, label="Turn by 90°", group=AUGMENTATION, flag="--rot90",
+        help="Randomly turn training images by 0, 90, 180 or 270 degrees.")
     # BatchNorm statistics: "auto" re-estimates them before each evaluation for from-scratch runs
-    bn_recalibration: str = "auto"
-    bn_recalibration_batches: int = 50
+    bn_recalibration: str = setting(
+        "auto", label="BatchNorm re-estimate", group=REPRODUCIBILITY, choices=BN_RECALIBRATION,
+        value_names={"auto": "auto (from scratch only)", "on": "on", "off": "off"},
+        help="Re-estimate BatchNorm statistics before each evaluation; 'auto' does it when training from "
+             "scratch, where stale statistics can make every prediction one class.")
+    bn_recalibration_batches: int = setting(
+        50, label="Re-estimate batches", group=REPRODUCIBILITY,
+        help="How many training batches the BatchNorm re-estimate averages over.")
     # Reproducibility
-    seed: int = 0
-    deterministic: bool = False
+    seed: int = setting(  # seeds are varied with repeats, never swept
+        0, label="Seed", group=REPRODUCIBILITY, sweepable=False, indexed=True, main=13, preview=True,
+        help="Random seed for data order, augmentation and initial weights; repeats use seed, seed+1, ...")
+    deterministic: bool = setting(
+        False, label="Deterministic ops", group=REPRODUCIBILITY,
+        help="Use deterministic TensorFlow ops: the same seed then gives identical results (slower).")
     # Free text labels for the results page; never used in paths
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    tags: tuple[str, ...] = setting(
+        (), label="Tags", form_label="Tags (comma separated)", group=REPRODUCIBILITY, widget="tags", flag="--tag",
+        sweepable=False, indexed=True, help="Free labels to find and group runs on the results page.",
+        cli_help="a label for the results page (repeatable)")
 
     def __post_init__(self) -> None:
         validate(self)
 
     @staticmethod
     def default_weights(arch: str) -> str:
-        return "none" if arch in NO_IMAGENET_WEIGHTS else "imagenet"
+        return "imagenet" if architectures.get(arch).imagenet_weights else "none"
 
     @property
     def from_scratch(self) -> bool:
@@ -134,7 +259,7 @@ def validate(c: RunConfig) -> None:
     need(integer(c.size) and c.size in SIZES, "size", f"must be one of {SIZES}")
     need(isinstance(c.weights, str) and (c.weights in WEIGHT_CHOICES or bool(c.weights.strip())), "weights",
          "imagenet, none or a file path")
-    need(not (c.arch in NO_IMAGENET_WEIGHTS and c.weights == "imagenet"), "weights",
+    need(not (c.weights == "imagenet" and not architectures.get(c.arch).imagenet_weights), "weights",
          f"Keras has no ImageNet weights for {c.arch}; train from scratch (none) or give a weights file")
     if c.weights not in WEIGHT_CHOICES:
         need(os.path.isfile(c.weights), "weights", f"no such weights file: {c.weights}")
@@ -151,38 +276,34 @@ def validate(c: RunConfig) -> None:
     need(integer(c.bn_recalibration_batches) and c.bn_recalibration_batches >= 1,
          "bn_recalibration_batches", "must be >= 1")
     need(integer(c.seed) and 0 <= c.seed < 2**31, "seed", "must be in [0, 2^31)")
-    for flag in ("attention", "class_weights", "aug_hflip", "aug_vflip", "aug_rot90", "deterministic"):
-        need(isinstance(getattr(c, flag), bool), flag, "must be true or false")
+    for s in SETTINGS.values():
+        if s.kind is bool:
+            need(isinstance(getattr(c, s.name), bool), s.name, "must be true or false")
     need(isinstance(c.tags, (tuple, list)) and all(isinstance(t, str) for t in c.tags), "tags",
          "must be a list of text labels")
 
 
-# One line per field that teaches what it does: shown next to every input of the Train page and usable
-# in classroom demos.
-FIELD_HELP: dict[str, str] = {
-    "data": "A MedMNIST-layout .npz file to train on; leave empty to use BloodMNIST at the chosen size.",
-    "size": "Image side in pixels. Larger images show more detail of nucleus and granules but train slower.",
-    "limit_train": "Train on only this many training images (same class mix) for quick runs; 0 uses all.",
-    "arch": "The network. Deeper ResNets see more complex patterns; MobileNet and EfficientNet are light.",
-    "weights": "Start from ImageNet-pretrained filters (transfer learning) or from random ones ('none').",
-    "dropout": "Share of features randomly switched off in each training step; fights overfitting.",
-    "attention": "Adds a block that learns which channels and image regions to emphasise.",
-    "batch_size": "Images per weight update. Small batches add helpful noise; large ones are faster per image.",
-    "epochs": "How many times the model sees the whole training set. The best epoch on validation is kept.",
-    "optimizer": "The update rule: Adam and RMSprop adapt step sizes per weight; SGD uses one, with momentum.",
-    "lr": "Learning rate: the size of each update step. Too large diverges, too small learns slowly.",
-    "momentum": "SGD only: how much of the previous step carries into the next, smoothing the path.",
-    "class_weights": "Weights the loss so rare cell types count as much as common ones.",
-    "patience": "Stop after this many epochs without a better validation accuracy; 0 never stops early.",
-    "aug_shear": "Random shear of training images, up to this many radians either way (0.2 rad = 11.5°).",
-    "aug_zoom": "Random zoom of training images by a factor between 1-z and 1+z.",
-    "aug_hflip": "Randomly mirror training images left-right (a cell has no left or right).",
-    "aug_vflip": "Randomly mirror training images top-bottom (a cell has no up or down either).",
-    "aug_rot90": "Randomly turn training images by 0, 90, 180 or 270 degrees.",
-    "bn_recalibration": "Re-estimate BatchNorm statistics before each evaluation; 'auto' does it when "
-                        "training from scratch, where stale statistics can make every prediction one class.",
-    "bn_recalibration_batches": "How many training batches the BatchNorm re-estimate averages over.",
-    "seed": "Random seed for data order, augmentation and initial weights; repeats use seed, seed+1, ...",
-    "deterministic": "Use deterministic TensorFlow ops: the same seed then gives identical results (slower).",
-    "tags": "Free labels to find and group runs on the results page.",
-}
+_KINDS = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def _settings() -> dict[str, Setting]:
+    out = {}
+    for f in fields(RunConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        kind = _KINDS.get(str(f.type), tuple)
+        out[f.name] = dataclasses.replace(f.metadata["setting"], name=f.name, kind=kind, default=default)
+    return out
+
+
+# Every setting, in the order of RunConfig's fields: the one list forms, flags, tables and the index read.
+SETTINGS: dict[str, Setting] = _settings()
+FIELD_HELP: dict[str, str] = {name: s.help for name, s in SETTINGS.items()}  # name -> help, for tooltips
+
+
+def settings_in(group: str) -> list[Setting]:
+    return [s for s in SETTINGS.values() if s.group == group]
+
+
+def groups() -> list[str]:
+    """The form groups in the order their first setting appears."""
+    return list(dict.fromkeys(s.group for s in SETTINGS.values()))

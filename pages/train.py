@@ -10,10 +10,9 @@ TensorFlow.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,54 +20,43 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.config import ARCHITECTURES, BN_RECALIBRATION, FIELD_HELP, OPTIMIZERS, SIZES, ConfigError, RunConfig
+from core.config import DATA, SETTINGS, SIZES, RunConfig, groups
 from core.data import registry
 from core.data.dataset import SPLITS, class_counts, load_npz
 from core.data.download import download
 from core.errors import UserFacingError
+from core.jobs import plans
+from core.jobs.plans import AUTO, Plan, PlanRequest, format_value, preset_request, sweep_slot
 from core.jobs.queue import ACTIVE, Job, JobQueue
-from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, estimate_seconds, field_type, format_duration, grid, parse_values
-from core.store.overview import arch_name, human_bytes, weights_label
+from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, field_type, format_duration
+from core.store.overview import human_bytes, weights_label
 from core.store.runs import RunStore
 
 REFRESH_SECONDS = 2.0
 JOBS_SHOWN = 25
 CUSTOM = "custom"
 TABS = ("New training", "Jobs")
-STORE_ERRORS = (UserFacingError, sqlite3.Error, OSError)
 
-# Short labels for the inputs; FIELD_HELP (core.config) explains each one in a tooltip.
-LABELS = {
-    "data": "Path to a .npz file", "size": "Train on", "limit_train": "Training images (0 = all)",
-    "arch": "Network", "weights": "Starting weights", "dropout": "Dropout", "attention": "Attention block",
-    "batch_size": "Batch size", "epochs": "Epochs", "optimizer": "Optimizer", "lr": "Learning rate",
-    "momentum": "Momentum (SGD only)", "class_weights": "Class-weighted loss", "patience": "Early-stop patience",
-    "aug_shear": "Shear (radians)", "aug_zoom": "Zoom range", "aug_hflip": "Mirror left-right",
-    "aug_vflip": "Mirror top-bottom", "aug_rot90": "Turn by 90°", "bn_recalibration": "BatchNorm re-estimate",
-    "bn_recalibration_batches": "Re-estimate batches", "seed": "Seed", "deterministic": "Deterministic ops",
-    "tags": "Tags (comma separated)",
-}
-SWEEP_LABELS = {"size": "Image size"}
-OPTIMIZER_NAMES = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}
-BN_NAMES = {"auto": "auto (from scratch only)", "on": "on", "off": "off"}
-WEIGHT_CHOICES = ("auto", "imagenet", "none", "file")
-WEIGHT_NAMES = {"auto": "auto: ImageNet if available", "imagenet": "ImageNet",
+# Labels, help, widgets and groups come from the settings' metadata (core.config.SETTINGS).
+LABELS = {name: s.form_text for name, s in SETTINGS.items()}
+FIELD_HELP = {name: s.help for name, s in SETTINGS.items()}
+# The weights input offers "auto" and "a weights file" besides the two stored values; "weights_file" is the
+# path input that goes with "a weights file".
+WEIGHT_CHOICES = (AUTO, "imagenet", "none", "file")
+WEIGHT_NAMES = {AUTO: "auto: ImageNet if available", "imagenet": "ImageNet",
                 "none": "none (from scratch)", "file": "a weights file"}
-FLOAT_STEPS = {"lr": 1e-5, "dropout": 0.05, "momentum": 0.05, "aug_shear": 0.05, "aug_zoom": 0.05}
 # The form, group by group: inputs flow through rows of FORM_COLUMNS columns, then the group's switches
-# follow in one row. "weights_file" is the path input that goes with weights = "a weights file".
+# follow in one row. Data and size are section 1.
 FORM_COLUMNS = 4
-FORM_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("Model", ("arch", "weights", "weights_file", "dropout"), ("attention",)),
-    ("Optimisation", ("optimizer", "lr", "momentum", "batch_size", "epochs", "patience"), ("class_weights",)),
-    ("Training images and augmentation", ("limit_train", "aug_shear", "aug_zoom"),
-     ("aug_hflip", "aug_vflip", "aug_rot90")),
-    ("BatchNorm and reproducibility", ("bn_recalibration", "bn_recalibration_batches", "seed", "tags"),
-     ("deterministic",)),
-)
-FORM_FIELDS = [f for f in RunConfig.field_names() if f not in ("data", "size")]  # data and size: section 1
-BOOL_FIELDS = {f for f in FORM_FIELDS if field_type(f) is bool}
-SWEEPABLE = [f for f in RunConfig.field_names() if f not in ("data", "seed", "tags")]  # seeds: use repeats
+FORM_GROUPS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = tuple(
+    (group,
+     tuple(n for s in SETTINGS.values() if s.group == group and s.kind is not bool
+           for n in ((s.name, "weights_file") if s.widget == "weights" else (s.name,))),
+     tuple(s.name for s in SETTINGS.values() if s.group == group and s.kind is bool))
+    for group in groups() if group != DATA)
+FORM_FIELDS = [name for name, s in SETTINGS.items() if s.group != DATA]
+BOOL_FIELDS = {name for name in FORM_FIELDS if SETTINGS[name].kind is bool}
+SWEEPABLE = [name for name, s in SETTINGS.items() if s.sweepable]  # seeds: use repeats
 STATUS_COLORS = {"queued": "gray", "running": "blue", "succeeded": "green", "failed": "red", "cancelled": "orange"}
 STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/progress_activity:",
                 "succeeded": ":material/check_circle:", "failed": ":material/error:",
@@ -93,22 +81,11 @@ def form_key(name: str) -> str:
 
 
 def sweep_key(name: str) -> str:
-    return f"sweep_{name}"
-
-
-def store_message(e: Exception) -> str:
-    if isinstance(e, UserFacingError):
-        return str(e)
-    return (f"Could not read the run store ({e}). If its index is damaged, rebuild it from the run folders: "
-            f"python -m core runs --reindex")
+    return sweep_slot(name)  # the session key of a sweep's values is also the plan's error slot for them
 
 
 def open_queue() -> JobQueue:
     return JobQueue(RunStore())  # RunStore() follows $CELLSCOPE_ARTIFACTS
-
-
-def format_value(v: Any) -> str:
-    return format(v, "g") if isinstance(v, float) else str(v)
 
 
 def plural(n: int, word: str) -> str:
@@ -300,93 +277,24 @@ def data_section(available: dict[int, Path]) -> DataChoice:
     return choice
 
 
-# -- the plan: configs from the form, the sweep and a preset --------------------------------------------
-@dataclass
-class Plan:
-    configs: list[RunConfig] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)  # widget slot -> message
-    blockers: list[str] = field(default_factory=list)  # why it cannot launch yet (missing data)
-    seconds: list[float] = field(default_factory=list)
-    speed_sources: Counter = field(default_factory=Counter)
-    images_per_second: list[float] = field(default_factory=list)
-    history_runs: int = 0
-    sweep_name: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.configs) and not self.errors
-
-
-def base_values(choice: DataChoice) -> dict[str, Any]:
+# -- the plan: core.jobs.plans builds it from what the widgets hold ---------------------------------------
+def plan_request(choice: DataChoice) -> PlanRequest:
     values = {f: ss[form_key(f)] for f in FORM_FIELDS}
-    weights = values["weights"]
-    if weights == "auto":
-        values["weights"] = RunConfig.default_weights(values["arch"])
-    elif weights == "file":
+    if values["weights"] == "file":
         values["weights"] = ss[form_key("weights_file")].strip()
-    values["tags"] = tuple(t.strip() for t in values["tags"].split(",") if t.strip())
-    values["data"] = choice.data
-    values["size"] = choice.size or 64
-    return values
+    values.update(data=choice.data, size=choice.size or RunConfig().size)
+    return PlanRequest(values=values, sweep={f: ss.get(sweep_key(f), "") for f in ss["sweep_fields"]},
+                       repeats=int(ss["sweep_repeats"]), preset=ss.get("preset") or None,
+                       variants=ss.get("variants_preset") or None)
 
 
 def make_plan(choice: DataChoice, available: dict[int, Path]) -> Plan:
-    plan = Plan()
-    if choice.error:
-        plan.errors["data"] = choice.error
-    try:
-        base = RunConfig(**base_values(choice))
-    except ConfigError as e:
-        slot = e.field if e.field in FORM_FIELDS else "data"
-        if slot == "weights" and ss[form_key("weights")] == "file":
-            slot = "weights_file"  # e.g. "no such weights file": shown under the path
-        plan.errors[slot] = e.message
-        return plan
-    sweep: dict[str, list[Any]] = {}
-    for f in ss["sweep_fields"]:
-        try:
-            sweep[f] = parse_values(f, ss.get(sweep_key(f), ""))
-        except ConfigError as e:
-            plan.errors[sweep_key(f)] = e.message
-    if "size" in sweep and choice.data:
-        plan.errors[sweep_key("size")] = (f"your file holds {choice.size} px images only; sweep the size with "
-                                          f"BloodMNIST")
-    if plan.errors:
-        return plan
-    if ss[form_key("weights")] == "auto" and "arch" in sweep:
-        # "auto" means each network's own default; grid() gives that when the base starts from ImageNet
-        # (the base's network is replaced by the swept ones anyway)
-        pretrained = [a for a in sweep["arch"] if RunConfig.default_weights(a) == "imagenet"]
-        if pretrained:
-            base = base.replace(arch=pretrained[0], weights="imagenet")
-    variants = PRESETS_BY_KEY[ss["variants_preset"]].variants if ss.get("variants_preset") else ({},)
-    try:
-        plan.configs = [c for v in variants for c in grid(base.replace(**v), sweep, int(ss["sweep_repeats"]))]
-    except ConfigError as e:
-        slot = sweep_key(e.field) if e.field in sweep else "sweep_repeats" if e.field == "repeats" else e.field
-        plan.errors[slot] = e.message
-        return plan
-    if not choice.data:
-        missing = sorted({c.size for c in plan.configs} - set(available))
-        if missing:
-            plan.blockers.append(f"BloodMNIST {', '.join(map(str, missing))} px "
-                                 f"{'is' if len(missing) == 1 else 'are'} not downloaded yet: download "
-                                 f"{'it' if len(missing) == 1 else 'them'} in section 1, or train on your own file.")
-    history = RunStore().list_runs()
-    plan.history_runs = len(history)
-    n_train, n_val, n_test = split_sizes(choice)
-    for c in plan.configs:
-        seconds, speed = estimate_seconds(c, n_train, n_val, n_test, history)
-        plan.seconds.append(seconds)
-        plan.speed_sources[speed.source] += 1
-        plan.images_per_second.append(speed.images_per_second)
-    if ss.get("preset"):
-        plan.sweep_name = ss["preset"]
-    elif len(plan.configs) > 1:
-        parts = [f"{f}={ss[sweep_key(f)].replace(' ', '')}" for f in sweep]
-        repeats = int(ss["sweep_repeats"])
-        plan.sweep_name = " ".join(parts + ([f"x{repeats} seeds"] if repeats > 1 else []))
-    return plan
+    request = plan_request(choice)
+    p = plans.plan(request, data_error=choice.error, available=list(available), split_sizes=split_sizes(choice),
+             store=RunStore())
+    if "weights" in p.errors and ss[form_key("weights")] == "file":
+        p.errors["weights_file"] = p.errors.pop("weights")  # e.g. "no such weights file": shown under the path
+    return p
 
 
 def speed_note(plan: Plan) -> str:
@@ -408,8 +316,7 @@ def speed_note(plan: Plan) -> str:
 def preview_rows(plan: Plan) -> list[dict[str, Any]]:
     dicts = [c.to_dict() for c in plan.configs]
     varying = [f for f in RunConfig.field_names() if f != "tags" and len({str(d[f]) for d in dicts}) > 1]
-    shown = varying + [f for f in ("arch", "size", "weights", "batch_size", "epochs", "optimizer", "lr",
-                                   "limit_train", "seed") if f not in varying]
+    shown = varying + [f for f, s in SETTINGS.items() if s.preview and f not in varying]
     rows = []
     for i, (d, seconds) in enumerate(zip(dicts, plan.seconds), start=1):
         row: dict[str, Any] = {"job": i}
@@ -442,16 +349,16 @@ def show_plan(plan: Plan) -> None:
 
 # -- presets and sweeps ---------------------------------------------------------------------------------
 def load_preset() -> None:
-    preset = PRESETS_BY_KEY[ss["preset_choice"]]
-    base = RunConfig(**preset.base)
+    request = preset_request(ss["preset_choice"])
+    base = RunConfig(**request.values)
     ss.update(form_values(base))
-    ss["sweep_fields"] = list(preset.values)
-    for f, values in preset.values.items():
-        ss[sweep_key(f)] = ", ".join(format_value(v) for v in values)
+    ss["sweep_fields"] = list(request.sweep)
+    for f, text in request.sweep.items():
+        ss[sweep_key(f)] = text
     ss["sweep_repeats"] = 1
-    ss["preset"] = preset.key
-    ss["variants_preset"] = preset.key if preset.variants else None
-    if "size" in preset.values or ss["data_source"] != CUSTOM:
+    ss["preset"] = request.preset
+    ss["variants_preset"] = request.variants
+    if "size" in request.sweep or ss["data_source"] != CUSTOM:
         ss["data_source"] = base.size
 
 
@@ -479,15 +386,13 @@ def preset_section(choice: DataChoice) -> None:
         # as loading it would: on the chosen file, unless the preset sweeps the size (then BloodMNIST)
         on_file = choice.data and choice.size in SIZES and "size" not in preset.values
         overrides = {"data": choice.data, "size": choice.size} if on_file else None
-        configs = preset.configs(overrides)
-        n_train, n_val, n_test = split_sizes(choice) if overrides else _registry_sizes()
-        history = RunStore().list_runs()
-        seconds = sum(estimate_seconds(c, n_train, n_val, n_test, history)[0] for c in configs)
-        st.caption(f"{md_escape(preset.description)} **{plural(len(configs), 'job')}**, about "
-                   f"**{format_duration(seconds)}** on this machine.")
-    except STORE_ERRORS as e:
+        sizes = split_sizes(choice) if overrides else _registry_sizes()
+        estimate = plans.plan(preset_request(preset.key, overrides=overrides), split_sizes=sizes, store=RunStore())
+        st.caption(f"{md_escape(preset.description)} **{plural(len(estimate.configs), 'job')}**, about "
+                   f"**{format_duration(sum(estimate.seconds))}** on this machine.")
+    except UserFacingError as e:
         st.caption(md_escape(preset.description))
-        st.error(md_escape(store_message(e)))
+        st.error(md_escape(str(e)))
 
 
 def _registry_sizes() -> tuple[int, int, int]:
@@ -510,7 +415,7 @@ def sweep_section(plan: Plan) -> None:
         cols = st.columns([3, 1], vertical_alignment="bottom")
         with cols[0]:
             st.multiselect("Settings to sweep", SWEEPABLE, key="sweep_fields", on_change=sweep_changed,
-                           format_func=lambda f: f"{SWEEP_LABELS.get(f, LABELS[f])} ({f})",
+                           format_func=lambda f: f"{LABELS[f]} ({f})",
                            placeholder="none: one job")
         with cols[1]:
             st.number_input("Repeats", min_value=1, max_value=50, step=1, key="sweep_repeats",
@@ -523,7 +428,7 @@ def sweep_section(plan: Plan) -> None:
                 with cols[i % len(cols)]:
                     example = {"int": "16, 32", "float": "0.001, 0.0001", "bool": "true, false"}.get(
                         field_type(f).__name__, "a, b")
-                    st.text_input(f"{SWEEP_LABELS.get(f, LABELS[f])}: values", key=sweep_key(f), help=FIELD_HELP[f],
+                    st.text_input(f"{LABELS[f]}: values", key=sweep_key(f), help=FIELD_HELP[f],
                                   placeholder=example, on_change=sweep_changed)
                     error_slot(sweep_key(f), plan)
         if active:
@@ -532,32 +437,31 @@ def sweep_section(plan: Plan) -> None:
 
 def error_slot(slot: str, plan: Plan) -> None:
     if slot in plan.errors:
-        st.error(md_escape(plan.errors[slot]), icon=":material/error:")
+        st.error(md_escape(plan.errors[slot].message), icon=":material/error:")
 
 
 # -- the form ------------------------------------------------------------------------------------------------
 def field_input(name: str) -> None:
-    key, label, help_ = form_key(name), LABELS.get(name, name), FIELD_HELP.get(name, "")
-    kind = bool if name in BOOL_FIELDS else None if name == "weights_file" else field_type(name)
-    if name == "arch":
-        st.selectbox(label, ARCHITECTURES, key=key, help=help_, format_func=arch_name)
-    elif name == "optimizer":
-        st.selectbox(label, OPTIMIZERS, key=key, help=help_, format_func=OPTIMIZER_NAMES.get)
-    elif name == "bn_recalibration":
-        st.selectbox(label, BN_RECALIBRATION, key=key, help=help_, format_func=BN_NAMES.get)
-    elif name == "weights":
-        st.selectbox(label, WEIGHT_CHOICES, key=key, help=help_, format_func=WEIGHT_NAMES.get)
-    elif name == "weights_file":
-        st.text_input("Weights file", key=key, help=FIELD_HELP["weights"],
+    if name == "weights_file":
+        st.text_input("Weights file", key=form_key(name), help=FIELD_HELP["weights"],
                       placeholder="only for “a weights file”")
-    elif name == "tags":
+        return
+    setting = SETTINGS[name]
+    key, label, help_ = form_key(name), setting.form_text, setting.help
+    if setting.widget == "weights":
+        st.selectbox(label, WEIGHT_CHOICES, key=key, help=help_, format_func=WEIGHT_NAMES.get)
+    elif setting.choices:
+        st.selectbox(label, setting.choices, key=key, help=help_, format_func=setting.value_name)
+    elif setting.widget == "tags":
         st.text_input(label, key=key, help=help_, placeholder="e.g. demo, week 3")
-    elif kind is bool:
+    elif setting.kind is bool:
         st.toggle(label, key=key, help=help_)
-    elif kind is int:
+    elif setting.kind is int:
         st.number_input(label, key=key, help=help_, step=1, format="%d")
+    elif setting.kind is float:
+        st.number_input(label, key=key, help=help_, step=setting.step, format="%g")
     else:
-        st.number_input(label, key=key, help=help_, step=FLOAT_STEPS.get(name, 0.05), format="%g")
+        st.text_input(label, key=key, help=help_)
 
 
 def launch() -> None:
@@ -572,8 +476,8 @@ def launch() -> None:
         queue = open_queue()
         ids = queue.submit_many(plan.configs, sweep=plan.sweep_name)
         queue.tick()
-    except STORE_ERRORS as e:
-        ss["_launch"] = ("error", store_message(e))
+    except UserFacingError as e:
+        ss["_launch"] = ("error", str(e))
         return
     what = f"sweep “{plan.sweep_name}”, about {format_duration(sum(plan.seconds))} in total" if plan.sweep_name \
         else f"a single run of about {format_duration(sum(plan.seconds))}"
@@ -604,7 +508,7 @@ def settings_section(choice: DataChoice, plan: Plan) -> None:
         st.divider()
         st.markdown("**What will run**")
         if "data" in plan.errors:
-            st.error(f"Data: {md_escape(plan.errors['data'])}", icon=":material/database:")
+            st.error(f"Data: {md_escape(plan.errors['data'].message)}", icon=":material/database:")
         show_plan(plan)
         st.caption("Changed a setting? **Update preview** refreshes the plan; **Launch** always uses what the "
                    "form shows.")
@@ -620,8 +524,8 @@ def settings_section(choice: DataChoice, plan: Plan) -> None:
 
 # -- jobs ---------------------------------------------------------------------------------------------------
 def config_summary(c: RunConfig) -> str:
-    parts = [arch_name(c.arch), f"{c.size} px", weights_label(c.weights), f"batch {c.batch_size}",
-             plural(c.epochs, "epoch"), f"{OPTIMIZER_NAMES[c.optimizer]} lr {c.lr:g}"]
+    parts = [SETTINGS["arch"].value_name(c.arch), f"{c.size} px", weights_label(c.weights), f"batch {c.batch_size}",
+             plural(c.epochs, "epoch"), f"{SETTINGS['optimizer'].value_name(c.optimizer)} lr {c.lr:g}"]
     if c.optimizer == "sgd":
         parts.append(f"momentum {c.momentum:g}")
     parts.append(f"dropout {c.dropout:g}")
@@ -670,15 +574,15 @@ def curves_figure(rows: list[dict[str, float]]) -> go.Figure:
 def job_action(action: str, job_id: int) -> None:
     try:
         getattr(open_queue(), action)(job_id)
-    except STORE_ERRORS as e:
-        ss["_job_error"] = store_message(e)
+    except UserFacingError as e:
+        ss["_job_error"] = str(e)
 
 
 def set_max_concurrent() -> None:
     try:
         open_queue().set_max_concurrent(int(ss["max_concurrent"]))
-    except STORE_ERRORS as e:
-        ss["_job_error"] = store_message(e)
+    except UserFacingError as e:
+        ss["_job_error"] = str(e)
 
 
 def job_card(queue: JobQueue, job: Job, max_concurrent: int) -> None:
@@ -742,8 +646,8 @@ def jobs_view() -> None:
         queue.tick()
         jobs = queue.list()
         max_concurrent = queue.max_concurrent
-    except STORE_ERRORS as e:
-        st.error(md_escape(store_message(e)))
+    except UserFacingError as e:
+        st.error(md_escape(str(e)))
         return
     if "_job_error" in ss:
         st.error(md_escape(ss.pop("_job_error")), icon=":material/error:")
@@ -788,8 +692,8 @@ if new_tab.open:
             available = registry.available_sizes()
             choice = data_section(available)
             plan = make_plan(choice, available)
-        except STORE_ERRORS as e:
-            st.error(md_escape(store_message(e)))
+        except UserFacingError as e:
+            st.error(md_escape(str(e)))
         else:
             settings_section(choice, plan)
     save_settings()

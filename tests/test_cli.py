@@ -119,6 +119,50 @@ def test_runs_default_dir_from_env(cli_env):
     assert not RunStore(Path(cli_env["CELLSCOPE_ARTIFACTS"]) / "runs").list_runs()
 
 
+def test_train_flags_are_generated_from_the_settings():
+    from core.cli import build_parser, config_from_args
+    from core.config import SETTINGS, RunConfig
+
+    parser = build_parser()
+    train = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    help_text = train.format_help()
+    for s in SETTINGS.values():
+        assert s.cli_flag in help_text, s.name
+    args = parser.parse_args(["train", "--no-hflip", "--vflip", "--rot90", "--tag", "a", "--tag", "b",
+                              "--batch-size", "16", "--lr", "0.001", "--arch", "resnet18", "--class-weights",
+                              "--bn-recalibration", "on", "--limit-train", "100"])
+    assert config_from_args(args) == RunConfig(aug_hflip=False, aug_vflip=True, aug_rot90=True, tags=("a", "b"),
+                                               batch_size=16, lr=0.001, arch="resnet18", weights="none",
+                                               class_weights=True, bn_recalibration="on", limit_train=100)
+    assert config_from_args(parser.parse_args(["train"])) == RunConfig()
+
+
+def test_submit_names_grids_and_presets_by_the_one_rule(cli_env, tmp_path):
+    from core.jobs.queue import JobQueue
+
+    runs_dir = tmp_path / "runs"
+    proc = cli(cli_env, "submit", "--grid", "batch_size=16, 32", "--repeats", "2", "--no-start",
+               "--runs-dir", runs_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("queued 4 job(s)")
+    proc = cli(cli_env, "submit", "--preset", "table1", "--no-start", "--runs-dir", runs_dir)
+    assert proc.returncode == 0, proc.stderr
+    jobs = JobQueue(RunStore(runs_dir)).list()
+    assert sorted({j.sweep for j in jobs}) == ["batch_size=16,32 x2 seeds", "table1"]
+    grid = sorted((j.config.batch_size, j.config.seed) for j in jobs if j.sweep != "table1")
+    assert grid == [(16, 0), (16, 1), (32, 0), (32, 1)]
+    assert sorted(j.config.batch_size for j in jobs if j.sweep == "table1") == [16, 32]
+    assert {j.status for j in jobs} == {"queued"}
+
+
+def test_submit_bad_values_are_one_line_errors(cli_env, tmp_path):
+    runs = ("--no-start", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(cli(cli_env, "submit", "--grid", "lr=fast", *runs), "lr", "not a valid float")
+    assert_one_line_error(cli(cli_env, "submit", "--grid", "seed=1,2", *runs), "seed", "repeats")
+    assert_one_line_error(cli(cli_env, "submit", "--preset", "table99", *runs), "unknown preset 'table99'")
+    assert_one_line_error(cli(cli_env, "submit", "--grid", "lr", *runs), "--grid takes FIELD=V1,V2")
+
+
 # -- evaluate, predict, gradcam on the shared trained run --------------------------------------------------------
 
 def test_evaluate_prints_val_and_test(cli_env, trained_run, tiny_npz):

@@ -7,8 +7,12 @@ import json
 
 import pytest
 
-from core.config import ARCHITECTURES, NO_IMAGENET_WEIGHTS, OPTIMIZERS, SIZES, ConfigError, RunConfig
+from core.config import OPTIMIZERS, SETTINGS, SIZES, ConfigError, RunConfig
 from core.errors import UserFacingError
+from core.models import architectures
+
+ARCHITECTURES = architectures.KEYS
+NO_IMAGENET_WEIGHTS = ("resnet18",)  # written here; keras.applications has none for it
 
 
 def test_defaults_are_the_study_recipe():
@@ -232,3 +236,38 @@ def test_from_dict_wrong_type_in_stored_config_is_config_error():
     with pytest.raises(ConfigError) as info:
         RunConfig.from_dict(d)
     assert info.value.field == "lr"
+
+
+def test_architecture_registry_says_which_have_imagenet_weights():
+    assert tuple(a.key for a in architectures.ARCHITECTURES if not a.imagenet_weights) == NO_IMAGENET_WEIGHTS
+    assert architectures.display_name("densenet121") == "DenseNet-121"
+    assert architectures.display_name("unknown") == "unknown"
+
+
+def test_every_field_has_one_setting_with_label_help_and_group():
+    assert list(SETTINGS) == RunConfig.field_names()
+    for name, s in SETTINGS.items():
+        assert s.name == name and s.label and s.help and s.group, name
+        assert s.default == getattr(RunConfig(), name), name
+        assert s.kind in (bool, int, float, str, tuple), name
+        if s.choices:
+            assert s.default in s.choices, name
+    assert SETTINGS["tags"].kind is tuple and SETTINGS["aug_hflip"].cli_flag == "--no-hflip"
+    assert SETTINGS["aug_vflip"].cli_flag == "--vflip" and SETTINGS["batch_size"].cli_flag == "--batch-size"
+
+
+def test_a_setting_describes_its_values():
+    assert SETTINGS["arch"].describe("resnet50") == "ResNet-50"
+    assert SETTINGS["size"].describe(64) == "64 px"
+    assert SETTINGS["batch_size"].describe(16) == "batch 16"
+    assert SETTINGS["lr"].describe(1e-4) == "lr 0.0001"
+    assert SETTINGS["attention"].describe(False) == "no attention"
+    assert SETTINGS["weights"].describe("/x/y/backbone.h5") == "backbone.h5"
+    assert SETTINGS["dropout"].describe(0.3) == "dropout 0.3"
+
+
+@pytest.mark.parametrize("name", [n for n, s in SETTINGS.items() if s.kind is bool])
+def test_every_switch_must_be_a_bool(name):
+    with pytest.raises(ConfigError) as info:
+        RunConfig(**{name: 1})
+    assert info.value.field == name and "true or false" in info.value.message

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from core.config import SIZES, RunConfig
-from core.errors import UserFacingError
+from core.errors import StoreError, UserFacingError
 from core.store.io import write_json
 from core.store.overview import (
-    OverviewError,
     class_names,
     dataset_files,
     human_bytes,
@@ -105,9 +104,10 @@ def test_an_empty_index_is_rebuilt_from_run_folders(tmp_path):
 def test_a_damaged_index_is_a_user_facing_error(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "index.sqlite").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(OverviewError, match="--reindex") as info:
+    with pytest.raises(StoreError, match="--reindex") as info:
         runs_overview(tmp_path / "runs")
     assert isinstance(info.value, UserFacingError)
+    assert str(tmp_path / "index.sqlite") in str(info.value)  # the message names the file
 
 
 def test_recent_table_rows(tmp_path):

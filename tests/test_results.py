@@ -15,8 +15,9 @@ import pytest
 from results_fixtures import publish, synthetic_metrics
 
 from core.config import RunConfig
+from core.jobs.queue import JobQueue
 from core.store import results
-from core.store.runs import Run, RunStore
+from core.store.runs import Run, RunStore, RunStoreError, index_row
 
 
 def config(**kw) -> RunConfig:
@@ -74,6 +75,18 @@ def test_incomplete_runs_are_listed_with_a_status(grid):
     row = table[table["run_id"] == writer.run_id].iloc[0]
     assert row["status"] == "incomplete" and math.isnan(row["test_accuracy"])
     assert len(results.runs_table(grid, include_incomplete=False)) == 6
+    writer.close()
+
+
+def test_an_incomplete_run_shows_its_jobs_status_read_through_the_queue(grid):
+    assert JobQueue.statuses_by_run(grid) == {}  # no queue yet: no jobs table, nothing created
+    writer = grid.writer(config(seed=9))
+    queue = JobQueue(grid)
+    job = queue.submit(writer.config)
+    queue._update(job, run_id=writer.run_id, status="failed")
+    assert JobQueue.statuses_by_run(grid) == {writer.run_id: "failed"}
+    table = results.runs_table(grid)
+    assert table.loc[table["run_id"] == writer.run_id, "status"].item() == "failed"
     writer.close()
 
 
@@ -220,20 +233,20 @@ def test_tag_runs_rewrites_config_and_reindexes(grid):
     path = grid.runs_dir / ids[0]
     created = path.stat().st_mtime_ns
     before = results.index_signature(grid)
-    assert results.tag_runs(grid, ids, add=["baseline"]) == 2
-    assert results.tag_runs(grid, ids, add=["baseline"]) == 0  # already there
+    assert grid.tag_runs(ids, add=["baseline"]) == 2
+    assert grid.tag_runs(ids, add=["baseline"]) == 0  # already there
     assert json.loads((path / "config.json").read_text())["tags"] == ["baseline"]
     assert path.stat().st_mtime_ns == created  # `created` in the index stays the run's own time
     assert results.index_signature(grid) != before
     table = results.runs_table(grid)
     assert set(results.filter_runs(table, {}, tags=["baseline"])["run_id"]) == set(ids)
     deep = list(table.loc[table["arch"] == "resnet101", "run_id"])
-    results.tag_runs(grid, deep, remove=["study"])
+    assert results.tag_runs(grid, deep, remove=["study"]) == 2  # the old name still reaches the store
     assert set(results.runs_table(grid).loc[lambda t: t["arch"] == "resnet101", "tags"]) == {"deep"}
-    with pytest.raises(results.ResultsError):
-        results.tag_runs(grid, ids, add=["a,b"])
-    with pytest.raises(results.ResultsError):
-        results.tag_runs(grid, ["../../etc"], add=["x"])
+    with pytest.raises(RunStoreError, match="without commas"):
+        grid.tag_runs(ids, add=["a,b"])
+    with pytest.raises(RunStoreError, match="invalid run id"):
+        grid.tag_runs(["../../etc"], add=["x"])
 
 
 def test_details_of_selected_runs(grid):
@@ -285,13 +298,8 @@ def test_listing_a_thousand_runs_is_fast(tmp_path):
         path = store.runs_dir / f"20250101-000000-{i:06x}"
         path.mkdir()
         c = config(seed=i % 5, batch_size=(16, 32)[i % 2])
-        rows.append({"run_id": path.name, "path": str(path), "created": 1.7e9 + i, "arch": c.arch, "size": c.size,
-                     "weights": c.weights, "batch_size": c.batch_size, "epochs": c.epochs, "optimizer": c.optimizer,
-                     "lr": c.lr, "dropout": c.dropout, "attention": 0, "class_weights": 0, "seed": c.seed,
-                     "tags": "", "best_epoch": 1, "epochs_run": 2, "val_accuracy": 0.9, "val_auc": 0.99,
-                     "test_accuracy": 0.9 + i / 1e5, "test_auc": 0.99, "test_macro_f1": 0.9, "train_seconds": 10.0,
-                     "images_per_second": 100.0, "config_json": c.to_json(),
-                     "per_class_f1": json.dumps({k: v["f1"] for k, v in metrics["test"]["per_class"].items()})})
+        rows.append(index_row(path.name, path, 1.7e9 + i, c, {**metrics, "test": {**metrics["test"],
+                                                                          "accuracy": 0.9 + i / 1e5}}))
     with closing(sqlite3.connect(store.index_path)) as db, db:
         cols = ", ".join(rows[0])
         db.executemany(f"INSERT INTO runs ({cols}) VALUES ({', '.join(':' + k for k in rows[0])})", rows)

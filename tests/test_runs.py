@@ -9,7 +9,8 @@ import sqlite3
 import pytest
 
 from core.config import RunConfig
-from core.errors import UserFacingError
+from core.errors import StoreError, UserFacingError
+from core.jobs.queue import JobQueue
 from core.store import runs as R
 
 FILES = {"config.json", "history.csv", "metrics.json", "model.keras", "train.log"}
@@ -278,3 +279,23 @@ def test_failed_save_model_does_not_publish(store, runs_dir):
     assert w.work_dir.is_dir()  # still in .incomplete/, resumable
     assert not (w.work_dir / "model.keras").exists()
     w.close()
+
+
+def test_a_damaged_index_is_one_store_error_naming_the_file_and_the_repair(store, runs_dir):
+    store.index_path.write_bytes(b"this is not a database" * 100)
+    for use in (lambda: R.RunStore(runs_dir), store.list_runs, store.count, lambda: JobQueue(store)):
+        with pytest.raises(StoreError) as info:
+            use()
+        message = str(info.value)
+        assert str(store.index_path) in message and "python -m core runs --reindex" in message
+        assert isinstance(info.value, UserFacingError)
+        assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+def test_index_columns_are_the_indexed_settings(store):
+    publish(store)
+    row = store.list_runs()[0]
+    for s in R.INDEXED_SETTINGS:
+        assert s.name in row, s.name
+    assert row["attention"] == 0 and row["tags"] == "t1,t2" and row["arch"] == "resnet18"
+    assert set(row) == R.runs_columns()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from core.config import ConfigError, RunConfig
+from core.jobs.plans import PlanRequest, plan, preset_request, sweep_slot
 from core.jobs.sweeps import (
     JOB_OVERHEAD_SECONDS,
     PRESETS,
@@ -14,6 +15,7 @@ from core.jobs.sweeps import (
     relative_cost,
     training_speed,
 )
+from core.store.runs import RunStore
 
 
 def test_grid_is_the_product_with_seed_repeats():
@@ -96,3 +98,53 @@ def test_format_duration():
     assert format_duration(3 * 3600) == "3.0 h"
     assert format_duration(3 * 86400) == "3.0 days"
     assert format_duration(float("inf")) == "unknown"
+
+
+# -- plans: what the Train page and `python -m core submit` queue ---------------------------------------------
+
+def test_plan_builds_a_grid_with_repeats_estimates_and_one_name(tmp_path):
+    request = PlanRequest(values={"arch": "resnet50", "weights": "auto", "tags": "demo, week 3"},
+                          sweep={"batch_size": "16, 32"}, repeats=2)
+    p = plan(request, split_sizes=(1000, 100, 100), store=RunStore(tmp_path / "runs"))
+    assert p.ok and len(p.configs) == 4 and p.errors == {} and p.blockers == []
+    assert {c.tags for c in p.configs} == {("demo", "week 3")} and {c.weights for c in p.configs} == {"imagenet"}
+    assert len(p.seconds) == 4 and set(p.speed_sources) == {"default"} and p.history_runs == 0
+    assert p.sweep_name == "batch_size=16,32 x2 seeds"
+    assert plan(PlanRequest(values={})).sweep_name is None  # one job: no sweep
+    assert plan(PlanRequest(values={})).seconds == []  # no sizes or store: no estimate
+
+
+def test_plan_auto_weights_follow_each_swept_network():
+    p = plan(PlanRequest(values={"arch": "resnet18", "weights": "auto"}, sweep={"arch": "resnet18, resnet50"}))
+    assert {c.arch: c.weights for c in p.configs} == {"resnet18": "none", "resnet50": "imagenet"}
+    fixed = plan(PlanRequest(values={"arch": "resnet18", "weights": "none"}, sweep={"arch": "resnet18, resnet50"}))
+    assert {c.weights for c in fixed.configs} == {"none"}
+
+
+def test_plan_puts_each_error_in_its_slot():
+    p = plan(PlanRequest(values={"epochs": 0}))
+    assert not p.ok and p.errors["epochs"].message == "must be 1..1000"
+    p = plan(PlanRequest(values={}, sweep={"lr": "fast", "dropout": "0.1"}))
+    assert list(p.errors) == [sweep_slot("lr")] and p.errors[sweep_slot("lr")].field == "lr"
+    assert list(plan(PlanRequest(values={}, sweep={"seed": "1, 2"})).errors) == [sweep_slot("seed")]
+    assert list(plan(PlanRequest(values={}, repeats=99)).errors) == ["sweep_repeats"]
+    p = plan(PlanRequest(values={}), data_error="no such file")
+    assert p.errors["data"].message == "no such file" and not p.ok
+    p = plan(PlanRequest(values={"data": "/x.npz", "size": 28}, sweep={"size": "28, 64"}))
+    assert "your file holds 28 px" in p.errors[sweep_slot("size")].message
+
+
+def test_plan_blocks_on_bloodmnist_sizes_not_downloaded():
+    p = plan(PlanRequest(values={}, sweep={"size": "28, 64"}), available=[28])
+    assert p.ok and p.blockers == ["BloodMNIST 64 px is not downloaded yet: download it in section 1, or train "
+                                   "on your own file."]
+    assert plan(PlanRequest(values={}, sweep={"size": "28, 64"}), available=[28, 64]).blockers == []
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.key for p in PRESETS])
+def test_a_preset_plans_its_own_configs_under_its_own_name(preset):
+    p = plan(preset_request(preset.key))
+    assert p.ok and p.configs == preset.configs() and p.sweep_name == preset.key
+    assert plan(preset_request(preset.key, repeats=2)).sweep_name == f"{preset.key} x2 seeds"
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_request("table99")

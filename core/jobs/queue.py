@@ -21,14 +21,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from core.config import RunConfig
 from core.errors import UserFacingError
-from core.store.runs import INCOMPLETE, PROJECT_ROOT, RunStore
+from core.store.runs import INCOMPLETE, PROJECT_ROOT, RunStore, index_errors
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -100,22 +100,28 @@ def process_alive(pid: int | None, start_token: str | None) -> bool:
     return start_token is None or token == start_token
 
 
-class JobQueue:
-    def __init__(self, store: RunStore | None = None):
-        self.store = store or RunStore()
-        self.db_path = self.store.index_path
-        self.log_dir = self.store.runs_dir.parent / "jobs"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute(
-                """CREATE TABLE IF NOT EXISTS jobs (
+JOBS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS jobs (
                     id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL, config_json TEXT NOT NULL,
                     created REAL NOT NULL, sweep TEXT, run_id TEXT, run_path TEXT,
                     pid INTEGER, pid_start TEXT, started REAL, finished REAL, heartbeat REAL,
                     epoch INTEGER NOT NULL DEFAULT 0, epochs INTEGER NOT NULL DEFAULT 0,
                     batch INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
                     fraction REAL NOT NULL DEFAULT 0, images_per_second REAL, eta_seconds REAL,
-                    error TEXT, log_tail TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0)""")
+                    error TEXT, log_tail TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0)"""
+
+
+class JobQueue:
+    """The jobs table beside the run index. Every failure to use it is a RunStoreError (a StoreError) naming
+    the file, with the index's one repair hint."""
+
+    def __init__(self, store: RunStore | None = None):
+        self.store = store or RunStore()
+        self.db_path = self.store.index_path
+        self.log_dir = self.store.runs_dir.parent / "jobs"
+        with index_errors(self.db_path):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute(JOBS_TABLE_SQL)
             db.execute("CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     def _connect(self) -> sqlite3.Connection:
@@ -124,22 +130,38 @@ class JobQueue:
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """An autocommit connection, closed after the block; SQLite and file errors as RunStoreError."""
+        with index_errors(self.db_path), closing(self._connect()) as db:
+            yield db
+
+    @staticmethod
+    def statuses_by_run(store: RunStore) -> dict[str, str]:
+        """run_id -> status of the latest job that trained it, read without creating the queue (a store whose
+        queue was never used has no jobs table: then empty)."""
+        with index_errors(store.index_path), closing(sqlite3.connect(store.index_path, timeout=30)) as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='jobs'").fetchone() is None:
+                return {}
+            rows = db.execute("SELECT run_id, status FROM jobs WHERE run_id IS NOT NULL ORDER BY id").fetchall()
+        return {run_id: status for run_id, status in rows}
+
     # -- settings -------------------------------------------------------------------------------------
     @property
     def max_concurrent(self) -> int:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             row = db.execute("SELECT value FROM settings WHERE key='max_concurrent'").fetchone()
         return int(row[0]) if row else 1
 
     def set_max_concurrent(self, n: int) -> None:
         if not 1 <= int(n) <= 16:
             raise JobError("max concurrent jobs must be 1..16")
-        with closing(self._connect()) as db:
+        with self._db() as db:
             db.execute("INSERT OR REPLACE INTO settings VALUES ('max_concurrent', ?)", (str(int(n)),))
 
     # -- queries ----------------------------------------------------------------------------------------
     def get(self, job_id: int) -> Job:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             raise JobError(f"no job {job_id}")
@@ -152,7 +174,7 @@ class JobQueue:
             query += f" WHERE status IN ({','.join('?' * len(statuses))})"
             args = statuses
         query += " ORDER BY id DESC LIMIT ?"
-        with closing(self._connect()) as db:
+        with self._db() as db:
             return [Job.from_row(r) for r in db.execute(query, [*args, limit])]
 
     def log_path(self, job_id: int) -> Path:
@@ -182,7 +204,7 @@ class JobQueue:
 
     # -- commands ---------------------------------------------------------------------------------------
     def submit(self, config: RunConfig, sweep: str | None = None) -> int:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             cur = db.execute("INSERT INTO jobs (status, config_json, created, sweep, epochs) VALUES (?,?,?,?,?)",
                              ("queued", config.to_json(), time.time(), sweep, config.epochs))
             return int(cur.lastrowid)
@@ -198,7 +220,7 @@ class JobQueue:
         if job.status != "running":
             raise JobError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
         self._update(job_id, cancel_requested=1)
-        with closing(self._connect()) as db:
+        with self._db() as db:
             start = db.execute("SELECT pid_start FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
         if process_alive(job.pid, start):
             try:
@@ -216,7 +238,7 @@ class JobQueue:
         job = self.get(job_id)
         if job.status in ACTIVE:
             raise JobError(f"job {job_id} is {job.status}; cancel it first")
-        with closing(self._connect()) as db:
+        with self._db() as db:
             db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
         self.log_path(job_id).unlink(missing_ok=True)
 
@@ -234,7 +256,7 @@ class JobQueue:
         return started
 
     def _reap(self) -> None:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = db.execute("SELECT id, pid, pid_start, cancel_requested, heartbeat, started FROM jobs "
                               "WHERE status='running'").fetchall()
         now = time.time()
@@ -261,7 +283,7 @@ class JobQueue:
     def _claim_next(self) -> int | None:
         """Atomically move the oldest queued job to running if a slot is free."""
         limit = self.max_concurrent
-        with closing(self._connect()) as db:
+        with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 running = db.execute("SELECT COUNT(*) FROM jobs WHERE status='running'").fetchone()[0]
@@ -297,14 +319,14 @@ class JobQueue:
     # -- bookkeeping, used by the job process too ---------------------------------------------------------
     def _update(self, job_id: int, **values: Any) -> None:
         cols = ", ".join(f"{k}=?" for k in values)
-        with closing(self._connect()) as db:
+        with self._db() as db:
             db.execute(f"UPDATE jobs SET {cols} WHERE id=?", [*values.values(), job_id])
 
     def _finish(self, job_id: int, status: str, **values: Any) -> None:
         self._update(job_id, status=status, finished=time.time(), **values)
 
     def cancel_requested(self, job_id: int) -> bool:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
         return bool(row and row[0])
 

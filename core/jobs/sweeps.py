@@ -7,30 +7,23 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from core.config import ConfigError, RunConfig
+from core.config import SETTINGS, ConfigError, RunConfig
+from core.models import architectures
 
-# Approximate training cost per image relative to ResNet-50 at 64 px (forward GFLOPs at 224 px, scaled by
-# the pixel count each backbone actually computes on). Used only when no earlier run of that
-# architecture and size exists to measure from.
-GFLOPS_224 = {"resnet18": 1.8, "resnet50": 4.1, "resnet101": 7.8, "mobilenetv3small": 0.06,
-              "efficientnetb0": 0.39, "densenet121": 2.9}
 # Measured on this project's 2-core development machine (ResNet-50, 64 px, batch 32, from scratch).
 FALLBACK_RESNET50_64_IPS = 55.0
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
 JOB_OVERHEAD_SECONDS = 30.0  # process start, TensorFlow import, data load and model build, per job
 
 
-def effective_size(arch: str, size: int) -> int:
-    if arch == "resnet18":
-        return size * 4 if size <= 32 else size  # stride-1 stem without max-pool keeps 4x the pixels
-    return max(size, 32)
-
-
 def relative_cost(arch: str, size: int) -> float:
-    return GFLOPS_224[arch] * (effective_size(arch, size) / 224) ** 2
+    """Training cost per image relative to the others: the registry's GFLOPs at 224 px scaled by the pixel count
+    each backbone actually computes on. Used only when no earlier run of that architecture and size exists to
+    measure from."""
+    return architectures.get(arch).relative_cost(size)
 
 
 def grid(base: RunConfig, values: Mapping[str, Sequence[Any]], repeats: int = 1) -> list[RunConfig]:
@@ -174,10 +167,10 @@ PRESETS_BY_KEY = {p.key: p for p in PRESETS}
 
 
 def field_type(name: str) -> type:
-    for f in fields(RunConfig):
-        if f.name == name:
-            return {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type), str)
-    raise ConfigError(name, "not a run setting")
+    if name not in SETTINGS:
+        raise ConfigError(name, "not a run setting")
+    kind = SETTINGS[name].kind
+    return str if kind is tuple else kind
 
 
 def parse_values(name: str, text: str) -> list[Any]:

@@ -6,22 +6,18 @@ dashboard's home page opens instantly.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import DISPLAY_NAMES, SIZES
+from core.config import SIZES
 from core.data import registry
 from core.errors import UserFacingError
+from core.models.architectures import display_name
 from core.store.runs import RunStore, default_runs_dir
 
 RECENT_RUNS = 10
-
-
-class OverviewError(UserFacingError, RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,8 @@ def human_bytes(n: int) -> str:
 
 
 def arch_name(arch: str) -> str:
-    return DISPLAY_NAMES.get(arch, arch)
+    """The architecture registry's display name (kept here for the pages that import it from this module)."""
+    return display_name(arch)
 
 
 def weights_label(weights: str) -> str:
@@ -113,17 +110,12 @@ def runs_overview(runs_dir: str | Path | None = None, recent: int = RECENT_RUNS)
     If the index is empty while complete run directories exist (e.g. copied in by hand), it is rebuilt once.
     """
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
-    try:
-        store = RunStore(runs_dir)
+    store = RunStore(runs_dir)  # a damaged index is a RunStoreError naming the file, with the repair hint
+    rows = store.list_runs("created DESC")
+    if not rows and any(store.complete_runs()):
+        store.reindex()
         rows = store.list_runs("created DESC")
-        if not rows and any(store.complete_runs()):
-            store.reindex()
-            rows = store.list_runs("created DESC")
-        best = store.best_run() if rows else None
-    except (sqlite3.Error, OSError) as e:
-        raise OverviewError(
-            f"Could not read the run store at {runs_dir} ({e}). If its index is damaged, rebuild it from the "
-            f"run folders: python -m core runs --reindex") from None
+    best = store.best_run() if rows else None
     return RunsOverview(runs_dir=store.runs_dir, count=len(rows), best=best, recent=rows[:recent])
 
 

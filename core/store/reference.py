@@ -18,11 +18,12 @@ from typing import Any
 
 import pandas as pd
 
+from core.config import SETTINGS
+
 DATA_FILE = Path(__file__).with_name("study_tables.json")
 
 # Fields a study record shares with RunConfig (so our runs and the study's can be grouped alike).
-CONFIG_FIELDS = ("arch", "size", "batch_size", "optimizer", "lr", "momentum", "dropout", "attention",
-                 "class_weights", "weights")
+CONFIG_FIELDS = tuple(name for name, s in SETTINGS.items() if s.study)
 SPLITS = ("train", "val", "test", "external")
 METRICS = ("accuracy", "auc", "loss", "precision", "recall", "f1", "support")
 UNRELIABLE_MARK = "†"

@@ -18,9 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import sqlite3
-from contextlib import closing
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -29,11 +26,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from core.config import RunConfig
+from core.config import SETTINGS
 from core.data.registry import short_label
 from core.errors import UserFacingError
+from core.jobs.queue import JobQueue
 from core.store import reference
-from core.store.overview import arch_name
 from core.store.runs import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -42,26 +39,21 @@ from core.store.runs import (
     Run,
     RunStore,
     read_history,
-    write_json,
 )
 
 # -- the runs table ------------------------------------------------------------------------------------
 
 STATUSES = ("complete", "running", "queued", "failed", "cancelled", "incomplete")
-CONFIG_FIELDS = tuple(f for f in RunConfig.field_names() if f != "tags")
+CONFIG_FIELDS = tuple(name for name, s in SETTINGS.items() if s.kind is not tuple)  # tags: their own column
 # Fields the filters, matrix and parallel-coordinates pickers offer first, in this order.
-MAIN_FIELDS = ("arch", "size", "weights", "batch_size", "optimizer", "lr", "momentum", "dropout", "attention",
-               "class_weights", "epochs", "limit_train", "seed")
+MAIN_FIELDS = tuple(s.name for s in sorted((s for s in SETTINGS.values() if s.main), key=lambda s: s.main))
 INDEX_METRICS = ("best_epoch", "epochs_run", "val_accuracy", "val_auc", "test_accuracy", "test_auc",
                  "test_macro_f1", "train_seconds", "images_per_second")
 F1_PREFIX = "f1_"
 
 FIELD_LABELS = {
-    "run_id": "Run", "created": "Created", "status": "Status", "tags": "Tags",
-    "arch": "Architecture", "size": "Image size", "weights": "Weights", "batch_size": "Batch size",
-    "optimizer": "Optimizer", "lr": "Learning rate", "momentum": "Momentum", "dropout": "Dropout",
-    "attention": "Attention", "class_weights": "Class weights", "epochs": "Epochs", "seed": "Seed",
-    "limit_train": "Training images", "patience": "Patience", "data": "Data file",
+    "run_id": "Run", "created": "Created", "status": "Status",
+    **{name: s.label for name, s in SETTINGS.items()},
     "best_epoch": "Best epoch", "epochs_run": "Epochs run", "val_accuracy": "Val accuracy", "val_auc": "Val AUC",
     "test_accuracy": "Test accuracy", "test_auc": "Test AUC", "test_macro_f1": "Test macro F1",
     "train_seconds": "Train time (s)", "images_per_second": "Images/s",
@@ -103,16 +95,6 @@ def index_signature(store: RunStore) -> tuple:
     return tuple(out)
 
 
-def _job_statuses(store: RunStore) -> dict[str, str]:
-    """run_id -> job status for runs the job queue knows (same SQLite file); empty without a queue."""
-    try:
-        with closing(sqlite3.connect(store.index_path, timeout=30)) as db:
-            rows = db.execute("SELECT run_id, status FROM jobs WHERE run_id IS NOT NULL ORDER BY id").fetchall()
-    except sqlite3.Error:
-        return {}
-    return {run_id: status for run_id, status in rows}
-
-
 def _incomplete_rows(store: RunStore) -> list[dict[str, Any]]:
     """Runs still in .incomplete/ (training, failed or cancelled): config only, no metrics."""
     work = store.runs_dir / INCOMPLETE
@@ -129,7 +111,7 @@ def _incomplete_rows(store: RunStore) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if jobs is None:
-            jobs = _job_statuses(store)
+            jobs = JobQueue.statuses_by_run(store)
         status = jobs.get(path.name, "incomplete")
         out.append({"run_id": path.name, "created": created, "status": "incomplete" if status == "succeeded"
                     else status, "path": str(path), "config": config})
@@ -280,23 +262,10 @@ ALL = "all runs"
 
 def describe_value(field: str, value: Any) -> str:
     """A level as a short human label: ('arch', 'resnet50') -> 'ResNet-50', ('size', 64) -> '64 px'."""
-    if field == "arch":
-        return arch_name(str(value))
-    if field == "size":
-        return f"{value} px"
-    if field == "batch_size":
-        return f"batch {value}"
-    if field == "lr":
-        return f"lr {value:g}" if isinstance(value, (int, float)) else f"lr {value}"
-    if field in ("attention", "class_weights", "aug_hflip", "aug_vflip", "aug_rot90", "deterministic"):
-        name = FIELD_LABELS.get(field, field).lower()
-        return name if value else f"no {name}"
-    if field == "optimizer":
-        return {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}.get(str(value), str(value))
     if field == ALL:
         return ALL
-    if field == "weights":
-        return {"imagenet": "ImageNet", "none": "from scratch"}.get(str(value), Path(str(value)).name)
+    if field in SETTINGS:
+        return SETTINGS[field].describe(value)
     return f"{FIELD_LABELS.get(field, field).lower()} {value}"
 
 
@@ -540,6 +509,20 @@ def per_class_table(store: RunStore, run_ids: Sequence[str], split: str = "test"
     return pd.DataFrame.from_records(records, columns=["run_id", "class", "precision", "recall", "f1", "support"])
 
 
+PER_CLASS_SHORT = {"precision": "precision", "recall": "recall", "f1": "F1"}
+
+
+def per_class_wide(per_class: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """`per_class_table` pivoted to one row per class: a column per run and metric, with short headers (the
+    run id's random part and the metric, e.g. "18cbbc F1"), then the class's support. Returns the table and
+    its metric columns."""
+    wide = per_class.pivot_table(index="class", columns="run_id", values=list(PER_CLASS_SHORT), sort=False)
+    wide.columns = [f"{run[-6:]} {PER_CLASS_SHORT[m]}" for m, run in wide.columns]
+    wide = wide[[f"{r[-6:]} {PER_CLASS_SHORT[m]}" for r in per_class["run_id"].unique() for m in PER_CLASS_SHORT]]
+    support = per_class.groupby("class", sort=False)["support"].first()
+    return wide.assign(support=support).reset_index(), list(wide.columns)
+
+
 def curves(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:
     """Per-epoch training and validation loss/accuracy/AUC of each run, long format:
     run_id, epoch, metric (loss/accuracy/auc), split (train/val), value."""
@@ -589,44 +572,7 @@ def parallel_dimensions(df: pd.DataFrame, fields: Sequence[str], metric: str = "
 
 # -- tagging -----------------------------------------------------------------------------------------------
 
-TAG_PATTERN = re.compile(r"^[^,\x00-\x1f]{1,40}\Z")
-
-
-def check_tag(tag: str) -> str:
-    tag = tag.strip()
-    if not TAG_PATTERN.match(tag):
-        raise ResultsError(f"a tag is 1 to 40 characters without commas: {tag!r}")
-    return tag
-
-
 def tag_runs(store: RunStore, run_ids: Sequence[str], add: Iterable[str] = (),
              remove: Iterable[str] = ()) -> int:
-    """Add and/or remove tags on complete runs: rewrite each config.json atomically, then reindex the run.
-
-    The run directory's modification time is kept (the index's `created` is read from it). Returns the number
-    of runs changed.
-    """
-    add = [check_tag(t) for t in add]
-    remove = {t.strip() for t in remove}
-    changed = 0
-    for run_id in run_ids:
-        if not RUN_ID_PATTERN.match(run_id):
-            raise ResultsError(f"invalid run id {run_id!r}")
-        path = store.runs_dir / run_id
-        config_path = path / CONFIG_FILE
-        if not config_path.is_file():
-            raise ResultsError(f"no complete run {run_id} in {store.runs_dir}")
-        config = json.loads(config_path.read_text())
-        old = list(config.get("tags") or [])
-        new = [t for t in old if t not in remove]
-        new += [t for t in add if t not in new]
-        if new == old:
-            continue
-        config["tags"] = new
-        RunConfig.from_dict(config)  # still a valid configuration
-        before = path.stat()
-        write_json(config_path, config)
-        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-        store.index_run(Run(path))
-        changed += 1
-    return changed
+    """RunStore.tag_runs, under its old name for callers not yet moved to it."""
+    return store.tag_runs(run_ids, add, remove)

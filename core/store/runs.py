@@ -15,20 +15,21 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from core.config import RunConfig
+from core.config import SETTINGS, RunConfig
 from core.data.dataset import DatasetError, read_split, resolve
-from core.errors import UserFacingError
+from core.errors import StoreError
 from core.store.io import RUN_ID_PATTERN, new_run_id, run_created, write_atomic, write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +40,26 @@ CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, LOG_FILE = (
     "config.json", "history.csv", "metrics.json", "model.keras", "train.log")
 
 
-class RunStoreError(UserFacingError, RuntimeError):
+REINDEX_HINT = "python -m core runs --reindex"
+
+
+class RunStoreError(StoreError):
     pass
+
+
+def index_message(path: Path, error: Exception) -> str:
+    """The one message for an index (runs or jobs) that cannot be read: the file, the cause, the repair."""
+    return (f"Could not read the run index {path} ({error.__class__.__name__}: {error}). If it is damaged, "
+            f"rebuild it from the run folders: {REINDEX_HINT}")
+
+
+@contextmanager
+def index_errors(path: Path) -> Iterator[None]:
+    """Turn SQLite and file errors met while using the index at `path` into one RunStoreError."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as e:
+        raise RunStoreError(index_message(path, e)) from e
 
 
 def default_runs_dir() -> Path:
@@ -177,14 +196,38 @@ class RunWriter:
             self._log.close()
 
 
-RUNS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS runs (
+_SQL_TYPES = {bool: "INTEGER", int: "INTEGER", float: "REAL", str: "TEXT", tuple: "TEXT"}
+INDEXED_SETTINGS = tuple(s for s in SETTINGS.values() if s.indexed)  # each has its own column
+RUNS_TABLE_SQL = f"""CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, path TEXT NOT NULL, created REAL NOT NULL,
-    arch TEXT, size INTEGER, weights TEXT, batch_size INTEGER, epochs INTEGER,
-    optimizer TEXT, lr REAL, dropout REAL, attention INTEGER, class_weights INTEGER,
-    seed INTEGER, tags TEXT, best_epoch INTEGER, epochs_run INTEGER,
+    {", ".join(f"{s.name} {_SQL_TYPES[s.kind]}" for s in INDEXED_SETTINGS)},
+    best_epoch INTEGER, epochs_run INTEGER,
     val_accuracy REAL, val_auc REAL, test_accuracy REAL, test_auc REAL, test_macro_f1 REAL,
     train_seconds REAL, images_per_second REAL, config_json TEXT NOT NULL,
     per_class_f1 TEXT)"""  # per_class_f1: JSON {label: test F1} at the best epoch, for the results matrix
+
+
+def index_value(value: Any) -> Any:
+    """A setting's value as its index column holds it: yes/no as 1/0, tags as "a,b"."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(value)
+    return value
+
+
+def index_row(run_id: str, path: Path, created: float, config: RunConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    """One row of the runs table: the run, its indexed settings and its best-epoch metrics."""
+    return {
+        "run_id": run_id, "path": str(path), "created": created,
+        **{s.name: index_value(getattr(config, s.name)) for s in INDEXED_SETTINGS},
+        "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run"),
+        "val_accuracy": metrics["val"]["accuracy"], "val_auc": metrics["val"]["auc"],
+        "test_accuracy": metrics["test"]["accuracy"], "test_auc": metrics["test"]["auc"],
+        "test_macro_f1": metrics["test"].get("macro_f1"), "train_seconds": metrics.get("train_seconds"),
+        "images_per_second": metrics.get("train_images_per_second"), "config_json": config.to_json(),
+        "per_class_f1": per_class_f1_json(metrics),
+    }
 
 
 @lru_cache(maxsize=1)
@@ -196,16 +239,20 @@ def runs_columns() -> frozenset[str]:
 
 
 class RunStore:
+    """The run folders and their SQLite index. Every failure to use the index is a RunStoreError (a StoreError)
+    naming the file, with the one repair hint."""
+
     def __init__(self, runs_dir: str | Path | None = None):
         self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.index_path = self.runs_dir.parent / "index.sqlite"
-        with closing(self._connect()) as db, db:
-            db.execute(RUNS_TABLE_SQL)
-            stale = {row[1] for row in db.execute("PRAGMA table_info(runs)")} != runs_columns()
-            if stale:  # written by an older version: the index is derived data, so rebuild it
-                db.execute("DROP TABLE runs")
+        with index_errors(self.index_path):
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            with closing(self._connect()) as db, db:
                 db.execute(RUNS_TABLE_SQL)
+                stale = {row[1] for row in db.execute("PRAGMA table_info(runs)")} != runs_columns()
+                if stale:  # written by an older version: the index is derived data, so rebuild it
+                    db.execute("DROP TABLE runs")
+                    db.execute(RUNS_TABLE_SQL)
         if stale:
             self.reindex()
 
@@ -215,26 +262,20 @@ class RunStore:
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the index, committed and closed after the block; errors as RunStoreError."""
+        with index_errors(self.index_path), closing(self._connect()) as db, db:
+            yield db
+
     def writer(self, config: RunConfig) -> RunWriter:
         return RunWriter(self, config)
 
     def index_run(self, run: Run) -> None:
-        c, m = run.config, run.metrics
-        row = {
-            "run_id": run.run_id, "path": str(run.path), "created": run_created(run.run_id),
-            "arch": c.arch, "size": c.size, "weights": c.weights, "batch_size": c.batch_size,
-            "epochs": c.epochs, "optimizer": c.optimizer, "lr": c.lr, "dropout": c.dropout,
-            "attention": int(c.attention), "class_weights": int(c.class_weights), "seed": c.seed,
-            "tags": ",".join(c.tags), "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run"),
-            "val_accuracy": m["val"]["accuracy"], "val_auc": m["val"]["auc"],
-            "test_accuracy": m["test"]["accuracy"], "test_auc": m["test"]["auc"],
-            "test_macro_f1": m["test"].get("macro_f1"), "train_seconds": m.get("train_seconds"),
-            "images_per_second": m.get("train_images_per_second"), "config_json": c.to_json(),
-            "per_class_f1": per_class_f1_json(m),
-        }
+        row = index_row(run.run_id, run.path, run_created(run.run_id), run.config, run.metrics)
         cols = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
-        with closing(self._connect()) as db, db:
+        with self._db() as db:
             db.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", row)
 
     def complete_runs(self) -> Iterator[Run]:
@@ -244,7 +285,7 @@ class RunStore:
 
     def reindex(self) -> int:
         """Rebuild the index from the run directories; returns the number of runs indexed."""
-        with closing(self._connect()) as db, db:
+        with self._db() as db:
             db.execute("DELETE FROM runs")
         n = 0
         for run in self.complete_runs():
@@ -259,12 +300,12 @@ class RunStore:
         allowed = {"created DESC", "val_accuracy DESC", "test_accuracy DESC"}
         if order_by not in allowed:
             raise RunStoreError(f"order_by must be one of {sorted(allowed)}")
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = [dict(r) for r in db.execute(f"SELECT * FROM runs ORDER BY {order_by}")]
         return [r for r in rows if Path(r["path"]).is_dir()]
 
     def count(self) -> int:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             return int(db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
     def best_run(self) -> dict[str, Any] | None:
@@ -276,7 +317,48 @@ class RunStore:
         if not RUN_ID_PATTERN.match(run_id):
             raise RunStoreError(f"invalid run id {run_id!r}")
         path = self.runs_dir / run_id
-        with closing(self._connect()) as db, db:
+        with self._db() as db:
             db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
         if path.is_dir():
             shutil.rmtree(path)
+
+    def tag_runs(self, run_ids: Sequence[str], add: Iterable[str] = (), remove: Iterable[str] = ()) -> int:
+        """Add and/or remove tags on complete runs: rewrite each config.json atomically, then reindex the run.
+
+        The run directory's modification time is kept (the index's `created` is read from it). Returns the
+        number of runs changed. A bad tag, run id or run is a RunStoreError.
+        """
+        add = [check_tag(t) for t in add]
+        remove = {t.strip() for t in remove}
+        changed = 0
+        for run_id in run_ids:
+            if not RUN_ID_PATTERN.match(run_id):
+                raise RunStoreError(f"invalid run id {run_id!r}")
+            path = self.runs_dir / run_id
+            config_path = path / CONFIG_FILE
+            if not config_path.is_file():
+                raise RunStoreError(f"no complete run {run_id} in {self.runs_dir}")
+            config = json.loads(config_path.read_text())
+            old = list(config.get("tags") or [])
+            new = [t for t in old if t not in remove]
+            new += [t for t in add if t not in new]
+            if new == old:
+                continue
+            config["tags"] = new
+            RunConfig.from_dict(config)  # still a valid configuration
+            before = path.stat()
+            write_json(config_path, config)
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            self.index_run(Run(path))
+            changed += 1
+        return changed
+
+
+TAG_PATTERN = re.compile(r"^[^,\x00-\x1f]{1,40}\Z")
+
+
+def check_tag(tag: str) -> str:
+    tag = tag.strip()
+    if not TAG_PATTERN.match(tag):
+        raise RunStoreError(f"a tag is 1 to 40 characters without commas: {tag!r}")
+    return tag
