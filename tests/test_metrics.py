@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -314,3 +315,50 @@ def test_legacy_external_table_reads_back():
     back = SplitMetrics.from_dict(old)
     assert back.rows == ["a", "c"] and back.columns == back.labels == ["a", "b", "c"]
     assert back.per_class["a"].recall == 0.5 and back.predicted_outside_total == 1 and back.auc is None
+
+
+# -- a run folder written before schema_version ----------------------------------------------------------------
+
+LEGACY_SPLIT_KEYS = ("n", "accuracy", "accuracy_ci95", "balanced_accuracy", "auc", "macro_f1", "loss", "per_class",
+                     "confusion", "labels")
+
+
+@pytest.fixture(scope="module")
+def legacy_run(tmp_path_factory, trained_run):
+    """The shared trained run as the code before this version wrote it: metrics.json without schema_version and
+    with only the keys its splits had then."""
+    from conftest import mirror_run
+
+    run = mirror_run(trained_run, tmp_path_factory.mktemp("legacy-artifacts"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    legacy = {k: v for k, v in metrics.items() if k != "schema_version"}
+    for split in ("val", "test"):
+        legacy[split] = {k: metrics[split][k] for k in LEGACY_SPLIT_KEYS}
+    (run / "metrics.json").write_text(json.dumps(legacy))
+    return run, metrics
+
+
+def test_a_run_written_before_schema_version_loads_and_evaluates(legacy_run, capsys):
+    from core.cli import main
+    from core.evaluation import confusion
+    from core.inference.classifier import Classifier
+    from core.store.runs import RunStore, open_run
+
+    run, current = legacy_run
+    assert current["schema_version"] == SCHEMA_VERSION  # what training writes now
+    stored = open_run(run).metrics
+    assert "schema_version" not in stored
+    for split in ("val", "test"):
+        back = SplitMetrics.from_dict(stored[split])
+        assert back.schema_version == LEGACY_SCHEMA_VERSION
+        assert back == replace(SplitMetrics.from_dict(current[split]), schema_version=LEGACY_SCHEMA_VERSION)
+    counts, labels = confusion.from_metrics(stored)
+    assert counts.sum() == stored["test"]["n"] and len(labels) == 8
+    assert [r["run_id"] for r in RunStore(run.parent).list_runs()] == [run.name]
+    clf = Classifier(run)
+    assert clf.labels == stored["test"]["labels"]
+    assert main(["evaluate", "--run", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for split in ("val", "test"):  # the same model on the same images: the stored figures again
+        assert out[split]["n"] == stored[split]["n"]
+        assert out[split]["accuracy"] == pytest.approx(stored[split]["accuracy"], abs=2 / stored[split]["n"])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
+from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics
 from core.store.runs import RunStore, open_run, read_history
 from core.training.trainer import Progress, TrainingCancelled, class_weight_map, resume, train
 
@@ -67,6 +68,7 @@ def test_metrics_layout_and_label_names(tiny_run):
     run, _, _, _ = tiny_run
     m = json.loads((run.path / "metrics.json").read_text())
     assert {"test", "val", "best_epoch", "epochs_run", "train_seconds", "train_images_per_second"} <= set(m)
+    assert m["schema_version"] == SCHEMA_VERSION
     labels = medmnist_labels()
     assert len(labels) == 8 and labels[0] == "basophil" and labels[7] == "platelet"
     assert 120 <= m["dataset"]["n_val"] <= 128 and 120 <= m["dataset"]["n_test"] <= 128  # stratified ~128
@@ -85,6 +87,7 @@ def test_metrics_layout_and_label_names(tiny_run):
         assert s["accuracy"] == pytest.approx(np.trace(confusion) / n)
         assert [v["support"] for v in s["per_class"].values()] == confusion.sum(axis=1).tolist()
         assert 0.0 <= s["balanced_accuracy"] <= 1.0 and 0.0 <= s["auc"] <= 1.0
+        assert SplitMetrics.from_dict(s).to_dict() == s  # the one evaluator's shape, read back whole
     assert m["epochs_run"] == 2 and m["best_epoch"] in (1, 2)
     assert m["train_seconds"] > 0 and m["train_images_per_second"] > 0
     # 2 epochs x 8 steps x 32 images in train_seconds

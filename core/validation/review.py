@@ -47,7 +47,7 @@ DECISION_TITLES = {"agree": "Agree", "reclassify": "Reclassify", "unsure": "Unsu
 UNSURE, NOT_CELL = "unsure", "not a cell"  # reviewer categories besides the 8 classes
 ORDERS = ("confidence", "ambiguous")
 ORDER_TITLES = {"confidence": "Lowest confidence first",
-                "ambiguous": "Ambiguous classes first (monocyte, immature granulocyte)"}
+                "ambiguous": f"Ambiguous classes first ({', '.join(ambiguous_labels())})"}
 SOURCES = ("test", "external", "uploads")
 SOURCE_TITLES = {"test": "Test split of the run", "external": "External dataset", "uploads": "Uploaded images"}
 MAX_NOTE = 2000
