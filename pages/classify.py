@@ -20,14 +20,9 @@ from ui.guard import guard
 from ui.model import classifier
 from ui.palette import ACCENT, MUTED
 from ui.runs import run_label
-from ui.text import md_escape
+from ui.text import RESIZE_HELP, RESIZE_TITLES, md_escape
 
 # -- settings -------------------------------------------------------------------------------------------
-RESIZE_HELP = {
-    "medmnist": "MedMNIST recipe: centre crop 200×200 px, then resize (how BloodMNIST was made from the "
-                "360×363 CellaVision originals)",
-    "plain": "Plain resize of the whole image (for images already cropped to one cell)",
-}
 GALLERY_PER_CLASS = 2
 GALLERY_COLUMNS = 8
 
@@ -67,8 +62,7 @@ with st.sidebar:
     run = st.selectbox("Trained run", runs, format_func=lambda r: run_label(r, best_id),
                        help="Default: the best by validation accuracy.")
     st.caption(f"Run `{run['run_id']}`")
-    mode = st.radio("Resize", RESIZE_MODES, format_func=lambda m: RESIZE_HELP[m].split(":")[0],
-                    help="\n\n".join(RESIZE_HELP.values()))
+    mode = st.radio("Resize", RESIZE_MODES, format_func=RESIZE_TITLES.get, help=RESIZE_HELP)
     st.subheader("Flags", anchor=False)
     threshold = st.slider("Unidentified below confidence", 0.0, 1.0, svc.DEFAULT_THRESHOLD, 0.05,
                           help="Predictions whose top-class probability is below this are flagged "

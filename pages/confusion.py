@@ -16,14 +16,13 @@ import streamlit as st
 
 from core.errors import UserFacingError
 from core.evaluation import confusion, predictions
-from core.store import results
 from core.store.runs import Run, RunStore
 from ui.figures import bold_if, confusion_heatmap, difference_heatmap
 from ui.guard import guard
 from ui.images import enlarge
 from ui.model import classifier
 from ui.palette import SERIES
-from ui.runs import run_labels
+from ui.runs import run_labels, runs_table
 
 # -- settings -------------------------------------------------------------------------------------------
 MAX_THUMBNAILS = 24
@@ -33,11 +32,6 @@ THUMB_PX = 96
 st.title("Confusions", anchor=False)
 st.caption("Which classes a run mixes up on its test split, the images behind each mistake, and what the model "
            "looked at. Monocytes and immature granulocytes, the study's hardest classes, are in focus by default.")
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def load_table(runs_dir: str, signature: tuple) -> pd.DataFrame:
-    return results.runs_table(RunStore(runs_dir), include_incomplete=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -53,7 +47,7 @@ def load_test_images(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
 # -- the run ------------------------------------------------------------------------------------------------
 with guard():
     store = RunStore()
-    table = load_table(str(store.runs_dir), results.index_signature(store))
+    table = runs_table(store, include_incomplete=False)
 if table.empty:
     st.info("No complete runs yet. Train one on the Train page or with `python -m core train`.",
             icon=":material/grid_on:")

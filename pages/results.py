@@ -18,7 +18,7 @@ from core.store import reference, results
 from core.store.runs import RunStore
 from ui.guard import guard
 from ui.palette import SCALE, series_colours
-from ui.runs import run_labels
+from ui.runs import run_labels, runs_table
 from ui.text import md_escape, plural
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -32,12 +32,6 @@ st.caption("Every run's best epoch (chosen on validation, never the last epoch),
            "over any settings, with the study's published numbers beside ours.")
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def load_table(runs_dir: str, signature: tuple) -> pd.DataFrame:
-    """The runs table from the SQLite index; `signature` (index file times and sizes) is the cache key."""
-    return results.runs_table(RunStore(runs_dir))
-
-
 def csv_bytes(df: pd.DataFrame):
     return lambda: df.to_csv(index=False).encode()
 
@@ -45,7 +39,7 @@ def csv_bytes(df: pd.DataFrame):
 # -- the runs and the filters -----------------------------------------------------------------------------
 with guard():
     store = RunStore()
-    table = load_table(str(store.runs_dir), results.index_signature(store))
+    table = runs_table(store)
 
 if table.empty:
     st.info("No runs yet. Train one on the Train page or with `python -m core train`; it appears here when done.",

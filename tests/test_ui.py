@@ -47,11 +47,11 @@ def test_run_labels_one_format_for_tables_and_store_rows():
                           "status": ["complete", "running"]})
     labels = run_labels(table, best_id="r1")
     assert list(labels) == ["r1", "r2"]
-    assert labels["r1"] == "r1 · ResNet-50 · 64 px · batch 32 · val 0.974 · best"
-    assert labels["r2"] == "r2 · ResNet-18 · 28 px · batch 16 · running"
+    assert labels["r1"] == "ResNet-50 · 64 px · batch 32 · val 0.974 · r1 · best"
+    assert labels["r2"] == "ResNet-18 · 28 px · batch 16 · running · r2"
     row = {"run_id": "r1", "arch": "resnet50", "size": 64, "batch_size": 32, "val_accuracy": 0.97412,
            "path": "/x"}
-    assert run_label(row) == "r1 · ResNet-50 · 64 px · batch 32 · val 0.974"
+    assert run_label(row) == "ResNet-50 · 64 px · batch 32 · val 0.974 · r1"
     assert run_labels([row], best_id="r1") == {"r1": labels["r1"]}
 
 

@@ -1,4 +1,4 @@
-"""Text for Markdown elements: user-facing messages shown literally, and counted nouns."""
+"""Text the pages share: messages shown literally in Markdown, counted nouns, and the resize modes' names."""
 
 from __future__ import annotations
 
@@ -15,3 +15,9 @@ def md_escape(text: object) -> str:
 def plural(n: int, word: str) -> str:
     """'1 run', '3 runs'."""
     return f"{n} {word}{'s' * (n != 1)}"
+
+
+# core.data.images.RESIZE_MODES as the pages name and explain them
+RESIZE_TITLES = {"medmnist": "MedMNIST recipe", "plain": "Plain resize"}
+RESIZE_HELP = ("MedMNIST recipe: centre crop 200×200 px, then resize (how BloodMNIST was made from the 360×363 "
+               "CellaVision originals)\n\nPlain resize of the whole image (for images already cropped to one cell)")
