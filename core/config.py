@@ -3,6 +3,12 @@
 Every setting a user may change lives in `RunConfig`; everything else is fixed in code. Defaults are the
 study's best recipe (ResNet-50 family, dropout 0.3, Adam 1e-4, no attention, no class weights), except
 batch size 32 where the study picked it on validation (Table 1).
+
+Each field carries its `Setting` (label, help, form group and widget, CLI flag, sweepable, indexed, ...), and
+`SETTINGS` lists them in field order: the command line's train flags, the Train page's form, the results
+page's labels, the run index's columns and the study's shared fields are all generated from it. Adding a
+setting is one field here (with its metadata) plus its use in training. No TensorFlow: architectures come
+from the TF-free registry in core.models.architectures.
 """
 
 from __future__ import annotations

@@ -1,15 +1,14 @@
 """Train: pick the data, set up one run, a sweep or a study preset, launch it as background jobs, and watch
 the jobs train.
 
-A thin view over core: core.config (settings and their help), core.jobs.sweeps (grids, presets, estimates),
-core.jobs.queue (the queue; each job trains in its own process, so it keeps going when the browser tab closes),
-core.data.dataset / core.data.registry / core.data.download (data) and core.store.runs (the run store). It never loads
-TensorFlow.
+A thin view over core: core.config (settings, their labels, help and widgets), core.jobs.plans (what a launch
+queues: configs, presets, grids, estimates and the sweep's name), core.jobs.queue (the queue; each job trains
+in its own process, so it keeps going when the browser tab closes), core.data (data) and core.store.runs (the
+run store). It never loads TensorFlow.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.config import DATA, SETTINGS, SIZES, RunConfig, groups
+from core.config import DATA, FIELD_HELP, SETTINGS, SIZES, RunConfig, groups
 from core.data import registry
 from core.data.dataset import SPLITS, class_counts, load_npz
 from core.data.download import download
@@ -31,6 +30,8 @@ from core.jobs.queue import ACTIVE, Job, JobQueue
 from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, field_type, format_duration
 from core.store.overview import human_bytes, weights_label
 from core.store.runs import RunStore
+from ui.palette import ACCENT, LIGHT_ACCENT, SECONDARY
+from ui.text import md_escape, plural
 
 REFRESH_SECONDS = 2.0
 JOBS_SHOWN = 25
@@ -39,7 +40,6 @@ TABS = ("New training", "Jobs")
 
 # Labels, help, widgets and groups come from the settings' metadata (core.config.SETTINGS).
 LABELS = {name: s.form_text for name, s in SETTINGS.items()}
-FIELD_HELP = {name: s.help for name, s in SETTINGS.items()}
 # The weights input offers "auto" and "a weights file" besides the two stored values; "weights_file" is the
 # path input that goes with "a weights file".
 WEIGHT_CHOICES = (AUTO, "imagenet", "none", "file")
@@ -63,19 +63,13 @@ STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/progress_
                 "cancelled": ":material/cancel:"}
 FILTERS = {"All": None, "Active": ACTIVE, "Succeeded": ("succeeded",), "Failed": ("failed",),
            "Cancelled": ("cancelled",)}
-TRAIN_COLOR, VAL_COLOR = "#8e2453", "#2f6f9f"
-SPLIT_COLORS = {"train": "#8e2453", "val": "#d08aa8", "test": "#2f6f9f"}
+TRAIN_COLOR, VAL_COLOR = ACCENT, SECONDARY
+SPLIT_COLORS = {"train": ACCENT, "val": LIGHT_ACCENT, "test": SECONDARY}
 
 ss = st.session_state
 
 
 # -- small helpers ------------------------------------------------------------------------------------
-def md_escape(text: str) -> str:
-    """User-facing messages as literal Markdown text (paths, <urlopen error>, $VARS), lines kept."""
-    escaped = re.sub(r"([\\`*_\[\]<>#|$~])", r"\\\1", str(text))
-    return "  \n".join(escaped.splitlines())
-
-
 def form_key(name: str) -> str:
     return f"f_{name}"
 
@@ -86,10 +80,6 @@ def sweep_key(name: str) -> str:
 
 def open_queue() -> JobQueue:
     return JobQueue(RunStore())  # RunStore() follows $CELLSCOPE_ARTIFACTS
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 # -- persistent settings ------------------------------------------------------------------------------
