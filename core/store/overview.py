@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import SIZES
+from core.config import SETTINGS, SIZES
 from core.data import registry
 from core.errors import UserFacingError
 from core.models.architectures import display_name
@@ -89,11 +89,8 @@ def arch_name(arch: str) -> str:
 
 
 def weights_label(weights: str) -> str:
-    if weights == "imagenet":
-        return "ImageNet"
-    if weights == "none":
-        return "from scratch"
-    return f"file {Path(weights).name}"
+    """'ImageNet', 'from scratch' (the weights setting's value names) or 'file <name>'."""
+    return SETTINGS["weights"].value_names.get(weights) or f"file {Path(weights).name}"
 
 
 @dataclass(frozen=True)
