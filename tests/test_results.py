@@ -260,6 +260,17 @@ def test_details_of_selected_runs(grid):
     assert len(curves) == 2 * 3 * 2 * 2
 
 
+def test_per_class_wide_has_a_column_per_run_and_metric_then_support(grid):
+    ids = list(results.runs_table(grid)["run_id"][:2])
+    per_class = results.per_class_table(grid, ids)
+    wide, columns = results.per_class_wide(per_class)
+    assert columns == [f"{r[-6:]} {m}" for r in ids for m in ("precision", "recall", "F1")]
+    assert list(wide.columns) == ["class", *columns, "support"] and len(wide) == 8
+    row = wide.iloc[3]
+    expected = per_class[(per_class["run_id"] == ids[1]) & (per_class["class"] == row["class"])].iloc[0]
+    assert row[f"{ids[1][-6:]} F1"] == pytest.approx(expected["f1"]) and row["support"] == expected["support"]
+
+
 def test_parallel_dimensions(grid):
     table = results.runs_table(grid)
     dims = results.parallel_dimensions(table, ["arch", "size", "batch_size", "lr", "dropout"], "val_accuracy")
