@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from browser_support import SCREENSHOTS, launch_chromium, streamlit_app
+from browser_support import chromium_page, no_exception, screenshot, streamlit_app
 
 pytestmark = pytest.mark.browser
 
@@ -23,28 +23,14 @@ def app_url(tmp_path, trained_run, tiny_npz):
 
 
 def test_home_page_in_chromium(app_url, trained_run):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            # Streamlit scrolls inside its own container, so a "full page" screenshot is only the viewport:
-            # open tall, then clip the screenshot to the content.
-            page = browser.new_page(viewport={"width": 1440, "height": 1800})
-            page.goto(app_url, timeout=60_000)
-            page.get_by_role("heading", name="CellScope").wait_for(timeout=60_000)
-            page.get_by_text(f"Run {trained_run.name}").wait_for(timeout=60_000)
-            page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
-            page.wait_for_timeout(1500)  # let the data grid (a canvas) and the icon font finish drawing
-            content = page.locator('[data-testid="stMainBlockContainer"] > [data-testid="stVerticalBlock"]')
-            box = content.first.bounding_box()
-            bottom = box["y"] + box["height"] if box else 1800
-            height = min(1800, max(600, int(bottom) + 48))
-            page.screenshot(path=str(SCREENSHOTS / "home.png"),
-                            clip={"x": 0, "y": 0, "width": 1440, "height": height})
-            assert page.title() == "CellScope — blood cell classification"
-            assert page.get_by_text("Val accuracy").count() >= 1
-            assert page.get_by_text("python -m core download --size 64").count() == 1
-            assert page.locator('[data-testid="stException"]').count() == 0
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(app_url, timeout=60_000)
+        page.get_by_role("heading", name="CellScope").wait_for(timeout=60_000)
+        page.get_by_text(f"Run {trained_run.name}").wait_for(timeout=60_000)
+        page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # let the data grid (a canvas) and the icon font finish drawing
+        screenshot(page, "home.png", max_height=1800)
+        assert page.title() == "CellScope — blood cell classification"
+        assert page.get_by_text("Val accuracy").count() >= 1
+        assert page.get_by_text("python -m core download --size 64").count() == 1
+        no_exception(page)

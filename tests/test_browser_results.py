@@ -4,7 +4,15 @@ wait for its charts, and save a full-page screenshot to test-output/screenshots/
 from __future__ import annotations
 
 import pytest
-from browser_support import SCREENSHOTS, launch_chromium, need_chromium, streamlit_app
+from browser_support import (
+    launch_chromium,
+    need_chromium,
+    no_exception,
+    open_from_sidebar,
+    screenshot,
+    settle,
+    streamlit_app,
+)
 from results_fixtures import seeded_artifacts
 
 PAGE_TIMEOUT = 180_000  # ms; the Confusions page predicts the test split on first visit
@@ -34,31 +42,7 @@ def browser(app_url):
             chromium.close()
 
 
-def settle(page) -> None:
-    """Wait until Streamlit has finished running the script and the charts have drawn."""
-    page.wait_for_timeout(500)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=PAGE_TIMEOUT)
-    page.wait_for_timeout(1500)
-
-
-def open_from_sidebar(page, app_url: str, title: str) -> None:
-    """Start at the app's root (app.py's navigation) and follow the sidebar link, as a user does."""
-    page.goto(app_url, timeout=60_000)
-    page.get_by_role("heading", name="CellScope").wait_for(timeout=60_000)
-    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
-
-
-def screenshot(page, name: str) -> None:
-    """The whole page: Streamlit scrolls inside its main section, so grow the window to its height first."""
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": 1440, "height": min(max(900, int(height) + 40), 8000)})
-    page.mouse.move(5, 5)  # no tooltip left over from the last click
-    page.wait_for_timeout(1500)  # plotly redraws at the new size
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
-
-
 def test_results_page(app_url, browser):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     open_from_sidebar(page, app_url, "Results")
     page.get_by_role("heading", name="Results").wait_for(timeout=60_000)
@@ -66,27 +50,26 @@ def test_results_page(app_url, browser):
     page.get_by_role("button", name="Study Table 12").click()
     page.get_by_text("Study: Test accuracy").wait_for(timeout=60_000)
     page.locator(".js-plotly-plot").nth(4).wait_for(timeout=60_000)
-    settle(page)
-    screenshot(page, "results.png")
-    assert page.locator('[data-testid="stException"]').count() == 0
+    settle(page, PAGE_TIMEOUT)
+    screenshot(page, "results.png", max_height=8000)
+    no_exception(page)
     assert page.locator('[data-testid="stDataFrame"]').count() >= 2
     assert page.get_by_text("0.988").count() >= 1  # the study's best model, in the Table 12 heatmap
     page.close()
 
 
 def test_confusion_page(app_url, browser):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     open_from_sidebar(page, app_url, "Confusions")
     page.get_by_role("heading", name="Confusions").wait_for(timeout=60_000)
     page.get_by_role("heading", name="Images behind a cell").wait_for(timeout=60_000)
     page.locator('[data-testid="stImage"]').first.wait_for(timeout=PAGE_TIMEOUT)
-    settle(page)
+    settle(page, PAGE_TIMEOUT)
     page.get_by_role("button", name="Grad-CAM").first.click()
     page.locator("strong", has_text="Test image #").wait_for(timeout=PAGE_TIMEOUT)
     page.get_by_text("image · heatmap · overlay").first.wait_for(timeout=PAGE_TIMEOUT)
-    settle(page)
-    screenshot(page, "confusion.png")
-    assert page.locator('[data-testid="stException"]').count() == 0
+    settle(page, PAGE_TIMEOUT)
+    screenshot(page, "confusion.png", max_height=8000)
+    no_exception(page)
     assert page.get_by_role("heading", name="Two runs side by side").count() == 1
     page.close()

@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from browser_support import SCREENSHOTS, launch_chromium, streamlit_app
+from browser_support import chromium_page, no_exception, screenshot, streamlit_app
 
 from core.jobs.queue import ACTIVE, JobQueue
 from core.store.runs import RunStore
@@ -38,18 +38,6 @@ def server(tmp_path):
                     pass
 
 
-def screenshot(page, name: str) -> None:
-    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to fit it first."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.mouse.move(5, 5)  # no tooltip from whatever was clicked last
-    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
-        '[data-testid="stMain"], [data-testid="stAppViewContainer"]')].map(e => e.scrollHeight), 900)""")
-    page.set_viewport_size({"width": 1440, "height": min(int(height), 6000)})
-    page.wait_for_timeout(700)
-    page.screenshot(path=str(SCREENSHOTS / f"train-{name}.png"))
-    page.set_viewport_size({"width": 1440, "height": 900})
-
-
 def choose(page, key: str, option: str) -> None:
     """Pick an option of the selectbox with widget key `key`."""
     combo = page.locator(f".st-key-{key} input[role='combobox']")
@@ -73,126 +61,120 @@ def progress_value(page) -> float | None:
 
 def test_launch_watch_and_cancel_a_job(server, tiny_npz):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import sync_playwright
 
     url, queue = server
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            # In through the front door: on a fresh server a first visit straight to /train would run the
-            # page without app.py (Streamlit's legacy pages/ folder mode until app.py has run once).
-            page.goto(url, timeout=UI_TIMEOUT)
-            page.get_by_role("heading", name="CellScope").wait_for(timeout=UI_TIMEOUT)
-            page.locator('[data-testid="stSidebarNavLink"][href$="/train"]').click()
-            page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=UI_TIMEOUT)
-            assert "/train" in page.url
+    with chromium_page() as page:
+        # In through the front door: on a fresh server a first visit straight to /train would run the
+        # page without app.py (Streamlit's legacy pages/ folder mode until app.py has run once).
+        page.goto(url, timeout=UI_TIMEOUT)
+        page.get_by_role("heading", name="CellScope").wait_for(timeout=UI_TIMEOUT)
+        page.locator('[data-testid="stSidebarNavLink"][href$="/train"]').click()
+        page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=UI_TIMEOUT)
+        assert "/train" in page.url
 
-            # 0. a study preset previews its jobs and their duration before anything is launched
-            choose(page, "preset_choice", "Study Table 12: architecture x resolution x batch size")
-            page.get_by_role("button", name="Load preset").click()
-            page.get_by_role("button", name="Launch 12 jobs").wait_for(timeout=UI_TIMEOUT)
-            page.get_by_text(re.compile(r"12 jobs · about [\d.]+ (h|days) of training in total")).wait_for(
-                timeout=UI_TIMEOUT)
-            page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=UI_TIMEOUT)
-            page.wait_for_timeout(1000)
-            screenshot(page, "preset")
-            page.get_by_role("button", name="Clear sweep").click()
-            page.get_by_role("button", name="Launch 1 job").wait_for(timeout=UI_TIMEOUT)
-            assert queue.list() == []
+        # 0. a study preset previews its jobs and their duration before anything is launched
+        choose(page, "preset_choice", "Study Table 12: architecture x resolution x batch size")
+        page.get_by_role("button", name="Load preset").click()
+        page.get_by_role("button", name="Launch 12 jobs").wait_for(timeout=UI_TIMEOUT)
+        page.get_by_text(re.compile(r"12 jobs · about [\d.]+ (h|days) of training in total")).wait_for(
+            timeout=UI_TIMEOUT)
+        page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=UI_TIMEOUT)
+        page.wait_for_timeout(1000)
+        screenshot(page, "train-preset.png")
+        page.get_by_role("button", name="Clear sweep").click()
+        page.get_by_role("button", name="Launch 1 job").wait_for(timeout=UI_TIMEOUT)
+        assert queue.list() == []
 
-            # 1. data: a custom npz, checked, with its class counts
-            page.get_by_text("Your own .npz file").click()
-            path_input = page.locator(".st-key-data_path input")
-            path_input.wait_for(timeout=UI_TIMEOUT)
-            path_input.fill(str(tiny_npz))
-            path_input.press("Enter")
-            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=UI_TIMEOUT)
-            page.get_by_text(re.compile(r"28 px · \d+ train")).wait_for(timeout=UI_TIMEOUT)
+        # 1. data: a custom npz, checked, with its class counts
+        page.get_by_text("Your own .npz file").click()
+        path_input = page.locator(".st-key-data_path input")
+        path_input.wait_for(timeout=UI_TIMEOUT)
+        path_input.fill(str(tiny_npz))
+        path_input.press("Enter")
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=UI_TIMEOUT)
+        page.get_by_text(re.compile(r"28 px · \d+ train")).wait_for(timeout=UI_TIMEOUT)
 
-            # 2. a tiny configuration
-            choose(page, "f_arch", "ResNet-18")
-            choose(page, "f_weights", "none (from scratch)")
-            for key, value in (("f_epochs", "3"), ("f_limit_train", "128"), ("f_batch_size", "16"),
-                               ("f_lr", "0.001")):
-                field = page.locator(f".st-key-{key} input")
-                field.fill(value)
-                field.press("Tab")
-            # an invalid value is refused next to its field
-            field = page.locator(".st-key-f_dropout input")
-            field.fill("1")
+        # 2. a tiny configuration
+        choose(page, "f_arch", "ResNet-18")
+        choose(page, "f_weights", "none (from scratch)")
+        for key, value in (("f_epochs", "3"), ("f_limit_train", "128"), ("f_batch_size", "16"),
+                           ("f_lr", "0.001")):
+            field = page.locator(f".st-key-{key} input")
+            field.fill(value)
             field.press("Tab")
-            page.get_by_role("button", name="Update preview").click()
-            page.get_by_text("must be in [0, 1)").wait_for(timeout=UI_TIMEOUT)
+        # an invalid value is refused next to its field
+        field = page.locator(".st-key-f_dropout input")
+        field.fill("1")
+        field.press("Tab")
+        page.get_by_role("button", name="Update preview").click()
+        page.get_by_text("must be in [0, 1)").wait_for(timeout=UI_TIMEOUT)
+        page.wait_for_timeout(500)
+        screenshot(page, "train-invalid.png")
+        field.fill("0.3")
+        field.press("Tab")
+        page.get_by_role("button", name="Update preview").click()
+        page.get_by_text(re.compile(r"1 job · about")).wait_for(timeout=UI_TIMEOUT)
+        assert page.get_by_text("must be in [0, 1)").count() == 0
+        page.wait_for_timeout(1000)
+        screenshot(page, "train-settings.png")
+        no_exception(page)
+
+        # 3. launch: the page switches to the Jobs tab and the job starts
+        page.get_by_role("button", name=re.compile(r"Launch 1 job")).click()
+        page.get_by_text(re.compile(r"Queued 1 job")).wait_for(timeout=UI_TIMEOUT)
+        page.locator(".st-key-job_1").wait_for(timeout=UI_TIMEOUT)
+        assert len(queue.list()) == 1
+        screenshot(page, "train-launched.png")
+
+        # 4. the progress bar moves (the live view redraws itself every 2 s)
+        readings: list[float] = []
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline:
+            value = progress_value(page)
+            job = queue.get(1)
+            if value is not None and value > 0 and (not readings or value != readings[-1]):
+                readings.append(value)
+                if len(readings) == 1:
+                    screenshot(page, "train-progress-1.png")
+            if len(readings) >= 2 or job.status not in ACTIVE:
+                break
             page.wait_for_timeout(500)
-            screenshot(page, "invalid")
-            field.fill("0.3")
-            field.press("Tab")
-            page.get_by_role("button", name="Update preview").click()
-            page.get_by_text(re.compile(r"1 job · about")).wait_for(timeout=UI_TIMEOUT)
-            assert page.get_by_text("must be in [0, 1)").count() == 0
+        assert len(readings) >= 2, f"progress did not move: {readings}; job: {queue.get(1)}"
+        assert readings[1] > readings[0], readings
+        text = page.locator(".st-key-job_1 [data-testid='stProgress']").inner_text()
+        assert re.search(r"Epoch \d/3 · batch \d+/\d+", text), text
+        screenshot(page, "train-progress-2.png")
+
+        # 5. the learning curves appear after the first epoch
+        curves = page.locator(".st-key-job_1 [data-testid='stPlotlyChart']")
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline and curves.count() == 0 and queue.get(1).status in ACTIVE:
             page.wait_for_timeout(1000)
-            screenshot(page, "settings")
-            assert page.locator('[data-testid="stException"]').count() == 0
-
-            # 3. launch: the page switches to the Jobs tab and the job starts
-            page.get_by_role("button", name=re.compile(r"Launch 1 job")).click()
-            page.get_by_text(re.compile(r"Queued 1 job")).wait_for(timeout=UI_TIMEOUT)
-            page.locator(".st-key-job_1").wait_for(timeout=UI_TIMEOUT)
-            assert len(queue.list()) == 1
-            screenshot(page, "launched")
-
-            # 4. the progress bar moves (the live view redraws itself every 2 s)
-            readings: list[float] = []
+        assert queue.get(1).status in ("running", "succeeded"), queue.get(1)
+        if queue.get(1).status == "running":
+            curves.first.wait_for(timeout=UI_TIMEOUT)
+            # let a second epoch land so the curves are lines, not dots
             deadline = time.monotonic() + JOB_TIMEOUT
-            while time.monotonic() < deadline:
-                value = progress_value(page)
-                job = queue.get(1)
-                if value is not None and value > 0 and (not readings or value != readings[-1]):
-                    readings.append(value)
-                    if len(readings) == 1:
-                        screenshot(page, "progress-1")
-                if len(readings) >= 2 or job.status not in ACTIVE:
-                    break
-                page.wait_for_timeout(500)
-            assert len(readings) >= 2, f"progress did not move: {readings}; job: {queue.get(1)}"
-            assert readings[1] > readings[0], readings
-            text = page.locator(".st-key-job_1 [data-testid='stProgress']").inner_text()
-            assert re.search(r"Epoch \d/3 · batch \d+/\d+", text), text
-            screenshot(page, "progress-2")
-
-            # 5. the learning curves appear after the first epoch
-            curves = page.locator(".st-key-job_1 [data-testid='stPlotlyChart']")
-            deadline = time.monotonic() + JOB_TIMEOUT
-            while time.monotonic() < deadline and curves.count() == 0 and queue.get(1).status in ACTIVE:
+            while (time.monotonic() < deadline and queue.get(1).status == "running"
+                   and len(queue.history(queue.get(1))) < 2):
                 page.wait_for_timeout(1000)
-            assert queue.get(1).status in ("running", "succeeded"), queue.get(1)
-            if queue.get(1).status == "running":
-                curves.first.wait_for(timeout=UI_TIMEOUT)
-                # let a second epoch land so the curves are lines, not dots
-                deadline = time.monotonic() + JOB_TIMEOUT
-                while (time.monotonic() < deadline and queue.get(1).status == "running"
-                       and len(queue.history(queue.get(1))) < 2):
-                    page.wait_for_timeout(1000)
-                page.wait_for_timeout(2500)  # the next redraw of the live view
-                screenshot(page, "curves")
+            page.wait_for_timeout(2500)  # the next redraw of the live view
+            screenshot(page, "train-curves.png")
 
-            if queue.get(1).status == "running":
-                # 6. cancel it: the job stops, keeps its epochs and offers to resume
-                try:
-                    page.locator(".st-key-cancel_1 button").click(timeout=15_000)
-                except PlaywrightTimeout:  # it finished in the meantime
-                    assert queue.get(1).status == "succeeded", queue.get(1)
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and queue.get(1).status in ACTIVE:
-                    time.sleep(0.5)
-                job = queue.get(1)
-                if job.status == "cancelled":
-                    page.locator(".st-key-resume_1").wait_for(timeout=UI_TIMEOUT)
-                    assert "cancelled" in page.locator(".st-key-job_1").inner_text()
-                assert job.status in ("cancelled", "succeeded"), job
-            page.wait_for_timeout(2500)
-            screenshot(page, "end")
-            assert page.locator('[data-testid="stException"]').count() == 0
-        finally:
-            browser.close()
+        if queue.get(1).status == "running":
+            # 6. cancel it: the job stops, keeps its epochs and offers to resume
+            try:
+                page.locator(".st-key-cancel_1 button").click(timeout=15_000)
+            except PlaywrightTimeout:  # it finished in the meantime
+                assert queue.get(1).status == "succeeded", queue.get(1)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and queue.get(1).status in ACTIVE:
+                time.sleep(0.5)
+            job = queue.get(1)
+            if job.status == "cancelled":
+                page.locator(".st-key-resume_1").wait_for(timeout=UI_TIMEOUT)
+                assert "cancelled" in page.locator(".st-key-job_1").inner_text()
+            assert job.status in ("cancelled", "succeeded"), job
+        page.wait_for_timeout(2500)
+        screenshot(page, "train-end.png")
+        no_exception(page)
