@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import EXTERNAL_DEV
 from external_fixtures import EXTERNAL_COUNTS, messy_dataset, mirror_run
-from streamlit.testing.v1 import AppTest
+from page_helpers import PROJECT_ROOT, metrics, ok, open_page, page, texts
 
 from core.validation.external import flow, loading, storage
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(PROJECT_ROOT / "pages" / "external.py")
+PAGE = page("external")
 TIMEOUT = 300  # seconds per script run; the machine may be busy training
 
 
@@ -25,41 +24,27 @@ def artifacts(tmp_path_factory, trained_run) -> Path:
     return root
 
 
-def open_page(monkeypatch, artifacts: Path) -> AppTest:
-    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(at: AppTest) -> str:
-    parts = []
-    for kind in ("title", "subheader", "markdown", "caption", "info", "error", "warning", "success"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    return "\n".join(parts)
-
-
 def run_dir(artifacts: Path) -> Path:
     return next(p for p in (artifacts / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def test_evaluate_external_dev_end_to_end(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     assert "Enter the path of a dataset" in texts(at)
     at.text_input(key="ext_folder").input(str(EXTERNAL_DEV)).run()
-    assert not at.exception, [e.value for e in at.exception]
+    ok(at)
     assert "**100 image files** in **5 classes**" in texts(at)
     boxes = {s.label: s.value for s in at.selectbox if s.label.endswith("images)")}
     assert boxes == {f"{k} ({v} images)": k for k, v in EXTERNAL_COUNTS.items()}
     at.radio(key="ext_normalize").set_value("reinhard").run()
     at.button(key="ext_go").click().run()
-    assert not at.exception, [e.value for e in at.exception]
+    ok(at)
     body = texts(at)
     for heading in ("Zero-shot result", "Colour normalisation", "Grad-CAM of correct and wrong cells",
                     "Fine-tune on part of the data", "Stored evaluations of this run"):
         assert heading in body
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Images scored"] == "100" and metrics["Files left out"] == "0"
+    shown = metrics(at)
+    assert shown["Images scored"] == "100" and shown["Files left out"] == "0"
     stored = storage.list_evaluations(run_dir(artifacts))
     assert sorted(r["normalize"] for r in stored[:2]) == ["none", "reinhard"]
     tables = [d.value for d in at.dataframe]
@@ -75,13 +60,13 @@ def test_evaluate_external_dev_end_to_end(monkeypatch, artifacts):
 
 
 def test_fine_tune_from_the_page(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.text_input(key="ext_folder").input(str(EXTERNAL_DEV)).run()
     at.button(key="ext_go").click().run()
     form_button = next(b for b in at.button if b.label.startswith("Fine-tune and score"))
     at.number_input[0].set_value(1)
     form_button.click().run()
-    assert not at.exception, [e.value for e in at.exception]
+    ok(at)
     assert "Fine-tuned on" in texts(at)
     newest = storage.list_evaluations(run_dir(artifacts))[0]
     assert newest["fine_tuned_accuracy"] is not None
@@ -89,9 +74,9 @@ def test_fine_tune_from_the_page(monkeypatch, artifacts):
 
 def test_unknown_classes_and_problems_are_reported(monkeypatch, artifacts, tmp_path):
     root = messy_dataset(tmp_path / "messy")
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.text_input(key="ext_folder").input(str(root)).run()
-    assert not at.exception, [e.value for e in at.exception]
+    ok(at)
     warning = "\n".join(str(w.value) for w in at.warning)
     assert "Smudge cells (1 images)" in warning and "Empty class folders: monocytes" in warning
     assert "images outside any class folder" in warning and "nested subfolders" in warning
@@ -99,14 +84,14 @@ def test_unknown_classes_and_problems_are_reported(monkeypatch, artifacts, tmp_p
     assert smudge.value == "(leave out)"
     smudge.set_value("monocyte").run()
     at.button(key="ext_go").click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Images scored"] == "6"  # 8 mapped files (the smudge cell now too), 2 unreadable
-    assert metrics["Files left out"] == "4"  # 2 unreadable, 1 loose, 1 not an image
+    ok(at)
+    shown = metrics(at)
+    assert shown["Images scored"] == "6"  # 8 mapped files (the smudge cell now too), 2 unreadable
+    assert shown["Files left out"] == "4"  # 2 unreadable, 1 loose, 1 not an image
 
 
 def test_bad_paths_are_clear_errors(monkeypatch, artifacts, tmp_path):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.text_input(key="ext_folder").input(str(tmp_path / "nowhere")).run()
     assert not at.exception
     assert any("No folder at" in str(e.value) for e in at.error)
@@ -120,9 +105,7 @@ def test_stored_evaluations_show_on_the_results_page(monkeypatch, artifacts):
         clf = Classifier(run_dir(artifacts))
         flow.run_external(clf, loading.load_for_run(clf, EXTERNAL_DEV), run_dir=run_dir(artifacts))
         stored = storage.list_evaluations(run_dir(artifacts))
-    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
-    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "results.py"), default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(monkeypatch, page("results"), artifacts, TIMEOUT)
     assert "**External validation**" in texts(at)
     table = next(d.value for d in at.dataframe if "accuracy_shared" in getattr(d.value, "columns", []))
     assert set(table["id"]) == {r["id"] for r in stored}

@@ -8,12 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from external_fixtures import mirror_run
-from streamlit.testing.v1 import AppTest
+from page_helpers import button, metrics, ok, open_page, page, texts
 
 from core.validation import review as rv
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(PROJECT_ROOT / "pages" / "review.py")
+PAGE = page("review")
 TIMEOUT = 300  # seconds per script run; the machine may be busy training
 
 
@@ -24,31 +23,8 @@ def artifacts(tmp_path_factory, trained_run) -> Path:
     return root
 
 
-def open_page(monkeypatch, artifacts: Path) -> AppTest:
-    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def button(at: AppTest, label: str):
-    return next(b for b in at.button if b.label == label)
-
-
-def texts(at: AppTest) -> str:
-    parts = []
-    for kind in ("title", "subheader", "markdown", "caption", "info", "error", "warning", "success"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    return "\n".join(parts)
-
-
 def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     assert "Enter your name" in texts(at)
     ok(at.text_input(key="review_name").input("Dr Page").run())
     at.number_input(key="review_limit").set_value(6)
@@ -76,14 +52,14 @@ def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
     assert cells[1]["note"] == "looks like a band form"
 
     # a restart: a fresh app session over the same database resumes at the first unreviewed cell
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     ok(at.text_input(key="review_name").input("Dr Page").run())
     ok(button(at, "Resume").click().run())
     assert "cell 3 of 6" in texts(at)
     ok(button(at, "Not a cell").click().run())
     assert store.progress(session["id"]) == (3, 6)
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Reviewed"] == "3 of 6" and metrics["Not a cell"] == "1"
+    shown = metrics(at)
+    assert shown["Reviewed"] == "3 of 6" and shown["Not a cell"] == "1"
     download = at.get("download_button")
     assert download, "a CSV download"
     csv_text = store.export_csv(session["id"])
@@ -93,7 +69,7 @@ def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
 def test_another_reviewer_sees_kappa(monkeypatch, artifacts):
     store = rv.ReviewStore(artifacts / rv.REVIEWS_DB)
     first = store.sessions("Dr Page")
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     ok(at.text_input(key="review_name").input("Dr Second").run())
     at.number_input(key="review_limit").set_value(6)
     ok(button(at, "Start session").click().run())
@@ -105,7 +81,7 @@ def test_another_reviewer_sees_kappa(monkeypatch, artifacts):
 
 
 def test_an_external_folder_without_path_is_a_clear_error(monkeypatch, artifacts):
-    at = open_page(monkeypatch, artifacts)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     ok(at.text_input(key="review_name").input("Dr Third").run())
     ok(at.radio(key="review_source").set_value("external").run())
     ok(button(at, "Start session").click().run())
