@@ -7,10 +7,17 @@ import io
 from pathlib import Path
 
 import numpy as np
-from conftest import mirror_run  # noqa: F401 - re-exported for the external and review tests
+from conftest import mirror_run
 from PIL import Image
 
 EXTERNAL_COUNTS = {"basophil": 3, "eosinophil": 12, "lymphocyte": 37, "monocyte": 15, "neutrophil": 33}
+
+
+def private_store(tmp_path_factory, trained_run: Path, name: str) -> Path:
+    """An artifacts folder of its own holding the trained fixture run (so what a test stores stays there)."""
+    root = tmp_path_factory.mktemp(name)
+    mirror_run(Path(trained_run), root)
+    return root
 
 
 def cell_image(seed: int, size: int = 96) -> np.ndarray:

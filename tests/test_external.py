@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXTERNAL_DEV
-from external_fixtures import EXTERNAL_COUNTS, cell_image, messy_dataset, mirror_run, save
+from conftest import EXTERNAL_DEV, mirror_run
+from external_fixtures import EXTERNAL_COUNTS, cell_image, messy_dataset, save
 
 from core.cli import build_parser, main
 from core.data.registry import label_names, short_label

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXTERNAL_DEV
-from external_fixtures import EXTERNAL_COUNTS, messy_dataset, mirror_run
+from external_fixtures import EXTERNAL_COUNTS, messy_dataset, private_store
 from page_helpers import PROJECT_ROOT, metrics, ok, open_page, page, texts
 
 from core.validation.external import flow, loading, storage
@@ -19,9 +19,7 @@ TIMEOUT = 300  # seconds per script run; the machine may be busy training
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, trained_run) -> Path:
-    root = tmp_path_factory.mktemp("external-page-artifacts")
-    mirror_run(Path(trained_run), root)
-    return root
+    return private_store(tmp_path_factory, trained_run, "external-page-artifacts")
 
 
 def run_dir(artifacts: Path) -> Path:

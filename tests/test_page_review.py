@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from external_fixtures import mirror_run
+from external_fixtures import private_store
 from page_helpers import button, metrics, ok, open_page, page, texts
 
 from core.validation import review as rv
@@ -18,9 +18,7 @@ TIMEOUT = 300  # seconds per script run; the machine may be busy training
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, trained_run) -> Path:
-    root = tmp_path_factory.mktemp("review-page-artifacts")
-    mirror_run(Path(trained_run), root)
-    return root
+    return private_store(tmp_path_factory, trained_run, "review-page-artifacts")
 
 
 def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):

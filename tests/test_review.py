@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import EXTERNAL_DEV
-from external_fixtures import cell_image, jpeg_bytes, mirror_run
+from conftest import EXTERNAL_DEV, mirror_run
+from external_fixtures import cell_image, jpeg_bytes
 from sklearn.metrics import cohen_kappa_score
 
 from core.data.registry import label_names, short_label

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXTERNAL_DEV
-from external_fixtures import cell_image, mirror_run
+from conftest import EXTERNAL_DEV, mirror_run
+from external_fixtures import cell_image
 
 from core.data.images import read_file, to_model_input
 from core.validation import stain
