@@ -339,8 +339,10 @@ def legacy_run(tmp_path_factory, trained_run):
 
 
 def test_a_run_written_before_schema_version_loads_and_evaluates(legacy_run, capsys):
+    from conftest import EXTERNAL_DEV
+
     from core.cli import main
-    from core.evaluation import confusion
+    from core.evaluation import confusion, predictions
     from core.inference.classifier import Classifier
     from core.store.runs import RunStore, open_run
 
@@ -362,3 +364,7 @@ def test_a_run_written_before_schema_version_loads_and_evaluates(legacy_run, cap
     for split in ("val", "test"):  # the same model on the same images: the stored figures again
         assert out[split]["n"] == stored[split]["n"]
         assert out[split]["accuracy"] == pytest.approx(stored[split]["accuracy"], abs=2 / stored[split]["n"])
+    assert main(["external", "--run", str(run), "--folder", str(EXTERNAL_DEV), "--no-store"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == 100
+    cached = predictions.compute(run, clf)  # the Confusions page's test predictions
+    assert len(cached) == stored["test"]["n"] and predictions.cached(run) is not None
