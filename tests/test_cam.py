@@ -10,7 +10,7 @@ import pytest
 from core.data.dataset import load_npz
 from core.explain.cam import method
 from core.explain.cam.gradcam import GradCAM
-from core.explain.overlay import colorize, overlay, triptych
+from core.explain.overlay import colorize, overlay, panels, triptych
 from core.models.build import last_conv_block
 from core.models.preprocessing import preprocess
 
@@ -151,3 +151,7 @@ def test_colorize_overlay_and_triptych():
     big = strip[:, :224]
     np.testing.assert_array_equal(big[::8, ::8], rgb)  # the original, scaled up by pixel repetition
     assert np.all(strip[:, 224:228] == 255)  # white gap
+    image, heatmap, blend = panels(rgb, heat, display=224)  # the same three pieces, apart (Classify page)
+    np.testing.assert_array_equal(np.concatenate([image, strip[:, 224:228], heatmap, strip[:, 224:228], blend],
+                                                 axis=1), strip)
+    assert panels(rgb, heat)[0].shape == (252, 252, 3)  # 256 px by default: 28 px x 9

@@ -23,11 +23,19 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: 
     return cv2.addWeighted(colorize(heatmap, colormap), float(alpha), rgb, 1.0 - float(alpha), 0.0)
 
 
-def triptych(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
-             display: int = 224) -> np.ndarray:
-    """Original | heatmap | overlay side by side, each scaled up to `display` px for viewing."""
+def panels(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
+           display: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, coloured heatmap, overlay), the image scaled up by a whole factor (nearest neighbour, so its
+    pixels stay visible) to about `display` px and the heatmap resized to it."""
     scale = max(1, display // max(rgb.shape[:2]))
     big = cv2.resize(rgb, (rgb.shape[1] * scale, rgb.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
     heat = cv2.resize(heatmap.astype(np.float32), big.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    return big, colorize(heat, colormap), overlay(big, heat, alpha, colormap)
+
+
+def triptych(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
+             display: int = 224) -> np.ndarray:
+    """Original | heatmap | overlay side by side in one image, each scaled up to `display` px for viewing."""
+    big, heat, over = panels(rgb, heatmap, alpha, colormap, display)
     gap = np.full((big.shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([big, gap, colorize(heat, colormap), gap, overlay(big, heat, alpha, colormap)], axis=1)
+    return np.concatenate([big, gap, heat, gap, over], axis=1)

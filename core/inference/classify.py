@@ -26,7 +26,7 @@ from core.data.uploads import UploadItem
 from core.errors import UserFacingError
 from core.explain.cam.base import Explanation
 from core.explain.faithfulness import Faithfulness, faithfulness
-from core.explain.overlay import colorize, overlay
+from core.explain.overlay import panels  # noqa: F401  (re-exported for the page: model input, heatmap, overlay)
 from core.inference.classifier import Classifier
 from core.inference.ood import OODStats, load_or_fit
 from core.models.build import coarse_map_note  # noqa: F401  (re-exported for the page)
@@ -173,23 +173,6 @@ def explain(clf: Classifier, image: np.ndarray, method: str = "gradcam", layer: 
     heat, target = result.heatmaps[0], int(result.targets[0])
     faith = faithfulness(clf.probabilities, image, heat, target) if score else None
     return Explained(result, heat, target, faith)
-
-
-def enlarge(image: np.ndarray, display: int = 256) -> np.ndarray:
-    """Scale a small model input up by a whole factor (nearest neighbour), so its pixels stay visible."""
-    scale = max(1, display // max(image.shape[:2]))
-    return np.asarray(Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
-                                                    Image.Resampling.NEAREST))
-
-
-def panels(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
-           display: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Model input, coloured heatmap and overlay, scaled up to about `display` px for viewing."""
-    big = enlarge(image, display)
-    heat = np.asarray(Image.fromarray(heatmap.astype(np.float32), "F").resize(big.shape[1::-1],
-                                                                              Image.Resampling.BILINEAR))
-    heat = np.clip(heat, 0.0, 1.0)
-    return big, colorize(heat, colormap), overlay(big, heat, alpha, colormap)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
