@@ -275,7 +275,7 @@ st.subheader("Tag or delete runs", anchor=False)
 def do_tag(run_ids: list[str], add: bool) -> None:
     tag = st.session_state.get("tag_text", "")
     try:
-        n = results.tag_runs(store, run_ids, add=[tag] if add else [], remove=[] if add else [tag])
+        n = store.tag_runs(run_ids, add=[tag] if add else [], remove=[] if add else [tag])
     except UserFacingError as e:
         st.session_state["results_error"] = str(e)
         return
