@@ -241,7 +241,7 @@ def test_tag_runs_rewrites_config_and_reindexes(grid):
     table = results.runs_table(grid)
     assert set(results.filter_runs(table, {}, tags=["baseline"])["run_id"]) == set(ids)
     deep = list(table.loc[table["arch"] == "resnet101", "run_id"])
-    assert results.tag_runs(grid, deep, remove=["study"]) == 2  # the old name still reaches the store
+    assert grid.tag_runs(deep, remove=["study"]) == 2
     assert set(results.runs_table(grid).loc[lambda t: t["arch"] == "resnet101", "tags"]) == {"deep"}
     with pytest.raises(RunStoreError, match="without commas"):
         grid.tag_runs(ids, add=["a,b"])

@@ -568,11 +568,3 @@ def parallel_dimensions(df: pd.DataFrame, fields: Sequence[str], metric: str = "
             dims.append({"label": field_label(field), "values": column.astype(float).tolist()})
     dims.append({"label": field_label(metric), "values": df[metric].astype(float).tolist()})
     return dims
-
-
-# -- tagging -----------------------------------------------------------------------------------------------
-
-def tag_runs(store: RunStore, run_ids: Sequence[str], add: Iterable[str] = (),
-             remove: Iterable[str] = ()) -> int:
-    """RunStore.tag_runs, under its old name for callers not yet moved to it."""
-    return store.tag_runs(run_ids, add, remove)
