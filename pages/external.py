@@ -2,8 +2,8 @@
 
 A thin view over core.validation.external (layout scan, class mapping, loading, the one evaluation flow,
 Tables 14/15, storage, fine-tuning with its settings) and core.validation.stain (colour normalisation to the
-run's training set). TensorFlow is imported, through core.inference.classifier, only when an evaluation is run
-or a stored one is explained.
+run's training set). TensorFlow is imported, through ui.model (the shared model cache), only when an evaluation
+is run or a stored one is explained.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.images import RESIZE_MODES
@@ -21,15 +20,18 @@ from core.errors import UserFacingError
 from core.store.runs import RunStore
 from core.validation import stain
 from core.validation.external import finetune, flow, loading, mapping, scan, scoring, storage
+from ui.figures import confusion_heatmap
+from ui.guard import guard, show_error
+from ui.images import enlarge
+from ui.model import classifier
+from ui.runs import run_label
+from ui.text import RESIZE_HELP, RESIZE_TITLES
 
 # -- settings -------------------------------------------------------------------------------------------
 LEAVE_OUT = "(leave out)"
-SCALE = [[0.0, "#ffffff"], [0.15, "#f1d7e2"], [0.5, "#c46b92"], [1.0, "#8e2453"]]
 SAMPLE_CELLS = 8  # cells shown in the normalisation comparison
 CAM_CELLS = 4  # correct and wrong cells each in the Grad-CAM section
 THUMB_PX = 128
-RESIZE_HELP = {"medmnist": "MedMNIST recipe (centre crop 200 px, then resize), as the upload path does",
-               "plain": "Plain resize of the whole image (for images already cropped to one cell)"}
 NORMALIZE_HELP = {"none": "The images as they are",
                   "reinhard": "Reinhard: each image's L*a*b* mean and spread moved to the training images'",
                   "macenko": "Macenko: stain colours estimated from the whole set and re-rendered with the "
@@ -43,28 +45,13 @@ st.caption("Apply a trained BloodMNIST run, unchanged, to cells from another lab
 
 
 def runs_or_stop() -> list[dict]:
-    try:
+    with guard():
         runs = RunStore().list_runs("val_accuracy DESC")
-    except (UserFacingError, OSError, ValueError) as e:
-        st.error(f"Could not read the run store: {e}. Rebuild its index with `python -m core runs --reindex`.")
-        st.stop()
     if not runs:
         st.info("No trained runs yet. Train one on the **Train** page or with `python -m core train`; external "
                 "validation applies a trained run to another lab's cells.", icon=":material/model_training:")
         st.stop()
     return runs
-
-
-def run_label(r: dict, best_id: str) -> str:
-    return (f"{r['arch']} · {r['size']} px · val acc {r['val_accuracy']:.3f} · {r['run_id']}"
-            + ("  (best)" if r["run_id"] == best_id else ""))
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def get_classifier(run_path: str):
-    from core.inference.classifier import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
-
-    return Classifier(run_path)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -108,22 +95,6 @@ def table14_view(metrics: dict, key: str) -> None:
     st.caption(caption)
 
 
-def confusion_figure(metrics: dict) -> go.Figure:
-    counts = np.asarray(metrics["confusion"], dtype=float)
-    rows, cols = metrics["rows"], metrics["columns"]
-    totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    text = [[f"{int(c)}<br>{s:.0%}" if c else "" for c, s in zip(cr, sr)] for cr, sr in zip(counts, shares)]
-    fig = go.Figure(go.Heatmap(
-        z=shares, x=cols, y=rows, text=text, texttemplate="%{text}", colorscale=SCALE, zmin=0, zmax=1, xgap=1,
-        ygap=1, colorbar=dict(thickness=12, tickformat=".0%"),
-        hovertemplate="true %{y} → predicted %{x}<br>%{text}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title="true class", type="category")
-    fig.update_xaxes(title="predicted class", tickangle=-45, type="category")
-    fig.update_layout(height=160 + 52 * len(rows), margin=dict(l=10, r=10, t=10, b=10))
-    return fig
-
-
 def show_metrics(record: dict, key: str) -> None:
     m_all, m_shared = record["metrics"]["all"], record["metrics"]["shared"]
     c = st.columns(5)
@@ -142,7 +113,8 @@ def show_metrics(record: dict, key: str) -> None:
             with left:
                 table14_view(m, f"{key}_t14_{mode}")
             with right:
-                st.plotly_chart(confusion_figure(m), key=f"{key}_cf_{mode}")
+                st.plotly_chart(confusion_heatmap(np.asarray(m["confusion"]), m["rows"], m["columns"]),
+                                key=f"{key}_cf_{mode}")
                 st.caption("Rows: the dataset's label; columns: the model's call. Each cell: count and share of "
                            "its row." + (" Columns include the classes the dataset does not have." if mode == "all"
                                          else ""))
@@ -162,11 +134,6 @@ def comparison_frame(records: list[dict]) -> pd.DataFrame:
             col[f"Recall {label} (all 8)"] = v["recall"]
         rows[name] = col
     return pd.DataFrame(rows)
-
-
-def upscale(image: np.ndarray, px: int = THUMB_PX) -> np.ndarray:
-    factor = max(1, px // image.shape[0])
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
 def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -> scan.ExternalSource | None:
@@ -192,7 +159,7 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
         source = (scan.scan(location.strip()) if kind_key == "folder"
                   else scan.scan(csv_base.strip() or None, location.strip()))
     except UserFacingError as e:
-        st.error(str(e))
+        show_error(e)
         return None
 
     classes, counts = source.classes, source.counts
@@ -240,7 +207,7 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
                     scan_signature(source))
         try:
             with st.spinner("Reading the images and scoring them…"):
-                clf = get_classifier(run_path)
+                clf = classifier(run_path)
                 data = load_data(*data_key[:4], clf.image_size, data_key[4], tuple(clf.labels), data_key[5])
                 target = get_target(run_path) if normalize != "none" else None
                 records = flow.run_external(clf, data, normalize, compare=("none",) if compare else (),
@@ -248,7 +215,7 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
                 ids = [r["id"] for r in records]
             st.session_state.ext_current = {"run_path": run_path, "ids": ids, "data_key": data_key}
         except UserFacingError as e:
-            st.error(str(e))
+            show_error(e)
     return source
 
 
@@ -259,7 +226,7 @@ def results_section(run_path: str) -> None:
     try:
         records = [storage.load_evaluation(run_path, i) for i in current["ids"]]
     except UserFacingError as e:
-        st.error(str(e))
+        show_error(e)
         return
     main = records[-1]
     st.subheader("2 · Zero-shot result", anchor=False)
@@ -268,7 +235,7 @@ def results_section(run_path: str) -> None:
                f"stored in {Path(run_path).name}/external/")
     show_metrics(main, "ext_main")
     key = current["data_key"]
-    clf = get_classifier(run_path)
+    clf = classifier(run_path)
     data = load_data(*key[:4], clf.image_size, key[4], tuple(clf.labels), key[5])
 
     # -- normalisation, side by side
@@ -293,7 +260,7 @@ def results_section(run_path: str) -> None:
     st.caption("The same cells as the model sees them, in each colour normalisation (labels: the dataset's class).")
     for m, images in shown.items():
         st.markdown(f"**{stain.METHOD_TITLES[m]}**" + ("  · as scored" if m == main["normalize"] else ""))
-        st.image([upscale(images[i], 96) for i in pick], width=96, caption=[data.source_classes[i] for i in pick])
+        st.image([enlarge(images[i], 96) for i in pick], width=96, caption=[data.source_classes[i] for i in pick])
 
     # -- Grad-CAM of correct and wrong cells
     st.subheader("4 · Grad-CAM of correct and wrong cells", anchor=False)
@@ -345,7 +312,7 @@ def results_section(run_path: str) -> None:
                                    target=target if main["normalize"] != "none" else None)
             main = storage.load_evaluation(run_path, main["id"])
         except UserFacingError as e:
-            st.error(str(e))
+            show_error(e)
     ft = main.get("fine_tune")
     if ft:
         rows = []
@@ -382,7 +349,7 @@ def stored_section(run_path: str) -> None:
         try:
             show_metrics(storage.load_evaluation(run_path, chosen), f"ext_old_{chosen}")
         except UserFacingError as e:
-            st.error(str(e))
+            show_error(e)
 
 
 # -- the page ---------------------------------------------------------------------------------------------
@@ -392,9 +359,7 @@ with st.sidebar:
     st.subheader("Model and settings", anchor=False)
     run = st.selectbox("Trained run", runs, format_func=lambda r: run_label(r, best_id), key="ext_run",
                        help="Default: the best by validation accuracy.")
-    resize = st.radio("Resize", RESIZE_MODES, key="ext_resize",
-                      format_func=lambda m: "MedMNIST recipe" if m == "medmnist" else "Plain resize",
-                      help="\n\n".join(RESIZE_HELP.values()))
+    resize = st.radio("Resize", RESIZE_MODES, key="ext_resize", format_func=RESIZE_TITLES.get, help=RESIZE_HELP)
     normalize = st.radio("Colour normalisation", stain.METHODS, format_func=stain.METHOD_TITLES.get,
                          key="ext_normalize",
                          help="\n\n".join(f"{stain.METHOD_TITLES[k]}: {v}" for k, v in NORMALIZE_HELP.items()))

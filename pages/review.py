@@ -2,8 +2,8 @@
 analyser's pre-classification: agree, reclassify, unsure or not a cell, with a note.
 
 A thin view over core.validation.review (SQLite sessions that survive restarts and resume where they stopped). The
-model (TensorFlow, through core.inference.classifier) is loaded only once a session is started or shown: it gives the
-Grad-CAM evidence for each call.
+model (TensorFlow, through ui.model, the shared model cache) is loaded only once a session is started or shown:
+it gives the Grad-CAM evidence for each call.
 
 Keyboard: in the decision form, Enter in the note field submits "Agree" (the form's first button); the
 buttons also have shortcuts, shown on them: A agree, U unsure, X not a cell, 1-8 reclassify as that class,
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.images import RESIZE_MODES
@@ -22,10 +21,15 @@ from core.data.uploads import UPLOAD_TYPES
 from core.errors import UserFacingError
 from core.store.runs import RunStore
 from core.validation import review as rv
+from ui.figures import confusion_heatmap
+from ui.guard import guard, show_error
+from ui.images import enlarge
+from ui.model import classifier
+from ui.runs import run_label
+from ui.text import RESIZE_HELP, RESIZE_TITLES, md_escape
 
 # -- settings -------------------------------------------------------------------------------------------
 DISPLAY_PX = 320  # the cell image is scaled to this many pixels a side
-SCALE = [[0.0, "#ffffff"], [0.15, "#f1d7e2"], [0.5, "#c46b92"], [1.0, "#8e2453"]]
 DEFAULT_CELLS = 50
 
 st.title("Review", anchor=False)
@@ -34,43 +38,18 @@ st.caption("Go through a model's calls one cell at a time, with its confidence a
            "reviewers of the same cells can be compared (Cohen's kappa).")
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def get_classifier(run_path: str):
-    from core.inference.classifier import Classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
-
-    return Classifier(run_path)
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
 def cell_view(run_path: str, image_ref: str, resize: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(the original image when it is larger than the model's input, the model's input scaled up, the same
     with the Grad-CAM of the model's call over it)."""
     from core.explain.overlay import overlay  # noqa: PLC0415
 
-    clf = get_classifier(run_path)
+    clf = classifier(run_path)
     original, model_input = rv.cell_pixels(image_ref, clf.image_size, resize)
     expl = clf.explain(model_input[None], "gradcam")
-    big = scale_up(model_input, DISPLAY_PX)
-    shown = scale_up(original, DISPLAY_PX) if original.shape[:2] != model_input.shape[:2] else None
+    big = enlarge(model_input, DISPLAY_PX)
+    shown = enlarge(original, DISPLAY_PX) if original.shape[:2] != model_input.shape[:2] else None
     return shown, big, overlay(big, expl.heatmaps[0])
-
-
-def scale_up(image: np.ndarray, px: int) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415
-
-    h, w = image.shape[:2]
-    factor = px / max(h, w)
-    resample = Image.Resampling.NEAREST if factor >= 2 else Image.Resampling.BICUBIC
-    return np.asarray(Image.fromarray(image).resize((max(1, round(w * factor)), max(1, round(h * factor))),
-                                                    resample))
-
-
-def store_or_stop() -> rv.ReviewStore:
-    try:
-        return rv.ReviewStore()
-    except UserFacingError as e:  # the store wraps SQLite's errors
-        st.error(f"Could not open the review database: {e}")
-        st.stop()
 
 
 def session_label(s: dict) -> str:
@@ -85,13 +64,14 @@ def open_session(session_id: int) -> None:
 
 
 # -- the reviewer and the sessions ------------------------------------------------------------------------
-store = store_or_stop()
+with guard():
+    store = rv.ReviewStore()
 reviewer = st.text_input("Reviewer", key="review_name", placeholder="Your name", width=360,
                          help="Stored with every decision; a session belongs to one reviewer.")
 try:
     reviewer = rv.check_reviewer(reviewer) if reviewer.strip() else ""
 except UserFacingError as e:
-    st.error(str(e))
+    show_error(e)
     reviewer = ""
 if not reviewer:
     st.info("Enter your name to start or resume a review session.", icon=":material/person:")
@@ -110,27 +90,23 @@ with resume_tab:
                 open_session(picked["id"])
 
 with start_tab:
-    try:
+    runs = []
+    with guard(stop=False):
         runs = RunStore().list_runs("val_accuracy DESC")
-    except (UserFacingError, OSError, ValueError) as e:
-        st.error(f"Could not read the run store: {e}")
-        runs = []
     if not runs:
         st.info("No trained runs yet: train one on the **Train** page first.", icon=":material/model_training:")
     else:
         best_id = runs[0]["run_id"]
         c1, c2 = st.columns(2)
         run = c1.selectbox("Run whose calls are reviewed", runs, key="review_run",
-                           format_func=lambda r: f"{r['arch']} · {r['size']} px · val acc {r['val_accuracy']:.3f}"
-                                                 f" · {r['run_id']}" + ("  (best)" if r["run_id"] == best_id
-                                                                        else ""))
+                           format_func=lambda r: run_label(r, best_id))
         kind = c2.radio("Cells", rv.SOURCES, format_func=rv.SOURCE_TITLES.get, key="review_source", horizontal=True)
         c1, c2, c3 = st.columns(3)
         order = c1.radio("Order", rv.ORDERS, format_func=rv.ORDER_TITLES.get, key="review_order")
         limit = c2.number_input("Cells in the session", 1, 5000, DEFAULT_CELLS, key="review_limit",
                                 help="The first cells in the chosen order.")
-        resize = c3.radio("Resize (image files)", RESIZE_MODES, key="review_resize",
-                          format_func=lambda m: "MedMNIST recipe" if m == "medmnist" else "Plain resize")
+        resize = c3.radio("Resize (image files)", RESIZE_MODES, key="review_resize", format_func=RESIZE_TITLES.get,
+                          help=RESIZE_HELP)
         folder, files = "", []
         if kind == "external":
             folder = st.text_input("External dataset folder (one subfolder per class)", key="review_folder")
@@ -141,7 +117,7 @@ with start_tab:
         if st.button("Start session", type="primary", icon=":material/play_arrow:", key="review_start"):
             try:
                 with st.spinner("Predicting the cells and ordering them…"):
-                    clf = get_classifier(run["path"])
+                    clf = classifier(run["path"])
                     if kind == "test":
                         cells, source = rv.cells_from_test_split(clf, int(limit), order), "test split"
                     elif kind == "external":
@@ -163,7 +139,7 @@ with start_tab:
                 open_session(sid)
                 st.rerun()
             except UserFacingError as e:
-                st.error(str(e))
+                show_error(e)
 
 sid = st.session_state.get("review_sid")
 if sid is None:
@@ -192,7 +168,7 @@ cell = store.cell(sid, pos)
 try:
     original, seen, cam = cell_view(session["run_path"], cell["image"], session["resize"])
 except UserFacingError as e:
-    st.error(f"This cell's image cannot be shown: {e}")
+    st.error(f"This cell's image cannot be shown: {md_escape(e)}")
     seen = None
 
 left, right = st.columns([6, 5], gap="large")
@@ -248,7 +224,7 @@ with right:
                                            key=f"review_re_{i}")
     error = st.session_state.pop("review_error", None)
     if error:
-        st.error(error)
+        st.error(md_escape(error))
 
     def move(step: int) -> None:
         here = int(st.session_state.get("review_pos") or 0)
@@ -292,15 +268,8 @@ if summary["reviewed"]:
         m = np.asarray(cf["matrix"])
         keep = m.sum(axis=1) > 0
         rows = [r for r, k in zip(cf["rows"], keep) if k]
-        text = [[str(v) if v else "" for v in row] for row in m[keep]]
-        fig = go.Figure(go.Heatmap(z=m[keep], x=cf["columns"], y=rows, text=text, texttemplate="%{text}",
-                                   colorscale=SCALE, xgap=1, ygap=1, showscale=False,
-                                   hovertemplate="model %{y} → reviewer %{x}: %{z}<extra></extra>"))
-        fig.update_yaxes(autorange="reversed", title="model's call", type="category")
-        fig.update_xaxes(title="reviewer's call", tickangle=-45, type="category")
-        fig.update_layout(height=180 + 40 * len(rows), margin=dict(l=10, r=10, t=30, b=10),
-                          title=dict(text="Model vs reviewer", font=dict(size=14)))
-        st.plotly_chart(fig, key="review_confusion")
+        st.plotly_chart(confusion_heatmap(m[keep], rows, cf["columns"], colour_by="count", title="Model vs reviewer",
+                                          axes=("model's call", "reviewer's call")), key="review_confusion")
 
 others = store.same_set(sid)
 if others:
