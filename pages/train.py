@@ -30,6 +30,7 @@ from core.jobs.queue import ACTIVE, Job, JobQueue
 from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, field_type, format_duration
 from core.store.overview import human_bytes, weights_label
 from core.store.runs import RunStore
+from ui.guard import show_error
 from ui.palette import ACCENT, LIGHT_ACCENT, SECONDARY
 from ui.text import md_escape, plural
 
@@ -382,7 +383,7 @@ def preset_section(choice: DataChoice) -> None:
                    f"**{format_duration(sum(estimate.seconds))}** on this machine.")
     except UserFacingError as e:
         st.caption(md_escape(preset.description))
-        st.error(md_escape(str(e)))
+        show_error(e)
 
 
 def _registry_sizes() -> tuple[int, int, int]:
@@ -637,7 +638,7 @@ def jobs_view() -> None:
         jobs = queue.list()
         max_concurrent = queue.max_concurrent
     except UserFacingError as e:
-        st.error(md_escape(str(e)))
+        show_error(e)
         return
     if "_job_error" in ss:
         st.error(md_escape(ss.pop("_job_error")), icon=":material/error:")
@@ -683,7 +684,7 @@ if new_tab.open:
             choice = data_section(available)
             plan = make_plan(choice, available)
         except UserFacingError as e:
-            st.error(md_escape(str(e)))
+            show_error(e)
         else:
             settings_section(choice, plan)
     save_settings()

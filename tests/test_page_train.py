@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from page_helpers import APP, ok, texts
 from streamlit.testing.v1 import AppTest
 
 import core.data.download
@@ -19,20 +20,9 @@ from core.data.dataset import class_counts
 from core.jobs.queue import ACTIVE, JobQueue
 from core.store.runs import RunStore
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-APP = str(PROJECT_ROOT / "app.py")
-PAGE = PROJECT_ROOT / "pages" / "train.py"
 TIMEOUT = 120  # seconds per script run; the machine may be busy training
 # Where each RunConfig field is set on the page: data and size in the data panel, the rest in the form.
 WIDGET_KEYS = {f: f"f_{f}" for f in RunConfig.field_names()} | {"data": "data_path", "size": "data_source"}
-
-
-def texts(at: AppTest) -> str:
-    parts = []
-    for kind in ("title", "subheader", "markdown", "caption", "code", "info", "error", "warning", "success"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    parts += [p.text for p in at.progress]
-    return "\n".join(parts)
 
 
 def widgets(at: AppTest) -> dict[str, object]:
@@ -59,11 +49,6 @@ def queue_at(artifacts: Path) -> JobQueue:
     return JobQueue(RunStore(artifacts / "runs"))
 
 
-def check(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def show_tab(at: AppTest, name: str) -> AppTest:
     """Click a tab: its label goes to the session state and, except for the first tab, to the URL (?tab=)."""
     at.session_state["tab"] = name
@@ -71,18 +56,18 @@ def show_tab(at: AppTest, name: str) -> AppTest:
         at.query_params.pop("tab", None)
     else:
         at.query_params["tab"] = name
-    return check(at.run())
+    return ok(at.run())
 
 
 def open_train(jobs_tab: bool = False) -> AppTest:
-    at = check(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
-    check(at.switch_page("pages/train.py").run())
+    at = ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+    ok(at.switch_page("pages/train.py").run())
     return show_tab(at, "Jobs") if jobs_tab else at
 
 
 def use_file(at: AppTest, npz: Path) -> AppTest:
-    check(at.radio(key="data_source").set_value("custom").run())
-    return check(at.text_input(key="data_path").input(str(npz)).run())
+    ok(at.radio(key="data_source").set_value("custom").run())
+    return ok(at.text_input(key="data_path").input(str(npz)).run())
 
 
 def errors_next_to(at: AppTest, key: str) -> list[str]:
@@ -104,7 +89,7 @@ def test_renders_with_no_data_and_no_jobs(artifacts):
                                                                                (28, 64, 128, 224)]
     assert "BloodMNIST 64 px is not downloaded yet" in shown
     assert "**1 job** · about" in shown
-    at = check(open_train(jobs_tab=True))
+    at = ok(open_train(jobs_tab=True))
     assert "No training jobs yet" in texts(at)
 
 
@@ -128,35 +113,35 @@ def test_an_invalid_value_is_shown_next_to_its_field_and_nothing_is_queued(artif
                                                                             message):
     at = use_file(open_train(), tiny_npz)
     at.number_input(key=key).set_value(value)
-    check(at.button(key="launch").click().run())
+    ok(at.button(key="launch").click().run())
     next_to = [m.replace("\\", "") for m in errors_next_to(at, key)]
     assert next_to == [message]
     assert any("Nothing was launched" in e.value for e in at.error)
     assert queue_at(artifacts).list() == []
     # fixing it clears the message
     at.number_input(key=key).set_value(0.001 if key == "f_lr" else 0.3)
-    check(at.button(key="preview").click().run())
+    ok(at.button(key="preview").click().run())
     assert errors_next_to(at, key) == []
 
 
 def test_settings_survive_switching_tabs_and_pages(artifacts, tiny_npz):
     at = use_file(open_train(), tiny_npz)
     at.number_input(key="f_epochs").set_value(3)
-    check(at.button(key="preview").click().run())
-    check(at.multiselect(key="sweep_fields").select("lr").run())
-    check(at.text_input(key="sweep_lr").input("0.001, 0.0001").run())
+    ok(at.button(key="preview").click().run())
+    ok(at.multiselect(key="sweep_fields").select("lr").run())
+    ok(at.text_input(key="sweep_lr").input("0.001, 0.0001").run())
     show_tab(at, "Jobs")
     assert [w.key for w in at.number_input] == ["max_concurrent"]  # the settings are not drawn here
-    check(at.switch_page("pages/home.py").run())
-    check(at.switch_page("pages/train.py").run())
+    ok(at.switch_page("pages/home.py").run())
+    ok(at.switch_page("pages/train.py").run())
     show_tab(at, "New training")
     assert at.number_input(key="f_epochs").value == 3
     assert at.text_input(key="data_path").value == str(tiny_npz)
     assert at.text_input(key="sweep_lr").value == "0.001, 0.0001"
     assert at.button(key="launch").label == "Launch 2 jobs"
     # the path survives choosing BloodMNIST for a moment
-    check(at.radio(key="data_source").set_value(28).run())
-    check(at.radio(key="data_source").set_value("custom").run())
+    ok(at.radio(key="data_source").set_value(28).run())
+    ok(at.radio(key="data_source").set_value("custom").run())
     assert at.text_input(key="data_path").value == str(tiny_npz)
 
 
@@ -181,15 +166,15 @@ def test_a_bad_file_gets_a_clear_message_next_to_it(artifacts, tmp_path):
     assert any("notes.npz is not an .npz file" in e.value.replace("\\", "") for e in at.error)
     assert not at.get("plotly_chart")
     at.text_input(key="data_path").input(str(tmp_path / "missing.npz"))
-    check(at.run())
+    ok(at.run())
     assert any("No dataset file at" in e.value for e in at.error)
 
 
 def test_a_sweep_previews_its_jobs_and_an_estimate(artifacts, tiny_npz):
     at = use_file(open_train(), tiny_npz)
-    check(at.multiselect(key="sweep_fields").select("batch_size").run())
+    ok(at.multiselect(key="sweep_fields").select("batch_size").run())
     at.text_input(key="sweep_batch_size").input("16, 32")
-    check(at.number_input(key="sweep_repeats").set_value(2).run())
+    ok(at.number_input(key="sweep_repeats").set_value(2).run())
     shown = texts(at)
     assert re.search(r"\*\*4 jobs\*\* · about \*\*\d+ (s|min|h)\*\*", shown), shown
     assert "no finished runs on this machine yet" in shown  # says where the speed comes from
@@ -199,23 +184,23 @@ def test_a_sweep_previews_its_jobs_and_an_estimate(artifacts, tiny_npz):
     assert at.button(key="launch").label == "Launch 4 jobs"
     assert queue_at(artifacts).list() == []  # a preview launches nothing
     # a bad sweep value is shown under its own input
-    check(at.text_input(key="sweep_batch_size").input("16, big").run())
+    ok(at.text_input(key="sweep_batch_size").input("16, big").run())
     assert errors_next_to(at, "sweep_batch_size") == ["'big' is not a valid int"]
 
 
 def test_auto_weights_follow_each_swept_network(artifacts, tiny_npz):
     at = use_file(open_train(), tiny_npz)
-    check(at.selectbox(key="f_arch").set_value("resnet18").run())  # "auto": from scratch for ResNet-18
-    check(at.multiselect(key="sweep_fields").select("arch").run())
-    check(at.text_input(key="sweep_arch").input("resnet18, mobilenetv3small").run())
+    ok(at.selectbox(key="f_arch").set_value("resnet18").run())  # "auto": from scratch for ResNet-18
+    ok(at.multiselect(key="sweep_fields").select("arch").run())
+    ok(at.text_input(key="sweep_arch").input("resnet18, mobilenetv3small").run())
     table = at.dataframe[0].value
     assert list(zip(table["arch"], table["weights"])) == [("resnet18", "none"), ("mobilenetv3small", "imagenet")]
 
 
 def test_the_table_12_preset_previews_12_jobs_in_hours_or_days(artifacts):
     at = open_train()
-    check(at.selectbox(key="preset_choice").set_value("table12").run())
-    check(at.button(key="load_preset").click().run())
+    ok(at.selectbox(key="preset_choice").set_value("table12").run())
+    ok(at.button(key="load_preset").click().run())
     shown = texts(at)
     assert re.search(r"\*\*12 jobs\*\* · about \*\*[\d.]+ (h|days)\*\*", shown), shown
     table = at.dataframe[0].value
@@ -224,7 +209,7 @@ def test_the_table_12_preset_previews_12_jobs_in_hours_or_days(artifacts):
     assert set(table["batch_size"]) == {16, 32}
     assert at.button(key="launch").label == "Launch 12 jobs"
     # no BloodMNIST here: launching is refused with the reason, nothing is queued
-    check(at.button(key="launch").click().run())
+    ok(at.button(key="launch").click().run())
     assert any("not downloaded yet" in e.value for e in at.error)
     assert queue_at(artifacts).list() == []
 
@@ -232,7 +217,7 @@ def test_the_table_12_preset_previews_12_jobs_in_hours_or_days(artifacts):
 def test_a_preset_of_variants_previews_each_variant(artifacts):
     at = open_train()
     at.selectbox(key="preset_choice").set_value("table3")
-    check(at.button(key="load_preset").click().run())
+    ok(at.button(key="load_preset").click().run())
     table = at.dataframe[0].value
     assert list(table["optimizer"]) == ["adam", "rmsprop", "sgd"]
     assert at.button(key="launch").label == "Launch 3 jobs"
@@ -244,7 +229,7 @@ def test_download_offline_says_where_to_put_the_file(artifacts, monkeypatch):
     _, md5 = registry.url_and_md5(64)
     monkeypatch.setattr(registry, "url_and_md5", lambda size: ("http://127.0.0.1:9/bloodmnist_64.npz", md5))
     at = open_train()
-    check(at.button(key="download_64").click().run())
+    ok(at.button(key="download_64").click().run())
     message = at.error[0].value.replace("\\", "")
     assert "Could not download BloodMNIST 64 px" in message
     assert str(registry.local_path(64)) in message and "127.0.0.1:9" in message
@@ -265,7 +250,7 @@ def test_download_shows_progress_and_selects_the_new_file(artifacts, monkeypatch
 
     monkeypatch.setattr(core.data.download, "download", fake)
     at = open_train()
-    check(at.button(key="download_28").click().run())
+    ok(at.button(key="download_28").click().run())
     assert len(calls) == 2
     assert at.radio(key="data_source").value == 28
     assert "download_28" not in {b.key for b in at.button}
@@ -286,16 +271,16 @@ def test_job_controls(artifacts, monkeypatch, tiny_npz):
     assert any("ended without reporting" in e.value for e in at.error)
     assert at.progress[0].text.startswith("Queued")
     assert {b.key for b in at.button} >= {"cancel_1", "resume_2", "delete_2"}
-    check(at.button(key="cancel_1").click().run())
+    ok(at.button(key="cancel_1").click().run())
     assert queue.get(waiting).status == "cancelled"
-    check(at.button(key="resume_2").click().run())
+    ok(at.button(key="resume_2").click().run())
     assert queue.get(broken).status == "queued"
-    check(at.segmented_control(key="job_filter").set_value("Active").run())
+    ok(at.segmented_control(key="job_filter").set_value("Active").run())
     assert "Job 2" in texts(at) and "Job 1" not in texts(at)
-    check(at.segmented_control(key="job_filter").set_value("All").run())
-    check(at.button(key="delete_1").click().run())
+    ok(at.segmented_control(key="job_filter").set_value("All").run())
+    ok(at.button(key="delete_1").click().run())
     assert [j.id for j in queue.list()] == [broken]
-    check(at.number_input(key="max_concurrent").set_value(2).run())
+    ok(at.number_input(key="max_concurrent").set_value(2).run())
     assert queue.max_concurrent == 2
 
 
@@ -307,7 +292,7 @@ def test_launch_a_tiny_run_and_see_it_succeed(artifacts, tiny_npz):
     at.number_input(key="f_epochs").set_value(1)
     at.number_input(key="f_limit_train").set_value(64)
     at.number_input(key="f_batch_size").set_value(32)
-    check(at.button(key="launch").click().run())
+    ok(at.button(key="launch").click().run())
     assert not at.error, [e.value for e in at.error]
     assert "Queued 1 job" in at.success[0].value
     queue = queue_at(artifacts)
@@ -326,7 +311,7 @@ def test_launch_a_tiny_run_and_see_it_succeed(artifacts, tiny_npz):
             break
         time.sleep(1)
     assert job.status == "succeeded", job.error or queue.log_tail(job.id)
-    check(at.run())  # the page stays on the Jobs tab after launching
+    ok(at.run())  # the page stays on the Jobs tab after launching
     shown = texts(at)
     assert ":green-badge[:material/check_circle: succeeded]" in shown
     assert f"Run saved in `{job.run_path}`" in shown
