@@ -2,7 +2,7 @@
 
 A thin view over core.inference.classify (uploads -> model inputs -> predictions, flags and explanations) and
 core.data.uploads (reading files and zips safely). TensorFlow is imported, through core.inference.classify, only once a
-trained run exists; the model is loaded once per run and kept in `st.cache_resource`.
+trained run exists; the model is loaded once per run and kept by ui.model, shared with the other pages.
 """
 
 from __future__ import annotations
