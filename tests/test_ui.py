@@ -100,16 +100,16 @@ def guarded_page(stop: bool, error: str) -> None:
 
 @pytest.mark.parametrize("stop", [True, False])
 def test_the_guard_shows_a_user_facing_error_and_stops_or_goes_on(stop):
-    at = ok(AppTest.from_function(guarded_page, args=(stop, "user")).run())
+    at = ok(AppTest.from_function(guarded_page, args=(stop, "user"), default_timeout=60).run())
     assert [e.value for e in at.error] == [r"Could not read /tmp/a\_b/index.sqlite: rebuild it with python -m "
                                            r"core runs --reindex"]
     assert [m.value for m in at.markdown] == ([] if stop else ["after"])
-    at = ok(AppTest.from_function(guarded_page, args=(stop, "none")).run())
+    at = ok(AppTest.from_function(guarded_page, args=(stop, "none"), default_timeout=60).run())
     assert [m.value for m in at.markdown] == ["inside", "after"] and not at.error
 
 
 def test_the_guard_lets_bugs_through():
-    at = AppTest.from_function(guarded_page, args=(True, "bug")).run()
+    at = AppTest.from_function(guarded_page, args=(True, "bug"), default_timeout=60).run()
     assert at.exception and "a bug" in at.exception[0].value and not at.error
 
 
