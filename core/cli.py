@@ -283,9 +283,13 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from core.store.runs import RunStore  # noqa: PLC0415
 
-    store = RunStore(args.runs_dir)
     if args.reindex:
-        store.reindex()
+        store, aside = RunStore.rebuilt(args.runs_dir)
+        if aside:
+            print(f"the index could not be read at all: moved it aside to {aside} and built a new one",
+                  file=sys.stderr)
+    else:
+        store = RunStore(args.runs_dir)
     rows = store.list_runs("val_accuracy DESC" if args.best else "created DESC")
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "config_json"} for r in rows], indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,20 @@ def test_runs_lists_the_run(cli_run, cli_env):
     assert [r["run_id"] for r in rows] == [run_id]
     assert "config_json" not in rows[0]
     assert rows[0]["val_accuracy"] == open_run(runs_dir / run_id).metrics["val"]["accuracy"]
+
+
+def test_a_damaged_index_says_how_to_repair_it_and_the_repair_works(cli_run, cli_env, tmp_path):
+    _, runs_dir = cli_run
+    mirror = tmp_path / "artifacts" / "runs"
+    shutil.copytree(runs_dir, mirror)
+    index = mirror.parent / "index.sqlite"
+    index.write_bytes(b"not a database" * 100)
+    error = assert_one_line_error(cli(cli_env, "runs", "--runs-dir", mirror), str(index))
+    hint = error.rpartition(": ")[2]
+    assert hint == "python -m core runs --reindex"
+    repaired = cli(cli_env, *hint.split()[3:], "--runs-dir", mirror)
+    assert repaired.returncode == 0 and "moved it aside" in repaired.stderr, repaired.stderr
+    assert len(repaired.stdout.strip().splitlines()) == 2  # header and the one run
 
 
 def test_runs_empty_store(cli_env, tmp_path):

@@ -292,6 +292,25 @@ def test_a_damaged_index_is_one_store_error_naming_the_file_and_the_repair(store
         assert isinstance(info.value.__cause__, sqlite3.Error)
 
 
+def test_the_advised_repair_works_on_an_index_sqlite_cannot_read(store, runs_dir):
+    kept = publish(store, 0.8, 0.7)
+    store.index_path.write_bytes(b"this is not a database" * 100)
+    rebuilt, aside = R.RunStore.rebuilt(runs_dir)
+    assert aside is not None and aside.read_bytes().startswith(b"this is not a database")
+    assert aside.parent == store.index_path.parent and aside.name.startswith("index.sqlite.damaged-")
+    assert [r["run_id"] for r in rebuilt.list_runs()] == [kept.run_id]  # the run folders are the data
+    again, aside = R.RunStore.rebuilt(runs_dir)  # a readable index is rebuilt in place
+    assert aside is None and again.count() == 1
+
+
+def test_rebuilding_does_not_hide_other_store_errors(tmp_path):
+    blocker = tmp_path / "artifacts"
+    blocker.write_text("a file where the artifacts folder should be")
+    with pytest.raises(StoreError):
+        R.RunStore.rebuilt(blocker / "runs")
+    assert blocker.read_text().startswith("a file")
+
+
 def test_index_columns_are_the_indexed_settings(store):
     publish(store)
     row = store.list_runs()[0]

@@ -256,6 +256,32 @@ class RunStore:
         if stale:
             self.reindex()
 
+    @classmethod
+    def rebuilt(cls, runs_dir: str | Path | None = None) -> tuple["RunStore", Path | None]:
+        """The store with its index rebuilt from the run folders, as `python -m core runs --reindex` does.
+
+        An index file that SQLite cannot read at all is moved aside (`index.sqlite.damaged-<time>`, with its
+        -wal/-shm files) and a new one is built, so the repair the error messages advise always works. The run
+        folders are the data; the index is derived. Returns the store and where a damaged file went (or None).
+        """
+        try:
+            store = cls(runs_dir)
+        except RunStoreError as e:
+            if not isinstance(e.__cause__, sqlite3.DatabaseError):
+                raise
+            index = (Path(runs_dir) if runs_dir else default_runs_dir()).parent / "index.sqlite"
+            aside = index.with_name(f"{index.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            with index_errors(index):
+                for suffix in ("-wal", "-shm", ""):
+                    part = Path(f"{index}{suffix}")
+                    if part.exists():
+                        os.replace(part, f"{aside}{suffix}")
+            store = cls(runs_dir)
+        else:
+            aside = None
+        store.reindex()
+        return store, aside
+
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.index_path, timeout=30)
         db.row_factory = sqlite3.Row
