@@ -24,8 +24,7 @@ from ui.text import md_escape, plural
 # -- settings -------------------------------------------------------------------------------------------
 DEFAULT_ROWS, DEFAULT_COLS, DEFAULT_METRIC = ["arch", "batch_size"], ["size"], "test_accuracy"
 DEFAULT_SELECTED = 3  # runs picked for the per-class and curve views when the user has not chosen
-PARALLEL_FIELDS = ("arch", "size", "weights", "batch_size", "optimizer", "lr", "momentum", "dropout", "attention",
-                   "class_weights", "epochs", "limit_train")
+PARALLEL_FIELDS = tuple(f for f in results.MAIN_FIELDS if f != "seed")  # seeds are repeats, not a setting
 
 st.title("Results", anchor=False)
 st.caption("Every run's best epoch (chosen on validation, never the last epoch), as a table and as a matrix "
@@ -77,10 +76,7 @@ complete = shown[shown["status"] == "complete"]
 
 st.subheader(f"Runs ({len(shown)} of {len(table)})", anchor=False)
 f1_cols = results.f1_columns(shown)
-order = ["run_id", "created", "status", "arch", "size", "weights", "batch_size", "optimizer", "lr", "dropout",
-         "attention", "class_weights", "seed", "epochs", "tags", "best_epoch", "val_accuracy", "val_auc",
-         "test_accuracy", "test_auc", "test_macro_f1", *f1_cols, "train_seconds", "images_per_second"]
-order += [c for c in results.CONFIG_FIELDS if c not in order]
+order = results.display_columns(shown)
 number = lambda label, fmt="%.3f": st.column_config.NumberColumn(label, format=fmt)  # noqa: E731
 column_config = {c: results.field_label(c) for c in order}
 column_config.update({c: number(results.field_label(c)) for c in

@@ -61,6 +61,16 @@ def test_runs_table_has_config_tags_and_best_epoch_metrics(grid):
     assert table["created"].is_monotonic_decreasing
 
 
+def test_display_columns_put_the_run_its_main_settings_and_scores_first(grid):
+    table = results.runs_table(grid)
+    columns = results.display_columns(table)
+    assert columns[:5] == ["run_id", "created", "status", "arch", "size"]
+    assert sorted(columns) == sorted(set(columns)) and set(columns) <= set(table.columns)
+    assert set(results.CONFIG_FIELDS) <= set(columns) and "path" not in columns
+    scores = [columns.index(c) for c in ("val_accuracy", "test_accuracy", "f1_monocyte")]
+    assert scores == sorted(scores) and max(scores) < columns.index("train_seconds") < columns.index("aug_shear")
+
+
 def test_runs_table_reads_no_metrics_files(grid, monkeypatch):
     def refuse(self):
         raise AssertionError("metrics.json read while listing")

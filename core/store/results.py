@@ -162,6 +162,18 @@ def f1_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(F1_PREFIX)]
 
 
+COST_METRICS = ("train_seconds", "images_per_second")
+
+
+def display_columns(df: pd.DataFrame) -> list[str]:
+    """The runs table's columns in reading order: the run, the indexed settings the pickers offer first,
+    tags, the best-epoch scores with one test F1 per class, the cost, then every other setting."""
+    main = [f for f in MAIN_FIELDS if SETTINGS[f].indexed]
+    scores = [m for m in INDEX_METRICS if m not in COST_METRICS]
+    order = ["run_id", "created", "status", *main, "tags", *scores, *f1_columns(df), *COST_METRICS]
+    return order + [c for c in CONFIG_FIELDS if c not in order]
+
+
 def split_tags(tags: Any) -> list[str]:
     if not isinstance(tags, str) or not tags:
         return []
