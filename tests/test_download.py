@@ -161,43 +161,31 @@ def test_md5_mismatch_keeps_nothing(monkeypatch, tmp_path, http_server):
     assert leftovers(root) == []
 
 
-def test_http_404_is_a_download_error(monkeypatch, tmp_path, http_server):
+def failed_download(monkeypatch, tmp_path, http_server, path: str, handler=None) -> tuple[str, Path, str]:
+    """Download from the test server at `path` (served by `handler`), which must fail: (url, root, message)."""
     _, start = http_server
-    base = start()
-    url = f"{base}/missing.npz"
+    url = f"{start(handler)}/{path}"
     point_registry_at(monkeypatch, url, "a" * 32)
     root = tmp_path / "data"
     with pytest.raises(dl.DownloadError) as info:
         dl.download(28, root, timeout=10)
-    assert url in str(info.value)
-    assert "not found" in str(info.value).lower()
-    assert leftovers(root) == []
+    assert url in str(info.value) and leftovers(root) == []
+    return url, root, str(info.value)
+
+
+def test_http_404_is_a_download_error(monkeypatch, tmp_path, http_server):
+    _, _, message = failed_download(monkeypatch, tmp_path, http_server, "missing.npz")
+    assert "not found" in message.lower()
 
 
 def test_connection_dropped_mid_file_keeps_nothing(monkeypatch, tmp_path, http_server):
-    _, start = http_server
-    base = start(_TruncatingHandler)
-    url = f"{base}/bloodmnist.npz"
-    point_registry_at(monkeypatch, url, "a" * 32)
-    root = tmp_path / "data"
-    with pytest.raises(dl.DownloadError) as info:
-        dl.download(28, root, timeout=10)
-    assert url in str(info.value)
-    assert "nothing was kept" in str(info.value)  # the MD5 check catches the short file
-    assert leftovers(root) == []
+    _, _, message = failed_download(monkeypatch, tmp_path, http_server, "bloodmnist.npz", _TruncatingHandler)
+    assert "nothing was kept" in message  # the MD5 check catches the short file
 
 
 def test_broken_chunked_response_is_a_download_error(monkeypatch, tmp_path, http_server):
-    _, start = http_server
-    base = start(_BrokenChunkedHandler)
-    url = f"{base}/bloodmnist.npz"
-    point_registry_at(monkeypatch, url, "a" * 32)
-    root = tmp_path / "data"
-    with pytest.raises(dl.DownloadError) as info:
-        dl.download(28, root, timeout=10)
-    assert url in str(info.value)
-    assert str(root / "bloodmnist.npz") in str(info.value)
-    assert leftovers(root) == []
+    _, root, message = failed_download(monkeypatch, tmp_path, http_server, "bloodmnist.npz", _BrokenChunkedHandler)
+    assert str(root / "bloodmnist.npz") in message
 
 
 def test_existing_file_with_right_md5_needs_no_network(monkeypatch, tmp_path):
