@@ -207,11 +207,15 @@ def test_existing_file_with_wrong_md5_is_refused_and_kept(monkeypatch, tmp_path)
     assert target.read_bytes() == b"something else"
 
 
-def test_force_replaces_a_bad_file(monkeypatch, tmp_path, http_server):
+def serve(monkeypatch, http_server, name: str, payload: bytes) -> None:
+    """The test server serves `payload` as `name`, and the registry points at it with the right MD5."""
     served, start = http_server
-    (served / "bloodmnist_64.npz").write_bytes(b"good bytes")
-    base = start()
-    point_registry_at(monkeypatch, f"{base}/bloodmnist_64.npz", hashlib.md5(b"good bytes").hexdigest())
+    (served / name).write_bytes(payload)
+    point_registry_at(monkeypatch, f"{start()}/{name}", hashlib.md5(payload).hexdigest())
+
+
+def test_force_replaces_a_bad_file(monkeypatch, tmp_path, http_server):
+    serve(monkeypatch, http_server, "bloodmnist_64.npz", b"good bytes")
     target = tmp_path / "bloodmnist_64.npz"
     target.write_bytes(b"bad bytes")
     assert dl.download(64, tmp_path, force=True, timeout=10) == target
@@ -219,10 +223,7 @@ def test_force_replaces_a_bad_file(monkeypatch, tmp_path, http_server):
 
 
 def test_download_defaults_to_data_root(monkeypatch, tmp_path, http_server):
-    served, start = http_server
-    (served / "f.npz").write_bytes(b"abc")
-    base = start()
-    point_registry_at(monkeypatch, f"{base}/f.npz", hashlib.md5(b"abc").hexdigest())
+    serve(monkeypatch, http_server, "f.npz", b"abc")
     monkeypatch.setenv(registry.DATA_DIR_ENV, str(tmp_path / "root"))
     assert dl.download(28, timeout=10) == tmp_path / "root" / "bloodmnist.npz"
 
