@@ -121,7 +121,7 @@ def cell_explorer() -> None:
     except UserFacingError as e:
         st.warning(str(e), icon=":material/image_not_supported:")
         return
-    mismatch = int(np.abs(confusion.from_predictions(found.y_true, found.y_pred, len(labels)) - counts).sum()) // 2
+    mismatch = confusion.mismatch(counts, found.y_true, found.y_pred)
     if mismatch:
         st.caption(f"Note: recomputed predictions differ from metrics.json for {mismatch} image(s) (numerical "
                    "noise); thumbnails follow the recomputed predictions.")

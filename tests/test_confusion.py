@@ -90,3 +90,14 @@ def test_ambiguous_classes_are_the_registry_names():
     assert set(confusion.AMBIGUOUS) <= set(shorts)
     assert confusion.ambiguous_labels(["basophil", "Immature granulocytes(IG)", "Monocyte"]) == (
         "Monocyte", "Immature granulocytes")
+
+
+def test_mismatch_counts_images_in_another_cell():
+    y_true = np.array([0, 0, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 2])
+    stored = confusion.from_predictions(y_true, y_pred, 3)
+    assert confusion.mismatch(stored, y_true, y_pred) == 0
+    moved = y_pred.copy()
+    moved[[1, 4]] = [0, 1]  # image 1 now right, image 4 now wrong: two images in another cell
+    assert confusion.mismatch(stored, y_true, moved) == 2
+    assert confusion.mismatch(stored.tolist(), y_true, moved) == 2  # a nested list, as metrics.json holds it

@@ -42,6 +42,16 @@ def from_predictions(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return count_matrix(y_true, y_pred, range(n_classes), range(n_classes))
 
 
+def mismatch(counts: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> int:
+    """How many images recomputed predictions place in another cell than the stored matrix `counts` does.
+
+    Each such image takes one count from its stored cell and adds one to another, so it is half the summed
+    absolute difference of the two matrices.
+    """
+    counts = np.asarray(counts)
+    return int(np.abs(from_predictions(y_true, y_pred, counts.shape[0]) - counts).sum()) // 2
+
+
 def row_normalise(counts: np.ndarray) -> np.ndarray:
     """Each row divided by its total: the share of a true class predicted as each class (NaN for an empty row)."""
     counts = np.asarray(counts, float)
