@@ -19,7 +19,7 @@ from core.data.images import RESIZE_MODES
 from core.errors import UserFacingError
 from core.store.runs import RunStore
 from core.validation import stain
-from core.validation.external import finetune, flow, loading, mapping, scan, scoring, storage
+from core.validation.external import finetune, flow, loading, mapping, report, scan, scoring, storage
 from ui.figures import confusion_heatmap
 from ui.guard import guard, show_error
 from ui.images import enlarge
@@ -64,11 +64,6 @@ def load_data(location: str, kind: str, csv_base: str, class_map: tuple, size: i
 @st.cache_data(max_entries=2, show_spinner="Measuring the colours of the run's training images (once per run)…")
 def get_target(run_path: str) -> stain.StainTarget:
     return stain.run_target(run_path)
-
-
-def scan_signature(source: scan.ExternalSource) -> tuple:
-    return (len(source.files), source.files[0].path if source.files else "", source.files[-1].path if source.files
-            else "", tuple(source.counts.items()))
 
 
 def table14_frame(metrics: dict) -> pd.DataFrame:
@@ -118,22 +113,6 @@ def show_metrics(record: dict, key: str) -> None:
                 st.caption("Rows: the dataset's label; columns: the model's call. Each cell: count and share of "
                            "its row." + (" Columns include the classes the dataset does not have." if mode == "all"
                                          else ""))
-
-
-def comparison_frame(records: list[dict]) -> pd.DataFrame:
-    """Metrics of evaluations with different normalisations, side by side."""
-    rows = {}
-    for r in records:
-        name = stain.METHOD_TITLES.get(r["normalize"], r["normalize"])
-        col = {}
-        for mode, title in (("all", "all 8"), ("shared", "shared")):
-            m = r["metrics"][mode]
-            col[f"Accuracy ({title})"] = m["accuracy"]
-            col[f"Balanced accuracy ({title})"] = m["balanced_accuracy"]
-        for label, v in r["metrics"]["all"]["per_class"].items():
-            col[f"Recall {label} (all 8)"] = v["recall"]
-        rows[name] = col
-    return pd.DataFrame(rows)
 
 
 def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -> scan.ExternalSource | None:
@@ -204,7 +183,7 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
 
     if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="ext_go"):
         data_key = (source.location, kind_key, csv_base.strip(), tuple(sorted(chosen.items())), resize,
-                    scan_signature(source))
+                    source.signature())
         try:
             with st.spinner("Reading the images and scoring them…"):
                 clf = classifier(run_path)
@@ -242,14 +221,14 @@ def results_section(run_path: str) -> None:
     st.subheader("3 · Colour normalisation", anchor=False)
     if len(records) > 1:
         st.markdown("**Metrics with and without normalisation** (same images, same model)")
-        st.dataframe(comparison_frame(records).style.format("{:.3f}"), key="ext_compare_table")
+        st.dataframe(report.comparison_table(records).rename(columns=stain.METHOD_TITLES).style.format("{:.3f}"),
+                     key="ext_compare_table")
     try:
         target = get_target(run_path)
     except UserFacingError as e:
         st.warning(f"Normalisation needs the run's training images: {e}")
         target = None
-    rng = np.random.default_rng(0)
-    pick = np.sort(rng.choice(len(data), size=min(SAMPLE_CELLS, len(data)), replace=False))
+    pick = report.sample_indices(len(data), SAMPLE_CELLS)
     shown = {"none": data.images}
     if target is not None:
         for m in ("reinhard", "macenko"):
@@ -267,18 +246,14 @@ def results_section(run_path: str) -> None:
     from core.explain.overlay import triptych  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
 
     scored = shown.get(main["normalize"], data.images)
-    preds = main.get("predictions") or []
-    labels = main["labels"]
-    if len(preds) != len(data):
+    groups = report.correct_and_wrong(main, len(data), CAM_CELLS)
+    if groups is None:
         st.caption("The images have changed since this evaluation; evaluate again to see Grad-CAM.")
     else:
-        truth = np.array([labels.index(p["true"]) for p in preds])
-        called = np.array([labels.index(p["pred"]) for p in preds])
-        rng = np.random.default_rng(1)
-        for title, mask in (("Correct", truth == called), ("Wrong", truth != called)):
-            idx = np.flatnonzero(mask)
-            idx = np.sort(rng.choice(idx, size=min(CAM_CELLS, len(idx)), replace=False)) if len(idx) else idx
-            st.markdown(f"**{title}** ({int(mask.sum())} of {len(mask)})")
+        preds = main["predictions"]
+        for title, group in (("Correct", groups["correct"]), ("Wrong", groups["wrong"])):
+            idx = group.indices
+            st.markdown(f"**{title}** ({group.count} of {group.total})")
             if not len(idx):
                 st.caption("None.")
                 continue
@@ -315,13 +290,7 @@ def results_section(run_path: str) -> None:
             show_error(e)
     ft = main.get("fine_tune")
     if ft:
-        rows = []
-        for name, part in (("Zero-shot (same held-out images)", ft["zero_shot"]), ("Fine-tuned", ft["fine_tuned"])):
-            rows.append({"model": name, "accuracy (all 8)": part["all"]["accuracy"],
-                         "accuracy (shared)": part["shared"]["accuracy"],
-                         "balanced accuracy (all 8)": part["all"]["balanced_accuracy"],
-                         **{f"recall {k}": v["recall"] for k, v in part["all"]["per_class"].items()}})
-        st.dataframe(pd.DataFrame(rows).set_index("model").style.format("{:.3f}"), key="ext_ft_table")
+        st.dataframe(report.fine_tune_table(ft).style.format("{:.3f}"), key="ext_ft_table")
         st.caption(f"Fine-tuned on {ft['n_fine_tune']} images, scored on {ft['n_held_out']} held-out images "
                    f"({ft['epochs']} epochs, lr {ft['lr']:g}, BatchNorm frozen, seed {ft['seed']}, "
                    f"{ft['seconds']:.0f} s).")

@@ -14,7 +14,7 @@ from external_fixtures import EXTERNAL_COUNTS, cell_image, messy_dataset, save
 from core.cli import build_parser, main
 from core.data.registry import label_names, short_label
 from core.evaluation.metrics import SCHEMA_VERSION
-from core.validation.external import errors, finetune, flow, loading, mapping, scan, scoring, storage
+from core.validation.external import errors, finetune, flow, loading, mapping, report, scan, scoring, storage
 
 SHORT = [short_label(x) for x in label_names()]
 
@@ -365,3 +365,78 @@ def test_a_record_written_before_schema_version_still_reads(dev_record, run_dir)
             {k: v for k, v in new.items() if k not in ("eval_id", "stored_at")}
     finally:
         (run_dir / "external" / f"{old['id']}.json").unlink()
+
+
+# -- what the page shows of stored records (core.validation.external.report) ------------------------------------
+
+def scores(accuracy: float, balanced: float, recalls: dict[str, float]) -> dict:
+    return {"accuracy": accuracy, "balanced_accuracy": balanced,
+            "per_class": {k: {"recall": v} for k, v in recalls.items()}}
+
+
+def test_comparison_table_puts_normalisations_side_by_side():
+    records = [{"normalize": "none", "metrics": {"all": scores(0.5, 0.4, {"monocyte": 0.25, "neutrophil": 0.75}),
+                                                 "shared": scores(0.6, 0.45, {})}},
+               {"normalize": "reinhard", "metrics": {"all": scores(0.7, 0.65, {"monocyte": 0.5, "neutrophil": 0.9}),
+                                                     "shared": scores(0.8, 0.7, {})}}]
+    table = report.comparison_table(records)
+    assert list(table.columns) == ["none", "reinhard"]
+    assert list(table.index) == ["Accuracy (all 8)", "Balanced accuracy (all 8)", "Accuracy (shared)",
+                                 "Balanced accuracy (shared)", "Recall monocyte (all 8)", "Recall neutrophil (all 8)"]
+    assert table["reinhard"].tolist() == [0.7, 0.65, 0.8, 0.7, 0.5, 0.9]
+    assert table.loc["Accuracy (shared)", "none"] == 0.6
+
+
+def test_fine_tune_table_has_a_row_per_model():
+    ft = {"zero_shot": {"all": scores(0.5, 0.4, {"monocyte": 0.2}), "shared": scores(0.55, 0.4, {})},
+          "fine_tuned": {"all": scores(0.9, 0.85, {"monocyte": 0.8}), "shared": scores(0.95, 0.9, {})}}
+    table = report.fine_tune_table(ft)
+    assert list(table.index) == ["Zero-shot (same held-out images)", "Fine-tuned"]
+    assert list(table.columns) == ["accuracy (all 8)", "accuracy (shared)", "balanced accuracy (all 8)",
+                                   "recall monocyte"]
+    assert table.loc["Fine-tuned"].tolist() == [0.9, 0.95, 0.85, 0.8]
+
+
+def test_sampled_cells_are_distinct_sorted_and_repeatable():
+    pick = report.sample_indices(100, 8)
+    assert len(set(pick.tolist())) == 8 and pick.tolist() == sorted(pick.tolist()) and pick.max() < 100
+    assert np.array_equal(pick, report.sample_indices(100, 8))
+    assert report.sample_indices(3, 8).tolist() == [0, 1, 2]
+
+
+def test_correct_and_wrong_cells_from_stored_predictions():
+    labels = ["basophil", "monocyte", "neutrophil"]
+    calls = [("monocyte", "monocyte"), ("monocyte", "neutrophil"), ("neutrophil", "neutrophil"),
+             ("basophil", "basophil"), ("neutrophil", "monocyte"), ("monocyte", "monocyte")]
+    record = {"labels": labels, "predictions": [{"true": t, "pred": p} for t, p in calls]}
+    groups = report.correct_and_wrong(record, len(calls), per_group=3)
+    assert (groups["correct"].count, groups["wrong"].count) == (4, 2)
+    assert groups["correct"].total == groups["wrong"].total == 6
+    assert set(groups["correct"].indices.tolist()) <= {0, 2, 3, 5} and len(groups["correct"].indices) == 3
+    assert groups["wrong"].indices.tolist() == [1, 4]
+    assert report.correct_and_wrong(record, 7, per_group=3) is None  # the images changed since
+    right = report.correct_and_wrong({"labels": labels, "predictions": [{"true": "monocyte", "pred": "monocyte"}]},
+                                     1, per_group=3)
+    assert right["wrong"].indices.tolist() == [] and right["wrong"].count == 0
+
+
+def test_correct_and_wrong_cells_of_a_real_evaluation(dev_record, dev_data):
+    groups = report.correct_and_wrong(dev_record, len(dev_data), per_group=4)
+    assert groups["correct"].count + groups["wrong"].count == len(dev_data) == 100
+    for group in groups.values():
+        assert len(group.indices) == min(4, group.count)
+        for i in group.indices:
+            p = dev_record["predictions"][i]
+            assert (p["true"] == p["pred"]) == (group is groups["correct"])
+    assert groups["correct"].count / 100 == pytest.approx(dev_record["metrics"]["all"]["accuracy"])
+
+
+def test_source_signature_tells_listings_apart(tmp_path):
+    for name, n in (("Monocyte", 2), ("Neutrophil", 1)):
+        for i in range(n):
+            save(tmp_path / "data" / name / f"{i}.png", cell_image(i))
+    first = scan.scan_folder(tmp_path / "data")
+    assert first.signature() == scan.scan_folder(tmp_path / "data").signature()
+    assert first.signature()[0] == 3 and first.signature()[3] == (("Monocyte", 2), ("Neutrophil", 1))
+    save(tmp_path / "data" / "Neutrophil" / "9.png", cell_image(9))
+    assert scan.scan_folder(tmp_path / "data").signature() != first.signature()

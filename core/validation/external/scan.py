@@ -61,6 +61,12 @@ class ExternalSource:
         if len(self.messages) < MAX_MESSAGES:
             self.messages.append(message)
 
+    def signature(self) -> tuple:
+        """What tells this listing from another of the same place (for caching what was read from it): the
+        number of files, the first and the last path, and the count of each class."""
+        return (len(self.files), self.files[0].path if self.files else "",
+                self.files[-1].path if self.files else "", tuple(self.counts.items()))
+
     def problems(self) -> dict[str, Any]:
         return {"empty_classes": list(self.empty_classes), "not_images": self.not_images,
                 "loose_files": self.loose_files, "nested_files": self.nested_files, "bad_rows": self.bad_rows,
