@@ -156,8 +156,7 @@ if session["reviewer"] != reviewer:
 # -- one cell at a time -----------------------------------------------------------------------------------
 labels = session["labels"]
 n = session["n_cells"]
-pos = st.session_state.get("review_pos")
-pos = 0 if pos is None else min(max(int(pos), 0), n - 1)
+pos = rv.clamp_position(st.session_state.get("review_pos"), n)
 done, total = store.progress(sid)
 st.divider()
 st.subheader(f"Session #{sid} · cell {pos + 1} of {n}", anchor=False)
@@ -228,7 +227,7 @@ with right:
 
     def move(step: int) -> None:
         here = int(st.session_state.get("review_pos") or 0)
-        st.session_state.review_pos = min(max(here + step, 0), n - 1)
+        st.session_state.review_pos = rv.clamp_position(here + step, n)
 
     nav1, nav2 = st.columns(2)
     nav1.button("Back", shortcut="B", on_click=move, args=(-1,), disabled=pos == 0, icon=":material/arrow_back:",
@@ -252,8 +251,7 @@ if summary["reviewed"]:
     t1, t2 = st.columns([1, 1])
     with t1:
         st.markdown("**Agreement with the model, by the model's call**")
-        df = pd.DataFrame(summary["agreement"])
-        df = df[df["reviewed"] > 0]
+        df = pd.DataFrame(rv.reviewed_agreement(summary["agreement"]))
         st.dataframe(df[["model_label", "reviewed", "agree", "reclassify", "unsure", "not_cell", "agreement"]],
                      hide_index=True, key="review_agree_table", column_config={
                          "model_label": "Model's call", "not_cell": "not a cell",
@@ -264,11 +262,8 @@ if summary["reviewed"]:
             st.caption(f"Against the dataset's labels ({vt['n']} reviewed cells that have one): model "
                        f"{vt['model_accuracy']:.1%}, reviewer {vt['reviewer_accuracy']:.1%}.")
     with t2:
-        cf = summary["confusion"]
-        m = np.asarray(cf["matrix"])
-        keep = m.sum(axis=1) > 0
-        rows = [r for r, k in zip(cf["rows"], keep) if k]
-        st.plotly_chart(confusion_heatmap(m[keep], rows, cf["columns"], colour_by="count", title="Model vs reviewer",
+        counts, rows, columns = rv.reviewed_confusion(summary["confusion"])
+        st.plotly_chart(confusion_heatmap(counts, rows, columns, colour_by="count", title="Model vs reviewer",
                                           axes=("model's call", "reviewer's call")), key="review_confusion")
 
 others = store.same_set(sid)

@@ -156,6 +156,28 @@ def test_summary_agreement_per_class_and_confusion(tmp_path):
     assert s["vs_truth"] == {"n": 5, "model_accuracy": 4 / 5, "reviewer_accuracy": 3 / 5}
 
 
+def test_summary_without_the_model_calls_nobody_reviewed(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store)
+    store.record(sid, 2, "reclassify", NEU)  # model IG
+    store.record(sid, 1, "agree")  # model NEU
+    store.record(sid, 4, "not_cell")  # model NEU
+    s = store.summary(sid)
+    assert [r["model_label"] for r in s["agreement"]] == LABELS  # the summary keeps every class
+    rows = rv.reviewed_agreement(s["agreement"])
+    assert [(r["model_label"], r["reviewed"]) for r in rows] == [(IG, 1), (NEU, 2)]
+    counts, labels, columns = rv.reviewed_confusion(s["confusion"])
+    assert labels == [IG, NEU] and columns == LABELS + [rv.UNSURE, rv.NOT_CELL]
+    assert counts.tolist() == [[0] * 6 + [1, 0, 0, 0], [0] * 6 + [1, 0, 0, 1]]
+    empty = rv.reviewed_confusion(rv.ReviewStore(tmp_path / "r.sqlite").summary(new_session(store))["confusion"])
+    assert empty[0].shape == (0, 10) and empty[1] == []
+
+
+def test_positions_stay_inside_the_session():
+    assert rv.clamp_position(None, 6) == 0
+    assert [rv.clamp_position(p, 6) for p in (-1, 0, 3, 5, 6, 40)] == [0, 0, 3, 5, 5, 5]
+
+
 def test_cohens_kappa_between_two_reviewers_equals_sklearn(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     cells = specs(8)

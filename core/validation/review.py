@@ -107,6 +107,24 @@ def reviewer_category(decision: str | None, label: str | None) -> str | None:
     return None
 
 
+def clamp_position(position: int | None, n_cells: int) -> int:
+    """A cell position kept inside a session of `n_cells` cells (the first cell when there is none yet)."""
+    return 0 if position is None else min(max(int(position), 0), n_cells - 1)
+
+
+def reviewed_agreement(agreement: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A summary's per-call agreement rows without the model's calls no reviewed cell has."""
+    return [row for row in agreement if row["reviewed"] > 0]
+
+
+def reviewed_confusion(confusion: dict[str, Any]) -> tuple[np.ndarray, list[str], list[str]]:
+    """A summary's model-vs-reviewer matrix as (counts, rows, columns), without the rows of the model's calls
+    no reviewed cell has (the columns, the reviewer's calls, all stay)."""
+    matrix = np.asarray(confusion["matrix"])
+    keep = matrix.sum(axis=1) > 0
+    return matrix[keep], [r for r, k in zip(confusion["rows"], keep) if k], list(confusion["columns"])
+
+
 class ReviewStore:
     """Sessions, their cells and the decisions, in one SQLite file (WAL, safe for several app sessions)."""
 
