@@ -14,7 +14,7 @@ from core.data.images import RESIZE_MODES
 from core.data.uploads import MAX_FILE_BYTES, UPLOAD_TYPES, iter_uploads
 from core.errors import UserFacingError
 from core.explain.cam import METHOD_NAMES, METHOD_TITLES
-from core.explain.overlay import COLORMAPS
+from core.explain.overlay import COLORMAPS, panels
 from core.store.runs import RunStore
 from ui.guard import guard
 from ui.model import classifier
@@ -44,6 +44,7 @@ if not runs:
     st.stop()
 
 from core.inference import classify as svc  # noqa: E402  (imports TensorFlow: only now that a model is needed)
+from core.models.build import coarse_map_note  # noqa: E402  (Keras, as above)
 
 
 @st.cache_resource(max_entries=3, show_spinner="Measuring the training data once for this run…")
@@ -61,7 +62,6 @@ with st.sidebar:
     best_id = runs[0]["run_id"]
     run = st.selectbox("Trained run", runs, format_func=lambda r: run_label(r, best_id),
                        help="Default: the best by validation accuracy.")
-    st.caption(f"Run `{run['run_id']}`")
     mode = st.radio("Resize", RESIZE_MODES, format_func=RESIZE_TITLES.get, help=RESIZE_HELP)
     st.subheader("Flags", anchor=False)
     threshold = st.slider("Unidentified below confidence", 0.0, 1.0, svc.DEFAULT_THRESHOLD, 0.05,
@@ -181,11 +181,11 @@ target = c3.selectbox("Class to explain", options,
                       format_func=lambda i: f"predicted ({labels[r.index]})" if i is None else labels[i])
 alpha = c4.slider("Opacity", 0.0, 1.0, 0.45, 0.05)
 colormap = c5.selectbox("Colours", list(COLORMAPS))
-st.caption(svc.coarse_map_note(clf.image_size, layer))
+st.caption(coarse_map_note(clf.image_size, layer))
 
 with st.spinner("Explaining…"):
     ex = svc.explain(clf, r.model_input, method, layer.name, target)
-model_view, heat_view, overlay_view = svc.panels(r.model_input, ex.heatmap, alpha, colormap)
+model_view, heat_view, overlay_view = panels(r.model_input, ex.heatmap, alpha, colormap)
 a, b, c = st.columns(3)
 how = f"{mode} resize" if source == "Upload" else "from the test split"
 a.image(model_view, caption=f"As the model sees it ({clf.image_size}×{clf.image_size} px, {how})", width="stretch")

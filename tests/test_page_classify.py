@@ -55,6 +55,15 @@ def test_empty_store_points_to_training(monkeypatch, tmp_path):
     assert not at.file_uploader
 
 
+def test_sidebar_names_the_run_once(monkeypatch, artifacts):
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
+    run_id = next((artifacts / "runs").iterdir()).name
+    picker = at.sidebar.selectbox[0]
+    assert picker.label == "Trained run" and run_id in picker.format_func(picker.value)
+    sidebar_text = [str(e.value) for kind in ("caption", "markdown", "text") for e in getattr(at.sidebar, kind)]
+    assert not [t for t in sidebar_text if run_id in t], sidebar_text
+
+
 def test_batch_upload_with_bad_files(monkeypatch, artifacts):
     at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     assert "Classify" in texts(at) and len(at.file_uploader) == 1

@@ -26,10 +26,8 @@ from core.data.uploads import UploadItem
 from core.errors import UserFacingError
 from core.explain.cam.base import Explanation
 from core.explain.faithfulness import Faithfulness, faithfulness
-from core.explain.overlay import panels  # noqa: F401  (re-exported for the page: model input, heatmap, overlay)
 from core.inference.classifier import Classifier
 from core.inference.ood import OODStats, load_or_fit
-from core.models.build import coarse_map_note  # noqa: F401  (re-exported for the page)
 from core.store.runs import open_run
 
 DEFAULT_THRESHOLD = 0.5
