@@ -133,6 +133,20 @@ class RunConfig:
     attention: bool = setting(
         False, label="Attention", form_label="Attention block", group=MODEL, indexed=True, main=9, study=True,
         help="Adds a block that learns which channels and image regions to emphasise.")
+    resnet18_stem: str = setting(  # RunConfig.from_dict gives saved configs without it "full" (their stem)
+        "strided", label="ResNet-18 stem", group=MODEL, choices=architectures.RESNET18_STEMS,
+        value_names={"strided": "strided 3x3/2", "full": "full-resolution 3x3/1"}, level="{name} stem",
+        help="ResNet-18 only, inputs of 32 px or less: 'strided' starts with a stride-2 3x3 convolution (about 4x "
+             "faster); 'full' keeps every pixel (MedMNIST's stem, slow on a CPU). Larger inputs: ImageNet stem.")
+    width: int = setting(
+        32, label="Width", form_label="Width (Compact ResNet only)", group=MODEL,
+        choices=architectures.COMPACT_WIDTHS, level="width {value}",
+        help="Compact ResNet only: channels of its first stage (the next two have 2x and 4x). Cost grows with "
+             "width squared; 32 has about 0.7 M parameters.")
+    depth: int = setting(
+        2, label="Depth", form_label="Depth (Compact ResNet only)", group=MODEL,
+        choices=architectures.COMPACT_DEPTHS, level="depth {value}",
+        help="Compact ResNet only: residual blocks in each of its three stages (3 with width 16 is ResNet-20).")
     # Optimisation
     optimizer: str = setting(
         "adam", label="Optimizer", group=OPTIMISATION, choices=OPTIMIZERS,
@@ -236,6 +250,8 @@ class RunConfig:
         if unknown:
             raise ConfigError(sorted(unknown)[0], "unknown setting")
         kwargs = dict(d)
+        if kwargs.get("arch") == "resnet18":  # saved before the setting: keep the stride-1 stem it was built with
+            kwargs.setdefault("resnet18_stem", "full")
         if "tags" in kwargs:
             kwargs["tags"] = tuple(kwargs["tags"])
         return cls(**kwargs)
@@ -278,6 +294,12 @@ def validate(c: RunConfig) -> None:
     need(integer(c.limit_train) and c.limit_train >= 0, "limit_train", "must be >= 0 (0 = all)")
     need(number(c.aug_shear) and 0.0 <= c.aug_shear <= 0.8, "aug_shear", "radians, must be in [0, 0.8]")
     need(number(c.aug_zoom) and 0.0 <= c.aug_zoom < 1.0, "aug_zoom", "must be in [0, 1)")
+    need(c.resnet18_stem in architectures.RESNET18_STEMS, "resnet18_stem",
+         f"must be one of {', '.join(architectures.RESNET18_STEMS)}")
+    need(integer(c.width) and c.width in architectures.COMPACT_WIDTHS, "width",
+         f"must be a multiple of 8 in {architectures.COMPACT_WIDTHS[0]}..{architectures.COMPACT_WIDTHS[-1]}")
+    need(integer(c.depth) and c.depth in architectures.COMPACT_DEPTHS, "depth",
+         f"must be {architectures.COMPACT_DEPTHS[0]}..{architectures.COMPACT_DEPTHS[-1]}")
     need(c.bn_recalibration in BN_RECALIBRATION, "bn_recalibration", f"one of {BN_RECALIBRATION}")
     need(integer(c.bn_recalibration_batches) and c.bn_recalibration_batches >= 1,
          "bn_recalibration_batches", "must be >= 1")

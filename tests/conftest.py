@@ -74,12 +74,13 @@ def runs_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_npz) -> Path:
-    """One real, tiny ResNet-18 run (1 epoch on 256 images) shared by CLI, CAM and page tests."""
+    """One real, tiny ResNet-18 run (1 epoch on 256 images) shared by CLI, CAM and page tests. It keeps the
+    full-resolution stem (28/14/7/4 px block maps), which the CAM and Classify page tests read."""
     from core.config import RunConfig
     from core.store.runs import RunStore
     from core.training.trainer import train
 
     runs = tmp_path_factory.mktemp("shared-artifacts") / "runs"
     config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=1,
-                       batch_size=32, seed=1, tags=("fixture",))
+                       batch_size=32, seed=1, tags=("fixture",), resnet18_stem="full")
     return train(config, RunStore(runs), echo=None).path

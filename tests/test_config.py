@@ -12,7 +12,7 @@ from core.errors import UserFacingError
 from core.models import architectures
 
 ARCHITECTURES = architectures.KEYS
-NO_IMAGENET_WEIGHTS = ("resnet18",)  # written here; keras.applications has none for it
+NO_IMAGENET_WEIGHTS = ("resnet18", "compactresnet")  # written here; keras.applications has none for them
 
 
 def test_defaults_are_the_study_recipe():

@@ -1,5 +1,6 @@
-"""Model building: every architecture, flat graphs, ResNet-18 stems, attention, BN momentum, and weights
-(ImageNet offline -> a clear error; a local weights file -> exactly those weights). Real Keras, no mocks."""
+"""Model building: every architecture, flat graphs, ResNet-18 stems (and old configs keeping theirs), attention,
+BN momentum, and weights (ImageNet offline -> a clear error; a local weights file -> exactly those weights).
+Real Keras, no mocks. The compact ResNet's own tests are in tests/test_compact_resnet.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
-from core.models.architectures import KERAS_MIN_SIZE, KEYS
+from core.models import architectures
+from core.models.architectures import KEYS
 from core.models.batchnorm import batchnorm_layers
 from core.models.build import (
     SCRATCH_BN_MOMENTUM,
@@ -22,10 +24,11 @@ N_CLASSES = 8
 KERAS_DEFAULT_BN_MOMENTUM = keras.layers.BatchNormalization().momentum  # 0.99 in Keras 3
 # The large backbones upsample 28 px to 32 anyway; at 64 px only the cheaper ones are built (time).
 CASES = [(arch, 28) for arch in KEYS] + [
-    (arch, 64) for arch in ("resnet18", "resnet50", "mobilenetv3small", "efficientnetb0")]
+    (arch, 64) for arch in ("resnet18", "compactresnet", "resnet50", "mobilenetv3small", "efficientnetb0")]
 
 
-LAST_BLOCK = {"resnet18": "conv5_block2_out", "resnet50": "conv5_block3_out", "resnet101": "conv5_block3_out"}
+LAST_BLOCK = {"resnet18": "conv5_block2_out", "resnet50": "conv5_block3_out", "resnet101": "conv5_block3_out",
+              "compactresnet": "conv4_block2_out"}
 
 
 def scratch(arch: str, size: int, **kw) -> keras.Model:
@@ -47,7 +50,7 @@ def test_builds_flat_and_outputs_probabilities(arch, size):
     assert nested == [], f"sub-models nested in the graph: {nested}"
     for name in ("logits", "probabilities", "avg_pool", "head_dropout"):
         model.get_layer(name)
-    assert ("upsample" in {layer.name for layer in model.layers}) == (arch != "resnet18" and size < KERAS_MIN_SIZE)
+    assert ("upsample" in {layer.name for layer in model.layers}) == (size < architectures.get(arch).min_input)
 
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     p = np.asarray(model(x, training=False))
@@ -64,8 +67,8 @@ def test_builds_flat_and_outputs_probabilities(arch, size):
     assert bns and all(layer.momentum == SCRATCH_BN_MOMENTUM == 0.9 for layer in bns)
 
 
-def test_resnet18_stem_at_28px_keeps_resolution():
-    model = scratch("resnet18", 28)
+def test_resnet18_full_stem_at_28px_keeps_resolution():
+    model = scratch("resnet18", 28, resnet18_stem="full")
     conv1 = model.get_layer("conv1_conv")
     assert conv1.kernel_size == (3, 3) and conv1.strides == (1, 1)
     assert "pool1_pool" not in {layer.name for layer in model.layers}
@@ -78,12 +81,56 @@ def test_resnet18_stem_at_28px_keeps_resolution():
     assert 11.0e6 < sum(int(np.prod(w.shape)) for layer in convs for w in layer.weights) < 11.3e6
 
 
-def test_resnet18_stem_at_64px_is_the_imagenet_one():
-    model = scratch("resnet18", 64)
+def _full_resolution_64_channel_convs(model: keras.Model, size: int) -> list[str]:
+    return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+            and layer.filters >= 64 and layer.output.shape[1] == size and layer.kernel_size != (1, 1)]
+
+
+@pytest.mark.parametrize("size", [28, 64])
+def test_resnet18_default_stem_runs_no_full_resolution_64_channel_conv(size):
+    model = scratch("resnet18", size)
+    assert RunConfig().resnet18_stem == "strided"
+    assert _full_resolution_64_channel_convs(model, size) == []
+    assert model.get_layer("conv1_conv").strides == (2, 2)
+    assert model.get_layer("conv2_block2_out").output.shape[1] <= size // 2
+    if size == 28:  # 3x3/2, no max-pool: stage 1 at 14x14, a quarter of the full stem's pixels
+        assert model.get_layer("conv1_conv").kernel_size == (3, 3)
+        assert "pool1_pool" not in {layer.name for layer in model.layers}
+        assert model.get_layer("conv2_block2_out").output.shape[1:] == (14, 14, 64)
+        assert model.get_layer("conv5_block2_out").output.shape[1:] == (2, 2, 512)
+        # the control: the old stem does run them (the stem and stage 1's four convs)
+        assert len(_full_resolution_64_channel_convs(scratch("resnet18", 28, resnet18_stem="full"), 28)) == 5
+
+
+@pytest.mark.parametrize("stem", ["strided", "full"])
+def test_resnet18_stem_at_64px_is_the_imagenet_one(stem):
+    model = scratch("resnet18", 64, resnet18_stem=stem)
     conv1 = model.get_layer("conv1_conv")
     assert conv1.kernel_size == (7, 7) and conv1.strides == (2, 2)
     assert model.get_layer("pool1_pool").output.shape[1:3] == (16, 16)
     assert model.get_layer("conv5_block2_out").output.shape[1:] == (2, 2, 512)
+
+
+def _layer_shapes(model: keras.Model) -> list[tuple]:
+    return [(layer.name, tuple(layer.output.shape), tuple(tuple(w.shape) for w in layer.weights))
+            for layer in model.layers]
+
+
+def test_a_saved_config_without_the_stem_setting_rebuilds_the_old_stem():
+    """Run folders and incomplete runs saved before `resnet18_stem` existed were built with the full stem."""
+    old = RunConfig(arch="resnet18", weights="none", size=28).to_dict()
+    del old["resnet18_stem"]
+    config = RunConfig.from_dict(old)
+    assert config.resnet18_stem == "full" and RunConfig().resnet18_stem == "strided"
+    rebuilt = build_model(config, N_CLASSES, 28)
+    assert _layer_shapes(rebuilt) == _layer_shapes(scratch("resnet18", 28, resnet18_stem="full"))
+    assert _layer_shapes(rebuilt) != _layer_shapes(scratch("resnet18", 28))
+    assert rebuilt.get_layer("conv1_conv").strides == (1, 1)
+    # only ResNet-18 is built differently; other configs without the key take the default
+    assert RunConfig.from_dict({"epochs": 2}) == RunConfig(epochs=2)
+    # a config saved with the setting keeps what it says
+    assert RunConfig.from_dict(RunConfig(arch="resnet18", weights="none", size=28).to_dict()).resnet18_stem \
+        == "strided"
 
 
 def test_attention_adds_named_layers_but_not_the_default_cam_layer():

@@ -5,6 +5,7 @@ and duration estimates from the speed this machine measured in earlier runs.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -19,11 +20,24 @@ EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
 JOB_OVERHEAD_SECONDS = 30.0  # process start, TensorFlow import, data load and model build, per job
 
 
-def relative_cost(arch: str, size: int) -> float:
+def relative_cost(arch: str, size: int, settings: Mapping[str, Any] | None = None) -> float:
     """Training cost per image relative to the others: the registry's GFLOPs at 224 px scaled by the pixel count
-    each backbone actually computes on. Used only when no earlier run of that architecture and size exists to
-    measure from."""
-    return architectures.get(arch).relative_cost(size)
+    each backbone actually computes on (which its stem setting changes) and, for the compact ResNet, by its width
+    and depth; `settings` are the run's other RunConfig fields. Used only when no earlier run of the same
+    architecture at the same cost exists to measure from."""
+    return architectures.get(arch).relative_cost(size, settings)
+
+
+def _row_settings(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A run-index row's full settings: its config.json where the row has it (older configs read as saved,
+    e.g. ResNet-18's stem), else the row's columns over the defaults."""
+    if row.get("config_json"):
+        return RunConfig.from_dict(json.loads(row["config_json"])).to_dict()
+    return {**{s.name: s.default for s in SETTINGS.values()}, **row}
+
+
+def _cost(settings: Mapping[str, Any]) -> float:
+    return relative_cost(settings["arch"], settings["size"], settings)
 
 
 def grid(base: RunConfig, values: Mapping[str, Sequence[Any]], repeats: int = 1) -> list[RunConfig]:
@@ -58,21 +72,20 @@ class Speed:
 def training_speed(config: RunConfig, history: Iterable[Mapping[str, Any]]) -> Speed:
     """Images/s for `config`, from earlier runs (rows of the run index) where possible.
 
-    Same architecture and size: the median measured speed. Same architecture at other sizes: scaled by
-    the pixel count. Otherwise the reference speed measured on this project's machine, scaled by cost;
-    FLOP ratios do not carry across architecture families on a CPU (MobileNet is memory-bound), so a
-    MobileNet run says nothing about a ResNet's speed.
+    Same architecture at the same cost (size, stem, width, depth): the median measured speed. Same
+    architecture at another cost: scaled by the cost. Otherwise the reference speed measured on this
+    project's machine, scaled by cost; FLOP ratios do not carry across architecture families on a CPU
+    (MobileNet is memory-bound), so a MobileNet run says nothing about a ResNet's speed.
     """
-    rows = [r for r in history if r.get("images_per_second") and r.get("arch") == config.arch]
-    same = [r["images_per_second"] for r in rows if r["size"] == config.size]
+    cost = _cost(config.to_dict())
+    rows = [(r["images_per_second"], _cost(_row_settings(r)))
+            for r in history if r.get("images_per_second") and r.get("arch") == config.arch]
+    same = [ips for ips, row_cost in rows if math.isclose(row_cost, cost)]
     if same:
         return Speed(statistics.median(same), "measured")
     if rows:
-        scaled = [r["images_per_second"] * relative_cost(r["arch"], r["size"]) / relative_cost(config.arch, config.size)
-                  for r in rows]
-        return Speed(statistics.median(scaled), "scaled")
-    return Speed(FALLBACK_RESNET50_64_IPS * relative_cost("resnet50", 64) / relative_cost(config.arch, config.size),
-                 "default")
+        return Speed(statistics.median(ips * row_cost / cost for ips, row_cost in rows), "scaled")
+    return Speed(FALLBACK_RESNET50_64_IPS * relative_cost("resnet50", 64) / cost, "default")
 
 
 def estimate_seconds(config: RunConfig, n_train: int, n_val: int, n_test: int,

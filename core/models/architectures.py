@@ -11,8 +11,15 @@ Adding an architecture is one `Architecture(...)` entry here (plus, for one writ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 KERAS_MIN_SIZE = 32  # keras.applications backbones refuse smaller inputs
+# ResNet-18's stems for inputs of 32 px or less (RunConfig.resnet18_stem; core.models.resnet18 builds them).
+# The first is the default; "full" is the stride-1 stem of runs saved before the setting existed.
+RESNET18_STEMS = ("strided", "full")
+# The compact ResNet's settings (RunConfig.width: base channels, RunConfig.depth: basic blocks per stage)
+COMPACT_WIDTHS = tuple(range(16, 65, 8))
+COMPACT_DEPTHS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -25,18 +32,32 @@ class Architecture:
     keras_builder: str | None  # the keras.applications constructor; None: written here (core.models)
     # Inputs smaller than this are upsampled to it by a Resizing layer first (0: any size is taken as is).
     min_input: int = KERAS_MIN_SIZE
-    # Inputs up to this size get a stride-1 stem without max-pool, which keeps 4x the pixels (0: never).
+    # Inputs up to this size get a stem that downsamples less than the large-input one (0: never) ...
     small_input_stem: int = 0
+    # ... keeping this many times the side the large-input stem keeps, by the value of the RunConfig setting
+    # `stem_setting` (its first entry when the setting is not given)
+    stem_setting: str = ""
+    stem_gains: tuple[tuple[str, int], ...] = ()
+    # (width, depth) that gflops_224 was counted at, for a backbone whose RunConfig.width/.depth are settings;
+    # the cost of 3x3 convolutions grows with width squared and with depth
+    width_depth: tuple[int, int] | None = None
 
-    def effective_size(self, size: int) -> int:
+    def effective_size(self, size: int, settings: Mapping[str, Any] | None = None) -> int:
         """The image side the backbone effectively computes on, for relative costs."""
         if size <= self.small_input_stem:
-            return size * 4
+            gains = dict(self.stem_gains)
+            return size * gains.get((settings or {}).get(self.stem_setting, ""), self.stem_gains[0][1])
         return max(size, self.min_input)
 
-    def relative_cost(self, size: int) -> float:
-        """Training cost per image: GFLOPs at 224 px scaled by the pixels actually computed on."""
-        return self.gflops_224 * (self.effective_size(size) / 224) ** 2
+    def relative_cost(self, size: int, settings: Mapping[str, Any] | None = None) -> float:
+        """Training cost per image: GFLOPs at 224 px scaled by the pixels actually computed on and, where
+        width and depth are settings, by (width / reference)^2 x (depth / reference); `settings` are the
+        run's RunConfig fields (a dict), defaults where absent."""
+        cost = self.gflops_224 * (self.effective_size(size, settings) / 224) ** 2
+        if self.width_depth:
+            width, depth = self.width_depth
+            cost *= ((settings or {}).get("width", width) / width) ** 2 * (settings or {}).get("depth", depth) / depth
+        return cost
 
     def upsample_to(self, image_size: int) -> int | None:
         """The side a Resizing layer brings `image_size` inputs to, or None when none is needed."""
@@ -45,7 +66,11 @@ class Architecture:
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("resnet18", "ResNet-18", "torch", imagenet_weights=False, gflops_224=1.8, keras_builder=None,
-                 min_input=0, small_input_stem=32),
+                 min_input=0, small_input_stem=32, stem_setting="resnet18_stem",
+                 stem_gains=(("strided", 2), ("full", 4))),
+    # counted for width 32, depth 2 (core.models.compact_resnet); stride-1 stem at 32 px or less
+    Architecture("compactresnet", "Compact ResNet", "torch", imagenet_weights=False, gflops_224=1.3,
+                 keras_builder=None, min_input=0, small_input_stem=32, stem_gains=(("", 2),), width_depth=(32, 2)),
     Architecture("resnet50", "ResNet-50", "caffe", imagenet_weights=True, gflops_224=4.1,
                  keras_builder="ResNet50"),
     Architecture("resnet101", "ResNet-101", "caffe", imagenet_weights=True, gflops_224=7.8,

@@ -16,10 +16,16 @@ from core.config import RunConfig
 from core.errors import UserFacingError
 from core.models import architectures
 from core.models.architectures import display_name
+from core.models.compact_resnet import CompactResNet
 from core.models.resnet18 import ResNet18
 
 SCRATCH_BN_MOMENTUM = 0.9  # Keras' 0.99-0.999 lags far behind the weights on short schedules
-WRITTEN_HERE = {"resnet18": ResNet18}  # backbones keras.applications lacks (registry: keras_builder None)
+# Backbones keras.applications lacks (registry: keras_builder None): (input tensor, config, weights) -> backbone
+WRITTEN_HERE = {
+    "resnet18": lambda x, config, weights: ResNet18(x, weights=weights, stem=config.resnet18_stem),
+    "compactresnet": lambda x, config, weights: CompactResNet(x, weights=weights, width=config.width,
+                                                             depth=config.depth),
+}
 
 
 
@@ -49,7 +55,8 @@ def attention_block(x, name: str = "attention"):
     return layers.Multiply(name=f"{name}_out")([x, spatial])
 
 
-def _backbone(arch: str, inputs, weights: str | None):
+def _backbone(config: RunConfig, inputs, weights: str | None):
+    arch = config.arch
     spec = architectures.get(arch)
     if spec.keras_builder is None:
         if weights == "imagenet":
@@ -57,7 +64,7 @@ def _backbone(arch: str, inputs, weights: str | None):
                 f"Keras has no ImageNet weights for {spec.name}. Train it from scratch (weights 'none') "
                 "or give a local weights file.")
         try:
-            return WRITTEN_HERE[arch](inputs, weights=weights)
+            return WRITTEN_HERE[arch](inputs, config, weights)
         except Exception as e:  # a file that is not this backbone's weights: same message as below
             if weights:
                 raise WeightsUnavailableError(f"Could not load weights file {weights} into "
@@ -85,7 +92,7 @@ def build_model(config: RunConfig, n_classes: int, image_size: int) -> keras.Mod
     side = architectures.get(config.arch).upsample_to(image_size)
     if side is not None:
         x = layers.Resizing(side, side, interpolation="bilinear", name="upsample")(x)
-    backbone = _backbone(config.arch, x, weights)
+    backbone = _backbone(config, x, weights)
     features = backbone.output
     if config.attention:
         features = attention_block(features)

@@ -1,9 +1,16 @@
 """ResNet-18 (He et al. 2016), MedMNIST's own baseline, which keras.applications lacks.
 
-Basic blocks [2, 2, 2, 2] with widths 64-128-256-512. For inputs of 32 px or less the stem is a 3x3 conv
-with stride 1 and no max-pool (as MedMNIST's ResNet-18 at 28 px); larger inputs get the usual 7x7/2 conv
-and 3x3/2 max-pool. Layer names follow keras.applications' ResNets (`conv5_block2_out` is the last block),
-so layer pickers and Grad-CAM treat all ResNets alike.
+Basic blocks [2, 2, 2, 2] with widths 64-128-256-512. Inputs above 32 px get the usual 7x7/2 conv and 3x3/2
+max-pool. For inputs of 32 px or less the stem is a RunConfig setting (`resnet18_stem`):
+
+- "strided": a 3x3 conv with stride 2 and no max-pool, so stage 1 runs at half the input's side (14x14 at
+  28 px): a quarter of the full-resolution stem's work in every later layer;
+- "full": a 3x3 conv with stride 1 and no max-pool (MedMNIST's ResNet-18 at 28 px): stage 1 runs 64-channel
+  3x3 convolutions at the full input resolution, the slowest choice on a CPU. Runs saved before the setting
+  existed used it (RunConfig.from_dict keeps it for them).
+
+Layer names follow keras.applications' ResNets (`conv5_block2_out` is the last block), so layer pickers and
+Grad-CAM treat all ResNets alike; `conv_bn` and `basic_block` are shared with the compact ResNet.
 """
 
 from __future__ import annotations
@@ -11,40 +18,44 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from core.models.architectures import get
+from core.models.architectures import RESNET18_STEMS, get
 
 BN_EPSILON = 1.001e-5
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
+def conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
+    """Conv (no bias) -> BatchNorm [-> ReLU], named `{name}_conv`, `{name}_bn`, `{name}_relu`."""
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                       kernel_initializer="he_normal", name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
 
 
-def _basic_block(x, filters: int, stride: int, name: str):
+def basic_block(x, filters: int, stride: int, name: str):
+    """Two 3x3 conv-BN layers plus a shortcut (1x1 projection where the shape changes); output `{name}_out`."""
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_0", relu=False)
-    y = _conv_bn(x, filters, 3, stride, f"{name}_1")
-    y = _conv_bn(y, filters, 3, 1, f"{name}_2", relu=False)
+        shortcut = conv_bn(x, filters, 1, stride, f"{name}_0", relu=False)
+    y = conv_bn(x, filters, 3, stride, f"{name}_1")
+    y = conv_bn(y, filters, 3, 1, f"{name}_2", relu=False)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def ResNet18(input_tensor, weights: str | None = None) -> keras.Model:
+def ResNet18(input_tensor, weights: str | None = None, stem: str = "strided") -> keras.Model:
     """Backbone without head, built on `input_tensor` (so it joins the caller's graph flat)."""
+    if stem not in RESNET18_STEMS:
+        raise ValueError(f"unknown ResNet-18 stem {stem!r}; one of {RESNET18_STEMS}")
     size = input_tensor.shape[1]
     if size is not None and size <= get("resnet18").small_input_stem:
-        x = _conv_bn(input_tensor, 64, 3, 1, "conv1")
+        x = conv_bn(input_tensor, 64, 3, 1 if stem == "full" else 2, "conv1")
     else:
-        x = _conv_bn(input_tensor, 64, 7, 2, "conv1")
+        x = conv_bn(input_tensor, 64, 7, 2, "conv1")
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
     for stage, filters in enumerate((64, 128, 256, 512), start=2):
         for block in (1, 2):
             stride = 2 if (block == 1 and stage > 2) else 1
-            x = _basic_block(x, filters, stride, f"conv{stage}_block{block}")
+            x = basic_block(x, filters, stride, f"conv{stage}_block{block}")
     model = keras.Model(input_tensor, x, name="resnet18")
     if weights:
         model.load_weights(weights)
