@@ -156,6 +156,7 @@ def cmd_job_exec(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.data.dataset import load_npz, resolve  # noqa: PLC0415
     from core.evaluation.metrics import evaluate  # noqa: PLC0415
+    from core.inference import tta  # noqa: PLC0415
     from core.inference.classifier import Classifier  # noqa: PLC0415
 
     clf = Classifier(args.run)
@@ -164,10 +165,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"the run's model takes {clf.image_size} px images; {data.source} holds "
                         f"{data.image_size} px")
     out = {"run": str(clf.run.path), "data": data.source}
+    augmented = {}
     for split in ("val", "test"):
         s = data.split(split)
         probs = clf.probabilities(s.images) if len(s) <= 512 else _batched(clf, s.images)
         out[split] = evaluate(s.labels, probs, clf.labels).to_dict()
+        if args.tta:  # beside the plain figures, never instead of them
+            augmented[split] = evaluate(s.labels, tta.probabilities(lambda x: _batched(clf, x), s.images),
+                                        clf.labels).to_dict()
+    if args.tta:
+        out["tta"] = augmented
     print(json.dumps(out, indent=2))
     return 0
 
@@ -351,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a run's model on val and test of its (or another) npz")
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--data", default="", metavar="PATH")
+    p.add_argument("--tta", action="store_true",
+                   help="also print figures averaged over the 8 flips and 90° turns (\"tta\"), beside the plain ones")
     p.set_defaults(func=cmd_evaluate)
 
     for name, helptext in (("predict", "classify image files (or zips of them); one JSON line per image"),

@@ -23,7 +23,9 @@ from core.errors import UserFacingError
 from core.models import architectures
 
 ARCHITECTURES = architectures.KEYS  # the registry's keys (core.models.architectures holds their facts)
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # core.training.precision: what a machine runs
 SIZES = (28, 64, 128, 224)
 WEIGHT_CHOICES = ("imagenet", "none")  # or a path to a local weights file
 BN_RECALIBRATION = ("auto", "on", "off")
@@ -31,6 +33,7 @@ BN_RECALIBRATION = ("auto", "on", "off")
 # Form groups, in the order the Train page shows them (the command line groups its flags the same way).
 DATA, MODEL, OPTIMISATION, AUGMENTATION, REPRODUCIBILITY = (
     "Data", "Model", "Optimisation", "Training images and augmentation", "BatchNorm and reproducibility")
+PRECISION_AND_EVALUATION = "Precision and evaluation"
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -150,16 +153,42 @@ class RunConfig:
     # Optimisation
     optimizer: str = setting(
         "adam", label="Optimizer", group=OPTIMISATION, choices=OPTIMIZERS,
-        value_names={"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD"}, level="{name}", indexed=True, main=5,
-        preview=True, study=True,
-        help="The update rule: Adam and RMSprop adapt step sizes per weight; SGD uses one, with momentum.")
+        value_names={"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}, level="{name}",
+        indexed=True, main=5, preview=True, study=True,
+        help="The update rule: Adam and RMSprop adapt step sizes per weight; SGD uses one, with momentum. AdamW "
+             "is Adam with decoupled weight decay.")
     lr: float = setting(
         1e-4, label="Learning rate", group=OPTIMISATION, step=1e-5, level="lr {value}", indexed=True, main=6,
         preview=True, study=True,
         help="Learning rate: the size of each update step. Too large diverges, too small learns slowly.")
+    lr_schedule: str = setting(
+        "constant", label="LR schedule", form_label="Learning-rate schedule", group=OPTIMISATION,
+        choices=LR_SCHEDULES, value_names={"constant": "constant", "cosine": "cosine (warm-up)",
+                                           "onecycle": "one-cycle"}, level="{name} lr",
+        help="How the learning rate changes each step: constant; cosine (linear warm-up to the rate, then down "
+             "to 0 by the last epoch); one-cycle (up from rate/25 over 30% of steps, then far down).")
+    warmup_epochs: int = setting(
+        0, label="Warm-up epochs", form_label="Warm-up epochs (cosine only)", group=OPTIMISATION,
+        help="Cosine schedule only: epochs over which the rate rises linearly from near 0 to its full value.")
     momentum: float = setting(  # SGD only
         0.9, label="Momentum", form_label="Momentum (SGD only)", group=OPTIMISATION, main=7, study=True,
         help="SGD only: how much of the previous step carries into the next, smoothing the path.")
+    weight_decay: float = setting(
+        0.0, label="Weight decay", form_label="Weight decay (not Adam)", group=OPTIMISATION, step=1e-4,
+        level="weight decay {value}",
+        help="AdamW, SGD and RMSprop: decoupled weight decay, each step shrinks every weight by the fraction "
+             "rate x decay; 0 is off. Adam ignores it (AdamW is Adam with it).")
+    label_smoothing: float = setting(
+        0.0, label="Label smoothing", group=OPTIMISATION, level="label smoothing {value}",
+        help="Train towards 1 - s on the true class plus s shared equally by all classes, instead of a hard 1: "
+             "less over-confident models. 0 is off; 0.1 is usual.")
+    ema: bool = setting(
+        False, label="Weight averaging", form_label="Weight averaging (EMA)", group=OPTIMISATION,
+        help="Evaluate and keep a moving average of the weights instead of the last ones: steadier, often "
+             "slightly better models.")
+    ema_decay: float = setting(
+        0.999, label="EMA decay", form_label="EMA decay (weight averaging only)", group=OPTIMISATION, step=0.001,
+        help="Weight averaging only: the average's memory, about 1 / (1 - decay) steps (0.999: the last 1000).")
     batch_size: int = setting(
         32, label="Batch size", group=OPTIMISATION, level="batch {value}", indexed=True, main=4, preview=True,
         study=True,
@@ -193,6 +222,16 @@ class RunConfig:
     aug_rot90: bool = setting(
         False, label="Turn by 90°", group=AUGMENTATION, flag="--rot90",
         help="Randomly turn training images by 0, 90, 180 or 270 degrees.")
+    # Numeric precision and evaluation
+    precision: str = setting(
+        "float32", label="Precision", group=PRECISION_AND_EVALUATION, choices=PRECISIONS,
+        value_names={"float32": "float32", "mixed_bfloat16": "mixed bfloat16", "mixed_float16": "mixed float16"},
+        help="Number format of the computations: float32; mixed bfloat16 (faster on CPUs with bfloat16 "
+             "instructions and on GPUs); mixed float16 (GPUs only). Weights and the output stay float32.")
+    tta: bool = setting(
+        False, label="Test-time augmentation", group=PRECISION_AND_EVALUATION,
+        help="Also report validation and test figures averaged over flips and 90° turns of each image, beside "
+             "the plain ones (which still pick the best epoch).")
     # BatchNorm statistics: "auto" re-estimates them before each evaluation for from-scratch runs
     bn_recalibration: str = setting(
         "auto", label="BatchNorm re-estimate", group=REPRODUCIBILITY, choices=BN_RECALIBRATION,
@@ -300,6 +339,14 @@ def validate(c: RunConfig) -> None:
          f"must be a multiple of 8 in {architectures.COMPACT_WIDTHS[0]}..{architectures.COMPACT_WIDTHS[-1]}")
     need(integer(c.depth) and c.depth in architectures.COMPACT_DEPTHS, "depth",
          f"must be {architectures.COMPACT_DEPTHS[0]}..{architectures.COMPACT_DEPTHS[-1]}")
+    need(c.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
+    need(integer(c.warmup_epochs) and c.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+    need(c.lr_schedule != "cosine" or not integer(c.epochs) or c.warmup_epochs < c.epochs, "warmup_epochs",
+         "must be fewer than the epochs (the cosine decay follows the warm-up)")
+    need(number(c.weight_decay) and 0.0 <= c.weight_decay < 1.0, "weight_decay", "must be in [0, 1)")
+    need(number(c.label_smoothing) and 0.0 <= c.label_smoothing <= 0.5, "label_smoothing", "must be in [0, 0.5]")
+    need(number(c.ema_decay) and 0.0 < c.ema_decay < 1.0, "ema_decay", "must be in (0, 1)")
+    need(c.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
     need(c.bn_recalibration in BN_RECALIBRATION, "bn_recalibration", f"one of {BN_RECALIBRATION}")
     need(integer(c.bn_recalibration_batches) and c.bn_recalibration_batches >= 1,
          "bn_recalibration_batches", "must be >= 1")

@@ -30,6 +30,7 @@ from core.jobs.queue import ACTIVE, Job, JobQueue
 from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, field_type, format_duration
 from core.store.overview import human_bytes, weights_label
 from core.store.runs import RunStore
+from core.training.precision import describe_support
 from ui.guard import show_error
 from ui.palette import ACCENT, LIGHT_ACCENT, SECONDARY
 from ui.text import md_escape, plural
@@ -443,6 +444,8 @@ def field_input(name: str) -> None:
         st.selectbox(label, WEIGHT_CHOICES, key=key, help=help_, format_func=WEIGHT_NAMES.get)
     elif setting.choices:
         st.selectbox(label, setting.choices, key=key, help=help_, format_func=setting.value_name)
+        if name == "precision":
+            st.caption(describe_support())
     elif setting.widget == "tags":
         st.text_input(label, key=key, help=help_, placeholder="e.g. demo, week 3")
     elif setting.kind is bool:

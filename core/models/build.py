@@ -98,7 +98,7 @@ def build_model(config: RunConfig, n_classes: int, image_size: int) -> keras.Mod
         features = attention_block(features)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = layers.Dropout(config.dropout, name="head_dropout")(x)
-    x = layers.Dense(n_classes, name="logits")(x)
+    x = layers.Dense(n_classes, dtype="float32", name="logits")(x)  # float32 head under mixed precision
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name=f"{config.arch}_bloodcells")
     if config.from_scratch:

@@ -5,6 +5,13 @@ re-estimating BatchNorm statistics for from-scratch runs), the best epoch's weig
 validation accuracy, ties broken by lower validation loss), and the test split is evaluated exactly once,
 with those weights, at the end.
 
+Settings with their own modules: the learning-rate schedule (core.training.schedules), the precision policy
+(core.training.precision: set for the run, restored after it) and test-time augmentation
+(core.inference.tta: reported beside the plain figures as metrics.json's "tta"). With weight averaging
+(`ema`) the optimizer keeps a moving average of the weights; every evaluation swaps it in (BatchNorm
+statistics re-estimated on it), so the kept epoch, the test pass and the stored model are the averaged
+weights, and training continues from the raw ones.
+
 Each epoch also leaves a checkpoint (model with optimizer state, best weights, history) in the run's work
 directory, so a failed or cancelled run can be resumed from its last completed epoch.
 """
@@ -27,11 +34,12 @@ import tensorflow as tf
 
 from core.config import RunConfig
 from core.data.dataset import Dataset, load_for_config
-from core.evaluation.metrics import SCHEMA_VERSION, evaluate
+from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics, evaluate
+from core.inference import tta
 from core.models import batchnorm
 from core.models.build import build_model
 from core.store.runs import Run, RunStore, RunWriter
-from core.training import pipeline
+from core.training import pipeline, precision, schedules
 
 CHECKPOINT_MODEL, CHECKPOINT_BEST, CHECKPOINT_STATE = (
     "checkpoint.keras", "checkpoint-best.weights.h5", "checkpoint.json")
@@ -82,18 +90,28 @@ def class_weight_map(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def make_optimizer(config: RunConfig) -> keras.optimizers.Optimizer:
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.lr)
-    if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(config.lr)
-    return keras.optimizers.SGD(config.lr, momentum=config.momentum)
+OPTIMIZER_CLASSES = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+                     "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
 
 
-def compile_model(model: keras.Model, config: RunConfig, n_classes: int) -> None:
+def make_optimizer(config: RunConfig, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    """The run's optimizer: its schedule (per step; `steps_per_epoch` sets its length), decoupled weight
+    decay (not Adam's: AdamW is Adam with it) and weight averaging where the config asks for them, and
+    nothing else (defaults as before)."""
+    decay = {"adam": None, "adamw": config.weight_decay}.get(config.optimizer, config.weight_decay or None)
+    options: dict[str, Any] = {"learning_rate": schedules.learning_rate(config, steps_per_epoch),
+                               "weight_decay": decay}  # None: no decay step at all (AdamW takes a float)
+    if config.ema:
+        options.update(use_ema=True, ema_momentum=config.ema_decay)
+    if config.optimizer == "sgd":
+        options["momentum"] = config.momentum
+    return OPTIMIZER_CLASSES[config.optimizer](**options)
+
+
+def compile_model(model: keras.Model, config: RunConfig, n_classes: int, steps_per_epoch: int = 1) -> None:
     model.compile(
-        optimizer=make_optimizer(config),
-        loss=keras.losses.CategoricalCrossentropy(),
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.AUC(multi_label=True, num_labels=n_classes, name="auc")],
         jit_compile=False,  # XLA is ~4x slower on CPU
@@ -103,6 +121,10 @@ def compile_model(model: keras.Model, config: RunConfig, n_classes: int) -> None
 def predict_probabilities(model: keras.Model, images: np.ndarray, arch: str) -> np.ndarray:
     ds = pipeline.inference_dataset(images, arch, EVAL_BATCH)
     return model.predict(ds, verbose=0)
+
+
+def tta_probabilities(model: keras.Model, images: np.ndarray, arch: str) -> np.ndarray:
+    return tta.probabilities(lambda x: predict_probabilities(model, x, arch), images)
 
 
 class _EpochEnd(keras.callbacks.Callback):
@@ -176,7 +198,32 @@ class Trainer:
             self.echo(message)
 
     # -- per-epoch validation ------------------------------------------------------------------------
+    def _swap_in_average(self) -> list[np.ndarray] | None:
+        """With weight averaging: put the averaged weights in the model; returns all weights as they were
+        (raw trainable weights and BatchNorm statistics), for `model.set_weights` after evaluating."""
+        if not self.config.ema:
+            return None
+        raw = self.model.get_weights()
+        self.model.optimizer.finalize_variable_values(self.model.trainable_weights)
+        return raw
+
     def validate_epoch(self, epoch: int, train_logs: dict[str, Any], train_seconds: float) -> dict[str, float]:
+        raw = self._swap_in_average()
+        try:
+            row = self._score_epoch(epoch, train_logs, train_seconds)
+        finally:
+            if raw is not None:
+                self.model.set_weights(raw)  # training goes on from the raw weights
+        self._checkpoint(epoch)  # first: a history row on disk always has its checkpoint to resume from
+        self.writer.write_history(self.history)
+        c = self.config
+        self.log(f"epoch {epoch}/{c.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} | "
+                 f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} auc {row['val_auc']:.4f}"
+                 f"{' (best)' if self.best_epoch == epoch else ''} [{train_seconds:.1f}s]")
+        return row
+
+    def _score_epoch(self, epoch: int, train_logs: dict[str, Any], train_seconds: float) -> dict[str, float]:
+        """Validation of the weights now in the model (the averaged ones with `ema`); keeps them if best."""
         c, data = self.config, self.data
         if c.recalibrate_bn:
             batchnorm.recalibrate(self.model, pipeline.bn_statistics_dataset(
@@ -197,11 +244,9 @@ class Trainer:
         if key > self.best_key:
             self.best_key, self.best_epoch = key, epoch
             self.best_weights = [w.copy() for w in self.model.get_weights()]
-        self._checkpoint(epoch)  # first: a history row on disk always has its checkpoint to resume from
-        self.writer.write_history(self.history)
-        self.log(f"epoch {epoch}/{c.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} | "
-                 f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} auc {row['val_auc']:.4f}"
-                 f"{' (best)' if self.best_epoch == epoch else ''} [{train_seconds:.1f}s]")
+            tmp = self.writer.work_dir / f".tmp-{CHECKPOINT_BEST}"
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.writer.work_dir / CHECKPOINT_BEST)
         return row
 
     def _checkpoint(self, epoch: int) -> None:
@@ -209,10 +254,6 @@ class Trainer:
         tmp = work / f".tmp-{CHECKPOINT_MODEL}"
         self.model.save(tmp)
         os.replace(tmp, work / CHECKPOINT_MODEL)
-        if self.best_epoch == epoch:
-            tmp = work / f".tmp-{CHECKPOINT_BEST}"
-            self.model.save_weights(tmp)
-            os.replace(tmp, work / CHECKPOINT_BEST)
         state = {"epochs_done": epoch, "best_epoch": self.best_epoch, "best_key": list(self.best_key),
                  "history": self.history, "train_seconds": self.train_seconds,
                  "images_trained": self.images_trained}
@@ -243,26 +284,10 @@ class Trainer:
     def run(self) -> Run:
         c = self.config
         try:
-            seed_everything(c)
-            self.data: Dataset = load_for_config(c.data, c.size, c.limit_train, c.seed)
-            n_classes = self.data.n_classes
-            self.steps = pipeline.steps_per_epoch(len(self.data.train), c.batch_size)
-            self.log(f"run {self.run_id}: {c.arch} {self.data.image_size}px weights={c.weights} "
-                     f"train/val/test {len(self.data.train)}/{len(self.data.val)}/{len(self.data.test)}")
-            self.model = build_model(c, n_classes, self.data.image_size)
-            compile_model(self.model, c, n_classes)
-            initial_epoch = self._restore_checkpoint()
-            if initial_epoch < c.epochs and not (c.patience and initial_epoch - self.best_epoch >= c.patience):
-                train_ds = pipeline.training_dataset(self.data.train.images, self.data.train.labels, c,
-                                                     n_classes, start_step=initial_epoch * self.steps)
-                self.model.fit(
-                    train_ds, epochs=c.epochs, initial_epoch=initial_epoch, steps_per_epoch=self.steps,
-                    class_weight=class_weight_map(self.data.train.labels, n_classes) if c.class_weights
-                    else None, callbacks=[_EpochEnd(self)], shuffle=False, verbose=0)
-            if self.cancelled:
-                self.log("cancelled")
-                raise TrainingCancelled(self.writer.work_dir, len(self.history))
-            return self._finish()
+            if c.precision != "float32":
+                precision.check(c.precision, gpu=bool(tf.config.list_physical_devices("GPU")))
+            with precision.policy(c.precision):
+                return self._run()
         except (TrainingCancelled, KeyboardInterrupt):
             self.writer.log("stopped; the last completed epoch's checkpoint is kept for resuming")
             self._close_work_dir()
@@ -271,6 +296,30 @@ class Trainer:
             self.writer.log(f"failed: {e.__class__.__name__}: {e}")
             self._close_work_dir()
             raise
+
+    def _run(self) -> Run:
+        c = self.config
+        seed_everything(c)
+        self.data: Dataset = load_for_config(c.data, c.size, c.limit_train, c.seed)
+        n_classes = self.data.n_classes
+        self.steps = pipeline.steps_per_epoch(len(self.data.train), c.batch_size)
+        self.log(f"run {self.run_id}: {c.arch} {self.data.image_size}px weights={c.weights} "
+                 f"train/val/test {len(self.data.train)}/{len(self.data.val)}/{len(self.data.test)}"
+                 f"{'' if c.precision == 'float32' else ' precision=' + c.precision}")
+        self.model = build_model(c, n_classes, self.data.image_size)
+        compile_model(self.model, c, n_classes, self.steps)
+        initial_epoch = self._restore_checkpoint()
+        if initial_epoch < c.epochs and not (c.patience and initial_epoch - self.best_epoch >= c.patience):
+            train_ds = pipeline.training_dataset(self.data.train.images, self.data.train.labels, c,
+                                                 n_classes, start_step=initial_epoch * self.steps)
+            self.model.fit(
+                train_ds, epochs=c.epochs, initial_epoch=initial_epoch, steps_per_epoch=self.steps,
+                class_weight=class_weight_map(self.data.train.labels, n_classes) if c.class_weights
+                else None, callbacks=[_EpochEnd(self)], shuffle=False, verbose=0)
+        if self.cancelled:
+            self.log("cancelled")
+            raise TrainingCancelled(self.writer.work_dir, len(self.history))
+        return self._finish()
 
     def _close_work_dir(self) -> None:
         """Keep the work directory only if it holds a checkpoint to resume from."""
@@ -292,14 +341,26 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "train_images_per_second": self.images_trained / self.train_seconds if self.train_seconds else 0.0,
             "bn_recalibrated": c.recalibrate_bn,
+            "weights_averaged": c.ema,
             "dataset": {"source": data.source, "image_size": data.image_size,
                         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)},
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         }
         self.log(f"best epoch {self.best_epoch}: val acc {val.accuracy:.4f}; "
                  f"test acc {test.accuracy:.4f} auc {test.auc:.4f} (evaluated once)")
+        if c.tta:
+            augmented = self._tta_metrics()
+            metrics["tta"] = {split: m.to_dict() for split, m in augmented.items()}
+            self.log(f"with test-time augmentation (8 flips/turns, reported beside): val acc "
+                     f"{augmented['val'].accuracy:.4f}; test acc {augmented['test'].accuracy:.4f}")
         run = self.writer.publish(metrics, self.model.save)
         return run
+
+
+    def _tta_metrics(self) -> dict[str, SplitMetrics]:
+        c, data = self.config, self.data
+        return {name: evaluate(split.labels, tta_probabilities(self.model, split.images, c.arch), data.labels)
+                for name, split in (("val", data.val), ("test", data.test))}
 
 
 def train(config: RunConfig, store: RunStore | None = None, **kwargs: Any) -> Run:
