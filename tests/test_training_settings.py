@@ -13,6 +13,8 @@ import math
 import keras
 import numpy as np
 import pytest
+from page_helpers import APP, ok, texts
+from streamlit.testing.v1 import AppTest
 
 from core.cli import main as cli_main
 from core.config import ConfigError, RunConfig
@@ -20,7 +22,8 @@ from core.data.dataset import load_for_config, load_npz
 from core.evaluation.metrics import evaluate
 from core.inference import tta
 from core.models import batchnorm
-from core.store.runs import RunStore
+from core.models.build import build_model
+from core.store.runs import RunStore, open_run
 from core.training import pipeline, precision
 from core.training.schedules import ONECYCLE_FINAL_DIV, ONECYCLE_START_DIV, StepSchedule, learning_rate
 from core.training.trainer import (
@@ -185,6 +188,19 @@ def test_a_config_saved_before_the_settings_loads_and_compiles_as_before():
     assert opt.weight_decay is None and not opt.use_ema
     assert opt.get_config()["learning_rate"] == pytest.approx(1e-4)  # a plain float, no schedule
     assert model.loss.get_config()["label_smoothing"] == 0.0
+
+
+@pytest.mark.slow
+def test_a_run_with_the_defaults_stores_what_it_stored_before(trained_run):
+    """The shared fixture run (defaults for every setting of issue 10): float32 layers, no TTA figures, the
+    plain figures only, its config.json naming the new settings at their off values."""
+    run = open_run(trained_run)
+    assert "tta" not in run.metrics and run.metrics["weights_averaged"] is False
+    stored = keras.models.load_model(run.model_path, compile=False)
+    assert {layer.dtype_policy.name for layer in stored.layers} == {"float32"}
+    saved = json.loads((trained_run / "config.json").read_text())
+    assert (saved["lr_schedule"], saved["ema"], saved["precision"], saved["tta"]) == ("constant", False, "float32",
+                                                                                     False)
 
 
 # -- test-time augmentation ------------------------------------------------------------------------------
@@ -389,3 +405,39 @@ def test_bfloat16_run_sets_the_policy_for_the_run_and_restores_it_after_an_error
     assert stored.get_layer("probabilities").dtype_policy.name == "float32"
     assert stored.output.dtype == "float32"
     assert 0.0 <= run.metrics["test"]["accuracy"] <= 1.0
+
+
+def test_the_train_page_says_which_precisions_this_machine_supports(monkeypatch, tmp_path):
+    (tmp_path / "no-data").mkdir()
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("CELLSCOPE_DATA_DIR", str(tmp_path / "no-data"))
+    at = ok(AppTest.from_file(APP, default_timeout=120).run())
+    ok(at.switch_page("pages/train.py").run())
+    assert at.selectbox(key="f_precision").value == "float32"
+    shown = texts(at)
+    assert precision.describe_support() in shown
+    assert f"supports: {', '.join(precision.supported())}." in shown
+
+
+def test_float16_mixed_precision_scales_the_loss_and_still_averages_weights(tiny_npz):
+    """What a GPU run with mixed_float16 does, here on 8 images: Keras wraps the optimizer in a loss-scale
+    optimizer, the network's head stays float32, and the averaged weights are swapped in through the wrapper."""
+    data = load_npz(tiny_npz)
+    config = small_config(tiny_npz, ema=True, ema_decay=0.5, optimizer="sgd", lr=0.1, precision="mixed_float16")
+    with precision.policy("mixed_float16"):
+        network = build_model(config, data.n_classes, data.image_size)
+        model = tiny_model()
+        compile_model(model, config, data.n_classes)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    convs = [layer for layer in network.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "float16" for layer in convs)
+    assert network.get_layer("logits").compute_dtype == "float32" and network.output.dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    x = data.train.images[:8].astype("float32") / 255.0
+    y = np.eye(data.n_classes, dtype="float32")[data.train.labels[:8]]
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    averages = [v.numpy() for v in model.optimizer.variables if v.name.endswith("_average")]
+    assert len(averages) == len(model.trainable_weights) > 0
+    model.optimizer.finalize_variable_values(model.trainable_weights)  # what the trainer does to evaluate
+    for v, a in zip(model.trainable_weights, averages):
+        np.testing.assert_array_equal(v.numpy(), a)
