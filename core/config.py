@@ -235,9 +235,10 @@ class RunConfig:
     # BatchNorm statistics: "auto" re-estimates them before each evaluation for from-scratch runs
     bn_recalibration: str = setting(
         "auto", label="BatchNorm re-estimate", group=REPRODUCIBILITY, choices=BN_RECALIBRATION,
-        value_names={"auto": "auto (from scratch only)", "on": "on", "off": "off"},
+        value_names={"auto": "auto (from scratch or averaged)", "on": "on", "off": "off"},
         help="Re-estimate BatchNorm statistics before each evaluation; 'auto' does it when training from "
-             "scratch, where stale statistics can make every prediction one class.")
+             "scratch, where stale statistics can make every prediction one class, and with weight averaging "
+             "(the running statistics belong to the raw weights, not the averaged ones).")
     bn_recalibration_batches: int = setting(
         50, label="Re-estimate batches", group=REPRODUCIBILITY,
         help="How many training batches the BatchNorm re-estimate averages over.")
@@ -268,7 +269,7 @@ class RunConfig:
     @property
     def recalibrate_bn(self) -> bool:
         if self.bn_recalibration == "auto":
-            return self.from_scratch
+            return self.from_scratch or self.ema
         return self.bn_recalibration == "on"
 
     def replace(self, **changes: Any) -> "RunConfig":

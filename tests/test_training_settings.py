@@ -161,6 +161,13 @@ def test_adam_ignores_weight_decay_and_adamw_without_it_is_adam():
     assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == 0.0
 
 
+def test_weight_averaging_re_estimates_batchnorm_statistics_by_default():
+    """The running statistics follow the raw weights; the averaged weights need their own."""
+    assert RunConfig(weights="imagenet", ema=True).recalibrate_bn is True
+    assert RunConfig(weights="imagenet").recalibrate_bn is False
+    assert RunConfig(weights="imagenet", ema=True, bn_recalibration="off").recalibrate_bn is False
+
+
 def test_a_warmup_as_long_as_the_run_is_refused():
     with pytest.raises(ConfigError, match="fewer than the epochs") as info:
         RunConfig(lr_schedule="cosine", warmup_epochs=3, epochs=3)
