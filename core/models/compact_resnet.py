@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 
 from core.models.architectures import COMPACT_DEPTHS, COMPACT_WIDTHS, get
-from core.models.resnet18 import basic_block, conv_bn
+from core.models.resnet18 import backbone, conv_bn, residual_stages
 
 
 def CompactResNet(input_tensor, weights: str | None = None, width: int = 32, depth: int = 2) -> keras.Model:
@@ -25,11 +25,4 @@ def CompactResNet(input_tensor, weights: str | None = None, width: int = 32, dep
     size = input_tensor.shape[1]
     small = size is not None and size <= get("compactresnet").small_input_stem
     x = conv_bn(input_tensor, width, 3, 1 if small else 2, "conv1")
-    for stage, filters in enumerate((width, 2 * width, 4 * width), start=2):
-        for block in range(1, depth + 1):
-            stride = 2 if (block == 1 and stage > 2) else 1
-            x = basic_block(x, filters, stride, f"conv{stage}_block{block}")
-    model = keras.Model(input_tensor, x, name="compactresnet")
-    if weights:
-        model.load_weights(weights)
-    return model
+    return backbone(input_tensor, residual_stages(x, (width, 2 * width, 4 * width), depth), "compactresnet", weights)

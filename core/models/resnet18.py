@@ -42,6 +42,23 @@ def basic_block(x, filters: int, stride: int, name: str):
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
+def residual_stages(x, widths: tuple[int, ...], blocks: int):
+    """Stages `conv2`, `conv3`, ... of `blocks` basic blocks each; every stage after the first opens with
+    stride 2. Block outputs are named `conv{stage}_block{m}_out`, which Grad-CAM's layer pickers look for."""
+    for stage, filters in enumerate(widths, start=2):
+        for block in range(1, blocks + 1):
+            x = basic_block(x, filters, 2 if (block == 1 and stage > 2) else 1, f"conv{stage}_block{block}")
+    return x
+
+
+def backbone(input_tensor, output, name: str, weights: str | None) -> keras.Model:
+    """The backbone as a model on the caller's input tensor, with a local weights file loaded if given."""
+    model = keras.Model(input_tensor, output, name=name)
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
 def ResNet18(input_tensor, weights: str | None = None, stem: str = "strided") -> keras.Model:
     """Backbone without head, built on `input_tensor` (so it joins the caller's graph flat)."""
     if stem not in RESNET18_STEMS:
@@ -52,11 +69,4 @@ def ResNet18(input_tensor, weights: str | None = None, stem: str = "strided") ->
     else:
         x = conv_bn(input_tensor, 64, 7, 2, "conv1")
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
-    for stage, filters in enumerate((64, 128, 256, 512), start=2):
-        for block in (1, 2):
-            stride = 2 if (block == 1 and stage > 2) else 1
-            x = basic_block(x, filters, stride, f"conv{stage}_block{block}")
-    model = keras.Model(input_tensor, x, name="resnet18")
-    if weights:
-        model.load_weights(weights)
-    return model
+    return backbone(input_tensor, residual_stages(x, (64, 128, 256, 512), 2), "resnet18", weights)
