@@ -136,8 +136,8 @@ def test_plan_puts_each_error_in_its_slot():
 
 def test_plan_blocks_on_bloodmnist_sizes_not_downloaded():
     p = plan(PlanRequest(values={}, sweep={"size": "28, 64"}), available=[28])
-    assert p.ok and p.blockers == ["BloodMNIST 64 px is not downloaded yet: download it in section 1, or train "
-                                   "on your own file."]
+    assert p.ok and p.blockers == ["BloodMNIST 64 px is not downloaded yet: download it (Train page, section 1, "
+                                   "or python -m core download --size N), or train on your own file."]
     assert plan(PlanRequest(values={}, sweep={"size": "28, 64"}), available=[28, 64]).blockers == []
 
 

@@ -144,8 +144,8 @@ def plan(request: PlanRequest, *, data_error: str | None = None, available: Sequ
         if missing:
             one = len(missing) == 1
             out.blockers.append(f"BloodMNIST {', '.join(map(str, missing))} px {'is' if one else 'are'} not "
-                                f"downloaded yet: download {'it' if one else 'them'} in section 1, or train on "
-                                f"your own file.")
+                                f"downloaded yet: download {'it' if one else 'them'} (Train page, section 1, or "
+                                f"python -m core download --size N), or train on your own file.")
     if split_sizes is not None and store is not None:
         history = store.list_runs()
         out.history_runs = len(history)
