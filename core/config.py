@@ -373,7 +373,6 @@ def _settings() -> dict[str, Setting]:
 
 # Every setting, in the order of RunConfig's fields: the one list forms, flags, tables and the index read.
 SETTINGS: dict[str, Setting] = _settings()
-FIELD_HELP: dict[str, str] = {name: s.help for name, s in SETTINGS.items()}  # name -> help, for tooltips
 
 
 def settings_in(group: str) -> list[Setting]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core.data.registry import DATA_DIR_ENV, data_root
+from core.models.architectures import display_name
 from core.store.overview import (
     DatasetFile,
     RunsOverview,
-    arch_name,
     class_names,
     dataset_files,
     download_url,
@@ -58,7 +58,7 @@ def show_data(files: list[DatasetFile]) -> None:
 
 def show_best(best: dict) -> None:
     with st.container(border=True):
-        st.markdown(f"**Best run** · {arch_name(best['arch'])} · {best['size']} px · "
+        st.markdown(f"**Best run** · {display_name(best['arch'])} · {best['size']} px · "
                     f"{weights_label(best['weights'])} · batch {best['batch_size']}")
         val, test, auc, epoch = st.columns(4)
         val.metric("Val accuracy", f"{best['val_accuracy']:.1%}",

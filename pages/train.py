@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.config import DATA, FIELD_HELP, SETTINGS, SIZES, RunConfig, groups
+from core.config import DATA, SETTINGS, SIZES, RunConfig, groups
 from core.data import registry
 from core.data.dataset import SPLITS, class_counts, load_npz
 from core.data.download import download
@@ -232,10 +232,10 @@ def data_section(available: dict[int, Path]) -> DataChoice:
     with left:
         captions = [f"downloaded · {human_bytes(available[s].stat().st_size)}" if s in available
                     else "not downloaded" for s in SIZES] + ["any MedMNIST-layout npz"]
-        st.radio(LABELS["size"], [*SIZES, CUSTOM], key="data_source", help=FIELD_HELP["size"], captions=captions,
+        st.radio(LABELS["size"], [*SIZES, CUSTOM], key="data_source", help=SETTINGS["size"].help, captions=captions,
                  format_func=lambda s: "Your own .npz file" if s == CUSTOM else f"BloodMNIST {s} px")
         if ss["data_source"] == CUSTOM:
-            st.text_input(LABELS["data"], key="data_path", help=FIELD_HELP["data"],
+            st.text_input(LABELS["data"], key="data_path", help=SETTINGS["data"].help,
                           placeholder="/path/to/dataset.npz")
         choice = data_choice(available)
         if choice.error and (ss["data_source"] != CUSTOM or ss["data_path"].strip()):
@@ -411,7 +411,7 @@ def sweep_section(plan: Plan) -> None:
                            placeholder="none: one job")
         with cols[1]:
             st.number_input("Repeats", min_value=1, max_value=50, step=1, key="sweep_repeats",
-                            on_change=sweep_changed, help=FIELD_HELP["seed"])
+                            on_change=sweep_changed, help=SETTINGS["seed"].help)
             error_slot("sweep_repeats", plan)
         fields_ = ss["sweep_fields"]
         if fields_:
@@ -420,7 +420,7 @@ def sweep_section(plan: Plan) -> None:
                 with cols[i % len(cols)]:
                     example = {"int": "16, 32", "float": "0.001, 0.0001", "bool": "true, false"}.get(
                         field_type(f).__name__, "a, b")
-                    st.text_input(f"{LABELS[f]}: values", key=sweep_key(f), help=FIELD_HELP[f],
+                    st.text_input(f"{LABELS[f]}: values", key=sweep_key(f), help=SETTINGS[f].help,
                                   placeholder=example, on_change=sweep_changed)
                     error_slot(sweep_key(f), plan)
         if active:
@@ -435,7 +435,7 @@ def error_slot(slot: str, plan: Plan) -> None:
 # -- the form ------------------------------------------------------------------------------------------------
 def field_input(name: str) -> None:
     if name == "weights_file":
-        st.text_input("Weights file", key=form_key(name), help=FIELD_HELP["weights"],
+        st.text_input("Weights file", key=form_key(name), help=SETTINGS["weights"].help,
                       placeholder="only for “a weights file”")
         return
     setting = SETTINGS[name]

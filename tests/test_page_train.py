@@ -14,7 +14,7 @@ from page_helpers import APP, ok, texts
 from streamlit.testing.v1 import AppTest
 
 import core.data.download
-from core.config import FIELD_HELP, RunConfig
+from core.config import SETTINGS, RunConfig
 from core.data import registry
 from core.data.dataset import class_counts
 from core.jobs.queue import ACTIVE, JobQueue
@@ -98,7 +98,7 @@ def test_every_setting_has_an_input_with_its_help_and_the_study_defaults(artifac
     found = widgets(at)
     for name, key in WIDGET_KEYS.items():
         assert key in found, f"no input for {name}"
-        assert found[key].help == FIELD_HELP[name], name
+        assert found[key].help == SETTINGS[name].help, name
     defaults = RunConfig()
     for name in RunConfig.field_names():
         if name in ("data", "size", "weights", "tags"):

@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from core.config import ARCHITECTURES, RunConfig
 from core.data.dataset import load_npz
-from core.models.preprocessing import MODE_BY_ARCH, preprocess
+from core.models import architectures
+from core.models.preprocessing import MODES, preprocess
 from core.training.pipeline import (
     Augmentation,
     augment_batch,
@@ -38,7 +39,8 @@ def seed_tensor(a: int, b: int = 0) -> tf.Tensor:
 # -- preprocessing ------------------------------------------------------------------------------------
 
 def test_every_architecture_has_a_preprocessing_mode():
-    assert set(MODE_BY_ARCH) == set(ARCHITECTURES)
+    assert {a.preprocessing for a in architectures.ARCHITECTURES} <= set(MODES)
+    assert {a.key for a in architectures.ARCHITECTURES} == set(ARCHITECTURES)
 
 
 @pytest.mark.parametrize("arch, keras_fn", [

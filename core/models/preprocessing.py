@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from core.models.architectures import ARCHITECTURES, get
+from core.models.architectures import get
 
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet (ResNet-50/101)
 _TORCH_MEAN = (0.485, 0.456, 0.406)  # keras.applications.densenet, and our ResNet-18
@@ -17,7 +17,7 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 
 # The mode of each backbone is its registry entry's `preprocessing`; MobileNetV3 and EfficientNet ("builtin")
 # carry their own Rescaling/Normalization layers and expect 0..255.
-MODE_BY_ARCH = {a.key: a.preprocessing for a in ARCHITECTURES}  # derived, read by tests/test_pipeline.py
+MODES = ("caffe", "torch", "builtin")
 
 
 def preprocess(images: tf.Tensor, arch: str) -> tf.Tensor:
@@ -28,4 +28,6 @@ def preprocess(images: tf.Tensor, arch: str) -> tf.Tensor:
         return x[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN)
     if mode == "torch":
         return (x / 255.0 - tf.constant(_TORCH_MEAN)) / tf.constant(_TORCH_STD)
-    return x
+    if mode == "builtin":
+        return x
+    raise ValueError(f"{arch}: unknown preprocessing mode {mode!r}; one of {MODES}")

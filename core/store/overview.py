@@ -83,11 +83,6 @@ def human_bytes(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def arch_name(arch: str) -> str:
-    """The architecture registry's display name (kept here for the pages that import it from this module)."""
-    return display_name(arch)
-
-
 def weights_label(weights: str) -> str:
     """'ImageNet', 'from scratch' (the weights setting's value names) or 'file <name>'."""
     return SETTINGS["weights"].value_names.get(weights) or f"file {Path(weights).name}"
@@ -127,7 +122,7 @@ def recent_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{
         "Run": r["run_id"],
         "Created": format_created(r.get("created")),
-        "Architecture": arch_name(r["arch"]),
+        "Architecture": display_name(r["arch"]),
         "Size (px)": r["size"],
         "Weights": weights_label(r["weights"]),
         "Batch": r["batch_size"],

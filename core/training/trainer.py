@@ -38,6 +38,7 @@ from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics, evaluate
 from core.inference import tta
 from core.models import batchnorm
 from core.models.build import build_model
+from core.store.io import write_json
 from core.store.runs import Run, RunStore, RunWriter
 from core.training import pipeline, precision, schedules
 
@@ -257,8 +258,6 @@ class Trainer:
         state = {"epochs_done": epoch, "best_epoch": self.best_epoch, "best_key": list(self.best_key),
                  "history": self.history, "train_seconds": self.train_seconds,
                  "images_trained": self.images_trained}
-        from core.store.io import write_json  # noqa: PLC0415
-
         write_json(work / CHECKPOINT_STATE, state)
 
     def _restore_checkpoint(self) -> int:
@@ -346,8 +345,9 @@ class Trainer:
                         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)},
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         }
+        auc = "n/a (one class)" if test.auc is None else f"{test.auc:.4f}"
         self.log(f"best epoch {self.best_epoch}: val acc {val.accuracy:.4f}; "
-                 f"test acc {test.accuracy:.4f} auc {test.auc:.4f} (evaluated once)")
+                 f"test acc {test.accuracy:.4f} auc {auc} (evaluated once)")
         if c.tta:
             augmented = self._tta_metrics()
             metrics["tta"] = {split: m.to_dict() for split, m in augmented.items()}
@@ -355,7 +355,6 @@ class Trainer:
                      f"{augmented['val'].accuracy:.4f}; test acc {augmented['test'].accuracy:.4f}")
         run = self.writer.publish(metrics, self.model.save)
         return run
-
 
     def _tta_metrics(self) -> dict[str, SplitMetrics]:
         c, data = self.config, self.data
