@@ -25,7 +25,9 @@ from core.models import architectures
 ARCHITECTURES = architectures.KEYS  # the registry's keys (core.models.architectures holds their facts)
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # core.training.precision: what a machine runs
+# core.training.precision: what a machine runs; "auto" is the fastest this machine runs natively, chosen when
+# the run starts (mixed bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32)
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 SIZES = (28, 64, 128, 224)
 WEIGHT_CHOICES = ("imagenet", "none")  # or a path to a local weights file
 BN_RECALIBRATION = ("auto", "on", "off")
@@ -224,9 +226,11 @@ class RunConfig:
         help="Randomly turn training images by 0, 90, 180 or 270 degrees.")
     # Numeric precision and evaluation
     precision: str = setting(
-        "float32", label="Precision", group=PRECISION_AND_EVALUATION, choices=PRECISIONS,
-        value_names={"float32": "float32", "mixed_bfloat16": "mixed bfloat16", "mixed_float16": "mixed float16"},
-        help="Number format of the computations: float32; mixed bfloat16 (faster on CPUs with bfloat16 "
+        "auto", label="Precision", group=PRECISION_AND_EVALUATION, choices=PRECISIONS,
+        value_names={"auto": "auto (fastest here)", "float32": "float32", "mixed_bfloat16": "mixed bfloat16",
+                     "mixed_float16": "mixed float16"},
+        help="Number format of the computations: auto (mixed bfloat16 where this machine runs it natively, else "
+             "float32; the run records which); float32; mixed bfloat16 (faster on CPUs with bfloat16 "
              "instructions and on GPUs); mixed float16 (GPUs only). Weights and the output stay float32.")
     tta: bool = setting(
         False, label="Test-time augmentation", group=PRECISION_AND_EVALUATION,
@@ -292,6 +296,7 @@ class RunConfig:
         kwargs = dict(d)
         if kwargs.get("arch") == "resnet18":  # saved before the setting: keep the stride-1 stem it was built with
             kwargs.setdefault("resnet18_stem", "full")
+        kwargs.setdefault("precision", "float32")  # saved before the setting: it ran in float32
         if "tags" in kwargs:
             kwargs["tags"] = tuple(kwargs["tags"])
         return cls(**kwargs)

@@ -207,8 +207,10 @@ def test_to_dict_from_dict_round_trip():
 
 
 def test_from_dict_partial_uses_defaults():
-    c = RunConfig.from_dict({"epochs": 2})
+    c = RunConfig.from_dict({"epochs": 2, "precision": "auto"})
     assert c == RunConfig(epochs=2)
+    # a saved config without the precision setting ran in float32, as before it existed
+    assert RunConfig.from_dict({"epochs": 2}) == RunConfig(epochs=2, precision="float32")
 
 
 def test_from_dict_unknown_key_refused():

@@ -199,14 +199,19 @@ def test_a_config_saved_before_the_settings_loads_and_compiles_as_before():
 
 @pytest.mark.slow
 def test_a_run_with_the_defaults_stores_what_it_stored_before(trained_run):
-    """The shared fixture run (defaults for every setting of issue 10): float32 layers, no TTA figures, the
-    plain figures only, its config.json naming the new settings at their off values."""
+    """The shared fixture run (defaults for every setting of issue 10): no TTA figures, the plain figures only,
+    its config.json naming the new settings at their defaults; precision "auto" ran in what this machine
+    runs natively, recorded in its metrics, and its convolutions were stored in that policy."""
     run = open_run(trained_run)
     assert "tta" not in run.metrics and run.metrics["weights_averaged"] is False
+    ran = precision.resolve("auto")
+    assert run.metrics["precision"] == ran
     stored = keras.models.load_model(run.model_path, compile=False)
-    assert {layer.dtype_policy.name for layer in stored.layers} == {"float32"}
+    convs = [layer for layer in stored.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and {layer.dtype_policy.name for layer in convs} == {ran}
+    assert stored.output.dtype == "float32"
     saved = json.loads((trained_run / "config.json").read_text())
-    assert (saved["lr_schedule"], saved["ema"], saved["precision"], saved["tta"]) == ("constant", False, "float32",
+    assert (saved["lr_schedule"], saved["ema"], saved["precision"], saved["tta"]) == ("constant", False, "auto",
                                                                                      False)
 
 
@@ -364,6 +369,16 @@ def test_an_unsupported_precision_is_refused_with_what_this_machine_runs():
     with pytest.raises(precision.PrecisionUnsupported, match="AVX512_BF16 or AMX"):
         precision.check("mixed_bfloat16", gpu=False, flags=set())
     precision.check("float32", gpu=False, flags=set())
+    precision.check("auto", gpu=False, flags=set())
+
+
+def test_auto_is_bfloat16_where_it_runs_natively_else_float32():
+    assert precision.resolve("auto", gpu=False, flags={"avx2"}) == "float32"
+    assert precision.resolve("auto", gpu=False, flags={"avx512_bf16"}) == "mixed_bfloat16"
+    assert precision.resolve("auto", gpu=True, flags=set()) == "mixed_bfloat16"
+    assert precision.resolve("float32", gpu=True, flags=set()) == "float32"  # a named precision is kept
+    assert "auto runs float32." in precision.describe_support(gpu=False, flags={"avx2"})
+    assert RunConfig().precision == "auto" and RunConfig.from_dict({}).precision == "float32"  # old configs ran so
 
 
 @pytest.mark.skipif(precision.gpu_present(), reason="this machine has a GPU: mixed_float16 is supported")
@@ -420,10 +435,10 @@ def test_the_train_page_says_which_precisions_this_machine_supports(monkeypatch,
     monkeypatch.setenv("CELLSCOPE_DATA_DIR", str(tmp_path / "no-data"))
     at = ok(AppTest.from_file(APP, default_timeout=120).run())
     ok(at.switch_page("pages/train.py").run())
-    assert at.selectbox(key="f_precision").value == "float32"
+    assert at.selectbox(key="f_precision").value == "auto"
     shown = texts(at)
     assert precision.describe_support() in shown
-    assert f"supports: {', '.join(precision.supported())}." in shown
+    assert f"supports: {', '.join(precision.supported())}; auto runs {precision.resolve('auto')}." in shown
 
 
 def test_float16_mixed_precision_scales_the_loss_and_still_averages_weights(tiny_npz):

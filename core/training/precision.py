@@ -5,6 +5,8 @@ TensorFlow-free at module level (the Train page reads `supported()` to say what 
 - mixed_float16 needs a GPU (CPUs emulate float16 slowly);
 - mixed_bfloat16 runs natively where the CPU has bfloat16 instructions (AVX512_BF16 or AMX, read from
   /proc/cpuinfo) or on a GPU.
+"auto" (the default) is the fastest of these this machine runs natively: `resolve()` picks it when a run
+starts, and the run records the precision it used.
 `policy(name)` sets Keras' global policy for the run (Keras keeps it per thread) and puts the previous one
 back afterwards, also when the run fails or is cancelled.
 """
@@ -18,6 +20,7 @@ from typing import Iterator
 from core.config import PRECISIONS
 from core.errors import UserFacingError
 
+AUTO = "auto"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
@@ -54,19 +57,29 @@ def supported(gpu: bool | None = None, flags: set[str] | None = None) -> tuple[s
     return tuple(out)
 
 
+def resolve(name: str, gpu: bool | None = None, flags: set[str] | None = None) -> str:
+    """The policy a run uses: `name` itself, or for "auto" mixed bfloat16 where this machine runs it
+    natively, else float32."""
+    if name != AUTO:
+        return name
+    return "mixed_bfloat16" if "mixed_bfloat16" in supported(gpu, flags) else "float32"
+
+
 def describe_support(gpu: bool | None = None, flags: set[str] | None = None) -> str:
-    """One sentence for the Train page: what this machine offers."""
+    """One sentence for the Train page: what this machine offers, and what auto picks."""
     gpu = gpu_present() if gpu is None else gpu
     ok = supported(gpu, flags)
     where = "a GPU" if gpu else ("a CPU with bfloat16 instructions" if "mixed_bfloat16" in ok
                                  else "a CPU without bfloat16 instructions")
-    return f"This machine ({where}) supports: {', '.join(ok)}."
+    return f"This machine ({where}) supports: {', '.join(ok)}; auto runs {resolve(AUTO, gpu, flags)}."
 
 
 def check(name: str, gpu: bool | None = None, flags: set[str] | None = None) -> None:
     """Refuse a precision this machine does not run natively, saying what it does run."""
     if name not in PRECISIONS:
         raise PrecisionUnsupported(f"unknown precision {name!r}; one of {', '.join(PRECISIONS)}")
+    if name == AUTO:
+        return
     ok = supported(gpu, flags)
     if name not in ok:
         need = "a GPU" if name == "mixed_float16" else "a CPU with AVX512_BF16 or AMX, or a GPU"

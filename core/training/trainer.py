@@ -182,6 +182,7 @@ class Trainer:
         self.echo = echo
         self.writer = RunWriter(store, config, run_id)
         self.cancelled = False
+        self.precision = config.precision  # resolved ("auto" -> what this machine runs) when the run starts
         self.history: list[dict[str, float]] = []
         self.best_epoch = 0
         self.best_key: tuple[float, float] = (-1.0, 0.0)
@@ -209,12 +210,15 @@ class Trainer:
         return raw
 
     def validate_epoch(self, epoch: int, train_logs: dict[str, Any], train_seconds: float) -> dict[str, float]:
+        start = time.perf_counter()
         raw = self._swap_in_average()
         try:
             row = self._score_epoch(epoch, train_logs, train_seconds)
         finally:
             if raw is not None:
                 self.model.set_weights(raw)  # training goes on from the raw weights
+        # the validation's own cost (with the BatchNorm re-estimate): with train_seconds, the epoch's wall time
+        row["val_seconds"] = time.perf_counter() - start
         self._checkpoint(epoch)  # first: a history row on disk always has its checkpoint to resume from
         self.writer.write_history(self.history)
         c = self.config
@@ -283,9 +287,10 @@ class Trainer:
     def run(self) -> Run:
         c = self.config
         try:
-            if c.precision != "float32":
-                precision.check(c.precision, gpu=bool(tf.config.list_physical_devices("GPU")))
-            with precision.policy(c.precision):
+            gpu = bool(tf.config.list_physical_devices("GPU"))
+            self.precision = precision.resolve(c.precision, gpu=gpu)
+            precision.check(self.precision, gpu=gpu)
+            with precision.policy(self.precision):
                 return self._run()
         except (TrainingCancelled, KeyboardInterrupt):
             self.writer.log("stopped; the last completed epoch's checkpoint is kept for resuming")
@@ -304,7 +309,7 @@ class Trainer:
         self.steps = pipeline.steps_per_epoch(len(self.data.train), c.batch_size)
         self.log(f"run {self.run_id}: {c.arch} {self.data.image_size}px weights={c.weights} "
                  f"train/val/test {len(self.data.train)}/{len(self.data.val)}/{len(self.data.test)}"
-                 f"{'' if c.precision == 'float32' else ' precision=' + c.precision}")
+                 f" precision={self.precision}")
         self.model = build_model(c, n_classes, self.data.image_size)
         compile_model(self.model, c, n_classes, self.steps)
         initial_epoch = self._restore_checkpoint()
@@ -339,6 +344,7 @@ class Trainer:
             "best_epoch": self.best_epoch, "epochs_run": len(self.history),
             "train_seconds": self.train_seconds,
             "train_images_per_second": self.images_trained / self.train_seconds if self.train_seconds else 0.0,
+            "precision": self.precision,  # the policy it ran in ("auto" resolved on this machine)
             "bn_recalibrated": c.recalibrate_bn,
             "weights_averaged": c.ema,
             "dataset": {"source": data.source, "image_size": data.image_size,
