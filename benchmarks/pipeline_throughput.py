@@ -3,9 +3,11 @@
 (a) study: `ImageDataGenerator(rescale=1/255, shear_range=0.2, zoom_range=0.2, horizontal_flip=True)
     .flow(x, y_onehot, batch_size=B, shuffle=True, seed=S)` fed to `model.fit(..., steps_per_epoch=...)`,
     as in the study's Methods: per-image NumPy/SciPy augmentation in Python.
-(b) ours: `core.training.pipeline.training_dataset(images, labels, config, n_classes)`: a tf.data pipeline on uint8
-    arrays with batched augmentation (shear 0.2 rad, zoom [0.8, 1.2], horizontal flips) and the
-    backbone's own preprocessing.
+(b) ours, the default training path: `core.training.pipeline.training_dataset(images, labels, config,
+    n_classes)`, a tf.data pipeline on uint8 arrays with batched augmentation (shear 0.2 rad, zoom [0.8, 1.2],
+    horizontal flips) and the backbone's own preprocessing, in the precision a run gets by default
+    (`precision="auto"`: mixed bfloat16 where the CPU runs it natively, else float32). The study trained in
+    float32, and its path here does too.
 
 Both train the same model: `core.models.build.build_model` from one `RunConfig`, compiled with
 `core.training.trainer.compile_model`, rebuilt with the same seed for each pipeline so both start from identical
@@ -44,16 +46,12 @@ import keras
 import numpy as np
 import scipy
 import tensorflow as tf
-
-# Keras 3 removed the public `keras.preprocessing.image.ImageDataGenerator` alias; the deprecated class
-# itself still ships (unchanged, NumPy/SciPy based) under keras.src.legacy. It is imported from there
-# only to reproduce the study's input pipeline; the project itself never uses it.
-from keras.src.legacy.preprocessing.image import ImageDataGenerator
+from study_recipe import study_flow
 
 from core.config import ARCHITECTURES, SIZES, RunConfig
 from core.data.dataset import Dataset, load_for_config, load_npz
 from core.models.build import build_model
-from core.training import pipeline
+from core.training import pipeline, precision
 from core.training.trainer import compile_model
 
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -83,12 +81,6 @@ def make_config(args: argparse.Namespace, size: int) -> RunConfig:
     # The study's augmentation intent in our units (shear in radians), weights 'none' (no download).
     return RunConfig(arch=args.arch, size=size, weights="none", batch_size=args.batch_size, seed=args.seed,
                      aug_shear=0.2, aug_zoom=0.2, aug_hflip=True, aug_vflip=False, aug_rot90=False)
-
-
-def study_flow(x_float: np.ndarray, y_onehot: np.ndarray, batch_size: int, seed: int):
-    """The study's training generator, exactly as its Methods describe it."""
-    generator = ImageDataGenerator(rescale=1 / 255, shear_range=0.2, zoom_range=0.2, horizontal_flip=True)
-    return generator.flow(x_float, y_onehot, batch_size=batch_size, shuffle=True, seed=seed)
 
 
 def ours_dataset(dataset: Dataset, config: RunConfig) -> tf.data.Dataset:
@@ -150,6 +142,17 @@ def fresh_model(config: RunConfig, dataset: Dataset) -> keras.Model:
 
 def time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray, y_onehot: np.ndarray,
                   steps: int, warmup: int) -> dict:
+    """Our default path runs in the precision a run gets by default here ("auto"); the study's in float32."""
+    with precision.policy(policy_for(which, config)):
+        return _time_training(which, config, dataset, x_float, y_onehot, steps, warmup)
+
+
+def policy_for(which: str, config: RunConfig) -> str:
+    return precision.resolve(config.precision) if which == OURS else "float32"
+
+
+def _time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray, y_onehot: np.ndarray,
+                   steps: int, warmup: int) -> dict:
     model = fresh_model(config, dataset)
     digest = weights_digest(model)
     if which == STUDY:
@@ -232,6 +235,8 @@ def print_report(settings: dict, machine: dict, summary: dict) -> None:
     if load:
         note = "  (busy machine: numbers are not final)" if load[0] > 0.5 * machine["cpus_usable"] else ""
         print(f"load    : {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min) at start{note}")
+    print(f"precision: study {settings['precision'][STUDY]}, ours {settings['precision'][OURS]} (the default, "
+          f"precision=auto)")
     print(f"settings: {settings['arch']} weights=none, {settings['image_size']} px from {settings['data']}, "
           f"{settings['n_train']} training images, batch {settings['batch_size']}, "
           f"{settings['steps']} timed steps after {settings['warmup_steps']} warm-up, "
@@ -301,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours": f"core.training.pipeline.training_dataset (aug_shear={config.aug_shear} rad, "
                 f"aug_zoom={config.aug_zoom}, "
                 f"hflip={config.aug_hflip}; uint8 in memory, {config.arch} preprocessing)",
+        "precision": {STUDY: policy_for(STUDY, config), OURS: policy_for(OURS, config)},
     }
 
     runs: dict[str, dict[str, list]] = {STUDY: {"train": [], "input": []}, OURS: {"train": [], "input": []}}

@@ -1,4 +1,4 @@
-"""Command line: `python -m core {train,evaluate,predict,gradcam,external,download,runs}`.
+"""Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,download,runs}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from core.config import SETTINGS, SIZES, RunConfig
 from core.errors import UserFacingError
@@ -23,8 +25,15 @@ class UserError(UserFacingError):
     pass
 
 
+def _opposite(flag: str) -> str:
+    return f"--{flag.removeprefix('--no-')}" if flag.startswith("--no-") else f"--no-{flag.removeprefix('--')}"
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig setting, spelt, grouped and explained by its metadata (core.config.SETTINGS)."""
+    """One flag per RunConfig setting, spelt, grouped and explained by its metadata (core.config.SETTINGS).
+    A flag that is not given leaves no attribute (`explicit_values` reads only what the user typed), so a
+    preset's values stay unless a flag overrides them. Each switch also has its opposite (--vflip /
+    --no-vflip), to undo a preset's."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for s in SETTINGS.values():
         if s.group not in groups:
@@ -32,32 +41,68 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         help_ = s.cli_help or (f"turn off: {s.help}" if s.kind is bool and s.default else s.help)
         g, help_ = groups[s.group], help_.replace("%", "%%")
         if s.kind is bool:
-            g.add_argument(s.cli_flag, dest=s.name, action="store_false" if s.default else "store_true", help=help_)
+            g.add_argument(s.cli_flag, dest=s.name, action="store_false" if s.default else "store_true",
+                           default=argparse.SUPPRESS, help=help_)
+            g.add_argument(_opposite(s.cli_flag), dest=s.name, action="store_true" if s.default else "store_false",
+                           default=argparse.SUPPRESS, help=f"undo {s.cli_flag} (e.g. a preset's)")
         elif s.kind is tuple:
-            g.add_argument(s.cli_flag, dest=s.name, action="append", default=[], help=help_)
+            g.add_argument(s.cli_flag, dest=s.name, action="append", default=argparse.SUPPRESS, help=help_)
         else:
             g.add_argument(s.cli_flag, dest=s.name, type=s.kind, choices=s.choices or None, metavar=s.metavar,
-                           default=None if s.cli_auto else s.default, help=help_)
+                           default=argparse.SUPPRESS, help=help_)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    size = args.size
-    if args.data:
+def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave on the command line, as RunConfig values."""
+    values = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
+    if "tags" in values:
+        values["tags"] = tuple(values["tags"])
+    return values
+
+
+def config_from_args(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> RunConfig:
+    """The run the flags describe: RunConfig's defaults, then `base` (a preset's values), then the flags.
+    With --data the size is the file's (a different --size or preset size is an error); weights left unset
+    are the network's default."""
+    base = dict(base or {})
+    given = explicit_values(args)
+    size = given.get("size", base.get("size"))
+    if given.get("data"):
         from core.data.dataset import load_npz  # noqa: PLC0415
 
-        file_size = load_npz(args.data).image_size
+        file_size = load_npz(given["data"]).image_size
         if size is not None and size != file_size:
-            raise UserError(f"--size {size} but {args.data} holds {file_size} px images")
+            if "size" in given:
+                raise UserError(f"--size {size} but {given['data']} holds {file_size} px images")
+            raise UserError(f"preset {getattr(args, 'preset', '')} is for {size} px images but {given['data']} "
+                            f"holds {file_size} px ones; add --size {file_size} to use it anyway")
         size = file_size
-    values = {name: getattr(args, name) for name in SETTINGS}
+    values = {**base, **given}
     values["size"] = size or RunConfig().size
-    values["weights"] = args.weights or RunConfig.default_weights(args.arch)
-    values["tags"] = tuple(args.tags)
+    arch = values.get("arch", RunConfig().arch)
+    values["weights"] = values.get("weights") or RunConfig.default_weights(arch)
     return RunConfig(**values)
 
 
+def _preset(key: str) -> Any:
+    from core.config import ConfigError  # noqa: PLC0415
+    from core.jobs.presets import get  # noqa: PLC0415
+
+    try:
+        return get(key)
+    except ConfigError as e:
+        raise UserError(e.message) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    if args.preset:
+        preset = _preset(args.preset)
+        n = len(preset.configs())
+        if n > 1:
+            raise UserError(f"preset {preset.key} queues {n} runs; use: python -m core submit --preset {preset.key}")
+        config = config_from_args(args, preset.base)
+    else:
+        config = config_from_args(args)
     from core.store.runs import RunStore  # noqa: PLC0415
     from core.training.trainer import Progress, train  # noqa: PLC0415
 
@@ -82,11 +127,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from core.jobs.queue import JobQueue  # noqa: PLC0415
     from core.store.runs import RunStore  # noqa: PLC0415
 
+    if args.preset and args.grid:
+        raise UserError("--preset and --grid: give one (a preset brings its own grid)")
     if args.preset:
+        preset = _preset(args.preset)
+        overrides = explicit_values(args)
+        if overrides.get("data") and "size" not in preset.values:
+            overrides["size"] = config_from_args(args, preset.base).size  # the file's, checked against the preset's
         try:
-            request = preset_request(args.preset, repeats=args.repeats)
+            request = preset_request(preset.key, repeats=args.repeats, overrides=overrides)
         except UserFacingError as e:
-            raise UserError(str(e).removeprefix("preset: ")) from None
+            raise UserError(str(e)) from None
     else:
         sweep = {}
         for item in args.grid:
@@ -105,6 +156,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.no_start:
         queue.tick()
     print(f"queued {len(ids)} job(s): {', '.join(map(str, ids))}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from core.jobs.plans import format_value  # noqa: PLC0415
+    from core.jobs.presets import PRESETS, RECIPE  # noqa: PLC0415
+
+    if args.json:
+        print(json.dumps([{"key": p.key, "title": p.title, "kind": p.kind, "description": p.description,
+                           "runs": len(p.configs()), "settings": dict(p.base), "grid": dict(p.values),
+                           "variants": list(p.variants),
+                           "measured": p.figures.to_dict() if p.figures else None} for p in PRESETS], indent=2))
+        return 0
+    def block(text: str) -> None:
+        print(textwrap.fill(text, width=110, initial_indent=" " * 12, subsequent_indent=" " * 12))
+
+    for p in PRESETS:
+        n = len(p.configs())
+        print(f"{p.key:<11} {p.title} ({n} run{'s' if n > 1 else ''})")
+        block(p.description)
+        if p.kind == RECIPE:
+            block("settings: " + " ".join(f"{k}={format_value(v)}" for k, v in p.base.items()))
+            figures = p.figures
+            block("measured: " + (f"{figures.summary()}; {figures.machine}, {figures.measured}" if figures
+                                  else "not yet (benchmarks/preset_figures.py)"))
+        print()
+    print("run one: python -m core train --preset NAME [--flag value ...]; queue one: python -m core submit "
+          "--preset NAME")
     return 0
 
 
@@ -322,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs_dir = str(default_runs_dir())
 
     p = sub.add_parser("train", help="train one run and print its directory")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="start from a preset's settings (python -m core presets lists them); flags override them")
     _add_train_flags(p)
     p.add_argument("--runs-dir", default=runs_dir)
     p.set_defaults(func=cmd_train)
@@ -331,10 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                    help="sweep a field over values, e.g. --grid batch_size=16,32 --grid lr=1e-3,1e-4")
     p.add_argument("--repeats", type=int, default=1, help="repeat each configuration with seeds seed, seed+1, ...")
-    p.add_argument("--preset", default=None, help="a study experiment (table1..table9, table12) or classroom")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a recipe or a study experiment (python -m core presets lists them); flags override its "
+                        "settings")
     p.add_argument("--no-start", action="store_true", help="only queue; a worker or the app starts them")
     p.add_argument("--runs-dir", default=runs_dir)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("presets", help="list the presets, with what each reached when measured here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("jobs", help="list jobs (and cancel or resume one)")
     p.add_argument("--cancel", type=int, metavar="ID")
@@ -440,3 +527,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (python -m core presets | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exiting does not flush into it
+        return 0

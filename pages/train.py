@@ -26,8 +26,9 @@ from core.data.download import download
 from core.errors import UserFacingError
 from core.jobs import plans
 from core.jobs.plans import AUTO, Plan, PlanRequest, format_value, preset_request, sweep_slot
+from core.jobs.presets import PRESETS, PRESETS_BY_KEY, RECIPE, Preset
 from core.jobs.queue import ACTIVE, Job, JobQueue
-from core.jobs.sweeps import PRESETS, PRESETS_BY_KEY, field_type, format_duration
+from core.jobs.sweeps import field_type, format_duration
 from core.store.overview import human_bytes, weights_label
 from core.store.runs import RunStore
 from core.training.precision import describe_support
@@ -365,7 +366,7 @@ def clear_sweep() -> None:
 
 
 def preset_section(choice: DataChoice) -> None:
-    st.markdown("**Start from a preset**: every experiment of the study, or a quick run for a class.")
+    st.markdown("**Start from a preset**: a recipe measured on this tool, or any experiment of the study.")
     left, right = st.columns([2, 3], gap="large", vertical_alignment="bottom")
     with left:
         st.selectbox("Preset", [p.key for p in PRESETS], key="preset_choice",
@@ -374,17 +375,44 @@ def preset_section(choice: DataChoice) -> None:
     with right:
         st.button("Load preset", key="load_preset", icon=":material/playlist_add:", on_click=load_preset)
     preset = PRESETS_BY_KEY[ss["preset_choice"]]
-    try:
-        # as loading it would: on the chosen file, unless the preset sweeps the size (then BloodMNIST)
-        on_file = choice.data and choice.size in SIZES and "size" not in preset.values
-        overrides = {"data": choice.data, "size": choice.size} if on_file else None
-        sizes = split_sizes(choice) if overrides else _registry_sizes()
-        estimate = plans.plan(preset_request(preset.key, overrides=overrides), split_sizes=sizes, store=RunStore())
-        st.caption(f"{md_escape(preset.description)} **{plural(len(estimate.configs), 'job')}**, about "
-                   f"**{format_duration(sum(estimate.seconds))}** on this machine.")
-    except UserFacingError as e:
-        st.caption(md_escape(preset.description))
-        show_error(e)
+    with st.container(border=True, key="preset_card"):
+        st.markdown(f"**{md_escape(preset.title)}** · `{preset.key}`")
+        try:
+            # as loading it would: on the chosen file, unless the preset sweeps the size (then BloodMNIST)
+            on_file = choice.data and choice.size in SIZES and "size" not in preset.values
+            overrides = {"data": choice.data, "size": choice.size} if on_file else None
+            sizes = split_sizes(choice) if overrides else _registry_sizes()
+            estimate = plans.plan(preset_request(preset.key, overrides=overrides), split_sizes=sizes,
+                                  store=RunStore())
+            st.caption(f"{md_escape(preset.description)} **{plural(len(estimate.configs), 'job')}**, about "
+                       f"**{format_duration(sum(estimate.seconds))}** on this machine.")
+        except UserFacingError as e:
+            st.caption(md_escape(preset.description))
+            show_error(e)
+        if preset.kind == RECIPE:
+            measured_figures(preset)
+
+
+def measured_figures(preset: Preset) -> None:
+    """A recipe's card: what it reached when measured, mean ± sd over its seeds (core.jobs.preset_figures)."""
+    figures = preset.figures
+    if figures is None:
+        st.caption("Not measured yet: benchmarks/preset_figures.py runs it and records what it reaches.")
+        return
+    cols = st.columns(4)
+    for col, (label, name, digits) in zip(cols, (("Test accuracy", "test_accuracy", 3),
+                                                 ("Monocyte F1", "monocyte_f1", 3),
+                                                 ("Immature gran. F1", "ig_f1", 3))):
+        stat = figures.stat(name)
+        col.metric(label, f"{stat.mean:.{digits}f}", f"± {stat.sd:.{digits}f}", delta_color="off",
+                   delta_arrow="off")
+    minutes = figures.stat("command_seconds")
+    cols[3].metric("Whole command", f"{minutes.mean / 60:.1f} min", f"± {minutes.sd / 60:.1f}", delta_color="off",
+                   delta_arrow="off")
+    st.caption(f"Measured {md_escape(figures.measured)} on {md_escape(figures.machine)}: mean ± sd of seeds "
+               f"{figures.seed_list}, each `{figures.command}`; "
+               f"{figures.stat('train_seconds').mean:.0f} s of training each. Chosen on validation accuracy; "
+               f"test touched once per run.")
 
 
 def _registry_sizes() -> tuple[int, int, int]:

@@ -14,7 +14,9 @@ import pytest
 from conftest import PBC_SAMPLES, PROJECT_ROOT
 from PIL import Image
 
+from core.config import RunConfig
 from core.data import registry
+from core.jobs.presets import PRESETS, PRESETS_BY_KEY
 from core.store.io import RUN_ID_PATTERN
 from core.store.runs import RunStore, open_run
 
@@ -59,8 +61,9 @@ def sample(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def cli_run(cli_env, tiny_npz, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     runs_dir = tmp_path_factory.mktemp("cli-runs") / "runs"
-    proc = cli(cli_env, "train", "--data", tiny_npz, "--arch", "resnet18", "--epochs", "1", "--limit-train", "64",
-               "--batch-size", "32", "--runs-dir", runs_dir, "--tag", "cli-test")
+    # a preset with flags over it: the recipe's optimiser, schedule and flips, the flags' network and size
+    proc = cli(cli_env, "train", "--preset", "quick-28", "--data", tiny_npz, "--arch", "resnet18", "--epochs", "1",
+               "--limit-train", "64", "--batch-size", "32", "--no-rot90", "--runs-dir", runs_dir, "--tag", "cli-test")
     return proc, runs_dir
 
 
@@ -76,7 +79,11 @@ def test_train_prints_complete_run_dir_last(cli_run, tiny_npz):
     run = open_run(run_dir)
     c = run.config
     assert (c.arch, c.weights, c.size, c.epochs, c.limit_train, c.batch_size, c.tags) == \
-        ("resnet18", "none", 28, 1, 64, 32, ("cli-test",))  # size taken from the file; weights defaulted
+        ("resnet18", "none", 28, 1, 64, 32, ("cli-test",))  # size taken from the file
+    quick = PRESETS_BY_KEY["quick-28"].base
+    assert (c.optimizer, c.lr, c.lr_schedule, c.weight_decay, c.label_smoothing, c.aug_vflip, c.aug_rot90) == \
+        (quick["optimizer"], quick["lr"], quick["lr_schedule"], quick["weight_decay"], quick["label_smoothing"],
+         True, False)  # the preset's, except what a flag undid
     assert c.data == str(tiny_npz)
     m = run.metrics
     assert m["dataset"]["n_train"] <= 64 and m["epochs_run"] == 1 and m["best_epoch"] == 1
@@ -176,6 +183,52 @@ def test_submit_bad_values_are_one_line_errors(cli_env, tmp_path):
     assert_one_line_error(cli(cli_env, "submit", "--grid", "seed=1,2", *runs), "seed", "repeats")
     assert_one_line_error(cli(cli_env, "submit", "--preset", "table99", *runs), "unknown preset 'table99'")
     assert_one_line_error(cli(cli_env, "submit", "--grid", "lr", *runs), "--grid takes FIELD=V1,V2")
+    assert_one_line_error(cli(cli_env, "submit", "--preset", "table1", "--batch-size", "8", *runs),
+                          "preset table1 sweeps batch_size")
+    assert_one_line_error(cli(cli_env, "submit", "--preset", "table1", "--grid", "lr=1e-3", *runs), "give one")
+
+
+def test_train_preset_flags_override_and_bad_combinations_are_one_line_errors(cli_env, tiny_npz, tmp_path):
+    from core.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--preset", "quick-28", "--epochs", "2", "--no-vflip", "--tag", "x"])
+    expected = RunConfig(**{**PRESETS_BY_KEY["quick-28"].base, "epochs": 2, "aug_vflip": False, "tags": ("x",)})
+    assert config_from_args(args, PRESETS_BY_KEY["quick-28"].base) == expected
+    runs = ("--runs-dir", tmp_path / "runs")
+    assert_one_line_error(cli(cli_env, "train", "--preset", "table12", *runs), "12 runs", "submit --preset table12")
+    assert_one_line_error(cli(cli_env, "train", "--preset", "nope", *runs), "unknown preset 'nope'")
+    assert_one_line_error(cli(cli_env, "train", "--preset", "scratch-64", "--data", tiny_npz, *runs),
+                          "preset scratch-64 is for 64 px", "add --size 28")
+    assert_one_line_error(cli(cli_env, "train", "--size", "64", "--data", tiny_npz, *runs), "--size 64 but")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_submit_a_recipe_with_overrides_queues_the_preset_with_them(cli_env, tiny_npz, tmp_path):
+    from core.jobs.queue import JobQueue
+
+    runs_dir = tmp_path / "runs"
+    proc = cli(cli_env, "submit", "--preset", "quick-28", "--data", tiny_npz, "--epochs", "1", "--repeats", "2",
+               "--no-start", "--runs-dir", runs_dir)
+    assert proc.returncode == 0, proc.stderr
+    jobs = JobQueue(RunStore(runs_dir)).list()
+    base = PRESETS_BY_KEY["quick-28"].base
+    assert sorted(j.config.seed for j in jobs) == [0, 1] and {j.sweep for j in jobs} == {"quick-28 x2 seeds"}
+    assert {j.config for j in jobs} == {RunConfig(**{**base, "epochs": 1, "data": str(tiny_npz), "seed": s})
+                                       for s in (0, 1)}
+
+
+def test_presets_lists_every_preset_with_its_measured_figures(cli_env):
+    proc = cli(cli_env, "presets")
+    assert proc.returncode == 0, proc.stderr
+    for p in PRESETS:
+        assert f"{p.key:<11} {p.title}" in proc.stdout
+    for p in (p for p in PRESETS if p.kind == "recipe"):
+        block = proc.stdout.split(f"{p.key:<11} ", 1)[1].split("\n\n", 1)[0]
+        assert "settings: arch=compactresnet" in block and "measured: test accuracy" in block, block
+    listed = json.loads(cli(cli_env, "presets", "--json").stdout)
+    assert [p["key"] for p in listed] == [p.key for p in PRESETS]
+    assert listed[-1]["runs"] == 12 and listed[-1]["grid"]["size"] == [224, 128, 64]
 
 
 # -- evaluate, predict, gradcam on the shared trained run --------------------------------------------------------

@@ -17,6 +17,7 @@ import core.data.download
 from core.config import SETTINGS, RunConfig
 from core.data import registry
 from core.data.dataset import class_counts
+from core.jobs.presets import PRESETS_BY_KEY
 from core.jobs.queue import ACTIVE, JobQueue
 from core.store.runs import RunStore
 
@@ -222,6 +223,34 @@ def test_a_preset_of_variants_previews_each_variant(artifacts):
     assert list(table["optimizer"]) == ["adam", "rmsprop", "sgd"]
     assert at.button(key="launch").label == "Launch 3 jobs"
     assert at.toggle(key="f_attention").value and at.toggle(key="f_class_weights").value
+
+
+@pytest.mark.parametrize("key", ["quick-28", "scratch-64"])
+def test_a_recipe_card_shows_what_it_reached_with_its_seeds_and_loads_into_the_form(artifacts, key):
+    preset = PRESETS_BY_KEY[key]
+    figures = preset.figures
+    at = open_train()
+    ok(at.selectbox(key="preset_choice").set_value(key).run())
+    metrics = {m.label: (m.value, m.delta) for m in at.metric}
+    test = figures.stat("test_accuracy")
+    assert metrics["Test accuracy"] == (f"{test.mean:.3f}", f"± {test.sd:.3f}")
+    assert metrics["Monocyte F1"][0] == f"{figures.stat('monocyte_f1').mean:.3f}"
+    assert metrics["Immature gran. F1"][0] == f"{figures.stat('ig_f1').mean:.3f}"
+    assert metrics["Whole command"][0] == f"{figures.stat('command_seconds').mean / 60:.1f} min"
+    shown = texts(at)
+    assert f"mean ± sd of seeds {figures.seed_list}" in shown and figures.command in shown
+    ok(at.button(key="load_preset").click().run())
+    form = widgets(at)
+    for name, value in preset.base.items():
+        shown_as = "auto" if name == "weights" and value == RunConfig.default_weights(preset.base["arch"]) else value
+        assert form[WIDGET_KEYS[name]].value == shown_as, name
+    assert at.button(key="launch").label == "Launch 1 job"
+
+
+def test_a_study_preset_card_has_no_measured_figures(artifacts):
+    at = open_train()
+    ok(at.selectbox(key="preset_choice").set_value("table9").run())
+    assert not at.metric and "Not measured" not in texts(at)
 
 
 def test_download_offline_says_where_to_put_the_file(artifacts, monkeypatch):

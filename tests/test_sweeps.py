@@ -3,11 +3,9 @@ from __future__ import annotations
 import pytest
 
 from core.config import ConfigError, RunConfig
-from core.jobs.plans import PlanRequest, plan, preset_request, sweep_slot
+from core.jobs.plans import PlanRequest, plan, sweep_slot
 from core.jobs.sweeps import (
     JOB_OVERHEAD_SECONDS,
-    PRESETS,
-    PRESETS_BY_KEY,
     estimate_seconds,
     format_duration,
     grid,
@@ -49,21 +47,6 @@ def test_parse_values_types_each_field():
         with pytest.raises(ConfigError) as e:
             parse_values(name, text)
         assert e.value.field == name
-
-
-def test_presets_match_the_study_tables():
-    counts = {p.key: len(p.configs()) for p in PRESETS}
-    assert counts == {"classroom": 1, "table1": 2, "table2": 3, "table3": 3, "table4": 4, "table5": 3,
-                      "table6": 6, "table7": 6, "table8": 6, "table9": 3, "table12": 12}
-    t12 = PRESETS_BY_KEY["table12"].configs()
-    assert {(c.arch, c.size, c.batch_size) for c in t12} == {
-        (a, s, b) for a in ("resnet50", "resnet101") for s in (64, 128, 224) for b in (16, 32)}
-    assert all(c.dropout == 0.3 and c.optimizer == "adam" and c.lr == 1e-4 and not c.attention for c in t12)
-    t3 = PRESETS_BY_KEY["table3"].configs()
-    assert [(c.optimizer, c.lr, c.momentum) for c in t3] == [("adam", 1e-4, 0.9), ("rmsprop", 1e-4, 0.9),
-                                                             ("sgd", 1e-3, 0.9)]
-    assert all(c.attention and c.class_weights for c in t3)
-    assert len(PRESETS_BY_KEY["table9"].configs(repeats=3)) == 9
 
 
 def test_speed_prefers_measurements_then_same_arch_scaling_then_the_reference():
@@ -139,12 +122,3 @@ def test_plan_blocks_on_bloodmnist_sizes_not_downloaded():
     assert p.ok and p.blockers == ["BloodMNIST 64 px is not downloaded yet: download it (Train page, section 1, "
                                    "or python -m core download --size N), or train on your own file."]
     assert plan(PlanRequest(values={}, sweep={"size": "28, 64"}), available=[28, 64]).blockers == []
-
-
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.key for p in PRESETS])
-def test_a_preset_plans_its_own_configs_under_its_own_name(preset):
-    p = plan(preset_request(preset.key))
-    assert p.ok and p.configs == preset.configs() and p.sweep_name == preset.key
-    assert plan(preset_request(preset.key, repeats=2)).sweep_name == f"{preset.key} x2 seeds"
-    with pytest.raises(ConfigError, match="unknown preset"):
-        preset_request("table99")

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from core.config import SETTINGS, ConfigError, RunConfig
-from core.jobs.sweeps import PRESETS_BY_KEY, estimate_seconds, grid, parse_values
+from core.jobs import presets
+from core.jobs.sweeps import estimate_seconds, grid, parse_values
 from core.store.runs import RunStore
 
 AUTO = "auto"  # weights: each network's own default (ImageNet where Keras has it, else from scratch)
@@ -76,12 +77,15 @@ def format_value(v: Any) -> str:
 
 
 def preset_request(key: str, repeats: int = 1, overrides: Mapping[str, Any] | None = None) -> PlanRequest:
-    """A study preset as a request, as the Train page loads it: its base values, its grid as typed values."""
-    if key not in PRESETS_BY_KEY:
-        raise ConfigError("preset", f"unknown preset {key!r}; one of {', '.join(PRESETS_BY_KEY)}")
-    preset = PRESETS_BY_KEY[key]
+    """A preset as a request, as the Train page loads it: its base values with `overrides` on top (the
+    command line's flags), its grid as typed values. A swept field cannot also be overridden."""
+    preset = presets.get(key)
+    overrides = dict(overrides or {})
+    clash = sorted(set(overrides) & set(preset.values))
+    if clash:
+        raise ConfigError(clash[0], f"preset {key} sweeps {clash[0]} itself; leave it out or sweep it with --grid")
     sweep = {name: ", ".join(format_value(v) for v in values) for name, values in preset.values.items()}
-    return PlanRequest(values={**preset.base, **(overrides or {})}, sweep=sweep, repeats=repeats, preset=key,
+    return PlanRequest(values={**preset.base, **overrides}, sweep=sweep, repeats=repeats, preset=key,
                        variants=key if preset.variants else None)
 
 
@@ -132,7 +136,7 @@ def plan(request: PlanRequest, *, data_error: str | None = None, available: Sequ
         pretrained = [a for a in sweep["arch"] if RunConfig.default_weights(a) == "imagenet"]
         if pretrained:
             base = base.replace(arch=pretrained[0], weights="imagenet")
-    variants = PRESETS_BY_KEY[request.variants].variants if request.variants else ({},)
+    variants = presets.get(request.variants).variants if request.variants else ({},)
     try:
         out.configs = [c for v in variants for c in grid(base.replace(**v), sweep, int(request.repeats))]
     except ConfigError as e:

@@ -1,5 +1,6 @@
-"""Sweeps (a grid over any RunConfig fields, with repeats over seeds), the study's experiments as presets,
-and duration estimates from the speed this machine measured in earlier runs.
+"""Sweeps (a grid over any RunConfig fields, with repeats over seeds) and duration estimates from the speed
+this machine measured in earlier runs. Named starting points (recipes, the study's experiments) are in
+core.jobs.presets.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import itertools
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from core.config import SETTINGS, ConfigError, RunConfig
@@ -110,73 +111,6 @@ def format_duration(seconds: float) -> str:
         return f"{minutes:.0f} min"
     hours = minutes / 60
     return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
-
-
-# -- presets ---------------------------------------------------------------------------------------------
-STUDY_BASE = dict(arch="resnet50", size=64, weights="imagenet", batch_size=32, dropout=0.3, optimizer="adam",
-                  lr=1e-4, epochs=10, attention=False, class_weights=False)
-ATTN_CW = dict(attention=True, class_weights=True)
-
-
-@dataclass(frozen=True)
-class Preset:
-    key: str
-    title: str
-    description: str
-    base: Mapping[str, Any]
-    values: Mapping[str, Sequence[Any]] = field(default_factory=dict)
-    # For experiments whose runs are not a plain grid (e.g. optimizer with its own learning rate)
-    variants: Sequence[Mapping[str, Any]] = ()
-
-    def configs(self, overrides: Mapping[str, Any] | None = None, repeats: int = 1) -> list[RunConfig]:
-        base = RunConfig(**{**self.base, **(overrides or {})})
-        if self.variants:
-            return [c for v in self.variants for c in grid(base.replace(**v), {}, repeats)]
-        return grid(base, self.values, repeats)
-
-
-def _opt(name: str, lr: float, momentum: float = 0.9) -> dict[str, Any]:
-    return {"optimizer": name, "lr": lr, "momentum": momentum}
-
-
-PRESETS: tuple[Preset, ...] = (
-    Preset("classroom", "Classroom quick run",
-           "ResNet-18 from scratch on 28 px BloodMNIST, 2,000 training images, 3 epochs: a few minutes on a "
-           "laptop CPU, good enough to see learning curves and a confusion matrix.",
-           dict(arch="resnet18", size=28, weights="none", batch_size=64, epochs=3, lr=1e-3, limit_train=2000,
-                dropout=0.3, optimizer="adam")),
-    Preset("table1", "Study Table 1: batch size",
-           "ResNet-50, 64 px: batch size 16 vs 32.", STUDY_BASE, {"batch_size": [16, 32]}),
-    Preset("table2", "Study Table 2: class-weighted loss and attention",
-           "ResNet-50, 64 px, batch 32: plain, class-weighted loss, class-weighted loss + attention.",
-           STUDY_BASE, variants=({}, {"class_weights": True}, ATTN_CW)),
-    Preset("table3", "Study Table 3: optimizers",
-           "With attention and class weights: Adam 1e-4, RMSprop 1e-4, SGD 1e-3 momentum 0.9.",
-           {**STUDY_BASE, **ATTN_CW},
-           variants=(_opt("adam", 1e-4), _opt("rmsprop", 1e-4), _opt("sgd", 1e-3, 0.9))),
-    Preset("table4", "Study Table 4: SGD momentum",
-           "SGD at learning rate 1e-3 with momentum 0.9, 0.8, 0.7, 0.5 (attention + class weights).",
-           {**STUDY_BASE, **ATTN_CW, "optimizer": "sgd", "lr": 1e-3}, {"momentum": [0.9, 0.8, 0.7, 0.5]}),
-    Preset("table5", "Study Table 5: SGD learning rate",
-           "SGD momentum 0.8 at learning rates 1e-2, 1e-3, 1e-4 (attention + class weights).",
-           {**STUDY_BASE, **ATTN_CW, "optimizer": "sgd", "momentum": 0.8}, {"lr": [1e-2, 1e-3, 1e-4]}),
-    Preset("table6", "Study Table 6: Adam learning rate",
-           "Adam at 1e-2, 1e-3, 3e-4, 5e-4, 1e-4, 1e-5 (attention + class weights).",
-           {**STUDY_BASE, **ATTN_CW}, {"lr": [1e-2, 1e-3, 3e-4, 5e-4, 1e-4, 1e-5]}),
-    Preset("table7", "Study Table 7: RMSprop learning rate",
-           "RMSprop at 1e-2, 1e-3, 3e-4, 5e-4, 1e-4, 1e-5 (attention + class weights).",
-           {**STUDY_BASE, **ATTN_CW, "optimizer": "rmsprop"}, {"lr": [1e-2, 1e-3, 3e-4, 5e-4, 1e-4, 1e-5]}),
-    Preset("table8", "Study Table 8: best optimizers with and without attention + class weights",
-           "Adam 1e-4, RMSprop 1e-4, SGD 1e-3 momentum 0.8, each plain and with attention + class weights.",
-           STUDY_BASE, variants=tuple({**o, **extra} for extra in ({}, ATTN_CW)
-                                      for o in (_opt("adam", 1e-4), _opt("rmsprop", 1e-4), _opt("sgd", 1e-3, 0.8)))),
-    Preset("table9", "Study Table 9: dropout",
-           "ResNet-50, 64 px, batch 32, Adam 1e-4: dropout 0.3, 0.4, 0.5.", STUDY_BASE, {"dropout": [0.3, 0.4, 0.5]}),
-    Preset("table12", "Study Table 12: architecture x resolution x batch size",
-           "ResNet-50 and ResNet-101 at 64, 128 and 224 px, batch 16 and 32 (dropout 0.3, Adam 1e-4).",
-           STUDY_BASE, {"arch": ["resnet101", "resnet50"], "size": [224, 128, 64], "batch_size": [16, 32]}),
-)
-PRESETS_BY_KEY = {p.key: p for p in PRESETS}
 
 
 def field_type(name: str) -> type:

@@ -1,0 +1,101 @@
+"""Measure a recipe preset the way a user runs it, for several seeds, and record what it reached.
+
+For each seed this runs, in a fresh process and timed from start to finish,
+
+    python -m core train --preset NAME --data FILE --seed S --runs-dir DIR
+
+then reads the run's metrics.json: validation and test accuracy of the kept (best validation) epoch,
+monocyte and immature granulocyte F1 on test, training seconds, and the whole command's seconds. It prints
+one row per seed and the mean ± sd, and with --write stores them in core/jobs/preset_figures.json, which
+the Train page's preset cards and `python -m core presets` show. Run it on an otherwise idle machine.
+
+    python benchmarks/preset_figures.py quick-28 --data ../shared/data/pbc_bloodmnist_28.npz --seeds 0 1 2
+    python benchmarks/preset_figures.py scratch-64 --data ../shared/data/pbc_bloodmnist_64.npz --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from core.evaluation.confusion import AMBIGUOUS
+from core.jobs import preset_figures
+from core.jobs.preset_figures import PresetFigures, SeedFigures
+from core.jobs.presets import RECIPE, get
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return f"{os.cpu_count()}-core {model}, no GPU" if not Path("/proc/driver/nvidia/gpus").is_dir() \
+        else f"{os.cpu_count()}-core {model} with a GPU"
+
+
+def run_seed(key: str, data: str, seed: int, runs_dir: Path, extra: list[str]) -> SeedFigures:
+    cmd = [sys.executable, "-m", "core", "train", "--preset", key, "--data", data, "--seed", str(seed),
+           "--runs-dir", str(runs_dir), *extra]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    metrics = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
+    test = metrics["test"]["per_class"]
+    monocyte, ig = AMBIGUOUS
+    tta = metrics.get("tta", {}).get("test", {}).get("accuracy")
+    return SeedFigures(seed=seed, val_accuracy=metrics["val"]["accuracy"], test_accuracy=metrics["test"]["accuracy"],
+                       monocyte_f1=test[monocyte]["f1"], ig_f1=test[ig]["f1"],
+                       train_seconds=round(metrics["train_seconds"], 1), command_seconds=round(seconds, 1),
+                       best_epoch=metrics["best_epoch"], tta_test_accuracy=tta)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset")
+    ap.add_argument("--data", required=True, help="the npz the preset trains on (its size must match)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--runs-dir", default=None, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--write", action="store_true", help="record the figures in core/jobs/preset_figures.json")
+    ap.add_argument("extra", nargs="*", help="after --: more train flags (not allowed with --write)")
+    args = ap.parse_args()
+    preset = get(args.preset)
+    if preset.kind != RECIPE:
+        raise SystemExit(f"{preset.key} is one of the study's experiments; this measures recipes")
+    if args.write and args.extra:
+        raise SystemExit("--write records the preset as it is; drop the extra flags")
+    data = os.path.relpath(Path(args.data).resolve(), PROJECT)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp) / "runs"
+        rows = []
+        for seed in args.seeds:
+            row = run_seed(preset.key, data, seed, runs_dir, args.extra)
+            rows.append(row)
+            print(f"seed {seed}: val {row.val_accuracy:.4f} test {row.test_accuracy:.4f} monocyte F1 "
+                  f"{row.monocyte_f1:.3f} IG F1 {row.ig_f1:.3f} best epoch {row.best_epoch} train "
+                  f"{row.train_seconds:.0f} s, whole command {row.command_seconds:.0f} s", flush=True)
+    figures = PresetFigures(preset=preset.key,
+                            command=f"python -m core train --preset {preset.key} --data {data} --seed {{seed}}",
+                            machine=machine(), measured=datetime.date.today().isoformat(), seeds=tuple(rows),
+                            settings=dict(preset.base))
+    print(f"{preset.key}: {figures.summary()}")
+    for name in ("val_accuracy", "test_accuracy", "monocyte_f1", "ig_f1", "train_seconds", "command_seconds"):
+        print(f"  {name:<16} {figures.stat(name).format(4)}")
+    if args.write:
+        preset_figures.save([figures])
+        print(f"recorded in {preset_figures.FIGURES_PATH.relative_to(PROJECT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
