@@ -80,7 +80,7 @@ def config_from_args(args: argparse.Namespace, base: Mapping[str, Any] | None = 
     values = {**base, **given}
     values["size"] = size or RunConfig().size
     arch = values.get("arch", RunConfig().arch)
-    values["weights"] = values.get("weights") or RunConfig.default_weights(arch)
+    values["weights"] = values.get("weights") or RunConfig.default_weights(arch, values.get("norm", "batch"))
     return RunConfig(**values)
 
 

@@ -31,6 +31,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 SIZES = (28, 64, 128, 224)
 WEIGHT_CHOICES = ("imagenet", "none")  # or a path to a local weights file
 BN_RECALIBRATION = ("auto", "on", "off")
+NORMS = ("batch", "group")  # the normalisation layers; "group" only where architectures say group_norm
 
 # Form groups, in the order the Train page shows them (the command line groups its flags the same way).
 DATA, MODEL, OPTIMISATION, AUGMENTATION, REPRODUCIBILITY = (
@@ -138,6 +139,13 @@ class RunConfig:
     attention: bool = setting(
         False, label="Attention", form_label="Attention block", group=MODEL, indexed=True, main=9, study=True,
         help="Adds a block that learns which channels and image regions to emphasise.")
+    norm: str = setting(
+        "batch", label="Normalisation", group=MODEL, choices=NORMS,
+        value_names={"batch": "BatchNorm", "group": "GroupNorm"}, level="{name}",
+        help="BatchNorm normalises with statistics of the training images, which carry the training lab's "
+             "colours; GroupNorm normalises each image by itself and holds up better on other labs' cells. "
+             f"GroupNorm: {', '.join(architectures.display_name(k) for k in architectures.GROUP_NORM_KEYS)}, "
+             "from scratch or a weights file.")
     resnet18_stem: str = setting(  # RunConfig.from_dict gives saved configs without it "full" (their stem)
         "strided", label="ResNet-18 stem", group=MODEL, choices=architectures.RESNET18_STEMS,
         value_names={"strided": "strided 3x3/2", "full": "full-resolution 3x3/1"}, level="{name} stem",
@@ -224,6 +232,34 @@ class RunConfig:
     aug_rot90: bool = setting(
         False, label="Turn by 90°", group=AUGMENTATION, flag="--rot90",
         help="Randomly turn training images by 0, 90, 180 or 270 degrees.")
+    aug_scale: float = setting(  # isotropic: the cell's size times a log-uniform factor in [1/(1+s), 1+s]
+        0.0, label="Scale range", group=AUGMENTATION,
+        help="Random rescaling of training images by a factor between 1/(1+s) and 1+s, so the model sees cells "
+             "that fill the frame as well as small ones; 0 is off.")
+    aug_stain: float = setting(  # haematoxylin/eosin concentrations scaled by U[1-s, 1+s] and shifted
+        0.0, label="Stain jitter", group=AUGMENTATION,
+        help="Random change of each image's haematoxylin and eosin stain amounts (by colour deconvolution), up "
+             "to this fraction, as another lab's staining would; 0 is off.")
+    aug_brightness: float = setting(  # factor U[1-b, 1+b] (torchvision ColorJitter's meaning)
+        0.0, label="Brightness jitter", group=AUGMENTATION,
+        help="Random brightness factor between 1-b and 1+b; 0 is off.")
+    aug_contrast: float = setting(
+        0.0, label="Contrast jitter", group=AUGMENTATION,
+        help="Random contrast factor between 1-c and 1+c; 0 is off.")
+    aug_saturation: float = setting(
+        0.0, label="Saturation jitter", group=AUGMENTATION,
+        help="Random colour saturation factor between 1-s and 1+s; 0 is off.")
+    aug_hue: float = setting(  # shift in [-h, h] turns of the hue circle, h <= 0.5
+        0.0, label="Hue jitter", group=AUGMENTATION,
+        help="Random hue shift of up to this fraction of the colour circle either way (at most 0.5); 0 is off.")
+    aug_blur: float = setting(  # Gaussian blur with sigma U[0, b] pixels
+        0.0, label="Blur (pixels)", group=AUGMENTATION,
+        help="Random Gaussian blur with a sigma of up to this many pixels, as a slightly defocused microscope "
+             "gives; 0 is off.")
+    aug_noise: float = setting(  # additive Gaussian noise, std U[0, n] x 255
+        0.0, label="Noise", group=AUGMENTATION,
+        help="Random Gaussian pixel noise with a standard deviation of up to this fraction of the pixel range; "
+             "0 is off.")
     # Numeric precision and evaluation
     precision: str = setting(
         "auto", label="Precision", group=PRECISION_AND_EVALUATION, choices=PRECISIONS,
@@ -263,8 +299,10 @@ class RunConfig:
         validate(self)
 
     @staticmethod
-    def default_weights(arch: str) -> str:
-        return "imagenet" if architectures.get(arch).imagenet_weights else "none"
+    def default_weights(arch: str, norm: str = "batch") -> str:
+        """ImageNet where Keras has it (for BatchNorm networks: its weights were trained with BatchNorm),
+        else from scratch."""
+        return "imagenet" if architectures.get(arch).imagenet_weights and norm == "batch" else "none"
 
     @property
     def from_scratch(self) -> bool:
@@ -339,6 +377,17 @@ def validate(c: RunConfig) -> None:
     need(integer(c.limit_train) and c.limit_train >= 0, "limit_train", "must be >= 0 (0 = all)")
     need(number(c.aug_shear) and 0.0 <= c.aug_shear <= 0.8, "aug_shear", "radians, must be in [0, 0.8]")
     need(number(c.aug_zoom) and 0.0 <= c.aug_zoom < 1.0, "aug_zoom", "must be in [0, 1)")
+    for name, high in (("aug_scale", 1.5), ("aug_stain", 1.0), ("aug_brightness", 0.99), ("aug_contrast", 0.99),
+                       ("aug_saturation", 0.99), ("aug_hue", 0.5), ("aug_blur", 3.0), ("aug_noise", 0.2)):
+        value = getattr(c, name)
+        need(number(value) and 0.0 <= value <= high, name, f"must be in [0, {high:g}]")
+    need(c.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}")
+    if c.norm == "group":
+        need(c.arch not in architectures.KEYS or architectures.get(c.arch).group_norm, "norm",
+             f"GroupNorm is built for {', '.join(architectures.GROUP_NORM_KEYS)}; {c.arch} keeps BatchNorm")
+        need(c.weights != "imagenet", "norm",
+             "ImageNet weights were trained with BatchNorm; a GroupNorm model trains from scratch (none) or "
+             "from a weights file")
     need(c.resnet18_stem in architectures.RESNET18_STEMS, "resnet18_stem",
          f"must be one of {', '.join(architectures.RESNET18_STEMS)}")
     need(integer(c.width) and c.width in architectures.COMPACT_WIDTHS, "width",

@@ -93,7 +93,7 @@ def resolve_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """Form values as RunConfig fields: "auto" weights become the network's default, tags text a tuple."""
     out = {name: values[name] for name in SETTINGS if name in values}
     if out.get("weights") == AUTO:
-        out["weights"] = RunConfig.default_weights(out.get("arch", RunConfig().arch))
+        out["weights"] = RunConfig.default_weights(out.get("arch", RunConfig().arch), out.get("norm", "batch"))
     tags = out.get("tags", ())
     if isinstance(tags, str):
         tags = tags.split(",")

@@ -41,6 +41,8 @@ class Architecture:
     # (width, depth) that gflops_224 was counted at, for a backbone whose RunConfig.width/.depth are settings;
     # the cost of 3x3 convolutions grows with width squared and with depth
     width_depth: tuple[int, int] | None = None
+    # GroupNorm can replace its BatchNorm layers (RunConfig.norm = "group"; core.models builds it)
+    group_norm: bool = False
 
     def effective_size(self, size: int, settings: Mapping[str, Any] | None = None) -> int:
         """The image side the backbone effectively computes on, for relative costs."""
@@ -67,14 +69,15 @@ class Architecture:
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("resnet18", "ResNet-18", "torch", imagenet_weights=False, gflops_224=1.8, keras_builder=None,
                  min_input=0, small_input_stem=32, stem_setting="resnet18_stem",
-                 stem_gains=(("strided", 2), ("full", 4))),
+                 stem_gains=(("strided", 2), ("full", 4)), group_norm=True),
     # counted for width 32, depth 2 (core.models.compact_resnet); stride-1 stem at 32 px or less
     Architecture("compactresnet", "Compact ResNet", "torch", imagenet_weights=False, gflops_224=1.3,
-                 keras_builder=None, min_input=0, small_input_stem=32, stem_gains=(("", 2),), width_depth=(32, 2)),
+                 keras_builder=None, min_input=0, small_input_stem=32, stem_gains=(("", 2),), width_depth=(32, 2),
+                 group_norm=True),
     Architecture("resnet50", "ResNet-50", "caffe", imagenet_weights=True, gflops_224=4.1,
-                 keras_builder="ResNet50"),
+                 keras_builder="ResNet50", group_norm=True),
     Architecture("resnet101", "ResNet-101", "caffe", imagenet_weights=True, gflops_224=7.8,
-                 keras_builder="ResNet101"),
+                 keras_builder="ResNet101", group_norm=True),
     Architecture("mobilenetv3small", "MobileNetV3-Small", "builtin", imagenet_weights=True, gflops_224=0.06,
                  keras_builder="MobileNetV3Small"),
     Architecture("efficientnetb0", "EfficientNet-B0", "builtin", imagenet_weights=True, gflops_224=0.39,
@@ -84,6 +87,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 )
 BY_KEY: dict[str, Architecture] = {a.key: a for a in ARCHITECTURES}
 KEYS: tuple[str, ...] = tuple(BY_KEY)
+GROUP_NORM_KEYS: tuple[str, ...] = tuple(a.key for a in ARCHITECTURES if a.group_norm)
 
 
 def get(key: str) -> Architecture:
