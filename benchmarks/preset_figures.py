@@ -29,6 +29,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from core.data.registry import short_label
 from core.evaluation.confusion import AMBIGUOUS
 from core.jobs import preset_figures
 from core.jobs.preset_figures import PresetFigures, SeedFigures
@@ -51,8 +52,8 @@ def run_seed(key: str, data: str, seed: int, runs_dir: Path, extra: list[str]) -
     if proc.returncode != 0:
         raise SystemExit(f"seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     metrics = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
-    test = metrics["test"]["per_class"]
-    monocyte, ig = AMBIGUOUS
+    test = {short_label(name): values for name, values in metrics["test"]["per_class"].items()}
+    monocyte, ig = AMBIGUOUS  # short names ('immature granulocytes'), as short_label gives them
     tta = metrics.get("tta", {}).get("test", {}).get("accuracy")
     return SeedFigures(seed=seed, val_accuracy=metrics["val"]["accuracy"], test_accuracy=metrics["test"]["accuracy"],
                        monocyte_f1=test[monocyte]["f1"], ig_f1=test[ig]["f1"],
