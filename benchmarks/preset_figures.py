@@ -75,7 +75,7 @@ def main() -> int:
         raise SystemExit(f"{preset.key} is one of the study's experiments; this measures recipes")
     if args.write and args.extra:
         raise SystemExit("--write records the preset as it is; drop the extra flags")
-    data = os.path.relpath(Path(args.data).resolve(), PROJECT)
+    data = os.path.relpath(os.path.abspath(args.data), PROJECT)  # as typed, symlinks kept
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp) / "runs"
         rows = []
