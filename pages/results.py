@@ -18,6 +18,7 @@ from core.store import reference, results
 from core.store.runs import RunStore
 from ui.guard import guard
 from ui.palette import SCALE, series_colours
+from ui.robustness import robustness_section
 from ui.runs import run_labels, runs_table
 from ui.text import md_escape, plural
 
@@ -247,6 +248,10 @@ if selected:
                            "fine_tuned_accuracy": number("fine-tuned acc (held-out)")})
     else:
         st.caption("No external evaluations of the selected runs yet.")
+
+    st.markdown("**Corruption robustness** (MedMNIST-C's blood-cell corruptions at five severities, on the test "
+                "split; stored by `python -m core robustness`)")
+    robustness_section({r: results.run_path(store, r) for r in selected_complete})
 else:
     st.caption("Select runs above to see their per-class metrics and training curves.")
 
