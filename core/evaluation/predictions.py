@@ -12,14 +12,13 @@ TensorFlow is imported inside the functions that need a model, never at import t
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from core.store.io import write_atomic
+from core.store.io import add_to_finished_run
 from core.store.runs import open_run
 
 if TYPE_CHECKING:
@@ -75,9 +74,7 @@ def compute(run_dir: str | Path, classifier: "Classifier | None" = None,
     probabilities = np.concatenate(parts) if parts else np.zeros((0, len(classifier.labels)), np.float32)
     buf = io.BytesIO()
     np.savez_compressed(buf, y_true=labels, probabilities=probabilities)
-    before = run_dir.stat()
-    write_atomic(run_dir / PREDICTIONS_FILE, buf.getvalue())
-    os.utime(run_dir, ns=(before.st_atime_ns, before.st_mtime_ns))  # the index's `created` is this time
+    add_to_finished_run(run_dir, PREDICTIONS_FILE, buf.getvalue())
     return TestPredictions(labels, probabilities.argmax(axis=1), probabilities)
 
 

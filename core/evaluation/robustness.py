@@ -20,7 +20,6 @@ TensorFlow loads only inside `evaluate_robustness`, when it loads the run's clas
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from core.errors import StoreError, UserFacingError
 from core.evaluation import corruptions
 from core.evaluation.metrics import SplitMetrics, evaluate
 from core.evaluation.predictions import load_classifier
-from core.store.io import write_json
+from core.store.io import add_to_finished_run, json_text
 from core.store.runs import open_run
 
 if TYPE_CHECKING:
@@ -158,12 +157,7 @@ def report_path(run_dir: str | Path) -> Path:
 def save_report(run_dir: str | Path, report: RobustnessReport) -> Path:
     """Write robustness.json atomically into the run folder, keeping the folder's modification time (as the
     other files added to a finished run do)."""
-    run_dir = Path(run_dir)
-    path = report_path(run_dir)
-    before = run_dir.stat()
-    write_json(path, report.to_dict())
-    os.utime(run_dir, ns=(before.st_atime_ns, before.st_mtime_ns))
-    return path
+    return add_to_finished_run(Path(run_dir), ROBUSTNESS_FILE, json_text(report.to_dict()))
 
 
 def load_report(run_dir: str | Path) -> RobustnessReport | None:

@@ -43,5 +43,20 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
+def json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    write_atomic(path, json_text(obj))
+
+
+def add_to_finished_run(run_dir: Path, name: str, data: str | bytes) -> Path:
+    """Write (atomically) a file into a finished run's folder (a cache, a report, an edited config), keeping
+    the folder's modification time: the run index and listings read it as when the run was made."""
+    run_dir = Path(run_dir)
+    before = run_dir.stat()
+    path = run_dir / name
+    write_atomic(path, data)
+    os.utime(run_dir, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return path

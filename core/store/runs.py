@@ -30,7 +30,15 @@ import numpy as np
 from core.config import SETTINGS, RunConfig
 from core.data.dataset import DatasetError, read_split, resolve
 from core.errors import StoreError
-from core.store.io import RUN_ID_PATTERN, new_run_id, run_created, write_atomic, write_json
+from core.store.io import (
+    RUN_ID_PATTERN,
+    add_to_finished_run,
+    json_text,
+    new_run_id,
+    run_created,
+    write_atomic,
+    write_json,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_ENV = "CELLSCOPE_ARTIFACTS"
@@ -372,9 +380,7 @@ class RunStore:
                 continue
             config["tags"] = new
             RunConfig.from_dict(config)  # still a valid configuration
-            before = path.stat()
-            write_json(config_path, config)
-            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            add_to_finished_run(path, config_path.name, json_text(config))
             self.index_run(Run(path))
             changed += 1
         return changed
