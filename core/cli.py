@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from core.config import SETTINGS, SIZES, RunConfig
+from core.data.images import RESIZE_DESCRIPTIONS, RESIZE_MODES
 from core.errors import UserFacingError
 from core.explain.cam import METHOD_NAMES
 
 EXIT_USAGE = 2
+RESIZE_HELP = "; ".join(f"{m}: {RESIZE_DESCRIPTIONS[m]}" for m in RESIZE_MODES).replace("%", "%%")
 
 
 class UserError(UserFacingError):
@@ -269,7 +271,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from core.inference import classify  # noqa: PLC0415
 
     clf = classify.Classifier(args.run)
-    prepared = classify.prepare(iter_paths(args.images), clf.image_size, args.resize)  # a zip gives its members
+    prepared = classify.prepare(iter_paths(args.images), clf.image_size, args.resize,  # a zip gives its members
+                                classify.cell_fraction(clf, args.resize))
     ood = classify.ood_stats(clf) if args.ood else None
     threshold = args.threshold if args.threshold is not None else 0.0
     ok = 0
@@ -300,7 +303,8 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     if args.colormap not in COLORMAPS:
         raise UserError(f"unknown colormap {args.colormap!r}; one of {', '.join(COLORMAPS)}")
     clf = classify.Classifier(args.run)
-    x = to_model_input(read_file(args.image), clf.image_size, args.resize)
+    x = to_model_input(read_file(args.image), clf.image_size, args.resize, classify.cell_fraction(clf, args.resize),
+                       Path(args.image).name)
     class_index = None if args.target is None else _label_index(clf.labels, args.target)
     layers = [c.name for c in clf.cam_layers()]
     try:
@@ -453,8 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                            ("gradcam", "write a CAM PNG (original | heatmap | overlay)")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--run", required=True, metavar="DIR")
-        p.add_argument("--resize", choices=("medmnist", "plain"), default="medmnist",
-                       help="medmnist: centre crop 200 px then resize (as BloodMNIST was made); plain: resize")
+        p.add_argument("--resize", choices=RESIZE_MODES, default="medmnist", help=RESIZE_HELP)
         if name == "predict":
             p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or zips of them")
             p.add_argument("--threshold", type=float, default=None, metavar="P",
@@ -485,8 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Matching names are mapped automatically")
     p.add_argument("--normalize", choices=("none", "reinhard", "macenko"), default="none",
                    help="colour normalisation to the run's training images")
-    p.add_argument("--resize", choices=("medmnist", "plain"), default="medmnist",
-                   help="medmnist: centre crop 200 px then resize (as BloodMNIST was made); plain: resize")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="medmnist", help=RESIZE_HELP)
     p.add_argument("--no-store", action="store_true", help="do not store the evaluation with the run")
     p.add_argument("--fine-tune", action="store_true",
                    help="also fine-tune a copy of the model on a stratified part and score the held-out rest")

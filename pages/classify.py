@@ -52,6 +52,11 @@ def get_ood(run_path: str):
     return svc.ood_stats(classifier(run_path))
 
 
+@st.cache_data(max_entries=3, show_spinner="Measuring the cells of the run's training images once…")
+def get_cell_fraction(run_path: str, mode: str) -> float | None:
+    return svc.cell_fraction(classifier(run_path), mode)
+
+
 @st.cache_data(max_entries=3, show_spinner=False)
 def get_gallery(run_path: str):
     return svc.gallery(run_path, GALLERY_PER_CLASS)
@@ -95,9 +100,14 @@ if source == "Upload":
     if files:
         key = (tuple(f.file_id for f in files), mode, run["path"])
         if st.session_state.get("classify_prepared_key") != key:
+            try:
+                fraction = get_cell_fraction(run["path"], mode)
+            except UserFacingError as e:
+                st.error(f"{RESIZE_TITLES[mode]} framing is unavailable for this run: {md_escape(e)}")
+                st.stop()
             with st.spinner("Reading the files…"):
                 st.session_state.classify_prepared = svc.prepare(
-                    iter_uploads((f.name, f.getvalue()) for f in files), clf.image_size, mode)
+                    iter_uploads((f.name, f.getvalue()) for f in files), clf.image_size, mode, fraction)
             st.session_state.classify_prepared_key = key
         results = svc.classify(clf, st.session_state.classify_prepared, threshold, ood)
 else:
@@ -187,7 +197,7 @@ with st.spinner("Explaining…"):
     ex = svc.explain(clf, r.model_input, method, layer.name, target)
 model_view, heat_view, overlay_view = panels(r.model_input, ex.heatmap, alpha, colormap)
 a, b, c = st.columns(3)
-how = f"{mode} resize" if source == "Upload" else "from the test split"
+how = RESIZE_TITLES[mode] if source == "Upload" else "from the test split"
 a.image(model_view, caption=f"As the model sees it ({clf.image_size}×{clf.image_size} px, {how})", width="stretch")
 b.image(heat_view, caption=f"{METHOD_TITLES[method]} · {labels[ex.target]} · {layer.name}", width="stretch")
 c.image(overlay_view, caption="Overlay", width="stretch")

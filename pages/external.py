@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.data import cell_framing
 from core.data.images import RESIZE_MODES
 from core.errors import UserFacingError
 from core.store.runs import RunStore
@@ -25,7 +26,7 @@ from ui.guard import guard, show_error
 from ui.images import enlarge
 from ui.model import classifier
 from ui.runs import run_label
-from ui.text import RESIZE_HELP, RESIZE_TITLES
+from ui.text import RESIZE_HELP, RESIZE_TITLES, plural
 
 # -- settings -------------------------------------------------------------------------------------------
 LEAVE_OUT = "(leave out)"
@@ -56,9 +57,14 @@ def runs_or_stop() -> list[dict]:
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def load_data(location: str, kind: str, csv_base: str, class_map: tuple, size: int, resize: str,
-              labels: tuple, signature: tuple) -> loading.ExternalImages:
+              labels: tuple, signature: tuple, cell_fraction: float | None) -> loading.ExternalImages:
     source = scan.scan(csv_base or None, location) if kind == "csv" else scan.scan(location)
-    return loading.load_images(source, size, dict(class_map), resize, list(labels))
+    return loading.load_images(source, size, dict(class_map), resize, list(labels), cell_fraction=cell_fraction)
+
+
+@st.cache_data(max_entries=2, show_spinner="Measuring the cells of the run's training images (once per run)…")
+def get_cell_fraction(run_path: str, resize: str) -> float | None:
+    return cell_framing.run_fraction(run_path, resize)
 
 
 @st.cache_data(max_entries=2, show_spinner="Measuring the colours of the run's training images (once per run)…")
@@ -101,6 +107,12 @@ def show_metrics(record: dict, key: str) -> None:
     c[3].metric("Balanced accuracy (all 8)", f"{m_all['balanced_accuracy']:.3f}",
                 help="Mean recall over the dataset's classes: not dominated by the largest class.")
     c[4].metric("Files left out", storage.excluded_total(record.get("excluded", {})))
+    excluded = record.get("excluded", {})
+    if excluded.get("no_cell"):
+        st.warning(f"{plural(excluded['no_cell'], 'image')} skipped: cell-centred framing found no cell, so they "
+                   "are left out, not framed by a guess.", icon=":material/crop_free:")
+        with st.expander("Why files were left out"):
+            st.code("\n".join(excluded.get("messages", [])), language=None)
     tab_all, tab_shared = st.tabs(["Argmax over all 8 classes", "Argmax over the shared classes only"])
     for tab, m, mode in ((tab_all, m_all, "all"), (tab_shared, m_shared, "shared")):
         with tab:
@@ -182,12 +194,12 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
         return source
 
     if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="ext_go"):
-        data_key = (source.location, kind_key, csv_base.strip(), tuple(sorted(chosen.items())), resize,
-                    source.signature())
         try:
+            data_key = (source.location, kind_key, csv_base.strip(), tuple(sorted(chosen.items())), resize,
+                        source.signature(), get_cell_fraction(run_path, resize))
             with st.spinner("Reading the images and scoring them…"):
                 clf = classifier(run_path)
-                data = load_data(*data_key[:4], clf.image_size, data_key[4], tuple(clf.labels), data_key[5])
+                data = load_data(*data_key[:4], clf.image_size, data_key[4], tuple(clf.labels), *data_key[5:])
                 target = get_target(run_path) if normalize != "none" else None
                 records = flow.run_external(clf, data, normalize, compare=("none",) if compare else (),
                                             run_dir=run_path, target=target)
@@ -210,12 +222,13 @@ def results_section(run_path: str) -> None:
     main = records[-1]
     st.subheader("2 · Zero-shot result", anchor=False)
     st.caption(f"Evaluation {main['id']} · {Path(main['dataset']['path']).name} · "
-               f"{stain.METHOD_TITLES[main['normalize']]} normalisation · {main['resize']} resize · "
+               f"{stain.METHOD_TITLES[main['normalize']]} normalisation · "
+               f"{RESIZE_TITLES.get(main['resize'], main['resize'])} · "
                f"stored in {Path(run_path).name}/external/")
     show_metrics(main, "ext_main")
     key = current["data_key"]
     clf = classifier(run_path)
-    data = load_data(*key[:4], clf.image_size, key[4], tuple(clf.labels), key[5])
+    data = load_data(*key[:4], clf.image_size, key[4], tuple(clf.labels), *key[5:])
 
     # -- normalisation, side by side
     st.subheader("3 · Colour normalisation", anchor=False)

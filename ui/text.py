@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from core.data.images import RESIZE_DESCRIPTIONS, RESIZE_MODES
+
 _MARKDOWN = re.compile(r"([\\`*_\[\]<>#|$~])")
 
 
@@ -17,7 +19,6 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-# core.data.images.RESIZE_MODES as the pages name and explain them
-RESIZE_TITLES = {"medmnist": "MedMNIST recipe", "plain": "Plain resize"}
-RESIZE_HELP = ("MedMNIST recipe: centre crop 200×200 px, then resize (how BloodMNIST was made from the 360×363 "
-               "CellaVision originals)\n\nPlain resize of the whole image (for images already cropped to one cell)")
+# core.data.images.RESIZE_MODES as the pages name them; what each does is said once, in RESIZE_DESCRIPTIONS
+RESIZE_TITLES = {"medmnist": "MedMNIST recipe", "plain": "Plain resize", "cell": "Cell-centred"}
+RESIZE_HELP = "\n\n".join(f"{RESIZE_TITLES[m]}: {RESIZE_DESCRIPTIONS[m]}" for m in RESIZE_MODES)

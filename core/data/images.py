@@ -3,7 +3,9 @@
 Decoding is by Pillow with its decompression-bomb guard made an error; every problem becomes an
 `ImageInputError` whose message names the file and what is wrong, so one bad file never stops a batch.
 Full-size microscope images (like the 360x363 CellaVision originals) get the MedMNIST recipe by default:
-centre crop 200x200, then bicubic resize, which is how BloodMNIST itself was made.
+centre crop 200x200, then bicubic resize, which is how BloodMNIST itself was made. Cell-centred framing
+(core.data.cell_framing) finds the cell instead and frames it as the run's training cells are framed, for
+images at another scale; an image where it finds no cell raises `NoCellError`, also an `ImageInputError`.
 """
 
 from __future__ import annotations
@@ -20,11 +22,24 @@ from core.errors import UserFacingError
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs)
 MIN_SIDE = 8
 MEDMNIST_CROP = 200
-RESIZE_MODES = ("medmnist", "plain")
+CELL = "cell"
+RESIZE_MODES = ("medmnist", "plain", CELL)
+RESIZE_DESCRIPTIONS = {  # what each mode does, for the command line's help and the pages' (ui.text)
+    "medmnist": f"centre crop {MEDMNIST_CROP}×{MEDMNIST_CROP} px, then resize (how BloodMNIST was made from the "
+                "360×363 CellaVision originals)",
+    "plain": "resize the whole image (for images already cropped to one cell)",
+    CELL: "find the white cell and crop a square around it in which the cell fills as much of the frame as the "
+          "run's training cells do, then resize (for another lab's images at another scale); images in which "
+          "no cell is found are reported, not classified",
+}
 
 
 class ImageInputError(UserFacingError, ValueError):
     pass
+
+
+class NoCellError(ImageInputError):
+    """Cell framing found no plausible cell in an image: it is left out, never framed by a guess."""
 
 
 def decode(data: bytes, name: str = "image") -> np.ndarray:
@@ -107,14 +122,25 @@ def read_file(path: str | Path) -> np.ndarray:
     return decode(data, path.name)
 
 
-def to_model_input(rgb: np.ndarray, size: int, mode: str = "medmnist") -> np.ndarray:
+def to_model_input(rgb: np.ndarray, size: int, mode: str = "medmnist", cell_fraction: float | None = None,
+                   name: str = "image") -> np.ndarray:
     """(H, W, 3) uint8 -> (size, size, 3) uint8 as the model sees it.
 
     medmnist: centre-crop a 200x200 square (or the largest centred square if smaller), then bicubic resize.
     plain: resize the whole image (a non-square one is squashed).
+    cell: find the cell and crop a square centred on it in which its diameter takes `cell_fraction` of the
+    side (the run's target, `core.data.cell_framing.run_fraction`), then bicubic resize; NoCellError naming
+    the image (`name`) when there is no cell. Unlike the other modes, it frames an image already at `size`
+    too.
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}")
+    if mode == CELL:
+        if cell_fraction is None:
+            raise ValueError("cell framing needs the run's target fraction (core.data.cell_framing.run_fraction)")
+        from core.data import cell_framing  # noqa: PLC0415  (it imports this module; OpenCV only when framing)
+
+        return cell_framing.frame(rgb, size, cell_fraction, name)
     h, w = rgb.shape[:2]
     if (h, w) == (size, size):
         return rgb

@@ -21,7 +21,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from core.data.images import to_model_input
+from core.data.cell_framing import run_fraction
+from core.data.images import ImageInputError, to_model_input
 from core.data.uploads import UploadItem
 from core.errors import UserFacingError
 from core.explain.cam.base import Explanation
@@ -81,15 +82,30 @@ def shrink(rgb: np.ndarray, side: int = DISPLAY_MAX) -> np.ndarray:
                                                   Image.Resampling.BILINEAR))
 
 
-def prepare(items: Iterable[UploadItem], size: int, mode: str = "medmnist") -> list[Prepared]:
-    """Uploads (decoded one at a time) -> model inputs and display copies; the full image is not kept."""
+def prepare(items: Iterable[UploadItem], size: int, mode: str = "medmnist",
+            cell_fraction: float | None = None) -> list[Prepared]:
+    """Uploads (decoded one at a time) -> model inputs and display copies; the full image is not kept.
+
+    `cell_fraction` is the run's cell framing target, needed in cell mode (`cell_fraction(clf, mode)`); an
+    image in which cell framing finds no cell keeps the reason as its error, as an unreadable file does."""
     out = []
     for item in items:
         if not item.ok:
             out.append(Prepared(item.name, error=item.error))
             continue
-        out.append(Prepared(item.name, to_model_input(item.image, size, mode), shrink(item.image), note=item.note))
+        try:
+            model_input = to_model_input(item.image, size, mode, cell_fraction, item.name)
+        except ImageInputError as e:  # NoCellError: no cell to frame
+            out.append(Prepared(item.name, error=str(e), note=item.note))
+            continue
+        out.append(Prepared(item.name, model_input, shrink(item.image), note=item.note))
     return out
+
+
+def cell_fraction(clf: Classifier, mode: str) -> float | None:
+    """What `prepare` needs for `mode`: in cell mode the run's target (measured once per run on its training
+    images, then read from `cell_framing.json`), else None."""
+    return run_fraction(clf.run.path, mode)
 
 
 def classify(clf: Classifier, prepared: list[Prepared], threshold: float = DEFAULT_THRESHOLD,

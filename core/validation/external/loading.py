@@ -1,5 +1,6 @@
 """External validation, step 3: decode the mapped files and bring them to the model's input exactly as the
-upload path does (`core.data.images.to_model_input`, MedMNIST recipe by default); unreadable files are counted.
+upload path does (`core.data.images.to_model_input`, MedMNIST recipe by default); unreadable files are counted,
+and so, with cell-centred framing, are images in which no cell is found (`no_cell`): skipped, never guessed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from core.data.images import RESIZE_MODES, ImageInputError, read_file, to_model_input
+from core.data.images import CELL, RESIZE_MODES, ImageInputError, NoCellError, read_file, to_model_input
 from core.data.registry import label_names, short_label
 from core.validation.external.errors import ExternalError
 from core.validation.external.mapping import auto_mapping, build_mapping, resolve_target
@@ -51,14 +52,18 @@ class ExternalImages:
 
 def load_images(source: ExternalSource, size: int, mapping: Mapping[str, str | None] | None = None,
                 resize: str = "medmnist", labels: Sequence[str] | None = None,
-                progress: ProgressFn | None = None, keep_unmapped: bool = False) -> ExternalImages:
+                progress: ProgressFn | None = None, keep_unmapped: bool = False,
+                cell_fraction: float | None = None) -> ExternalImages:
     """Decode the mapped files and bring each to (size, size, 3) as the upload path does.
 
     With `keep_unmapped` the files of unmapped classes are loaded too, with label -1 (for review sessions,
-    never for scoring).
+    never for scoring). Cell framing (`resize="cell"`) needs the run's target, `cell_fraction`
+    (`core.data.cell_framing.run_fraction`); images without a cell are counted in `excluded["no_cell"]`.
     """
     if resize not in RESIZE_MODES:
         raise ExternalError(f"resize must be one of {', '.join(RESIZE_MODES)}")
+    if resize == CELL and cell_fraction is None:
+        raise ExternalError("cell framing needs the run's cell size target (core.data.cell_framing.run_fraction)")
     labels = [short_label(x) for x in (labels or label_names())]
     mapping = dict(mapping) if mapping is not None else auto_mapping(source.classes, labels)
     for cls in source.classes:
@@ -81,10 +86,13 @@ def load_images(source: ExternalSource, size: int, mapping: Mapping[str, str | N
                 unmapped[f.source_class] += 1
                 continue
         todo.append((f, index_of[target]))
-    images, ys, paths, classes, unreadable = [], [], [], [], []
+    images, ys, paths, classes, unreadable, no_cell = [], [], [], [], [], []
     for k, (f, y) in enumerate(todo):
         try:
-            images.append(to_model_input(read_file(f.path), size, resize))
+            images.append(to_model_input(read_file(f.path), size, resize, cell_fraction, Path(f.path).name))
+        except NoCellError as e:
+            no_cell.append(str(e))
+            continue
         except ImageInputError as e:
             unreadable.append(str(e))
             continue
@@ -94,10 +102,11 @@ def load_images(source: ExternalSource, size: int, mapping: Mapping[str, str | N
         ys.append(y)
         paths.append(f.path)
         classes.append(f.source_class)
-    messages = list(source.messages) + unreadable[:MAX_MESSAGES]
+    messages = list(source.messages) + unreadable[:MAX_MESSAGES] + no_cell[:MAX_MESSAGES]
     excluded = {
         "unmapped": dict(sorted(unmapped.items())), "unmapped_total": int(sum(unmapped.values())),
-        "unreadable": len(unreadable), **source.problems(), "messages": messages[:MAX_MESSAGES],
+        "unreadable": len(unreadable), **({"no_cell": len(no_cell)} if resize == CELL else {}),
+        **source.problems(), "messages": messages[:MAX_MESSAGES],
     }
     stack = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return ExternalImages(stack, np.asarray(ys, dtype=np.int64), paths, classes, labels,
@@ -108,7 +117,10 @@ def load_images(source: ExternalSource, size: int, mapping: Mapping[str, str | N
 def load_for_run(clf, folder: str | Path | None = None, csv_file: str | Path | None = None,
                  overrides: Mapping[str, str | None] | None = None, resize: str = "medmnist",
                  progress: ProgressFn | None = None) -> ExternalImages:
-    """Scan and map a dataset, and load it at the classifier's input size."""
+    """Scan and map a dataset, and load it at the classifier's input size (cell framing: to its run's target)."""
+    from core.data.cell_framing import run_fraction  # noqa: PLC0415  (OpenCV only when framing)
+
     source = scan(folder, csv_file)
     mapping = build_mapping(source.classes, overrides, clf.labels)
-    return load_images(source, clf.image_size, mapping, resize, clf.labels, progress)
+    return load_images(source, clf.image_size, mapping, resize, clf.labels, progress,
+                       cell_fraction=run_fraction(clf.run.path, resize))
