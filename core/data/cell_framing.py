@@ -360,28 +360,22 @@ def measure(images: np.ndarray, source: str = "") -> FramingTarget:
 
 def run_target(run_dir: str | Path, refresh: bool = False) -> FramingTarget:
     """The run's target, from `<run>/cell_framing.json`, or measured on its training images and cached."""
-    from core.store.io import write_json  # noqa: PLC0415  (the run store sits above core.data)
+    from core.store.io import json_text  # noqa: PLC0415  (the run store sits above core.data)
     from core.store.runs import open_run  # noqa: PLC0415  (as above)
 
     run = open_run(run_dir)
-    cache = run.path / FRAMING_FILE
-    if cache.is_file() and not refresh:
+
+    def compute() -> FramingTarget:
         try:
-            return FramingTarget.from_dict(json.loads(cache.read_text()))
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            pass  # damaged or from another version: measured again below
-    try:
-        npz = run.training_data()
-        images = sample_npz_images(npz, "train_images", SAMPLE_IMAGES)
-    except UserFacingError as e:
-        raise CellFramingError(f"cell framing needs the run's training images to measure its cells' size: {e}"
-                               ) from None
-    target = measure(images, str(npz))
-    try:
-        write_json(cache, target.to_dict())
-    except OSError:
-        pass  # a read-only run folder: still usable, just not cached
-    return target
+            npz = run.training_data()
+            images = sample_npz_images(npz, "train_images", SAMPLE_IMAGES)
+        except UserFacingError as e:
+            raise CellFramingError(f"cell framing needs the run's training images to measure its cells' size: "
+                                   f"{e}") from None
+        return measure(images, str(npz))
+
+    return run.derived(FRAMING_FILE, lambda path: FramingTarget.from_dict(json.loads(path.read_text())), compute,
+                       lambda target: json_text(target.to_dict()), refresh)
 
 
 def run_fraction(run_dir: str | Path, mode: str) -> float | None:

@@ -27,7 +27,6 @@ import numpy as np
 
 from core.data.dataset import stratified_subset
 from core.errors import UserFacingError
-from core.store.io import write_atomic
 from core.store.runs import open_run
 
 STATS_FILE = "ood_stats.npz"
@@ -104,25 +103,18 @@ def _split(npz, split: str, limit: int) -> np.ndarray:
 def load_or_fit(run_dir: str | Path, embed: EmbedFn) -> OODStats:
     """The run's statistics from `ood_stats.npz`, computing and saving them the first time."""
     run = open_run(run_dir)
-    path = run.path / STATS_FILE
-    if path.is_file():
+
+    def compute() -> OODStats:
         try:
-            return OODStats.from_file(path)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-            pass  # damaged or from an older version: compute again and replace it
-    try:
-        data = run.training_data()
-    except UserFacingError as e:
-        raise OODError(f"The run's dataset is not on this machine ({e})") from None
-    try:
-        with np.load(data, allow_pickle=False) as npz:
-            train_images, train_labels = _split(npz, "train", TRAIN_LIMIT)
-            val_images, _ = _split(npz, "val", VAL_LIMIT)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise OODError(f"{data.name}: cannot read the training and validation images ({e})") from None
-    stats = fit(embed(train_images), train_labels, embed(val_images))
-    try:
-        write_atomic(path, stats.to_bytes())
-    except OSError:
-        pass  # a read-only run folder: use the statistics without caching them
-    return stats
+            data = run.training_data()
+        except UserFacingError as e:
+            raise OODError(f"The run's dataset is not on this machine ({e})") from None
+        try:
+            with np.load(data, allow_pickle=False) as npz:
+                train_images, train_labels = _split(npz, "train", TRAIN_LIMIT)
+                val_images, _ = _split(npz, "val", VAL_LIMIT)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+            raise OODError(f"{data.name}: cannot read the training and validation images ({e})") from None
+        return fit(embed(train_images), train_labels, embed(val_images))
+
+    return run.derived(STATS_FILE, OODStats.from_file, compute, OODStats.to_bytes)

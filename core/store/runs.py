@@ -19,11 +19,12 @@ import re
 import shutil
 import sqlite3
 import time
+import zipfile
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from core.store.io import (
     write_json,
 )
 
+T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_ENV = "CELLSCOPE_ARTIFACTS"
 INCOMPLETE = ".incomplete"
@@ -124,6 +126,25 @@ class Run:
 
     def history(self) -> list[dict[str, float]]:
         return read_history(self.path)
+
+    def derived(self, name: str, read: Callable[[Path], T], compute: Callable[[], T],
+                dump: Callable[[T], str | bytes], refresh: bool = False) -> T:
+        """A value derived from this finished run (stain statistics, the cell-framing target, OOD statistics):
+        read from `<run>/<name>` when it is there and readable, else computed and cached there (atomically,
+        the folder's time kept). A damaged or outdated file (`read` raises) is computed again; a read-only
+        folder is simply not cached."""
+        path = self.path / name
+        if path.is_file() and not refresh:
+            try:
+                return read(path)
+            except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zipfile.BadZipFile):
+                pass  # damaged or from another version: computed again below
+        value = compute()
+        try:
+            add_to_finished_run(self.path, name, dump(value))
+        except OSError:
+            pass  # a read-only run folder: still usable, just not cached
+        return value
 
     def training_data(self) -> Path:
         """The npz this run trained on: the file its metrics record (a relative path is tried from the working

@@ -257,23 +257,17 @@ def fit_target(images: np.ndarray, source: str = "") -> StainTarget:
 
 def run_target(run_dir: str | Path, refresh: bool = False) -> StainTarget:
     """The run's training-set colour statistics, from `<run>/stain_stats.json` or computed and cached."""
-    from core.store.io import write_json  # noqa: PLC0415
-    from core.store.runs import open_run  # noqa: PLC0415
+    from core.store.io import json_text  # noqa: PLC0415  (the run store sits above this module's users)
+    from core.store.runs import open_run  # noqa: PLC0415  (as above)
 
     run = open_run(run_dir)
-    cache = run.path / STATS_FILE
-    if cache.is_file() and not refresh:
-        try:
-            return StainTarget.from_dict(json.loads(cache.read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # damaged or stale: computed again below
-    npz = run.training_data()
-    target = fit_target(sample_npz_images(npz), str(npz))
-    try:
-        write_json(cache, target.to_dict())
-    except OSError:
-        pass  # a read-only run folder: still usable, just not cached
-    return target
+
+    def compute() -> StainTarget:
+        npz = run.training_data()
+        return fit_target(sample_npz_images(npz), str(npz))
+
+    return run.derived(STATS_FILE, lambda path: StainTarget.from_dict(json.loads(path.read_text())), compute,
+                       lambda target: json_text(target.to_dict()), refresh)
 
 
 def normalize(images: np.ndarray, method: str, target: StainTarget | None) -> tuple[np.ndarray, dict[str, Any]]:
