@@ -61,7 +61,8 @@ def main() -> int:
     files = sorted(Path(args.samples).glob("*/*.jpg"))
     truth = np.array([folder_index(f.parent.name, labels) for f in files])
 
-    prepared = classify.prepare(iter_uploads((f.name, f.read_bytes()) for f in files), clf.image_size, args.resize)
+    prepared = classify.prepare(iter_uploads((f.name, f.read_bytes()) for f in files), clf.image_size, args.resize,
+                                classify.cell_fraction(clf, args.resize))
     results = classify.classify(clf, prepared, args.threshold)
     errors = [r for r in results if not r.ok]
     predicted = np.array([r.index if r.ok else -1 for r in results])

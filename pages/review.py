@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.data.cell_framing import run_fraction
 from core.data.images import RESIZE_MODES
 from core.data.uploads import UPLOAD_TYPES
 from core.errors import UserFacingError
@@ -45,7 +46,7 @@ def cell_view(run_path: str, image_ref: str, resize: str) -> tuple[np.ndarray | 
     from core.explain.overlay import overlay  # noqa: PLC0415
 
     clf = classifier(run_path)
-    original, model_input = rv.cell_pixels(image_ref, clf.image_size, resize)
+    original, model_input = rv.cell_pixels(image_ref, clf.image_size, resize, run_fraction(run_path, resize))
     expl = clf.explain(model_input[None], "gradcam")
     big = enlarge(model_input, DISPLAY_PX)
     shown = enlarge(original, DISPLAY_PX) if original.shape[:2] != model_input.shape[:2] else None

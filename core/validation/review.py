@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from core.data.cell_framing import run_fraction
 from core.data.dataset import read_split
 from core.data.registry import short_label
 from core.errors import StoreError, UserFacingError
@@ -428,7 +429,8 @@ def cells_from_external(clf, folder: str | None = None, csv_file: str | None = N
     """An external dataset's images (unmapped classes too: a reviewer may look at any cell)."""
     source = scan(folder, csv_file)
     mapping = build_mapping(source.classes, overrides, clf.labels)
-    data = load_images(source, clf.image_size, mapping, resize, clf.labels, keep_unmapped=include_unmapped)
+    data = load_images(source, clf.image_size, mapping, resize, clf.labels, keep_unmapped=include_unmapped,
+                       cell_fraction=run_fraction(clf.run.path, resize))
     truths = [mapping.get(s) for s in data.source_classes]
     specs = _specs(clf, data.images, data.paths, data.paths, truths)
     ordered = order_cells(specs, order, clf.labels)
@@ -460,9 +462,10 @@ def cells_from_files(clf, paths: Sequence[str], resize: str = "medmnist", order:
     from core.data.images import ImageInputError, read_file, to_model_input  # noqa: PLC0415
 
     images, kept = [], []
+    fraction = run_fraction(clf.run.path, resize)
     for p in paths:
         try:
-            images.append(to_model_input(read_file(p), clf.image_size, resize))
+            images.append(to_model_input(read_file(p), clf.image_size, resize, fraction, Path(p).name))
             kept.append(p)
         except ImageInputError:
             continue
@@ -475,8 +478,10 @@ def cells_from_files(clf, paths: Sequence[str], resize: str = "medmnist", order:
 # -- pixels of a cell -----------------------------------------------------------------------------------
 
 @lru_cache(maxsize=2)
-def cell_pixels(image_ref: str, size: int, resize: str = "medmnist") -> tuple[np.ndarray, np.ndarray]:
-    """(what to show, what the model sees) for a cell: the original file (or npz image) and its model input."""
+def cell_pixels(image_ref: str, size: int, resize: str = "medmnist",
+                cell_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(what to show, what the model sees) for a cell: the original file (or npz image) and its model input
+    (`cell_fraction`: the run's framing target, for the cell resize mode)."""
     from core.data.images import read_file, to_model_input  # noqa: PLC0415
 
     if image_ref.startswith("npz:"):
@@ -485,4 +490,4 @@ def cell_pixels(image_ref: str, size: int, resize: str = "medmnist") -> tuple[np
         image = read_split(path, split)[0][int(index)]
         return image, to_model_input(image, size, "plain")
     rgb = read_file(image_ref)
-    return rgb, to_model_input(rgb, size, resize)
+    return rgb, to_model_input(rgb, size, resize, cell_fraction, Path(image_ref).name)
