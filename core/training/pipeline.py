@@ -1,8 +1,12 @@
 """tf.data input pipelines: uint8 arrays -> shuffled, augmented, preprocessed batches.
 
-Augmentation runs on whole batches. Every geometric change (shear, zoom, flips, 90-degree turns) is folded
-into one affine matrix per image and applied with a single projective-transform op, with random numbers
-from stateless ops seeded by (run seed, step): the same seed gives the same batches.
+Augmentation runs on whole batches of training images only (validation, test, inference and the BatchNorm
+re-estimate see the images as they are). Every geometric change (shear, zoom, scale, flips, 90-degree turns) is
+folded into one affine matrix per image and applied with a single projective-transform op; the colour, stain,
+blur and noise changes (core.training.color_augment) follow it, before the backbone's preprocessing. Random
+numbers come from stateless ops seeded by (run seed, step): the same seed gives the same batches. A setting at
+0 (or False) adds nothing to the graph, so runs without the newer settings get exactly the batches they got
+before those settings existed.
 
 Shear is in radians (the study's text says +-0.2 rad; its `ImageDataGenerator(shear_range=0.2)` was
 +-0.2 degrees, since Keras reads that argument in degrees).
@@ -11,32 +15,55 @@ Shear is in radians (the study's text says +-0.2 rad; its `ImageDataGenerator(sh
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import tensorflow as tf
 
 from core.config import RunConfig
 from core.models.preprocessing import preprocess
+from core.training import color_augment
+from core.validation.stain import BACKGROUND_PERCENT
 
 AUTOTUNE = tf.data.AUTOTUNE
+SCALE_STREAM = 6  # the scale factor's random stream, folded into the batch seed (the other draws split it in 6)
 
 
 @dataclass(frozen=True)
 class Augmentation:
+    """The training-batch augmentation settings: each field is RunConfig's `aug_<field>` (its meaning there)."""
+
     shear: float = 0.2  # radians
-    zoom: float = 0.2
+    zoom: float = 0.2  # per axis, factor in [1-z, 1+z]
     hflip: bool = True
     vflip: bool = False
     rot90: bool = False
+    scale: float = 0.0  # isotropic: the cell's size times a log-uniform factor in [1/(1+s), 1+s]
+    # colour, stain, blur and noise strengths (core.training.color_augment.STEP_NAMES)
+    stain: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
 
     @classmethod
     def from_config(cls, c: RunConfig) -> "Augmentation":
-        return cls(c.aug_shear, c.aug_zoom, c.aug_hflip, c.aug_vflip, c.aug_rot90)
+        return cls(**{f.name: getattr(c, f"aug_{f.name}") for f in fields(cls)})
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.shear or self.zoom or self.hflip or self.vflip or self.rot90 or self.scale)
+
+    @property
+    def colour(self) -> dict[str, float]:
+        """The colour, stain, blur and noise steps that are on, by name, with their strengths."""
+        return {name: getattr(self, name) for name in color_augment.STEP_NAMES if getattr(self, name)}
 
     @property
     def active(self) -> bool:
-        return bool(self.shear or self.zoom or self.hflip or self.vflip or self.rot90)
+        return self.geometric or bool(self.colour)
 
 
 def augmentation_matrices(batch: int, size: int, aug: Augmentation, seed: tf.Tensor) -> tf.Tensor:
@@ -65,19 +92,68 @@ def augmentation_matrices(batch: int, size: int, aug: Augmentation, seed: tf.Ten
          @ mat(ones, -tf.sin(shear), zeros, tf.cos(shear))
          @ mat(cos, -sin, sin, cos)
          @ mat(fx, zeros, zeros, fy))
+    if aug.scale:
+        # The cell drawn f times its size samples the input 1/f as far from the centre. Its own random stream
+        # (folded in, not a seventh split) leaves the other draws, and so every run without scale, unchanged.
+        log_max = math.log1p(aug.scale)
+        size_factor = tf.exp(tf.random.stateless_uniform(
+            [batch], tf.random.experimental.stateless_fold_in(seed, SCALE_STREAM), -log_max, log_max))
+        m = m / size_factor[:, None, None]
     centre = tf.fill([batch, 2, 1], (size - 1) / 2.0)
     offset = centre - m @ centre
     return tf.concat([tf.reshape(m[:, 0, :], [batch, 2]), offset[:, 0],
                       tf.reshape(m[:, 1, :], [batch, 2]), offset[:, 1], tf.zeros([batch, 2])], axis=1)
 
 
-def augment_batch(images: tf.Tensor, aug: Augmentation, seed: tf.Tensor) -> tf.Tensor:
-    """Float [0,255] batch (B,H,W,3) -> augmented batch, edges filled by the nearest pixel (as Keras did)."""
+def background_colours(images: tf.Tensor) -> tf.Tensor:
+    """(B, 3): each image's background colour, the mean of its brightest BACKGROUND_PERCENT of pixels (the
+    rule core.validation.stain.background_colour applies to a set of images), read on every other row and
+    column: the same colour within about a grey level, for half the time."""
+    images = images[:, ::2, ::2]
+    pixels = tf.reshape(images, [tf.shape(images)[0], -1, 3])
+    k = max(1, images.shape[1] * images.shape[2] * BACKGROUND_PERCENT // 100)
+    _, brightest = tf.math.top_k(tf.reduce_mean(pixels, axis=-1), k)
+    return tf.reduce_mean(tf.gather(pixels, brightest, batch_dims=1), axis=1)
+
+
+def geometric_transform(images: tf.Tensor, aug: Augmentation, seed: tf.Tensor) -> tf.Tensor:
+    """Float [0,255] batch (B,H,W,3) -> the batch warped by one affine matrix per image.
+
+    Without scale augmentation, edges are filled by the nearest pixel, as Keras did (and as every run before
+    the setting was made). With it, a cell drawn smaller leaves a wide border to fill, and the three ways to
+    fill it are not equal: the nearest pixel smears the frame's edge outward in streaks, and where the white
+    cell touches the frame (common in the 200 px MedMNIST crop) it paints its nucleus or cytoplasm as bands to
+    the border; reflection mirrors the image, so a cell cut by the frame becomes a doubled, symmetric shape and
+    a shrunken frame shows mirrored copies of the whole cell, morphology that no smear has; a constant colour
+    invents nothing. So the border takes each image's own background colour (background_colours: the smear's
+    beige between the cells, whatever the lab's lighting), the view of a sparse part of the same smear. The
+    warp is linear, so warping (image - background) with a zero fill and adding the background back is the
+    same warp inside the frame and that colour outside.
+    """
     batch, size = tf.shape(images)[0], images.shape[1]
     transforms = augmentation_matrices(batch, size, aug, seed)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+
+    def warp(x: tf.Tensor, fill_mode: str) -> tf.Tensor:
+        out = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=transforms, output_shape=tf.shape(images)[1:3],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode=fill_mode)
+        out.set_shape(images.shape)  # in a graph with no fixed batch size the op's own shape loses H and W
+        return out
+
+    if not aug.scale:
+        return warp(images, "NEAREST")
+    background = background_colours(images)[:, None, None, :]
+    return warp(images - background, "CONSTANT") + background
+
+
+def augment_batch(images: tf.Tensor, aug: Augmentation, seed: tf.Tensor) -> tf.Tensor:
+    """Float [0,255] batch (B,H,W,3) -> augmented batch: the geometric transform, then the colour, stain, blur
+    and noise steps that are on; a batch with nothing on comes back as given."""
+    if aug.geometric:
+        images = geometric_transform(images, aug, seed)
+    if aug.colour:
+        images = color_augment.augment(images, seed, aug.colour)
+    return images
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
