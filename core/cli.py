@@ -1,4 +1,5 @@
-"""Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,download,runs}`.
+"""Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,robustness,
+download,runs}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it.
@@ -357,6 +358,20 @@ def cmd_external(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from core.evaluation.robustness import evaluate_robustness, format_table, report_path  # noqa: PLC0415
+
+    def progress(done: int, total: int, label: str) -> None:
+        print(f"\r  [{done}/{total}] {label:<24}", end="", file=sys.stderr, flush=True)
+        if done == total:
+            print(file=sys.stderr)
+
+    report = evaluate_robustness(args.run, limit=args.limit, seed=args.seed, progress=progress)
+    print(format_table(report))
+    print(f"\nstored in {report_path(args.run)}")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from core.data.download import download  # noqa: PLC0415
 
@@ -504,6 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="{:g} to {:g} (default {:g})".format(*ranges["lr"], ft.lr))
     p.add_argument("--seed", type=int, default=ft.seed, help="seed of the fine-tune split and training")
     p.set_defaults(func=cmd_external)
+
+    p = sub.add_parser("robustness", help="score a run on its test split under MedMNIST-C's blood corruptions "
+                                          "(5 severities each); print and store robustness.json in the run")
+    p.add_argument("--run", required=True, metavar="DIR")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="a stratified subset of about N test images (default: the whole test split)")
+    p.add_argument("--seed", type=int, default=0, help="the corruptions' random choices (and the subset's)")
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("download", help="download BloodMNIST at a size (MD5-checked)")
     p.add_argument("--size", type=int, choices=SIZES, required=True)

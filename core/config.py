@@ -236,7 +236,7 @@ class RunConfig:
         0.0, label="Scale range", group=AUGMENTATION,
         help="Random rescaling of training images by a factor between 1/(1+s) and 1+s, so the model sees cells "
              "that fill the frame as well as small ones; 0 is off.")
-    aug_stain: float = setting(  # haematoxylin/eosin concentrations scaled by U[1-s, 1+s] and shifted
+    aug_stain: float = setting(  # H and E concentrations x U[1-s, 1+s], + U[-s, s] x 0.5 OD (color_augment.STAIN_BIAS)
         0.0, label="Stain jitter", group=AUGMENTATION,
         help="Random change of each image's haematoxylin and eosin stain amounts (by colour deconvolution), up "
              "to this fraction, as another lab's staining would; 0 is off.")

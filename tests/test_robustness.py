@@ -149,3 +149,14 @@ def test_bad_settings_are_refused_before_any_work(run_dir):
     for kwargs, phrase in (({"limit": 0}, "positive number of test images"), ({"seed": -1}, "non-negative")):
         with pytest.raises(RobustnessError, match=phrase):
             evaluate_robustness(run_dir, **kwargs)
+
+
+def test_the_command_prints_the_table_and_stores_the_same_report(tmp_path, trained_run, capsys):
+    run_dir = mirror_run(trained_run, tmp_path / "artifacts")
+    assert main(["robustness", "--run", str(run_dir), "--limit", str(LIMIT), "--seed", str(SEED)]) == 0
+    out = capsys.readouterr().out
+    stored = load_report(run_dir)
+    assert stored is not None and stored.n <= LIMIT and stored.seed == SEED
+    assert format_table(stored) in out and f"stored in {report_path(run_dir)}" in out
+    assert main(["robustness", "--run", str(run_dir), "--limit", "0"]) == 2
+    assert "the limit must be a positive number" in capsys.readouterr().err
