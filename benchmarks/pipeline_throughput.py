@@ -132,8 +132,9 @@ def weights_digest(model: keras.Model) -> str:
     return h.hexdigest()[:16]
 
 
-def fresh_model(config: RunConfig, dataset: Dataset) -> keras.Model:
-    keras.backend.clear_session()
+def fresh_model(config: RunConfig, dataset: Dataset, policy: str = "float32") -> keras.Model:
+    keras.backend.clear_session()  # this also resets Keras' global dtype policy, so it is set after
+    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, dataset.n_classes, dataset.image_size)
     compile_model(model, config, dataset.n_classes)
@@ -143,7 +144,7 @@ def fresh_model(config: RunConfig, dataset: Dataset) -> keras.Model:
 def time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray, y_onehot: np.ndarray,
                   steps: int, warmup: int) -> dict:
     """Our default path runs in the precision a run gets by default here ("auto"); the study's in float32."""
-    with precision.policy(policy_for(which, config)):
+    with precision.policy(policy_for(which, config)):  # restores the previous policy afterwards
         return _time_training(which, config, dataset, x_float, y_onehot, steps, warmup)
 
 
@@ -153,7 +154,8 @@ def policy_for(which: str, config: RunConfig) -> str:
 
 def _time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray, y_onehot: np.ndarray,
                    steps: int, warmup: int) -> dict:
-    model = fresh_model(config, dataset)
+    model = fresh_model(config, dataset, policy_for(which, config))
+    compute_dtype = next(layer.compute_dtype for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     digest = weights_digest(model)
     if which == STUDY:
         data = study_flow(x_float, y_onehot, config.batch_size, config.seed)
@@ -168,7 +170,7 @@ def _time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.
               shuffle=which == STUDY)
     total = time.perf_counter() - t0
     result = steady_state(clock.times, clock.cpu_times, warmup, config.batch_size)
-    result.update(initial_weights_sha256=digest, fit_seconds_total=total,
+    result.update(initial_weights_sha256=digest, fit_seconds_total=total, conv_compute_dtype=compute_dtype,
                   warmup_seconds=clock.times[max(warmup, 1) - 1] - clock.start)
     del model
     return result
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             res = time_training(which, config, dataset, x_float, y_onehot, args.steps, args.warmup_steps)
             runs[which]["train"].append(res)
             print(f"    {res['images_per_second']:.1f} img/s, {res['cpu_seconds_per_step']:.2f} CPU-s/step "
-                  f"(warm-up {res['warmup_seconds']:.1f}s)",
+                  f"(warm-up {res['warmup_seconds']:.1f}s, convolutions in {res['conv_compute_dtype']})",
                   file=sys.stderr, flush=True)
 
     summary: dict = {}
