@@ -3,6 +3,11 @@
 The result is one flat functional graph (the backbone is built on our input tensor, never nested as a
 sub-model), so Grad-CAM can reach any inner layer by name. The Dense layer is named `logits` and is
 followed by a softmax named `probabilities`, so explanations can use the pre-softmax score.
+
+Normalisation (RunConfig.norm): the networks written here make each normalisation layer through
+core.models.normalization; keras.applications builds BatchNorm inside its ResNets, so their GroupNorm variant is
+Keras' model rebuilt layer by layer with each BatchNormalization replaced by a GroupNormalization of the same name
+(`_group_norm_copy`): the same graph, the same layer names, still flat on our input tensor.
 """
 
 from __future__ import annotations
@@ -12,21 +17,21 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from core.config import RunConfig
+from core.config import SETTINGS, RunConfig
 from core.errors import UserFacingError
 from core.models import architectures
 from core.models.architectures import display_name
 from core.models.compact_resnet import CompactResNet
+from core.models.normalization import normalization_layer
 from core.models.resnet18 import ResNet18
 
 SCRATCH_BN_MOMENTUM = 0.9  # Keras' 0.99-0.999 lags far behind the weights on short schedules
 # Backbones keras.applications lacks (registry: keras_builder None): (input tensor, config, weights) -> backbone
 WRITTEN_HERE = {
-    "resnet18": lambda x, config, weights: ResNet18(x, weights=weights, stem=config.resnet18_stem),
+    "resnet18": lambda x, config, weights: ResNet18(x, weights=weights, stem=config.resnet18_stem, norm=config.norm),
     "compactresnet": lambda x, config, weights: CompactResNet(x, weights=weights, width=config.width,
-                                                             depth=config.depth),
+                                                             depth=config.depth, norm=config.norm),
 }
-
 
 
 class WeightsUnavailableError(UserFacingError, RuntimeError):
@@ -55,6 +60,36 @@ def attention_block(x, name: str = "attention"):
     return layers.Multiply(name=f"{name}_out")([x, spatial])
 
 
+def _weights_file_message(config: RunConfig, weights: str, error: Exception) -> str:
+    norm = SETTINGS["norm"].value_name(config.norm)
+    return (f"Could not load weights file {weights} into {display_name(config.arch)} with {norm}: it takes a file "
+            f"saved from a {norm} {display_name(config.arch)} backbone. {error}")
+
+
+def _group_norm_instead_of_batch_norm(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """For keras.models.clone_model: a GroupNormalization of the same name for a BatchNormalization, else a
+    fresh copy of the layer (Keras' default: the same config, new weights)."""
+    if isinstance(layer, layers.BatchNormalization):
+        return normalization_layer("group", layer.input.shape[-1], layer.name)
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _call_without_mask(layer: keras.layers.Layer, *args, **kwargs):
+    """For keras.models.clone_model: call the copy as the original was called, less the `mask=None` Keras
+    recorded for BatchNormalization (GroupNormalization's call takes no mask; these ResNets carry none)."""
+    if kwargs.get("mask", False) is None:
+        del kwargs["mask"]
+    return layer(*args, **kwargs)
+
+
+def _group_norm_copy(model: keras.Model) -> keras.Model:
+    """`model` (built by keras.applications on our input tensor) rebuilt with GroupNorm for BatchNorm, on the
+    same input tensor: the copy's layers replace the original's in the graph build_model goes on from."""
+    return keras.models.clone_model(model, input_tensors=model.input,
+                                    clone_function=_group_norm_instead_of_batch_norm,
+                                    call_function=_call_without_mask)
+
+
 def _backbone(config: RunConfig, inputs, weights: str | None):
     arch = config.arch
     spec = architectures.get(arch)
@@ -67,12 +102,18 @@ def _backbone(config: RunConfig, inputs, weights: str | None):
             return WRITTEN_HERE[arch](inputs, config, weights)
         except Exception as e:  # a file that is not this backbone's weights: same message as below
             if weights:
-                raise WeightsUnavailableError(f"Could not load weights file {weights} into "
-                                              f"{spec.name}: {e}") from None
+                raise WeightsUnavailableError(_weights_file_message(config, weights, e)) from None
             raise
     constructor = getattr(keras.applications, spec.keras_builder)
     try:
-        return constructor(include_top=False, weights=weights, input_tensor=inputs)
+        if config.norm == "batch":
+            return constructor(include_top=False, weights=weights, input_tensor=inputs)
+        # GroupNorm: Keras' model is built without weights and copied with GroupNorm; a weights file (saved from
+        # a GroupNorm model of this network) goes into the copy. ImageNet weights are BatchNorm's: config refuses.
+        model = _group_norm_copy(constructor(include_top=False, weights=None, input_tensor=inputs))
+        if weights:
+            model.load_weights(weights)
+        return model
     except WeightsUnavailableError:
         raise
     except Exception as e:  # Keras raises a bare Exception("URL fetch failure ...") when offline
@@ -80,8 +121,7 @@ def _backbone(config: RunConfig, inputs, weights: str | None):
                                       or isinstance(e, OSError)):
             raise WeightsUnavailableError(_imagenet_message(arch, str(e).splitlines()[0][:200])) from None
         if weights not in (None, "imagenet"):
-            raise WeightsUnavailableError(f"Could not load weights file {weights} into {spec.name}: "
-                                          f"{e}") from None
+            raise WeightsUnavailableError(_weights_file_message(config, weights, e)) from None
         raise
 
 

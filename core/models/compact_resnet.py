@@ -6,8 +6,9 @@ stages compute on 28x28 at 28 px and 32x32 at 64 px). Then three stages of `dept
 and 8x8 at 64 px, finer than ResNet-18's for Grad-CAM. With width 16 and depth 3 this is ResNet-20 (0.27 M
 parameters); the defaults (width 32, depth 2) have about 0.7 M, ResNet-18 about 11 M.
 
-Layer names follow the ResNets' (`conv1_*` stem, `conv{2,3,4}_block{m}_out` blocks, BatchNorm after every
-conv), so Grad-CAM's layer pickers and the BatchNorm re-estimate find them like ResNet-18's.
+Layer names follow the ResNets' (`conv1_*` stem, `conv{2,3,4}_block{m}_out` blocks, a normalisation layer
+`*_bn` after every conv: BatchNorm, or GroupNorm with RunConfig.norm "group"), so Grad-CAM's layer pickers and
+the BatchNorm re-estimate find them like ResNet-18's.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from core.models.architectures import COMPACT_DEPTHS, COMPACT_WIDTHS, get
 from core.models.resnet18 import backbone, conv_bn, residual_stages
 
 
-def CompactResNet(input_tensor, weights: str | None = None, width: int = 32, depth: int = 2) -> keras.Model:
+def CompactResNet(input_tensor, weights: str | None = None, width: int = 32, depth: int = 2,
+                  norm: str = "batch") -> keras.Model:
     """Backbone without head, built on `input_tensor` (so it joins the caller's graph flat)."""
     if width not in COMPACT_WIDTHS or depth not in COMPACT_DEPTHS:
         raise ValueError(f"compact ResNet: width {width} / depth {depth} out of range")
     size = input_tensor.shape[1]
     small = size is not None and size <= get("compactresnet").small_input_stem
-    x = conv_bn(input_tensor, width, 3, 1 if small else 2, "conv1")
-    return backbone(input_tensor, residual_stages(x, (width, 2 * width, 4 * width), depth), "compactresnet", weights)
+    x = conv_bn(input_tensor, width, 3, 1 if small else 2, "conv1", norm=norm)
+    return backbone(input_tensor, residual_stages(x, (width, 2 * width, 4 * width), depth, norm=norm),
+                    "compactresnet", weights)

@@ -10,7 +10,8 @@ max-pool. For inputs of 32 px or less the stem is a RunConfig setting (`resnet18
   existed used it (RunConfig.from_dict keeps it for them).
 
 Layer names follow keras.applications' ResNets (`conv5_block2_out` is the last block), so layer pickers and
-Grad-CAM treat all ResNets alike; `conv_bn` and `basic_block` are shared with the compact ResNet.
+Grad-CAM treat all ResNets alike; `conv_bn` and `basic_block` are shared with the compact ResNet. The layer after
+each conv is BatchNorm or GroupNorm (RunConfig.norm, core.models.normalization), named `*_bn` either way.
 """
 
 from __future__ import annotations
@@ -19,35 +20,36 @@ import keras
 from keras import layers
 
 from core.models.architectures import RESNET18_STEMS, get
+from core.models.normalization import normalization_layer
 
-BN_EPSILON = 1.001e-5
 
-
-def conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
-    """Conv (no bias) -> BatchNorm [-> ReLU], named `{name}_conv`, `{name}_bn`, `{name}_relu`."""
+def conv_bn(x, filters: int, kernel: int, stride: int, name: str, *, norm: str, relu: bool = True):
+    """Conv (no bias) -> normalisation (`norm`: "batch" or "group") [-> ReLU], named `{name}_conv`, `{name}_bn`,
+    `{name}_relu`."""
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                       kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    x = normalization_layer(norm, filters, f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
 
 
-def basic_block(x, filters: int, stride: int, name: str):
-    """Two 3x3 conv-BN layers plus a shortcut (1x1 projection where the shape changes); output `{name}_out`."""
+def basic_block(x, filters: int, stride: int, name: str, *, norm: str):
+    """Two 3x3 conv-norm layers plus a shortcut (1x1 projection where the shape changes); output `{name}_out`."""
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = conv_bn(x, filters, 1, stride, f"{name}_0", relu=False)
-    y = conv_bn(x, filters, 3, stride, f"{name}_1")
-    y = conv_bn(y, filters, 3, 1, f"{name}_2", relu=False)
+        shortcut = conv_bn(x, filters, 1, stride, f"{name}_0", norm=norm, relu=False)
+    y = conv_bn(x, filters, 3, stride, f"{name}_1", norm=norm)
+    y = conv_bn(y, filters, 3, 1, f"{name}_2", norm=norm, relu=False)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def residual_stages(x, widths: tuple[int, ...], blocks: int):
+def residual_stages(x, widths: tuple[int, ...], blocks: int, *, norm: str):
     """Stages `conv2`, `conv3`, ... of `blocks` basic blocks each; every stage after the first opens with
     stride 2. Block outputs are named `conv{stage}_block{m}_out`, which Grad-CAM's layer pickers look for."""
     for stage, filters in enumerate(widths, start=2):
         for block in range(1, blocks + 1):
-            x = basic_block(x, filters, 2 if (block == 1 and stage > 2) else 1, f"conv{stage}_block{block}")
+            x = basic_block(x, filters, 2 if (block == 1 and stage > 2) else 1, f"conv{stage}_block{block}",
+                            norm=norm)
     return x
 
 
@@ -59,14 +61,14 @@ def backbone(input_tensor, output, name: str, weights: str | None) -> keras.Mode
     return model
 
 
-def ResNet18(input_tensor, weights: str | None = None, stem: str = "strided") -> keras.Model:
+def ResNet18(input_tensor, weights: str | None = None, stem: str = "strided", norm: str = "batch") -> keras.Model:
     """Backbone without head, built on `input_tensor` (so it joins the caller's graph flat)."""
     if stem not in RESNET18_STEMS:
         raise ValueError(f"unknown ResNet-18 stem {stem!r}; one of {RESNET18_STEMS}")
     size = input_tensor.shape[1]
     if size is not None and size <= get("resnet18").small_input_stem:
-        x = conv_bn(input_tensor, 64, 3, 1 if stem == "full" else 2, "conv1")
+        x = conv_bn(input_tensor, 64, 3, 1 if stem == "full" else 2, "conv1", norm=norm)
     else:
-        x = conv_bn(input_tensor, 64, 7, 2, "conv1")
+        x = conv_bn(input_tensor, 64, 7, 2, "conv1", norm=norm)
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_pool")(x)
-    return backbone(input_tensor, residual_stages(x, (64, 128, 256, 512), 2), "resnet18", weights)
+    return backbone(input_tensor, residual_stages(x, (64, 128, 256, 512), 2, norm=norm), "resnet18", weights)
