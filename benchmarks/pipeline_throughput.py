@@ -149,7 +149,7 @@ def time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.n
 
 
 def policy_for(which: str, config: RunConfig) -> str:
-    return precision.resolve(config.precision) if which == OURS else "float32"
+    return precision.resolve(config.precision, config.arch) if which == OURS else "float32"
 
 
 def _time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray, y_onehot: np.ndarray,

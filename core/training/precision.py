@@ -5,8 +5,10 @@ TensorFlow-free at module level (the Train page reads `supported()` to say what 
 - mixed_float16 needs a GPU (CPUs emulate float16 slowly);
 - mixed_bfloat16 runs natively where the CPU has bfloat16 instructions (AVX512_BF16 or AMX, read from
   /proc/cpuinfo) or on a GPU.
-"auto" (the default) is the fastest of these this machine runs natively: `resolve()` picks it when a run
-starts, and the run records the precision it used.
+"auto" (the default) is the faster of float32 and mixed bfloat16 for the run's network on this machine:
+mixed bfloat16 on a GPU, or on a CPU with bfloat16 instructions for the networks the registry marks as
+faster in it (core.models.architectures `cpu_bfloat16_faster`), else float32. `resolve()` picks it when a
+run starts, and the run records the precision it used.
 `policy(name)` sets Keras' global policy for the run (Keras keeps it per thread) and puts the previous one
 back afterwards, also when the run fails or is cancelled.
 """
@@ -19,6 +21,7 @@ from typing import Iterator
 
 from core.config import PRECISIONS
 from core.errors import UserFacingError
+from core.models import architectures
 
 AUTO = "auto"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -57,12 +60,16 @@ def supported(gpu: bool | None = None, flags: set[str] | None = None) -> tuple[s
     return tuple(out)
 
 
-def resolve(name: str, gpu: bool | None = None, flags: set[str] | None = None) -> str:
-    """The policy a run uses: `name` itself, or for "auto" mixed bfloat16 where this machine runs it
-    natively, else float32."""
+def resolve(name: str, arch: str | None = None, gpu: bool | None = None, flags: set[str] | None = None) -> str:
+    """The policy a run of `arch` uses: `name` itself, or for "auto" mixed bfloat16 on a GPU, or on a CPU with
+    bfloat16 instructions when the registry marks `arch` as faster in it (any network, when `arch` is None),
+    else float32."""
     if name != AUTO:
         return name
-    return "mixed_bfloat16" if "mixed_bfloat16" in supported(gpu, flags) else "float32"
+    gpu = gpu_present() if gpu is None else gpu
+    if "mixed_bfloat16" not in supported(gpu, flags):
+        return "float32"
+    return "mixed_bfloat16" if gpu or arch is None or architectures.get(arch).cpu_bfloat16_faster else "float32"
 
 
 def describe_support(gpu: bool | None = None, flags: set[str] | None = None) -> str:
@@ -71,7 +78,14 @@ def describe_support(gpu: bool | None = None, flags: set[str] | None = None) -> 
     ok = supported(gpu, flags)
     where = "a GPU" if gpu else ("a CPU with bfloat16 instructions" if "mixed_bfloat16" in ok
                                  else "a CPU without bfloat16 instructions")
-    return f"This machine ({where}) supports: {', '.join(ok)}; auto runs {resolve(AUTO, gpu, flags)}."
+    if "mixed_bfloat16" not in ok:
+        auto = "float32"
+    elif gpu:
+        auto = "mixed_bfloat16"
+    else:
+        faster = [a.name for a in architectures.ARCHITECTURES if a.cpu_bfloat16_faster]
+        auto = f"mixed_bfloat16 for {', '.join(faster)} (faster in it here), float32 for the others"
+    return f"This machine ({where}) supports: {', '.join(ok)}; auto runs {auto}."
 
 
 def check(name: str, gpu: bool | None = None, flags: set[str] | None = None) -> None:

@@ -288,7 +288,7 @@ class Trainer:
         c = self.config
         try:
             gpu = bool(tf.config.list_physical_devices("GPU"))
-            self.precision = precision.resolve(c.precision, gpu=gpu)
+            self.precision = precision.resolve(c.precision, c.arch, gpu=gpu)
             precision.check(self.precision, gpu=gpu)
             with precision.policy(self.precision):
                 return self._run()
