@@ -28,7 +28,7 @@ from core.models.normalization import BN_EPSILON, GN_GROUPS, group_count, normal
 from core.models.preprocessing import preprocess
 from core.store.runs import RunStore
 from core.training.pipeline import bn_statistics_dataset
-from core.training.trainer import compile_model, train
+from core.training.trainer import train
 
 N_CLASSES = 8
 LAST_BLOCK = {"resnet18": "conv5_block2_out", "compactresnet": "conv4_block2_out",
@@ -171,7 +171,7 @@ def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(arch, tiny_npz):
     first_with = {}
     for norm in ("group", "batch"):
         model = build(arch, 28, norm, dropout=0.0, width=16, depth=1)
-        logits = keras.Model(model.inputs, model.get_layer("logits").output)
+        logits = keras.Model(model.input, model.get_layer("logits").output)
         first_with[norm] = [np.asarray(logits(x[[0, other]], training=True))[0] for other in (1, 2)]
         if norm == "group":  # and training mode changes nothing: there are no batch statistics
             np.testing.assert_allclose(np.asarray(logits(x[[0, 1]], training=False))[0], first_with[norm][0],
@@ -183,8 +183,9 @@ def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(arch, tiny_npz):
 # -- training, saving, loading ------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", SMALL)
-def test_trains_and_reloads_from_the_run_store_with_the_same_predictions(arch, tiny_npz, tmp_path):
+def test_trains_through_the_trainer_and_reloads_from_the_run_store_with_the_same_predictions(tiny_npz, tmp_path):
+    """The compact ResNet (the other networks take one training step below: the same layers, longer to trace)."""
+    arch = "compactresnet"
     config = RunConfig(data=str(tiny_npz), size=28, arch=arch, weights="none", norm="group", epochs=1,
                        batch_size=32, limit_train=128, width=16, depth=1, seed=0, bn_recalibration_batches=2)
     assert config.recalibrate_bn  # "auto" from scratch: the re-estimate runs and finds no BatchNorm
@@ -195,8 +196,7 @@ def test_trains_and_reloads_from_the_run_store_with_the_same_predictions(arch, t
     assert batchnorm_layers(classifier.model) == [] and group_norm_layers(classifier.model)
     assert [layer.groups for layer in group_norm_layers(classifier.model)] == [
         group_count(layer.input.shape[-1]) for layer in group_norm_layers(classifier.model)]
-    depth_one = {"resnet18": "conv5_block2_out", "compactresnet": "conv4_block1_out"}  # width/depth: compact only
-    assert last_conv_block(classifier.model) == depth_one[arch]
+    assert last_conv_block(classifier.model) == "conv4_block1_out"  # depth 1
     data = load_npz(tiny_npz)
     test = evaluate(data.test.labels, classifier.probabilities(data.test.images), data.labels)
     stored = run.metrics["test"]
@@ -232,17 +232,20 @@ def test_resnet50_group_norm_copy_and_its_weights_file(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", list(KERAS_RESNET_NORM_LAYERS))
-def test_keras_resnet_takes_a_training_step(arch, tiny_npz):
+@pytest.mark.parametrize("arch", ["resnet18", *KERAS_RESNET_NORM_LAYERS])
+def test_takes_a_training_step(arch, tiny_npz):
+    """One step on 2 real images at 28 px (upsampled to 32 inside the Keras ResNets) trains GroupNorm's scale."""
     config = RunConfig(arch=arch, weights="none", size=28, norm="group", batch_size=2, seed=0)
-    model = build_model(config, N_CLASSES, 28)  # 28 px upsampled to 32 inside the model
+    model = build_model(config, N_CLASSES, 28)
     assert_group_norm_model(model, arch, 28)
-    assert len(group_norm_layers(model)) == KERAS_RESNET_NORM_LAYERS[arch]
-    compile_model(model, config, N_CLASSES)
+    if arch in KERAS_RESNET_NORM_LAYERS:
+        assert len(group_norm_layers(model)) == KERAS_RESNET_NORM_LAYERS[arch]
+    # plain SGD: the trainer's compile (AUC over 8 labels, its optimizer) would triple the cost of this one step
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy", jit_compile=False)
     data = load_npz(tiny_npz)
     x = preprocess(data.train.images[:2], arch).numpy()
     y = keras.utils.to_categorical(data.train.labels[:2], N_CLASSES)
-    gn = model.get_layer("conv5_block3_3_bn")
+    gn = group_norm_layers(model)[-1]  # the last block's
     before = gn.gamma.numpy().copy()
     loss = model.train_on_batch(x, y)
     assert np.all(np.isfinite(np.asarray(loss)))
