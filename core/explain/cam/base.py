@@ -93,17 +93,22 @@ class BaseCAM:
     # -- shared work -----------------------------------------------------------------------------------
     def scores(self, inputs: tf.Tensor) -> tf.Tensor:
         """Class scores (logits) of a preprocessed batch, for methods that re-run the model."""
-        return self._graph(inputs, training=False)[1]
+        return tf.cast(self._graph(inputs, training=False)[1], tf.float32)
 
     def _explain_graph(self, images: tf.Tensor, class_index: tf.Tensor):
         x = self._preprocess(images)
         with tf.GradientTape() as tape:
             activations, logits, *extras = self._graph(x, training=False)
             tape.watch(activations)
+            logits = tf.cast(logits, tf.float32)
             predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
             targets = tf.where(class_index < 0, predicted, class_index)
             chosen = tf.gather(logits, targets, axis=1, batch_dims=1)
         grads = tape.gradient(chosen, activations) if self.uses_gradients else None
+        # a mixed-precision model's inner layers are bfloat16/float16: the map is computed in float32
+        activations = tf.cast(activations, tf.float32)
+        grads = None if grads is None else tf.cast(grads, tf.float32)
+        extras = [tf.cast(e, tf.float32) for e in extras]
         cam = tf.nn.relu(self.cam_map(activations, grads, x, targets))
         heat = normalise_tf(upsample(cam, self.input_size))
         return tf.nn.softmax(logits), heat, targets, extras
