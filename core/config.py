@@ -310,6 +310,8 @@ class RunConfig:
 
     @property
     def recalibrate_bn(self) -> bool:
+        if self.norm == "group":
+            return False  # GroupNorm keeps no batch statistics to re-estimate
         if self.bn_recalibration == "auto":
             return self.from_scratch or self.ema
         return self.bn_recalibration == "on"

@@ -188,9 +188,9 @@ def test_trains_through_the_trainer_and_reloads_from_the_run_store_with_the_same
     arch = "compactresnet"
     config = RunConfig(data=str(tiny_npz), size=28, arch=arch, weights="none", norm="group", epochs=1,
                        batch_size=32, limit_train=128, width=16, depth=1, seed=0, bn_recalibration_batches=2)
-    assert config.recalibrate_bn  # "auto" from scratch: the re-estimate runs and finds no BatchNorm
+    assert not config.recalibrate_bn  # GroupNorm keeps no batch statistics: nothing to re-estimate
     run = train(config, RunStore(tmp_path / "runs"), echo=None)
-    assert run.config.norm == "group" and run.metrics["epochs_run"] == 1
+    assert run.config.norm == "group" and run.metrics["epochs_run"] == 1 and not run.metrics["bn_recalibrated"]
 
     classifier = Classifier(run.path)
     assert batchnorm_layers(classifier.model) == [] and group_norm_layers(classifier.model)

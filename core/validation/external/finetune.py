@@ -110,9 +110,9 @@ def fine_tune(clf, data: "ExternalImages", normalize: str = "none", config: Fine
     keras.utils.set_random_seed(seed)
     model = keras.models.clone_model(clf.model)
     model.set_weights(clf.model.get_weights())
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+    frozen = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in frozen:
+        layer.trainable = False
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.CategoricalCrossentropy(),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=False)
     x = images[tune]
@@ -139,7 +139,7 @@ def fine_tune(clf, data: "ExternalImages", normalize: str = "none", config: Fine
         "normalize": normalize, "n_fine_tune": int(len(tune)), "n_held_out": int(len(held)),
         "fine_tune_counts": {labels[c]: int((data.labels[tune] == c).sum()) for c in shared},
         "held_out_counts": {labels[c]: int((data.labels[held] == c).sum()) for c in shared},
-        "frozen_batchnorm": True, "seconds": round(time.perf_counter() - started, 2), "history": history,
+        "frozen_batchnorm": bool(frozen), "seconds": round(time.perf_counter() - started, 2), "history": history,
         "zero_shot": zero_shot, "fine_tuned": both_modes(data.labels[held], tuned_probs, labels, shared),
     }
     del model
