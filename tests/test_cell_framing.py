@@ -199,12 +199,18 @@ def test_the_target_is_measured_once_per_run_and_cached(tmp_path, trained_run, t
     assert json.loads(cache.read_text())["fraction"] == target.fraction
 
 
-def test_classify_page_offers_cell_framing_and_shows_refused_images(monkeypatch, tmp_path, trained_run):
+def page_with_resize_choice(monkeypatch, tmp_path, trained_run, name: str):
+    """The page `name` over a copy of the shared run; (the page, its Resize choice, the artifacts folder)."""
     artifacts = tmp_path / "artifacts"
     mirror_run(Path(trained_run), artifacts)
-    at = open_page(monkeypatch, page("classify"), artifacts, TIMEOUT)
+    at = open_page(monkeypatch, page(name), artifacts, TIMEOUT)
     resize = next(r for r in at.sidebar.radio if r.label == "Resize")
     assert list(resize.options) == ["MedMNIST recipe", "Plain resize", "Cell-centred"]
+    return at, resize, artifacts
+
+
+def test_classify_page_offers_cell_framing_and_shows_refused_images(monkeypatch, tmp_path, trained_run):
+    at, resize, artifacts = page_with_resize_choice(monkeypatch, tmp_path, trained_run, "classify")
     resize.set_value(CELL)
     good = sorted((PBC_SAMPLES / "monocyte").glob("*.jpg"))[0]
     blank = Image.new("RGB", (300, 300), (250, 228, 205))
@@ -223,9 +229,5 @@ def test_classify_page_offers_cell_framing_and_shows_refused_images(monkeypatch,
 
 
 def test_external_page_offers_cell_framing(monkeypatch, tmp_path, trained_run):
-    artifacts = tmp_path / "artifacts"
-    mirror_run(Path(trained_run), artifacts)
-    at = open_page(monkeypatch, page("external"), artifacts, TIMEOUT)
-    resize = next(r for r in at.sidebar.radio if r.label == "Resize")
-    assert list(resize.options) == ["MedMNIST recipe", "Plain resize", "Cell-centred"]
+    _, resize, _ = page_with_resize_choice(monkeypatch, tmp_path, trained_run, "external")
     assert "Cell-centred: find the white cell" in resize.help
