@@ -126,8 +126,8 @@ def test_a_saved_config_without_the_stem_setting_rebuilds_the_old_stem():
     assert _layer_shapes(rebuilt) == _layer_shapes(scratch("resnet18", 28, resnet18_stem="full"))
     assert _layer_shapes(rebuilt) != _layer_shapes(scratch("resnet18", 28))
     assert rebuilt.get_layer("conv1_conv").strides == (1, 1)
-    # only ResNet-18 is built differently; other configs without the key take the default
-    assert RunConfig.from_dict({"epochs": 2}) == RunConfig(epochs=2)
+    # only ResNet-18 is built differently; other configs without the key take the default stem
+    assert RunConfig.from_dict({"epochs": 2, "precision": "auto"}) == RunConfig(epochs=2)
     # a config saved with the setting keeps what it says
     assert RunConfig.from_dict(RunConfig(arch="resnet18", weights="none", size=28).to_dict()).resnet18_stem \
         == "strided"
