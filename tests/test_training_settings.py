@@ -355,7 +355,7 @@ def test_supported_precisions_follow_the_hardware():
     assert precision.supported(gpu=False, flags={"avx512_bf16"}) == ("float32", "mixed_bfloat16")
     assert precision.supported(gpu=False, flags={"amx_bf16"}) == ("float32", "mixed_bfloat16")
     assert precision.supported(gpu=True, flags=set()) == ("float32", "mixed_bfloat16", "mixed_float16")
-    assert "supports: float32." in precision.describe_support(gpu=False, flags={"avx2"})
+    assert "supports: float32; auto runs float32." in precision.describe_support(gpu=False, flags={"avx2"})
     here = precision.supported()
     assert here[0] == "float32" and set(here) <= {"float32", "mixed_bfloat16", "mixed_float16"}
     assert ("mixed_bfloat16" in here) == bool({"avx512_bf16", "amx_bf16"} & precision.cpu_flags()) or \
