@@ -137,10 +137,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         overrides = explicit_values(args)
         if overrides.get("data") and "size" not in preset.values:
             overrides["size"] = config_from_args(args, preset.base).size  # the file's, checked against the preset's
-        try:
-            request = preset_request(preset.key, repeats=args.repeats, overrides=overrides)
-        except UserFacingError as e:
-            raise UserError(str(e)) from None
+        request = preset_request(preset.key, repeats=args.repeats, overrides=overrides)  # errors reach main()
     else:
         sweep = {}
         for item in args.grid:
