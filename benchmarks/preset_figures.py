@@ -9,8 +9,15 @@ monocyte and immature granulocyte F1 on test, training seconds, and the whole co
 one row per seed and the mean ± sd, and with --write stores them in core/jobs/preset_figures.json, which
 the Train page's preset cards and `python -m core presets` show. Run it on an otherwise idle machine.
 
+With --external FOLDER each run is also applied unchanged to another lab's cells with cell-centred framing
+(`python -m core external --run R --folder FOLDER --resize cell`: 8-way accuracy and accuracy on the classes
+shared with BloodMNIST), and with --robustness the corruption benchmark runs on its whole test split
+(`python -m core robustness --run R`); these run after the timed command and do not count in its seconds.
+
     python benchmarks/preset_figures.py quick-28 --data ../shared/data/pbc_bloodmnist_28.npz --seeds 0 1 2
     python benchmarks/preset_figures.py scratch-64 --data ../shared/data/pbc_bloodmnist_64.npz --write
+    python benchmarks/preset_figures.py robust --data ../shared/data/pbc_bloodmnist_64.npz \
+        --external ../shared/data/external_dev --robustness --write
 """
 
 from __future__ import annotations
@@ -43,7 +50,27 @@ def machine() -> str:
         else f"{os.cpu_count()}-core {model} with a GPU"
 
 
-def run_seed(key: str, data: str, seed: int, runs_dir: Path, extra: list[str]) -> SeedFigures:
+def core_command(*args: str) -> str:
+    """`python -m core ARGS` in a fresh process; its standard output (it must succeed)."""
+    proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=PROJECT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"python -m core {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def external_figures(run: Path, folder: str) -> dict[str, float]:
+    result = json.loads(core_command("external", "--run", str(run), "--folder", folder, "--resize", "cell"))
+    return {"external_accuracy": result["accuracy"], "external_shared_accuracy": result["shared_only"]["accuracy"]}
+
+
+def robustness_figures(run: Path) -> dict[str, float]:
+    core_command("robustness", "--run", str(run))
+    stored = json.loads((run / "robustness.json").read_text())
+    return {"clean_accuracy": stored["clean_accuracy"], "corrupted_accuracy": stored["mean_corrupted_accuracy"]}
+
+
+def run_seed(key: str, data: str, seed: int, runs_dir: Path, extra: list[str], external: str | None = None,
+             robustness: bool = False) -> SeedFigures:
     cmd = [sys.executable, "-m", "core", "train", "--preset", key, "--data", data, "--seed", str(seed),
            "--runs-dir", str(runs_dir), *extra]
     start = time.perf_counter()
@@ -51,14 +78,17 @@ def run_seed(key: str, data: str, seed: int, runs_dir: Path, extra: list[str]) -
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    metrics = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
+    run = Path(proc.stdout.strip().splitlines()[-1])
+    metrics = json.loads((run / "metrics.json").read_text())
+    other = {**(external_figures(run, external) if external else {}),
+             **(robustness_figures(run) if robustness else {})}
     test = {short_label(name): values for name, values in metrics["test"]["per_class"].items()}
     monocyte, ig = AMBIGUOUS  # short names ('immature granulocytes'), as short_label gives them
     tta = metrics.get("tta", {}).get("test", {}).get("accuracy")
     return SeedFigures(seed=seed, val_accuracy=metrics["val"]["accuracy"], test_accuracy=metrics["test"]["accuracy"],
                        monocyte_f1=test[monocyte]["f1"], ig_f1=test[ig]["f1"],
                        train_seconds=round(metrics["train_seconds"], 1), command_seconds=round(seconds, 1),
-                       best_epoch=metrics["best_epoch"], tta_test_accuracy=tta)
+                       best_epoch=metrics["best_epoch"], tta_test_accuracy=tta, **other)
 
 
 def main() -> int:
@@ -68,6 +98,9 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--runs-dir", default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--write", action="store_true", help="record the figures in core/jobs/preset_figures.json")
+    ap.add_argument("--external", default=None, metavar="FOLDER",
+                    help="also apply each run to this external set (one folder per class) with cell framing")
+    ap.add_argument("--robustness", action="store_true", help="also run the corruption benchmark on each run")
     ap.add_argument("extra", nargs="*", help="after --: more train flags (not allowed with --write)")
     args = ap.parse_args()
     preset = get(args.preset)
@@ -76,22 +109,29 @@ def main() -> int:
     if args.write and args.extra:
         raise SystemExit("--write records the preset as it is; drop the extra flags")
     data = os.path.relpath(os.path.abspath(args.data), PROJECT)  # as typed, symlinks kept
+    external = os.path.relpath(os.path.abspath(args.external), PROJECT) if args.external else None
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp) / "runs"
         rows = []
         for seed in args.seeds:
-            row = run_seed(preset.key, data, seed, runs_dir, args.extra)
+            row = run_seed(preset.key, data, seed, runs_dir, args.extra, external, args.robustness)
             rows.append(row)
             print(f"seed {seed}: val {row.val_accuracy:.4f} test {row.test_accuracy:.4f} monocyte F1 "
                   f"{row.monocyte_f1:.3f} IG F1 {row.ig_f1:.3f} best epoch {row.best_epoch} train "
-                  f"{row.train_seconds:.0f} s, whole command {row.command_seconds:.0f} s", flush=True)
+                  f"{row.train_seconds:.0f} s, whole command {row.command_seconds:.0f} s"
+                  + (f"; external {row.external_accuracy:.3f} (shared classes {row.external_shared_accuracy:.3f})"
+                     if external else "")
+                  + (f"; clean {row.clean_accuracy:.4f}, corrupted {row.corrupted_accuracy:.4f}"
+                     if args.robustness else ""), flush=True)
     figures = PresetFigures(preset=preset.key,
                             command=f"python -m core train --preset {preset.key} --data {data} --seed {{seed}}",
                             machine=machine(), measured=datetime.date.today().isoformat(), seeds=tuple(rows),
-                            settings=dict(preset.base))
+                            settings=dict(preset.base), external=Path(external).name if external else "")
     print(f"{preset.key}: {figures.summary()}")
-    for name in ("val_accuracy", "test_accuracy", "monocyte_f1", "ig_f1", "train_seconds", "command_seconds"):
-        print(f"  {name:<16} {figures.stat(name).format(4)}")
+    for name in ("val_accuracy", "test_accuracy", "monocyte_f1", "ig_f1", "train_seconds", "command_seconds",
+                 "external_accuracy", "external_shared_accuracy", "clean_accuracy", "corrupted_accuracy"):
+        if figures.has(name):
+            print(f"  {name:<25} {figures.stat(name).format(4)}")
     if args.write:
         preset_figures.save([figures])
         print(f"recorded in {preset_figures.FIGURES_PATH.relative_to(PROJECT)}")

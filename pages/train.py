@@ -409,10 +409,21 @@ def measured_figures(preset: Preset) -> None:
     minutes = figures.stat("command_seconds")
     cols[3].metric("Whole command", f"{minutes.mean / 60:.1f} min", f"± {minutes.sd / 60:.1f}", delta_color="off",
                    delta_arrow="off")
+    other = [(label, name) for label, name in (
+        (f"{figures.external}, shared classes", "external_shared_accuracy"),
+        (f"{figures.external}, all 8 classes", "external_accuracy"),
+        ("Clean (corruption benchmark)", "clean_accuracy"),
+        ("Mean corrupted accuracy", "corrupted_accuracy")) if figures.has(name)]
+    if other:
+        for col, (label, name) in zip(st.columns(4), other):
+            stat = figures.stat(name)
+            col.metric(md_escape(label), f"{stat.mean:.3f}", f"± {stat.sd:.3f}", delta_color="off", delta_arrow="off")
     st.caption(f"Measured {md_escape(figures.measured)} on {md_escape(figures.machine)}: mean ± sd of seeds "
                f"{figures.seed_list}, each `{figures.command}`; "
                f"{figures.stat('train_seconds').mean:.0f} s of training each. Chosen on validation accuracy; "
-               f"test touched once per run.")
+               f"test touched once per run."
+               + (f" The other lab's cells ({md_escape(figures.external)}) are the trained model applied unchanged, "
+                  "with cell-centred framing (`--resize cell`)." if figures.has("external_shared_accuracy") else ""))
 
 
 def _registry_sizes() -> tuple[int, int, int]:

@@ -33,6 +33,13 @@ class SeedFigures:
     command_seconds: float  # the whole command, start to finish (import, data, training, evaluation, writes)
     best_epoch: int
     tta_test_accuracy: float | None = None  # reported beside, never instead
+    # Presets measured on other labs' cells too (robust): the run applied unchanged to an external set with
+    # cell-centred framing (all 8 classes, and the classes it shares with BloodMNIST), and the corruption
+    # benchmark's clean and mean corrupted accuracy on its test subset. None where not measured.
+    external_accuracy: float | None = None
+    external_shared_accuracy: float | None = None
+    clean_accuracy: float | None = None
+    corrupted_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,9 +60,15 @@ class PresetFigures:
     seeds: tuple[SeedFigures, ...]
     settings: Mapping[str, Any] = field(default_factory=dict)  # the preset's values when measured
 
+    external: str = ""  # the external set the seeds were applied to, where measured
+
     def stat(self, name: str) -> MeanSd:
         values = [float(getattr(s, name)) for s in self.seeds]
         return MeanSd(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    def has(self, name: str) -> bool:
+        """Whether every seed measured `name` (the external and corruption figures are optional)."""
+        return all(getattr(s, name) is not None for s in self.seeds)
 
     @property
     def seed_list(self) -> str:
@@ -65,20 +78,27 @@ class PresetFigures:
         """One line: 'test accuracy 0.962 ± 0.002, monocyte F1 ..., IG F1 ...; 3.1 min whole command (seeds 0,
         1, 2)'."""
         minutes = self.stat("command_seconds").mean / 60
+        other = ""
+        if self.has("external_shared_accuracy"):
+            other += (f", {self.external} with cell framing {self.stat('external_shared_accuracy').format(2)} on "
+                      f"the shared classes ({self.stat('external_accuracy').format(2)} 8-way)")
+        if self.has("corrupted_accuracy"):
+            other += f", mean corrupted accuracy {self.stat('corrupted_accuracy').format()}"
         return (f"test accuracy {self.stat('test_accuracy').format()}, monocyte F1 "
-                f"{self.stat('monocyte_f1').format()}, IG F1 {self.stat('ig_f1').format()}; "
+                f"{self.stat('monocyte_f1').format()}, IG F1 {self.stat('ig_f1').format()}{other}; "
                 f"{self.stat('train_seconds').mean:.0f} s training, {minutes:.1f} min whole command "
                 f"(mean ± sd of seeds {self.seed_list})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "command": self.command, "machine": self.machine,
-                "measured": self.measured, "seeds": [asdict(s) for s in self.seeds], "settings": dict(self.settings)}
+                "measured": self.measured, "seeds": [asdict(s) for s in self.seeds], "settings": dict(self.settings),
+                "external": self.external}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PresetFigures":
         return cls(preset=str(d["preset"]), command=str(d["command"]), machine=str(d["machine"]),
                    measured=str(d["measured"]), seeds=tuple(SeedFigures(**s) for s in d["seeds"]),
-                   settings=dict(d.get("settings", {})))
+                   settings=dict(d.get("settings", {})), external=str(d.get("external", "")))
 
 
 @lru_cache(maxsize=4)
