@@ -4,6 +4,7 @@ all load them, and the measured figures each recipe's card shows."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -89,6 +90,26 @@ def test_figures_give_mean_and_sample_sd_and_save_keeps_the_other_presets(tmp_pa
     preset_figures.save([_figures("quick-28", [0.5])], path)  # a new measurement replaces the old one
     assert preset_figures.load(path)["quick-28"].stat("test_accuracy").mean == 0.5
     assert set(json.loads(path.read_text())) == {"quick-28", "scratch-64"}
+
+
+def test_figures_measured_on_another_lab_and_on_corruptions_are_kept_and_summarised(tmp_path):
+    """The robust preset's figures also carry the external set (cell framing) and the corruption benchmark;
+    a preset measured without them says nothing about them."""
+    path = tmp_path / "figures.json"
+    plain = _figures("scratch-64", [0.98, 0.97])
+    seeds = tuple(SeedFigures(**{**asdict(s), "external_accuracy": 0.7 + s.seed / 10,
+                                 "external_shared_accuracy": 0.8 + s.seed / 10, "clean_accuracy": 0.97,
+                                 "corrupted_accuracy": 0.75 + s.seed / 10}) for s in plain.seeds)
+    robust = PresetFigures("robust", plain.command, plain.machine, plain.measured, seeds, plain.settings,
+                           external="external_dev")
+    preset_figures.save([plain, robust], path)
+    loaded = preset_figures.load(path)
+    assert loaded["robust"] == robust and loaded["robust"].external == "external_dev"
+    assert loaded["robust"].has("external_shared_accuracy") and not loaded["scratch-64"].has("corrupted_accuracy")
+    assert loaded["robust"].stat("external_shared_accuracy").mean == pytest.approx(0.85)
+    assert ("external_dev with cell framing 0.85 ± 0.07 on the shared classes (0.75 ± 0.07 8-way), mean corrupted "
+            "accuracy 0.800 ± 0.071;") in loaded["robust"].summary()
+    assert "external" not in loaded["scratch-64"].summary()
 
 
 @pytest.mark.parametrize("key", sorted(TARGETS))
