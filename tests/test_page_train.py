@@ -247,6 +247,31 @@ def test_a_recipe_card_shows_what_it_reached_with_its_seeds_and_loads_into_the_f
     assert at.button(key="launch").label == "Launch 1 job"
 
 
+def test_a_recipe_measured_on_another_lab_shows_it_beside_the_rest(artifacts, monkeypatch):
+    """Figures with an external set (cell framing) and the corruption benchmark show as a second row, and the
+    caption says the model was applied unchanged; the real recipes' cards have no such row."""
+    from dataclasses import replace
+
+    from core.jobs import preset_figures
+    plain = PRESETS_BY_KEY["scratch-64"].figures
+    seeds = tuple(replace(s, external_accuracy=0.6, external_shared_accuracy=0.7 + s.seed / 100,
+                          clean_accuracy=0.97, corrupted_accuracy=0.9) for s in plain.seeds)
+    measured = replace(plain, seeds=seeds, external="external_dev")
+    monkeypatch.setattr(preset_figures, "load", lambda path=None: {"scratch-64": measured})
+    at = open_train()
+    ok(at.selectbox(key="preset_choice").set_value("scratch-64").run())
+    metrics = {m.label.replace("\\", ""): (m.value, m.delta) for m in at.metric}  # labels are markdown-escaped
+    shared = measured.stat("external_shared_accuracy")
+    assert metrics["external_dev, shared classes"] == (f"{shared.mean:.3f}", f"± {shared.sd:.3f}")
+    assert metrics["external_dev, all 8 classes"][0] == "0.600"
+    assert metrics["Mean corrupted accuracy"][0] == "0.900" and metrics["Clean (corruption benchmark)"][0] == "0.970"
+    assert "applied unchanged, with cell-centred framing" in texts(at)
+
+    monkeypatch.undo()
+    ok(at.selectbox(key="preset_choice").set_value("scratch-64").run())
+    assert len(at.metric) == 4 and "applied unchanged" not in texts(at)
+
+
 def test_a_study_preset_card_has_no_measured_figures(artifacts):
     at = open_train()
     ok(at.selectbox(key="preset_choice").set_value("table9").run())
