@@ -51,7 +51,7 @@ def machine() -> str:
 
 
 def core_command(*args: str) -> str:
-    """`python -m core ARGS` in a fresh process; its standard output (it must succeed)."""
+    """`python -m core ARGS` in a fresh process, as a user runs it; its standard output (it must succeed)."""
     proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=PROJECT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"python -m core {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -71,14 +71,11 @@ def robustness_figures(run: Path) -> dict[str, float]:
 
 def run_seed(key: str, data: str, seed: int, runs_dir: Path, extra: list[str], external: str | None = None,
              robustness: bool = False) -> SeedFigures:
-    cmd = [sys.executable, "-m", "core", "train", "--preset", key, "--data", data, "--seed", str(seed),
-           "--runs-dir", str(runs_dir), *extra]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
+    stdout = core_command("train", "--preset", key, "--data", data, "--seed", str(seed), "--runs-dir", str(runs_dir),
+                          *extra)
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"seed {seed} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    run = Path(proc.stdout.strip().splitlines()[-1])
+    run = Path(stdout.strip().splitlines()[-1])  # train prints the run's folder last
     metrics = json.loads((run / "metrics.json").read_text())
     other = {**(external_figures(run, external) if external else {}),
              **(robustness_figures(run) if robustness else {})}

@@ -35,7 +35,7 @@ class SeedFigures:
     tta_test_accuracy: float | None = None  # reported beside, never instead
     # Presets measured on other labs' cells too (robust): the run applied unchanged to an external set with
     # cell-centred framing (all 8 classes, and the classes it shares with BloodMNIST), and the corruption
-    # benchmark's clean and mean corrupted accuracy on its test subset. None where not measured.
+    # benchmark's clean and mean corrupted accuracy on the test split. None where not measured.
     external_accuracy: float | None = None
     external_shared_accuracy: float | None = None
     clean_accuracy: float | None = None
@@ -59,7 +59,6 @@ class PresetFigures:
     measured: str  # date, YYYY-MM-DD
     seeds: tuple[SeedFigures, ...]
     settings: Mapping[str, Any] = field(default_factory=dict)  # the preset's values when measured
-
     external: str = ""  # the external set the seeds were applied to, where measured
 
     def stat(self, name: str) -> MeanSd:
@@ -75,8 +74,8 @@ class PresetFigures:
         return ", ".join(str(s.seed) for s in self.seeds)
 
     def summary(self) -> str:
-        """One line: 'test accuracy 0.962 ± 0.002, monocyte F1 ..., IG F1 ...; 3.1 min whole command (seeds 0,
-        1, 2)'."""
+        """One line: 'test accuracy 0.962 ± 0.002, monocyte F1 ..., IG F1 ...[, the external set and the corruption
+        benchmark where measured]; 3.1 min whole command (seeds 0, 1, 2)'."""
         minutes = self.stat("command_seconds").mean / 60
         other = ""
         if self.has("external_shared_accuracy"):

@@ -45,8 +45,9 @@ class Architecture:
     group_norm: bool = False
     # Mixed bfloat16 trains it faster than float32 on a CPU with bfloat16 instructions, so precision "auto"
     # picks it there. Measured on AVX512_BF16 against float32, same model and batches: the compact ResNet 1.39x
-    # (trainer epochs, 28 px), ResNet-50 1.3x (84 against 65 img/s at 64 px, batch 32); MobileNetV3-Small about
-    # 0.8x (depthwise convolutions, hard-swish and the casts around them); unmeasured networks stay float32.
+    # (trainer epochs, 28 px), ResNet-50 1.3x (84 against 65 img/s on one constant batch, 64 px, batch 32);
+    # MobileNetV3-Small about 0.8x (depthwise convolutions, hard-swish and the casts around them); unmeasured
+    # networks stay float32.
     cpu_bfloat16_faster: bool = False
 
     def effective_size(self, size: int, settings: Mapping[str, Any] | None = None) -> int:

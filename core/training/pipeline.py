@@ -162,10 +162,11 @@ def _map_batches(ds: tf.data.Dataset, prepare) -> tf.data.Dataset:
     On a GPU the processor's cores are free while the accelerator trains, so batches are prepared in parallel
     and ahead. On a CPU the model's own steps already use every core (TensorFlow's intra-op pool), and input
     work on other threads does not come free: it pre-empts one of the threads a convolution is split over, and
-    the whole step waits for that straggler. Measured on 2 cores at 64 px, batch 32, mixed bfloat16: ResNet-50
-    trained at 62 images/s with the parallel, prefetched map and 82 with the map run in line, inside the step
-    (84 with no input work at all); see benchmarks/pipeline_throughput.py. The batches are identical either
-    way (every random draw is seeded by the step), so this changes speed only.
+    the whole step waits for that straggler. Measured on 2 cores at 64 px, batch 32, mixed bfloat16 (median
+    step, one fit per process): ResNet-50 trained at 62 images/s with the parallel, prefetched map, 82 with the
+    map run in line inside the step, and 84 on one constant batch with no input work at all; against the study's
+    pipeline (benchmarks/pipeline_throughput.py) that took ResNet-50 from 1.19x to 1.38x. The batches are
+    identical either way (every random draw is seeded by the step), so this changes speed only.
     """
     if tf.config.list_physical_devices("GPU"):
         return ds.map(prepare, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
