@@ -32,7 +32,9 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +53,7 @@ from study_recipe import study_flow
 from core.config import ARCHITECTURES, SIZES, RunConfig
 from core.data.dataset import Dataset, load_for_config, load_npz
 from core.models.build import build_model
-from core.training import pipeline, precision
+from core.training import pipeline, precision, threads
 from core.training.trainer import compile_model
 
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -141,7 +143,7 @@ def fresh_model(config: RunConfig, dataset: Dataset, policy: str = "float32") ->
     return model
 
 
-def time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray, y_onehot: np.ndarray,
+def time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray | None, y_onehot: np.ndarray,
                   steps: int, warmup: int) -> dict:
     """Our default path runs in the precision a run gets by default here ("auto"); the study's in float32."""
     with precision.policy(policy_for(which, config)):  # restores the previous policy afterwards
@@ -152,7 +154,7 @@ def policy_for(which: str, config: RunConfig) -> str:
     return precision.resolve(config.precision, config.arch) if which == OURS else "float32"
 
 
-def _time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray, y_onehot: np.ndarray,
+def _time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray | None, y_onehot: np.ndarray,
                    steps: int, warmup: int) -> dict:
     model = fresh_model(config, dataset, policy_for(which, config))
     compute_dtype = next(layer.compute_dtype for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
@@ -176,7 +178,7 @@ def _time_training(which: str, config: RunConfig, dataset: Dataset, x_float: np.
     return result
 
 
-def time_input_alone(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray,
+def time_input_alone(which: str, config: RunConfig, dataset: Dataset, x_float: np.ndarray | None,
                      y_onehot: np.ndarray, batches: int, warmup: int) -> dict:
     """Produce `warmup + batches` batches with no model; images/s over the last `batches`."""
     times = []
@@ -196,6 +198,41 @@ def time_input_alone(which: str, config: RunConfig, dataset: Dataset, x_float: n
     return {"batches_timed": n, "seconds": seconds,
             "images_per_second": n * config.batch_size / seconds if seconds > 0 else float("nan"),
             "batch_shape": list(x.shape), "batch_dtype": str(x.dtype)}
+
+
+# -- one measurement, one process ----------------------------------------------------------------------
+def measure(which: str, args: argparse.Namespace, input_batches: int) -> dict:
+    """Time one pipeline (input alone, then training) in this process, which has not run TensorFlow yet.
+
+    Ours sets TensorFlow's CPU thread pools as a training process does (core.training.threads), before its
+    first operation; the study's keeps TensorFlow's defaults, as it ran. The pools are fixed for a process's
+    life once TensorFlow starts, so each measurement gets a fresh process."""
+    dataset = load_data(args.data, args.size)
+    config = make_config(args, dataset.image_size)
+    if which == OURS:
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        threads.apply(threads.plan(config.arch, config.size, config.batch_size, config.to_dict(), gpu=gpu))
+    # What the study's flow() gets: float32 pixels 0..255 (it would make this copy itself from uint8).
+    x_float = dataset.train.images.astype(np.float32) if which == STUDY else None
+    y_onehot = keras.utils.to_categorical(dataset.train.labels, dataset.n_classes).astype(np.float32)
+    result = {"input": time_input_alone(which, config, dataset, x_float, y_onehot, input_batches,
+                                        args.warmup_steps),
+              "train": time_training(which, config, dataset, x_float, y_onehot, args.steps, args.warmup_steps)}
+    result["train"]["cpu_threads"] = threads.current().to_dict()
+    return result
+
+
+def measure_in_fresh_process(which: str, args: argparse.Namespace, input_batches: int) -> dict:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--measure", which, "--arch", args.arch,
+            "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+            "--warmup-steps", str(args.warmup_steps), "--input-batches", str(input_batches),
+            "--seed", str(args.seed)]
+    argv += ["--data", args.data] if args.data else []
+    argv += ["--size", str(args.size)] if args.size else []
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"the {which} measurement failed (exit {done.returncode}); its messages are above")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -239,6 +276,9 @@ def print_report(settings: dict, machine: dict, summary: dict) -> None:
         print(f"load    : {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min) at start{note}")
     print(f"precision: study {settings['precision'][STUDY]}, ours {settings['precision'][OURS]} (the default, "
           f"precision=auto)")
+    pools = {w: threads.CpuThreads(**summary["cpu_threads"][w]).describe() for w in (STUDY, OURS)}
+    print(f"threads : study {pools[STUDY]}; ours {pools[OURS]} (core.training.threads; each measurement "
+          f"in a fresh process)")
     print(f"settings: {settings['arch']} weights=none, {settings['image_size']} px from {settings['data']}, "
           f"{settings['n_train']} training images, batch {settings['batch_size']}, "
           f"{settings['steps']} timed steps after {settings['warmup_steps']} warm-up, "
@@ -286,17 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="measure each pipeline this many times (median)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this file")
+    p.add_argument("--measure", choices=(STUDY, OURS), default=None, help=argparse.SUPPRESS)  # one process's part
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup_steps < 1 or args.repeats < 1 or args.batch_size < 1:
         p.error("need --steps >= 1, --warmup-steps >= 1, --repeats >= 1, --batch-size >= 1")
     input_batches = args.input_batches or max(args.steps, 100)
+    if args.measure:
+        print(json.dumps(measure(args.measure, args, input_batches)))
+        return 0
 
     machine = machine_info()
     dataset = load_data(args.data, args.size)
     config = make_config(args, dataset.image_size)
-    # What the study's flow() gets: float32 pixels 0..255 (it would make this copy itself from uint8).
-    x_float = dataset.train.images.astype(np.float32)
-    y_onehot = keras.utils.to_categorical(dataset.train.labels, dataset.n_classes).astype(np.float32)
     settings = {
         "arch": config.arch, "weights": config.weights, "image_size": dataset.image_size,
         "data": dataset.source, "n_train": len(dataset.train), "n_classes": dataset.n_classes,
@@ -316,16 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         order = (STUDY, OURS) if r % 2 == 0 else (OURS, STUDY)  # alternate to spread drift evenly
         for which in order:
-            print(f"[repeat {r + 1}/{args.repeats}] {which}: input alone ...", file=sys.stderr, flush=True)
-            runs[which]["input"].append(time_input_alone(which, config, dataset, x_float, y_onehot,
-                                                         input_batches, args.warmup_steps))
-            print(f"[repeat {r + 1}/{args.repeats}] {which}: training {args.warmup_steps}+{args.steps} "
-                  f"steps ...", file=sys.stderr, flush=True)
-            res = time_training(which, config, dataset, x_float, y_onehot, args.steps, args.warmup_steps)
-            runs[which]["train"].append(res)
-            print(f"    {res['images_per_second']:.1f} img/s, {res['cpu_seconds_per_step']:.2f} CPU-s/step "
-                  f"(warm-up {res['warmup_seconds']:.1f}s, convolutions in {res['conv_compute_dtype']})",
-                  file=sys.stderr, flush=True)
+            print(f"[repeat {r + 1}/{args.repeats}] {which}: input alone, then training {args.warmup_steps}+"
+                  f"{args.steps} steps, in a fresh process ...", file=sys.stderr, flush=True)
+            res = measure_in_fresh_process(which, args, input_batches)
+            runs[which]["input"].append(res["input"])
+            runs[which]["train"].append(res["train"])
+            t = res["train"]
+            print(f"    {t['images_per_second']:.1f} img/s, {t['cpu_seconds_per_step']:.2f} CPU-s/step "
+                  f"(warm-up {t['warmup_seconds']:.1f}s, convolutions in {t['conv_compute_dtype']}; "
+                  f"{threads.CpuThreads(**t['cpu_threads']).describe()})", file=sys.stderr, flush=True)
 
     summary: dict = {}
     for which in (STUDY, OURS):
@@ -347,10 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     digests = {t["initial_weights_sha256"] for w in (STUDY, OURS) for t in runs[w]["train"]}
     summary["identical_initial_weights"] = len(digests) == 1
     summary["benchmark_seconds"] = time.perf_counter() - started
-    summary["process_cpu_seconds"] = time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary["process_cpu_seconds"] = time.process_time() + children.ru_utime + children.ru_stime
+    summary["cpu_threads"] = {w: runs[w]["train"][0]["cpu_threads"] for w in (STUDY, OURS)}
 
     print_report(settings, machine, summary)
-    print(f"(benchmark took {summary['benchmark_seconds']:.0f} s wall; the process used "
+    print(f"(benchmark took {summary['benchmark_seconds']:.0f} s wall; its processes used "
           f"{summary['process_cpu_seconds']:.0f} CPU-s in all, so at least "
           f"{summary['process_cpu_seconds'] / machine['cpus_usable']:.0f} s on an idle machine like this)")
     if args.json:

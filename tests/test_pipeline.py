@@ -243,8 +243,8 @@ def test_inference_and_bn_statistics_datasets_are_unaugmented(tiny_npz):
     assert order != list(range(len(images)))  # shuffled
 
 
-def test_batches_are_the_same_whether_prepared_in_line_or_in_parallel(tiny_npz, monkeypatch):
-    """On a CPU the batches are prepared in line inside the step, on a GPU in parallel threads ahead of it
+def test_batches_are_the_same_whether_prepared_for_a_cpu_or_a_gpu(tiny_npz, monkeypatch):
+    """On a CPU the map is left to tf.data's default rewrites, on a GPU it is explicitly parallel and prefetched
     (core.training.pipeline._map_batches): only the speed may differ, never a pixel, a label or the order."""
     data = load_npz(tiny_npz)
     config = RunConfig(data=str(tiny_npz), arch="resnet18", weights="none", size=28, batch_size=32, seed=3,
@@ -255,8 +255,8 @@ def test_batches_are_the_same_whether_prepared_in_line_or_in_parallel(tiny_npz, 
         ds = training_dataset(data.train.images, data.train.labels, config, data.n_classes)
         return [(x.numpy(), y.numpy()) for x, y in ds.take(9)]  # past the end of the first epoch (8 steps)
 
-    in_line, parallel = batches([]), batches(["a GPU"])
-    assert len(in_line) == len(parallel) == 9
-    for (x1, y1), (x2, y2) in zip(in_line, parallel):
+    cpu, gpu = batches([]), batches(["a GPU"])
+    assert len(cpu) == len(gpu) == 9
+    for (x1, y1), (x2, y2) in zip(cpu, gpu):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)

@@ -16,6 +16,7 @@ import pytest
 from core.config import RunConfig
 from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics
 from core.store.runs import RunStore, open_run, read_history
+from core.training import threads
 from core.training.trainer import Progress, TrainingCancelled, class_weight_map, resume, train
 
 SPLIT_KEYS = {"accuracy", "balanced_accuracy", "auc", "per_class", "confusion", "labels"}
@@ -90,6 +91,8 @@ def test_metrics_layout_and_label_names(tiny_run):
         assert SplitMetrics.from_dict(s).to_dict() == s  # the one evaluator's shape, read back whole
     assert m["epochs_run"] == 2 and m["best_epoch"] in (1, 2)
     assert m["train_seconds"] > 0 and m["train_images_per_second"] > 0
+    # the CPU thread pools this process trained with
+    assert m["cpu_threads"] == threads.current().to_dict()
     # 2 epochs x 8 steps x 32 images in train_seconds
     assert m["train_images_per_second"] == pytest.approx(2 * 8 * 32 / m["train_seconds"])
 

@@ -40,7 +40,7 @@ from core.models import batchnorm
 from core.models.build import build_model
 from core.store.io import write_json
 from core.store.runs import Run, RunStore, RunWriter
-from core.training import pipeline, precision, schedules
+from core.training import pipeline, precision, schedules, threads
 
 CHECKPOINT_MODEL, CHECKPOINT_BEST, CHECKPOINT_STATE = (
     "checkpoint.keras", "checkpoint-best.weights.h5", "checkpoint.json")
@@ -183,6 +183,7 @@ class Trainer:
         self.writer = RunWriter(store, config, run_id)
         self.cancelled = False
         self.precision = config.precision  # resolved ("auto" -> what this machine runs) when the run starts
+        self.threads = threads.CpuThreads()  # the CPU thread pools it ran with, read when the run starts
         self.history: list[dict[str, float]] = []
         self.best_epoch = 0
         self.best_key: tuple[float, float] = (-1.0, 0.0)
@@ -290,6 +291,8 @@ class Trainer:
             gpu = bool(tf.config.list_physical_devices("GPU"))
             self.precision = precision.resolve(c.precision, c.arch, gpu=gpu)
             precision.check(self.precision, gpu=gpu)
+            # before TensorFlow runs its first operation in this process (else the pools it has are kept)
+            self.threads = threads.apply(threads.plan(c.arch, c.size, c.batch_size, c.to_dict(), gpu=gpu))
             with precision.policy(self.precision):
                 return self._run()
         except (TrainingCancelled, KeyboardInterrupt):
@@ -309,7 +312,7 @@ class Trainer:
         self.steps = pipeline.steps_per_epoch(len(self.data.train), c.batch_size)
         self.log(f"run {self.run_id}: {c.arch} {self.data.image_size}px weights={c.weights} "
                  f"train/val/test {len(self.data.train)}/{len(self.data.val)}/{len(self.data.test)}"
-                 f" precision={self.precision}")
+                 f" precision={self.precision}; {self.threads.describe()}")
         self.model = build_model(c, n_classes, self.data.image_size)
         compile_model(self.model, c, n_classes, self.steps)
         initial_epoch = self._restore_checkpoint()
@@ -345,6 +348,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "train_images_per_second": self.images_trained / self.train_seconds if self.train_seconds else 0.0,
             "precision": self.precision,  # the policy it ran in ("auto" resolved on this machine)
+            "cpu_threads": self.threads.to_dict(),  # TensorFlow's pools it trained with (0: the default)
             "bn_recalibrated": c.recalibrate_bn,
             "weights_averaged": c.ema,
             "dataset": {"source": data.source, "image_size": data.image_size,
