@@ -22,7 +22,8 @@ from conftest import PROJECT_ROOT
 HEAVY = ("tensorflow", "keras", "torch")
 TF_LAYERS = ("core.models", "core.training", "core.inference", "core.explain.cam")
 TF_FREE_INSIDE_TF_LAYERS = ("core.models", "core.models.architectures", "core.training", "core.inference",
-                            "core.inference.ood", "core.explain.cam")
+                            "core.inference.ood", "core.explain.cam", "core.training.precision",
+                            "core.training.threads")
 PAGES_THAT_LOAD_A_MODEL = ("pages.classify",)
 SCANNED = ("core", "pages", "ui")
 
