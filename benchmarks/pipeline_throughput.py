@@ -229,8 +229,9 @@ def measure_in_fresh_process(which: str, args: argparse.Namespace, input_batches
             "--seed", str(args.seed)]
     argv += ["--data", args.data] if args.data else []
     argv += ["--size", str(args.size)] if args.size else []
-    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
-    if done.returncode != 0:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:  # TensorFlow's start-up chatter is shown only then
+        sys.stderr.write(done.stderr)
         sys.exit(f"the {which} measurement failed (exit {done.returncode}); its messages are above")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -303,7 +304,7 @@ def print_report(settings: dict, machine: dict, summary: dict) -> None:
           f"{r['input_images_per_second']:>17.2f}x")
     print()
     print("train img/s: steady-state training steps including input (median over repeats); CPU-s/step: CPU")
-    print("time of this process (all threads) per timed step, less sensitive than wall time to other jobs;")
+    print("time of the measuring process (all threads) per timed step, less sensitive than wall time to other jobs;")
     print("input alone: batches produced with no model; input share: time to make one batch alone as a")
     print("fraction of one training step (what the input would add to a step if it did not overlap compute).")
     print("study input: a float32 copy of the uint8 images (0..255; flow() converts to float32 anyway),")
