@@ -13,7 +13,9 @@ Both train the same model: `core.models.build.build_model` from one `RunConfig`,
 `core.training.trainer.compile_model`, rebuilt with the same seed for each pipeline so both start from identical
 weights (checked by a hash of the initial weights). Only steady-state steps are timed: a callback records
 the time at every batch end and the first --warmup-steps steps (graph tracing, first-call costs, filling
-the shuffle buffer) are left out. Each pipeline is also timed alone, without a model, to show where the
+the shuffle buffer) are left out. Each measurement runs in a fresh process: ours sets TensorFlow's CPU thread
+pools as a training process does (core.training.threads), the study's keeps TensorFlow's defaults, and the
+pools cannot change once TensorFlow has started in a process. Each pipeline is also timed alone, without a model, to show where the
 time goes.
 
     python benchmarks/pipeline_throughput.py                      # ResNet-50, 64 px, batch 32, 60 steps
