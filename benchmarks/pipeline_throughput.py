@@ -15,8 +15,8 @@ weights (checked by a hash of the initial weights). Only steady-state steps are 
 the time at every batch end and the first --warmup-steps steps (graph tracing, first-call costs, filling
 the shuffle buffer) are left out. Each measurement runs in a fresh process: ours sets TensorFlow's CPU thread
 pools as a training process does (core.training.threads), the study's keeps TensorFlow's defaults, and the
-pools cannot change once TensorFlow has started in a process. Each pipeline is also timed alone, without a model, to show where the
-time goes.
+pools cannot change once TensorFlow has started in a process. Each pipeline is also timed alone, without a
+model, to show where the time goes.
 
     python benchmarks/pipeline_throughput.py                      # ResNet-50, 64 px, batch 32, 60 steps
     python benchmarks/pipeline_throughput.py --arch mobilenetv3small --steps 10 --warmup-steps 2
