@@ -3,7 +3,9 @@
 
 Two kinds:
 - recipes, chosen by measurement on validation data only (never on test) for from-scratch training on a
-  CPU: `quick-28` (a class watches it finish) and `scratch-64` (the strongest from scratch in minutes). What
+  CPU: `quick-28` (a class watches it finish), `scratch-64` (the strongest from scratch in minutes) and
+  `robust` (scratch-64 that holds up when stain, colour, focus or noise differ; chosen on validation data and
+  external_dev). What
   each reached, with its seeds, is in core.jobs.preset_figures (written by benchmarks/preset_figures.py);
 - the study's own experiments (Tables 1-9 and 12), unchanged.
 
@@ -27,6 +29,15 @@ STUDY = "study"  # one of the study's experiments, as it ran them
 RECIPE_BASE = dict(arch="compactresnet", weights="none", width=32, depth=2, optimizer="adamw", lr=3e-3,
                    weight_decay=5e-4, lr_schedule="onecycle", label_smoothing=0.1, batch_size=128, dropout=0.0,
                    aug_hflip=True, aug_vflip=True, aug_rot90=True, attention=False, class_weights=False)
+
+# The robust recipe's colour, stain, blur and noise augmentation (SADA's colour jitter 0.2/0.25/0.25/0.15,
+# stain jitter 0.3, blur sigma up to 0.5 px, noise up to 0.02). Chosen on validation data and external_dev (seed 0,
+# 64 px, 10 epochs), against scratch-64 alone, GroupNorm, scale augmentation 0.25 and 0.5, and all together:
+# mean corrupted validation accuracy 0.926 against 0.697, clean validation 0.975 against 0.987, external_dev with
+# cell framing 0.52 on the shared classes for both; the others were no better on external_dev and worse on
+# validation.
+ROBUST_AUGMENTATION = dict(aug_stain=0.3, aug_brightness=0.2, aug_contrast=0.25, aug_saturation=0.25, aug_hue=0.15,
+                           aug_blur=0.5, aug_noise=0.02)
 
 STUDY_BASE = dict(arch="resnet50", size=64, weights="imagenet", batch_size=32, dropout=0.3, optimizer="adam",
                   lr=1e-4, epochs=10, attention=False, class_weights=False)
@@ -69,6 +80,12 @@ PRESETS: tuple[Preset, ...] = (
            "Compact ResNet from scratch on 64 px BloodMNIST, all training images, 10 epochs with a one-cycle "
            "learning rate: the strongest model this tool trains without ImageNet weights, in minutes on a CPU.",
            dict(RECIPE_BASE, size=64, epochs=10), kind=RECIPE),
+    Preset("robust", "Robust to stain, colour, blur and noise, 64 px",
+           "scratch-64 plus stain, brightness, contrast, saturation, hue, blur and noise augmentation: holds up "
+           "far better when a slide's colours, focus or noise differ (the corruption benchmark), for about one "
+           "point of accuracy on clean images. Chosen on validation data and external_dev; on another lab's "
+           "cells it is no better than scratch-64 yet (see its measured figures).",
+           dict(RECIPE_BASE, size=64, epochs=10, **ROBUST_AUGMENTATION), kind=RECIPE),
     Preset("table1", "Study Table 1: batch size",
            "ResNet-50, 64 px: batch size 16 vs 32.", STUDY_BASE, {"batch_size": [16, 32]}),
     Preset("table2", "Study Table 2: class-weighted loss and attention",
