@@ -16,8 +16,8 @@ shared with BloodMNIST), and with --robustness the corruption benchmark runs on 
 
     python benchmarks/preset_figures.py quick-28 --data ../shared/data/pbc_bloodmnist_28.npz --seeds 0 1 2
     python benchmarks/preset_figures.py scratch-64 --data ../shared/data/pbc_bloodmnist_64.npz --write
-    python benchmarks/preset_figures.py scratch-64 --data ../shared/data/pbc_bloodmnist_64.npz \
-        --external ../shared/data/external_dev --robustness
+    python benchmarks/preset_figures.py robust --data ../shared/data/pbc_bloodmnist_64.npz --seeds 0 1 2 \
+        --external ../shared/data/external_dev --robustness --write
 """
 
 from __future__ import annotations
