@@ -363,9 +363,12 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         if done == total:
             print(file=sys.stderr)
 
-    report = evaluate_robustness(args.run, limit=args.limit, seed=args.seed, progress=progress)
+    report = evaluate_robustness(args.run, limit=args.limit, seed=args.seed, progress=progress, split=args.split)
     print(format_table(report))
-    print(f"\nstored in {report_path(args.run)}")
+    if args.split == "test":
+        print(f"\nstored in {report_path(args.run)}")
+    else:
+        print("\nnot stored: the run's stored report is its test split's (validation scores are for choosing)")
     return 0
 
 
@@ -523,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="a stratified subset of about N test images (default: the whole test split)")
     p.add_argument("--seed", type=int, default=0, help="the corruptions' random choices (and the subset's)")
+    p.add_argument("--split", choices=("test", "val"), default="test",  # robustness.SPLITS (heavy to import here)
+                   help="val: score the validation split instead, to choose a recipe without touching test "
+                        "(printed, not stored)")
     p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("download", help="download BloodMNIST at a size (MD5-checked)")

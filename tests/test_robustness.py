@@ -21,6 +21,7 @@ from core.evaluation.predictions import load_classifier
 from core.evaluation.robustness import (
     COMMAND,
     RobustnessError,
+    RobustnessReport,
     RobustnessReportError,
     evaluate_robustness,
     format_table,
@@ -160,3 +161,23 @@ def test_the_command_prints_the_table_and_stores_the_same_report(tmp_path, train
     assert format_table(stored) in out and f"stored in {report_path(run_dir)}" in out
     assert main(["robustness", "--run", str(run_dir), "--limit", "0"]) == 2
     assert "the limit must be a positive number" in capsys.readouterr().err
+
+
+def test_the_validation_split_is_scored_for_choosing_and_never_stored(tmp_path, trained_run, capsys):
+    """Recipes are chosen on validation data: `--split val` scores the validation split with the same corruptions,
+    prints it, and leaves the run's stored (test) report as it was."""
+    run_dir = mirror_run(trained_run, tmp_path / "artifacts")
+    assert main(["robustness", "--run", str(run_dir), "--limit", str(LIMIT), "--seed", str(SEED)]) == 0
+    stored = report_path(run_dir).read_bytes()
+    capsys.readouterr()
+    assert main(["robustness", "--run", str(run_dir), "--limit", str(LIMIT), "--seed", str(SEED),
+                 "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "validation images" in out and "not stored" in out and "stored in" not in out
+    assert report_path(run_dir).read_bytes() == stored and load_report(run_dir).split == "test"
+    val_images, val_labels = open_run(run_dir).split("val")
+    report = evaluate_robustness(run_dir, split="val", store=False)  # the whole validation split
+    assert report.split == "val" and report.n == len(val_labels) == len(val_images)
+    assert RobustnessReport.from_dict(report.to_dict()) == report
+    with pytest.raises(RobustnessError, match="split must be one of"):
+        evaluate_robustness(run_dir, split="train")

@@ -6,6 +6,10 @@ corruption at severities 1-5 (core.evaluation.corruptions), each scored with the
     print(format_table(report))
     load_report(run_dir)                           # the stored report, or None; the Results page shows it
 
+With `split="val"` the same benchmark scores the run's validation split instead, for choosing a recipe without
+touching test (presets are chosen on validation data); that report is returned and printed, never stored, so
+the run's stored report is always its test split's.
+
 The headline figures are the clean accuracy and the mean corrupted accuracy: the mean over every corruption and
 severity (55 cells), as MedMNIST-C averages its errors. Each cell also keeps its balanced accuracy (MedMNIST-C's
 own metric is the balanced error). The test split is the one the run was evaluated on (`Run.test_split`, the
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
 ROBUSTNESS_FILE = "robustness.json"
 SCHEMA_VERSION = 1
 BATCH = 256  # images corrupted and scored at a time: bounded memory even at 224 px
+SPLITS = ("test", "val")
 COMMAND = "python -m core robustness --run"  # how a report is made; pages and messages say so
 
 Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what was just scored)
@@ -81,10 +86,10 @@ class CorruptionScores:
 @dataclass(frozen=True)
 class RobustnessReport:
     run_id: str
-    data: str  # the npz whose test split was scored
+    data: str  # the npz whose split was scored
     image_size: int
-    n: int  # test images scored (each clean and under every corruption and severity)
-    limit: int | None  # None: the whole test split
+    n: int  # images scored (each clean and under every corruption and severity)
+    limit: int | None  # None: the whole split
     seed: int  # the corruptions' random choices (and the subset, with a limit)
     clean: SplitMetrics
     corruptions: tuple[CorruptionScores, ...]
@@ -92,6 +97,7 @@ class RobustnessReport:
     created: str  # UTC, ISO 8601
     benchmark_version: int = corruptions.BENCHMARK_VERSION
     schema_version: int = SCHEMA_VERSION
+    split: str = "test"  # the split scored ("val" only in reports that are not stored)
 
     @property
     def clean_accuracy(self) -> float:
@@ -114,7 +120,7 @@ class RobustnessReport:
         return {
             "schema_version": self.schema_version, "benchmark": "MedMNIST-C BloodMNIST corruptions",
             "benchmark_version": self.benchmark_version, "run_id": self.run_id, "data": self.data,
-            "image_size": self.image_size, "n": self.n, "limit": self.limit, "seed": self.seed,
+            "split": self.split, "image_size": self.image_size, "n": self.n, "limit": self.limit, "seed": self.seed,
             "seconds": self.seconds, "created": self.created,
             "clean_accuracy": self.clean_accuracy, "mean_corrupted_accuracy": self.mean_corrupted_accuracy,
             "mean_corrupted_balanced_accuracy": self.mean_corrupted_balanced_accuracy,
@@ -145,7 +151,8 @@ class RobustnessReport:
         return cls(run_id=str(d["run_id"]), data=str(d["data"]), image_size=int(d["image_size"]), n=int(d["n"]),
                    limit=None if limit is None else int(limit), seed=int(d["seed"]),
                    clean=SplitMetrics.from_dict(d["clean"]), corruptions=tuple(table), seconds=float(d["seconds"]),
-                   created=str(d["created"]), benchmark_version=int(d["benchmark_version"]), schema_version=version)
+                   created=str(d["created"]), benchmark_version=int(d["benchmark_version"]), schema_version=version,
+                   split=str(d.get("split", "test")))  # reports written before the setting scored test
 
 
 # -- storing ---------------------------------------------------------------------------------------------------
@@ -192,28 +199,30 @@ def _probabilities(classifier: "Classifier", images: np.ndarray, indices: np.nda
 
 def evaluate_robustness(run_dir: str | Path, *, limit: int | None = None, seed: int = 0,
                         classifier: "Classifier | None" = None, progress: Progress | None = None,
-                        store: bool = True) -> RobustnessReport:
-    """Score the run's model on its test split, clean and under every corruption at severities 1-5; store the
-    report in the run folder (`store`) and return it.
+                        store: bool = True, split: str = "test") -> RobustnessReport:
+    """Score the run's model on its test split (or, with `split="val"`, its validation split), clean and under
+    every corruption at severities 1-5; store a test report in the run folder (`store`) and return it.
 
-    `limit`: score a stratified subset of about this many test images (None: all of them). `classifier`: the
+    `limit`: score a stratified subset of about this many images (None: all of them). `classifier`: the
     run's model already loaded (else it is loaded here). `progress(done, total, label)` is called after each
     of the 1 + 55 passes.
     """
+    if split not in SPLITS:
+        raise RobustnessError(f"the split must be one of {', '.join(SPLITS)}, not {split!r}")
     if limit is not None and int(limit) < 1:
-        raise RobustnessError(f"the limit must be a positive number of test images, not {limit!r}")
+        raise RobustnessError(f"the limit must be a positive number of {split} images, not {limit!r}")
     if int(seed) < 0:
         raise RobustnessError(f"the seed must be a non-negative integer, not {seed!r}")
     run_dir = Path(run_dir)
     run = open_run(run_dir)
     started = time.perf_counter()
-    images, labels = run.test_split()
+    images, labels = run.split(split)
     indices = stratified_subset(labels, int(limit), int(seed)) if limit else np.arange(len(labels))
     images, labels = images[indices], labels[indices]
     if classifier is None:
         classifier = load_classifier(run_dir)  # TensorFlow loads here
     if images.shape[1] != classifier.image_size:
-        raise DatasetError(f"the run's model takes {classifier.image_size} px images; its test split holds "
+        raise DatasetError(f"the run's model takes {classifier.image_size} px images; its {split} split holds "
                            f"{images.shape[1]} px")
     total = 1 + len(corruptions.CORRUPTIONS) * len(corruptions.SEVERITIES)
     clean = evaluate(labels, _probabilities(classifier, images, indices), classifier.labels)
@@ -234,8 +243,9 @@ def evaluate_robustness(run_dir: str | Path, *, limit: int | None = None, seed: 
     report = RobustnessReport(
         run_id=run.run_id, data=str(run.training_data()), image_size=int(images.shape[1]), n=int(len(labels)),
         limit=None if limit is None else int(limit), seed=int(seed), clean=clean, corruptions=tuple(table),
-        seconds=round(time.perf_counter() - started, 3), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    if store:
+        seconds=round(time.perf_counter() - started, 3), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        split=split)
+    if store and split == "test":  # the run's stored report is its test split's
         save_report(run_dir, report)
     return report
 
@@ -245,13 +255,14 @@ def evaluate_robustness(run_dir: str | Path, *, limit: int | None = None, seed: 
 def format_table(report: RobustnessReport) -> str:
     """The report as the command line prints it: the settings, the two headline figures, then one row per
     corruption (accuracy at each severity and its mean)."""
-    subset = "the whole test split" if report.limit is None else f"a stratified subset, limit {report.limit}"
+    name = "validation" if report.split == "val" else "test"
+    subset = f"the whole {name} split" if report.limit is None else f"a stratified subset, limit {report.limit}"
     width = max(len(c.title) for c in report.corruptions)
     header = f"{'corruption':<{width}}  " + "  ".join(f"{f'sev {s}':>6}" for s in corruptions.SEVERITIES) + "    mean"
     lines = [
         f"Corruption benchmark (MedMNIST-C BloodMNIST corruptions, v{report.benchmark_version}) of run "
         f"{report.run_id}",
-        f"{report.n} test images at {report.image_size} px ({subset}), seed {report.seed}, "
+        f"{report.n} {name} images at {report.image_size} px ({subset}), seed {report.seed}, "
         f"{report.seconds:.0f} s",
         "",
         f"clean accuracy            {report.clean_accuracy:.4f}",

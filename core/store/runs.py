@@ -164,11 +164,16 @@ class Run:
     def test_split(self) -> tuple[np.ndarray, np.ndarray]:
         """(images (N,S,S,3) uint8, labels (N,)) of the test split this run was evaluated on, reading only
         those two arrays; DatasetError when the file is unreadable or holds another test split."""
+        return self.split("test")
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The run's "val" or "test" split, as `test_split` reads the test one (checked against the size the
+        run recorded for it)."""
         path = self.training_data()
-        images, labels = read_split(path, "test")
-        expected = self.metrics["test"]["n"]
+        images, labels = read_split(path, name)
+        expected = self.metrics[name]["n"]
         if len(labels) != expected:
-            raise DatasetError(f"{path.name} does not hold the test split this run was evaluated on "
+            raise DatasetError(f"{path.name} does not hold the {name} split this run was evaluated on "
                                f"({len(labels)} images, the run had {expected})")
         return images, labels
 
