@@ -11,7 +11,7 @@ So a run on a CPU whose step is small (forward GFLOPs per batch, from the archit
 OPS_SIDE_BY_SIDE_BELOW_GFLOPS) runs each operation on one core and as many operations at once as there are
 cores; any other run keeps TensorFlow's defaults. Measured on 2 cores (AMD EPYC, AVX512_BF16), training steps
 on one constant batch, images/s with TensorFlow's default against one core per operation
-(side test, medians of 100-150 steps, two alternating processes each):
+(side test, median step over 25-150 steps; one to four processes each, alternating where more than one):
 
 | network, size, batch (forward GFLOPs per batch) | default | one core per operation |
 |---|---|---|
