@@ -66,7 +66,8 @@ def load_data(location: str, kind: str, csv_base: str, class_map: tuple, size: i
               roots: tuple[str, ...]) -> loading.ExternalImages:
     source = (scan.scan(csv_base or None, location, roots=roots) if kind == "csv"
               else scan.scan(location, roots=roots))
-    return loading.load_images(source, size, dict(class_map), resize, list(labels), cell_fraction=cell_fraction)
+    return loading.load_images(source, size, dict(class_map), resize, list(labels), cell_fraction=cell_fraction,
+                               roots=roots)
 
 
 @st.cache_data(max_entries=2, show_spinner="Measuring the cells of the run's training images (once per run)…")

@@ -28,7 +28,7 @@ from core.data.images import MAX_PIXELS, BudgetExceeded, DecodeBudget, decode, d
 from core.data.uploads import UploadRefused, extract_dataset, iter_uploads, read_uploads
 from core.errors import UserFacingError
 from core.validation import review
-from core.validation.external import scan
+from core.validation.external import loading, scan
 from core.validation.external.errors import ExternalError
 
 SECRET = "root:x:0:0:root:/root:/bin/bash"
@@ -164,6 +164,17 @@ def test_symlinked_files_in_a_class_folder_are_left_out(layout):
     assert source.counts == {"basophil": 3, "lymphocyte": 3} and source.outside == 1
     assert not any("private" in f.path or "outside_dir" in f.path for f in source.files)
     assert any("escape.png: a link to a file outside" in m for m in source.messages)
+
+
+def test_a_file_swapped_for_a_link_after_the_scan_is_not_read(layout):
+    root, outside = layout
+    source = scan.scan(root / "set", roots=[root])
+    victim = root / "set" / "basophil" / "1.png"
+    victim.unlink()
+    victim.symlink_to(outside / "private.png")
+    data = loading.load_images(source, 28, resize="plain", roots=[root])
+    assert len(data) == 4 and data.excluded["outside"] == 1 and str(victim) not in data.paths
+    assert len(loading.load_images(source, 28, resize="plain")) == 5  # the command line: not confined
 
 
 def test_review_from_an_external_folder_is_confined(layout):

@@ -432,7 +432,7 @@ def cells_from_external(clf, folder: str | None = None, csv_file: str | None = N
     source = scan(folder, csv_file, roots)
     mapping = build_mapping(source.classes, overrides, clf.labels)
     data = load_images(source, clf.image_size, mapping, resize, clf.labels, keep_unmapped=include_unmapped,
-                       cell_fraction=run_fraction(clf.run.path, resize))
+                       cell_fraction=run_fraction(clf.run.path, resize), roots=roots)
     truths = [mapping.get(s) for s in data.source_classes]
     specs = _specs(clf, data.images, data.paths, data.paths, truths)
     ordered = order_cells(specs, order, clf.labels)
