@@ -11,7 +11,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.images import RESIZE_MODES
-from core.data.uploads import MAX_FILE_BYTES, UPLOAD_TYPES, iter_uploads
+from core.data.uploads import (
+    MAX_FILE_BYTES,
+    MAX_UPLOAD_PIXELS,
+    MAX_UPLOAD_SECONDS,
+    MAX_ZIP_PIXELS,
+    MAX_ZIP_SECONDS,
+    UPLOAD_TYPES,
+    iter_uploads,
+)
 from core.errors import UserFacingError
 from core.explain.cam import METHOD_NAMES, METHOD_TITLES
 from core.explain.overlay import COLORMAPS, panels
@@ -96,7 +104,9 @@ if source == "Upload":
     files = st.file_uploader(
         "Cell images (PNG, JPEG, TIFF, BMP, GIF) or a zip of them", type=list(UPLOAD_TYPES),
         accept_multiple_files=True,
-        help=f"Up to {MAX_FILE_BYTES // 2**20} MB a file. Zips are read in memory, never unpacked to disk.")
+        help=f"Up to {MAX_FILE_BYTES // 2**20} MB a file, {MAX_UPLOAD_PIXELS // 10**6:,} million pixels and "
+             f"{MAX_UPLOAD_SECONDS:g} s of decoding per upload ({MAX_ZIP_PIXELS // 10**6:,} million pixels and "
+             f"{MAX_ZIP_SECONDS:g} s per zip). Zips are read in memory, never unpacked to disk.")
     if files:
         key = (tuple(f.file_id for f in files), mode, run["path"])
         if st.session_state.get("classify_prepared_key") != key:

@@ -2,8 +2,10 @@
 
 A thin view over core.validation.external (layout scan, class mapping, loading, the one evaluation flow,
 Tables 14/15, storage, fine-tuning with its settings) and core.validation.stain (colour normalisation to the
-run's training set). TensorFlow is imported, through ui.model (the shared model cache), only when an evaluation
-is run or a stored one is explained.
+run's training set). Typed paths are confined to the server's data roots (core.access.paths, through the
+scan's `roots`); a dataset can also be uploaded as a zip, unpacked by core.data.uploads.extract_dataset.
+TensorFlow is imported, through ui.model (the shared model cache), only when an evaluation is run
+or a stored one is explained.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.access.paths import data_roots
 from core.data import cell_framing
 from core.data.images import RESIZE_MODES
+from core.data.uploads import MAX_FILE_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_PIXELS, extract_dataset
 from core.errors import UserFacingError
 from core.store.runs import RunStore
 from core.validation import stain
@@ -30,6 +34,7 @@ from ui.text import RESIZE_HELP, RESIZE_TITLES, plural
 
 # -- settings -------------------------------------------------------------------------------------------
 LEAVE_OUT = "(leave out)"
+LAYOUTS = {"folder": "Folder per class", "csv": "CSV of path,label", "zip": "Upload a zip (folder per class)"}
 SAMPLE_CELLS = 8  # cells shown in the normalisation comparison
 CAM_CELLS = 4  # correct and wrong cells each in the Grad-CAM section
 THUMB_PX = 128
@@ -57,9 +62,12 @@ def runs_or_stop() -> list[dict]:
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def load_data(location: str, kind: str, csv_base: str, class_map: tuple, size: int, resize: str,
-              labels: tuple, signature: tuple, cell_fraction: float | None) -> loading.ExternalImages:
-    source = scan.scan(csv_base or None, location) if kind == "csv" else scan.scan(location)
-    return loading.load_images(source, size, dict(class_map), resize, list(labels), cell_fraction=cell_fraction)
+              labels: tuple, signature: tuple, cell_fraction: float | None,
+              roots: tuple[str, ...]) -> loading.ExternalImages:
+    source = (scan.scan(csv_base or None, location, roots=roots) if kind == "csv"
+              else scan.scan(location, roots=roots))
+    return loading.load_images(source, size, dict(class_map), resize, list(labels), cell_fraction=cell_fraction,
+                               roots=roots)
 
 
 @st.cache_data(max_entries=2, show_spinner="Measuring the cells of the run's training images (once per run)…")
@@ -130,25 +138,33 @@ def show_metrics(record: dict, key: str) -> None:
 def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -> scan.ExternalSource | None:
     """Path -> scan -> mapping -> Evaluate. Returns the scanned source (None when there is none)."""
     st.subheader("1 · Dataset", anchor=False)
-    kind = st.segmented_control("Layout", ["Folder per class", "CSV of path,label"], default="Folder per class",
-                                required=True, key="ext_kind")
+    kind_key = st.segmented_control("Layout", list(LAYOUTS), format_func=LAYOUTS.get, default="folder",
+                                    required=True, key="ext_kind")
     csv_base = ""
-    if kind == "Folder per class":
+    if kind_key == "folder":
         location = st.text_input("Dataset folder", key="ext_folder", placeholder="/data/raabin/TestA",
                                  help="One subfolder per class with the images inside (subfolders of a class "
-                                      "folder count for that class), as in Raabin-WBC.")
-    else:
+                                      "folder count for that class), as in Raabin-WBC. It must be inside a "
+                                      "folder this server may read.")
+    elif kind_key == "csv":
         location = st.text_input("CSV file", key="ext_csv", placeholder="/data/labels.csv",
-                                 help="Rows of path,label; a header row such as path,label is recognised.")
+                                 help="Rows of path,label; a header row such as path,label is recognised. The "
+                                      "file and every image it names must be inside a folder this server may "
+                                      "read.")
         csv_base = st.text_input("Folder of relative paths (optional)", key="ext_csv_base",
                                  help="Relative paths in the CSV are read from here; default: the CSV's folder.")
+    else:
+        location = uploaded_zip_folder()
+    roots = tuple(str(r) for r in data_roots())
     if not location.strip():
-        st.info("Enter the path of a dataset on this machine to begin.", icon=":material/folder_open:")
+        if kind_key != "zip":
+            st.info("Enter the path of a dataset on this machine to begin.", icon=":material/folder_open:")
+            st.caption("Folders this server may read: " + ", ".join(f"`{r}`" for r in roots))
         return None
-    kind_key = "folder" if kind == "Folder per class" else "csv"
+    kind_key = "csv" if kind_key == "csv" else "folder"
     try:
-        source = (scan.scan(location.strip()) if kind_key == "folder"
-                  else scan.scan(csv_base.strip() or None, location.strip()))
+        source = (scan.scan(location.strip(), roots=roots) if kind_key == "folder"
+                  else scan.scan(csv_base.strip() or None, location.strip(), roots=roots))
     except UserFacingError as e:
         show_error(e)
         return None
@@ -179,7 +195,8 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
         notes.append("Empty class folders: " + ", ".join(problems["empty_classes"]))
     for field, text in (("not_images", "files that are not images"),
                         ("loose_files", "images outside any class folder"), ("bad_rows", "malformed CSV rows"),
-                        ("missing_files", "CSV rows naming missing files")):
+                        ("missing_files", "CSV rows naming missing files"),
+                        ("outside", "files or rows leading outside the folders this server may read")):
         if problems[field]:
             notes.append(f"{problems[field]} {text}: skipped")
     if problems["nested_files"]:
@@ -196,7 +213,7 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
     if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="ext_go"):
         try:
             data_key = (source.location, kind_key, csv_base.strip(), tuple(sorted(chosen.items())), resize,
-                        source.signature(), get_cell_fraction(run_path, resize))
+                        source.signature(), get_cell_fraction(run_path, resize), roots)
             with st.spinner("Reading the images and scoring them…"):
                 clf = classifier(run_path)
                 data = load_data(*data_key[:4], clf.image_size, data_key[4], tuple(clf.labels), *data_key[5:])
@@ -208,6 +225,33 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
         except UserFacingError as e:
             show_error(e)
     return source
+
+
+def uploaded_zip_folder() -> str:
+    """The zip uploader: a new zip is unpacked (safely, within its budgets) into a folder of its own under the
+    artifacts folder, which is then scanned like a typed folder. Returns that folder, or "" for none."""
+    upload = st.file_uploader("Dataset zip", type=["zip"], key="ext_zip",
+                              help=f"A zip with one folder per class, images inside; up to "
+                                   f"{MAX_FILE_BYTES // 2**20} MB, {MAX_ZIP_MEMBERS:,} files and "
+                                   f"{MAX_ZIP_PIXELS:,} pixels in all. It is unpacked on the server and "
+                                   "removed after a day.")
+    if upload is None:
+        st.info("Upload a zip with one folder per class to begin.", icon=":material/folder_zip:")
+        return ""
+    done = st.session_state.get("ext_zip_done")
+    if not done or done[0] != upload.file_id:
+        try:
+            with st.spinner("Unpacking the zip…"):
+                folder, problems = extract_dataset(upload.name, upload.getvalue())
+        except UserFacingError as e:
+            show_error(e)
+            return ""
+        done = (upload.file_id, str(folder), problems)
+        st.session_state.ext_zip_done = done
+    if done[2]:
+        with st.expander(f"Files in the zip that were not unpacked ({len(done[2])})"):
+            st.code("\n".join(done[2][:scan.MAX_MESSAGES]), language=None)
+    return done[1]
 
 
 def results_section(run_path: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.access.paths import data_roots
 from core.data.cell_framing import run_fraction
 from core.data.images import RESIZE_MODES
 from core.data.uploads import UPLOAD_TYPES
@@ -110,7 +111,9 @@ with start_tab:
                           help=RESIZE_HELP)
         folder, files = "", []
         if kind == "external":
-            folder = st.text_input("External dataset folder (one subfolder per class)", key="review_folder")
+            folder = st.text_input("External dataset folder (one subfolder per class)", key="review_folder",
+                                   help="It must be inside a folder this server may read: "
+                                        + ", ".join(str(r) for r in data_roots()))
         elif kind == "uploads":
             files = st.file_uploader("Cell images", type=[t for t in UPLOAD_TYPES if t != "zip"],
                                      accept_multiple_files=True,
@@ -125,7 +128,7 @@ with start_tab:
                         if not folder.strip():
                             raise rv.ReviewError("Enter the external dataset's folder")
                         cells = rv.cells_from_external(clf, folder.strip(), resize=resize, limit=int(limit),
-                                                       order=order)
+                                                       order=order, roots=data_roots())
                         source = folder.strip()
                     else:
                         if not files:

@@ -19,7 +19,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.config import DATA, SETTINGS, SIZES, RunConfig, groups
+from core.access.paths import confine
+from core.config import DATA, SETTINGS, SIZES, ConfigError, RunConfig, groups
 from core.data import registry
 from core.data.dataset import SPLITS, class_counts, load_npz
 from core.data.download import download
@@ -150,7 +151,8 @@ class DataChoice:
 
 
 def custom_path() -> Path:
-    return Path(ss["data_path"].strip()).expanduser().resolve()
+    """The typed data file, resolved; PathNotAllowed when it is outside the server's data roots."""
+    return confine(ss["data_path"], what="data file")
 
 
 def data_choice(available: dict[int, Path]) -> DataChoice:
@@ -161,7 +163,10 @@ def data_choice(available: dict[int, Path]) -> DataChoice:
     text = ss["data_path"].strip()
     if not text:
         return DataChoice("", None, None, "Enter the path of a MedMNIST-layout .npz file.", "your file")
-    path = custom_path()
+    try:
+        path = custom_path()
+    except UserFacingError as e:
+        return DataChoice(text, None, None, str(e), Path(text).name)
     try:
         size = cached_check(str(path), path.stat().st_mtime if path.is_file() else 0.0)
     except UserFacingError as e:
@@ -287,6 +292,12 @@ def make_plan(choice: DataChoice, available: dict[int, Path]) -> Plan:
              store=RunStore())
     if "weights" in p.errors and ss[form_key("weights")] == "file":
         p.errors["weights_file"] = p.errors.pop("weights")  # e.g. "no such weights file": shown under the path
+    weights_file = ss[form_key("weights_file")].strip()
+    if ss[form_key("weights")] == "file" and weights_file:
+        try:
+            confine(weights_file, what="weights file")
+        except UserFacingError as e:  # outside the data roots: never launched, shown under the path
+            p.errors["weights_file"] = ConfigError("weights", str(e))
     return p
 
 

@@ -26,6 +26,16 @@ def pytest_configure(config):
         raise pytest.UsageError(f"real test data not found at {SHARED_DATA} (expected ../shared/data)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_roots(tmp_path_factory) -> tuple[Path, ...]:
+    """The folders tests may type into pages, configured the real way ($CELLSCOPE_DATA_ROOTS, read by
+    core.access.settings): the shared real data and pytest's temporary folders (subprocesses inherit it)."""
+    roots = (SHARED_DATA, tmp_path_factory.getbasetemp().resolve())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CELLSCOPE_DATA_ROOTS", os.pathsep.join(map(str, roots)))
+        yield roots
+
+
 def write_subset(source: Path, target: Path, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Path:
     """A stratified slice of a real MedMNIST npz, in the same layout."""
     from core.data.dataset import stratified_subset

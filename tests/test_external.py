@@ -50,7 +50,7 @@ def test_external_dev_layout_counts():
     assert source.counts == EXTERNAL_COUNTS
     assert len(source.files) == 100
     assert source.problems() == {"empty_classes": [], "not_images": 0, "loose_files": 0, "nested_files": 0,
-                                 "bad_rows": 0, "missing_files": 0}
+                                 "bad_rows": 0, "missing_files": 0, "outside": 0}
 
 
 def test_external_dev_classes_map_automatically():

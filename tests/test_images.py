@@ -195,12 +195,17 @@ def test_decompression_bomb_pillow_made():
     assert "too large" in image_error(data, "bomb2.png")
 
 
-def test_limit_restored_after_decode():
-    before = Image.MAX_IMAGE_PIXELS
+def test_pillow_limit_is_set_once_at_import_and_never_per_call():
+    assert Image.MAX_IMAGE_PIXELS == MAX_PIXELS
     with pytest.raises(ImageInputError):
         decode(png_header_only(20000, 20000), "bomb.png")
     decode(encode(Image.new("RGB", (10, 10)), "PNG"))
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert Image.MAX_IMAGE_PIXELS == MAX_PIXELS
+
+
+def test_only_the_image_formats_are_opened():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"  # would run Ghostscript
+    assert "not an image Pillow can read" in image_error(eps, "cell.eps")
 
 
 def test_read_file_missing(tmp_path):

@@ -101,6 +101,23 @@ def test_batch_upload_with_bad_files(monkeypatch, artifacts):
     assert "conv5_block2_out gives a 4×4 map" in texts(at).replace("`", "")
 
 
+def test_an_upload_over_its_pixel_budget_is_refused_with_one_message(monkeypatch, artifacts):
+    """The issue's zip of 1,000 large PNGs (39.7 megapixels each): refused before decoding, in one message."""
+    from core.data.uploads import MAX_ZIP_PIXELS
+
+    big = png("big.png", np.zeros((6300, 6300), np.uint8))[1]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for i in range(1000):
+            z.writestr(f"cells/{i}.png", big)
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
+    at.file_uploader[0].set_value([jpeg(ONE_PER_CLASS[0]), ("bomb.zip", archive.getvalue(), "application/zip")])
+    ok(at.run())
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("bomb.zip: refused") and f"{MAX_ZIP_PIXELS:,}" in errors[0]
+    assert "1 classified, 1 refused" in texts(at)
+
+
 def test_explanation_controls(monkeypatch, artifacts):
     at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.file_uploader[0].set_value([jpeg(ONE_PER_CLASS[1])])

@@ -129,3 +129,50 @@ def test_pages_open_without_tensorflow_when_there_is_no_run(tmp_path):
                           timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_paths_outside_the_data_roots_are_refused_on_the_page(monkeypatch, artifacts, tmp_path):
+    """The issue's findings: folder /etc listed 76 "classes", CSV /etc/passwd showed its lines."""
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
+    at.text_input(key="ext_folder").input("/etc").run()
+    ok(at)
+    assert any("dataset folder /etc is outside the folders this server may read" in str(e.value) for e in at.error)
+    assert not [s for s in at.selectbox if s.label.endswith("images)")]  # no "classes" listed
+    at.segmented_control(key="ext_kind").set_value("csv").run()
+    at.text_input(key="ext_csv").input("/etc/passwd").run()
+    ok(at)
+    shown = texts(at)
+    assert "CSV file /etc/passwd is outside" in shown and "root:" not in shown
+    inside = tmp_path / "passwd.csv"  # the same lines inside a root: not a manifest, and not shown
+    inside.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    at.text_input(key="ext_csv").input(str(inside)).run()
+    ok(at)
+    shown = texts(at)
+    assert "not a manifest" in shown and "root:" not in shown and "daemon" not in shown
+
+
+def test_a_dataset_zip_is_uploaded_unpacked_and_scanned(monkeypatch, artifacts):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for cls in EXTERNAL_COUNTS:
+            for image in sorted((EXTERNAL_DEV / cls).glob("*"))[:2]:
+                z.write(image, f"dev/{cls}/{image.name}")
+    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
+    at.segmented_control(key="ext_kind").set_value("zip").run()
+    ok(at)
+    assert "Upload a zip" in texts(at)
+    at.file_uploader(key="ext_zip").set_value([("dev.zip", buf.getvalue(), "application/zip")]).run()
+    ok(at)
+    assert "**10 image files** in **5 classes**" in texts(at)
+    unpacked = list((artifacts / "uploads").iterdir())
+    assert len(unpacked) == 1 and sorted(p.name for p in (unpacked[0] / "dev").iterdir()) == sorted(EXTERNAL_COUNTS)
+    slip = io.BytesIO()
+    with zipfile.ZipFile(slip, "w") as z:
+        z.writestr("../evil.png", b"x")
+    at.file_uploader(key="ext_zip").set_value([("slip.zip", slip.getvalue(), "application/zip")]).run()
+    ok(at)
+    assert any("path traversal" in str(e.value) for e in at.error)
+    assert len(list((artifacts / "uploads").iterdir())) == 1

@@ -376,3 +376,17 @@ def test_launch_a_tiny_run_and_see_it_succeed(artifacts, tiny_npz):
     assert ":green-badge[:material/check_circle: succeeded]" in shown
     assert f"Run saved in `{job.run_path}`" in shown
     assert Path(job.run_path).is_dir()
+
+
+def test_data_and_weights_files_outside_the_data_roots_are_refused(artifacts, tiny_npz):
+    at = use_file(open_train(), Path("/etc/passwd"))
+    assert any("data file /etc/passwd is outside the folders this server may read" in e.value for e in at.error)
+    assert not at.get("plotly_chart")
+    at = use_file(at, tiny_npz)
+    at.selectbox(key="f_weights").set_value("file")  # in the form: sent with the launch
+    at.text_input(key="f_weights_file").input("/etc/shadow")
+    ok(at.button(key="launch").click().run())
+    next_to = [m.replace("\\", "") for m in errors_next_to(at, "f_weights_file")]
+    assert any("weights file /etc/shadow is outside" in m for m in next_to), next_to
+    assert any("Nothing was launched" in e.value for e in at.error)
+    assert queue_at(artifacts).list() == []

@@ -425,12 +425,14 @@ def cells_from_test_split(clf, limit: int = 100, order: str = "confidence") -> l
 
 def cells_from_external(clf, folder: str | None = None, csv_file: str | None = None,
                         overrides: dict[str, str | None] | None = None, resize: str = "medmnist",
-                        limit: int = 0, order: str = "confidence", include_unmapped: bool = True) -> list[CellSpec]:
-    """An external dataset's images (unmapped classes too: a reviewer may look at any cell)."""
-    source = scan(folder, csv_file)
+                        limit: int = 0, order: str = "confidence", include_unmapped: bool = True,
+                        roots=None) -> list[CellSpec]:
+    """An external dataset's images (unmapped classes too: a reviewer may look at any cell); `roots`: the data
+    roots a page confines the folder, the CSV and their images to (core.access.paths; None: the local admin)."""
+    source = scan(folder, csv_file, roots)
     mapping = build_mapping(source.classes, overrides, clf.labels)
     data = load_images(source, clf.image_size, mapping, resize, clf.labels, keep_unmapped=include_unmapped,
-                       cell_fraction=run_fraction(clf.run.path, resize))
+                       cell_fraction=run_fraction(clf.run.path, resize), roots=roots)
     truths = [mapping.get(s) for s in data.source_classes]
     specs = _specs(clf, data.images, data.paths, data.paths, truths)
     ordered = order_cells(specs, order, clf.labels)

@@ -1,6 +1,8 @@
 """External validation, step 3: decode the mapped files and bring them to the model's input exactly as the
 upload path does (`core.data.images.to_model_input`, MedMNIST recipe by default); unreadable files are counted,
 and so, with cell-centred framing, are images in which no cell is found (`no_cell`): skipped, never guessed.
+With `roots` (a page: the data roots), each file is checked again just before it is read, so a file swapped
+for a link to outside the roots after the (cached) scan is left out too, counted with `outside`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from core.access.paths import Roots, is_inside
 from core.data.images import CELL, RESIZE_MODES, ImageInputError, NoCellError, read_file, to_model_input
 from core.data.registry import label_names, short_label
 from core.validation.external.errors import ExternalError
@@ -53,7 +56,7 @@ class ExternalImages:
 def load_images(source: ExternalSource, size: int, mapping: Mapping[str, str | None] | None = None,
                 resize: str = "medmnist", labels: Sequence[str] | None = None,
                 progress: ProgressFn | None = None, keep_unmapped: bool = False,
-                cell_fraction: float | None = None) -> ExternalImages:
+                cell_fraction: float | None = None, roots: Roots | None = None) -> ExternalImages:
     """Decode the mapped files and bring each to (size, size, 3) as the upload path does.
 
     With `keep_unmapped` the files of unmapped classes are loaded too, with label -1 (for review sessions,
@@ -87,7 +90,13 @@ def load_images(source: ExternalSource, size: int, mapping: Mapping[str, str | N
                 continue
         todo.append((f, index_of[target]))
     images, ys, paths, classes, unreadable, no_cell = [], [], [], [], [], []
+    outside = 0
     for k, (f, y) in enumerate(todo):
+        if roots is not None and not is_inside(f.path, roots):
+            outside += 1
+            if progress:
+                progress(k + 1, len(todo))
+            continue
         try:
             images.append(to_model_input(read_file(f.path), size, resize, cell_fraction, Path(f.path).name))
         except NoCellError as e:
@@ -108,6 +117,7 @@ def load_images(source: ExternalSource, size: int, mapping: Mapping[str, str | N
         "unreadable": len(unreadable), **({"no_cell": len(no_cell)} if resize == CELL else {}),
         **source.problems(), "messages": messages[:MAX_MESSAGES],
     }
+    excluded["outside"] = source.outside + outside
     stack = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return ExternalImages(stack, np.asarray(ys, dtype=np.int64), paths, classes, labels,
                           {k: mapping[k] for k in source.classes}, excluded, resize, source.location, source.kind,

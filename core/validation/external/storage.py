@@ -19,10 +19,10 @@ EVAL_ID = RUN_ID_PATTERN  # evaluation ids are made like run ids
 
 def excluded_total(excluded: Mapping[str, Any]) -> int:
     """Files found but not evaluated: unmapped, unreadable, no cell found (cell framing), outside class folders,
-    not images, missing."""
+    not images, missing, outside the data roots."""
     return int(excluded.get("unmapped_total", 0) + excluded.get("unreadable", 0) + excluded.get("no_cell", 0)
                + excluded.get("loose_files", 0) + excluded.get("not_images", 0) + excluded.get("missing_files", 0)
-               + excluded.get("bad_rows", 0))
+               + excluded.get("bad_rows", 0) + excluded.get("outside", 0))
 
 
 def evaluations_dir(run_dir: str | Path) -> Path:
