@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from core.errors import UserFacingError
 from core.store import reference, results
+from core.store.csv_safe import safe_frame
 from core.store.runs import RunStore
 from ui.guard import guard
 from ui.palette import SCALE, series_colours
@@ -33,7 +34,7 @@ st.caption("Every run's best epoch (chosen on validation, never the last epoch),
 
 
 def csv_bytes(df: pd.DataFrame):
-    return lambda: df.to_csv(index=False).encode()
+    return lambda: safe_frame(df).to_csv(index=False).encode()  # formula cells escaped
 
 
 # -- the runs and the filters -----------------------------------------------------------------------------

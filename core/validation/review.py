@@ -37,6 +37,7 @@ from core.data.registry import short_label
 from core.errors import StoreError, UserFacingError
 from core.evaluation.confusion import ambiguous_labels
 from core.evaluation.metrics import evaluate_calls
+from core.store.csv_safe import safe_row
 from core.validation.external.loading import load_images
 from core.validation.external.mapping import build_mapping
 from core.validation.external.scan import scan
@@ -369,10 +370,10 @@ class ReviewStore:
         for c in self.cells(session_id):
             decided = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c["decided_at"]))
                        if c["decided_at"] else "")
-            writer.writerow([s["id"], c["reviewer"] or s["reviewer"], c["position"] + 1, c["cell_key"], c["image"],
-                             c["true_label"] or "", c["model_label"], f"{c['confidence']:.6f}",
-                             c["decision"] or "", reviewer_category(c["decision"], c["label"]) or "",
-                             c["note"] or "", decided])
+            writer.writerow(safe_row([
+                s["id"], c["reviewer"] or s["reviewer"], c["position"] + 1, c["cell_key"], c["image"],
+                c["true_label"] or "", c["model_label"], f"{c['confidence']:.6f}", c["decision"] or "",
+                reviewer_category(c["decision"], c["label"]) or "", c["note"] or "", decided]))
         return buf.getvalue()
 
 
