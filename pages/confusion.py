@@ -24,12 +24,14 @@ from ui.images import enlarge
 from ui.model import classifier
 from ui.palette import SERIES
 from ui.runs import run_labels, runs_table
+from ui.session import page_user
 
 # -- settings -------------------------------------------------------------------------------------------
 MAX_THUMBNAILS = 24
 THUMBS_PER_ROW = 8
 THUMB_PX = 96
 
+page_user("confusion")  # opened by URL without the role: one message, and the page stops
 st.title("Confusions", anchor=False)
 st.caption("Which classes a run mixes up on its test split, the images behind each mistake, and what the model "
            "looked at. Monocytes and immature granulocytes, the study's hardest classes, are in focus by default.")
