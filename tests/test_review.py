@@ -28,8 +28,8 @@ def specs(n: int = 6) -> list[rv.CellSpec]:
 
 
 def new_session(store: rv.ReviewStore, reviewer: str = "Dr A", cells=None) -> int:
-    return store.create_session(User(reviewer, ("reviewer",)), "20260101-000000-abcdef", "/runs/x", "external", "/data/x",
-                                "confidence", specs() if cells is None else cells, label_names())
+    return store.create_session(User(reviewer, ("reviewer",)), "20260101-000000-abcdef", "/runs/x", "external",
+                                "/data/x", "confidence", specs() if cells is None else cells, label_names())
 
 
 def test_sessions_survive_a_restart_and_resume_at_the_first_unreviewed_cell(tmp_path):

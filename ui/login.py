@@ -26,6 +26,7 @@ from core.access.users import LOGIN_THROTTLE, UserFile
 from core.errors import UserFacingError
 from ui.guard import guard, show_error
 from ui.session import USER_KEY
+from ui.text import md_escape
 
 WRONG = "Wrong user name or password."
 
@@ -42,14 +43,15 @@ def oidc_user(settings: ServerSettings, email: str) -> User:
     return User(email, settings.oidc_roles.get(email, settings.default_roles))
 
 
-def logout_button(user: User, oidc: bool = False) -> None:
+def _log_out() -> None:
+    st.session_state.pop(USER_KEY, None)
+    st.session_state["_logged_out"] = True  # OIDC: st.logout() runs in the script, not in this callback
+
+
+def logout_button(user: User) -> None:
     with st.sidebar:
-        st.caption(f":material/person: **{user.name}** · {', '.join(user.roles)}")
-        if st.button("Log out", icon=":material/logout:", key="logout"):
-            st.session_state.pop(USER_KEY, None)
-            if oidc:
-                st.logout()
-            st.rerun()
+        st.caption(f":material/person: **{md_escape(user.name)}** · {', '.join(user.roles)}")
+        st.button("Log out", icon=":material/logout:", key="logout", on_click=_log_out)
 
 
 def _refuse(message: str) -> None:
@@ -60,11 +62,11 @@ def _refuse(message: str) -> None:
 def password_login(settings: ServerSettings) -> User:
     users = UserFile(settings.users_file)  # load_settings() requires users_file with login = "password"
     known = st.session_state.get(USER_KEY)
+    st.session_state.pop("_logged_out", None)
     if isinstance(known, User):
         with guard():
-            record = users.records().get(known.name)
-        if record is not None:
-            user = record.user  # the file's current roles
+            user = users.current(known)  # the file's current roles
+        if user is not None:
             st.session_state[USER_KEY] = user
             logout_button(user)
             return user
@@ -96,6 +98,8 @@ def password_login(settings: ServerSettings) -> User:
 
 
 def oidc_login(settings: ServerSettings) -> User:
+    if st.session_state.pop("_logged_out", False) and st.user.get("is_logged_in", False):
+        st.logout()  # removes Streamlit's identity cookie and starts a new session
     if not st.user.get("is_logged_in", False):
         st.title("CellScope", anchor=False)
         st.markdown("Log in with your institution's account.")
@@ -112,7 +116,7 @@ def oidc_login(settings: ServerSettings) -> User:
     except AccessDenied as e:
         _refuse(f"This account cannot be used here ({e}).")
     st.session_state[USER_KEY] = user
-    logout_button(user, oidc=True)
+    logout_button(user)
     return user
 
 

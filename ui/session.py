@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.access.roles import LOCAL_ADMIN, PERMISSIONS, User
 from core.access.settings import load_settings
+from core.access.users import UserFile
 from ui.guard import guard
 
 USER_KEY = "cellscope_user"
@@ -31,14 +32,20 @@ PAGE_PERMISSIONS = {
 
 
 def current_user() -> User:
-    """The session's user (set at login); with login off, the local administrator (app.py has refused any
+    """The session's user (set at login; with login = "password" re-read from the user file, so a removed user
+    is out and changed roles apply at once); with login off, the local administrator (app.py has refused any
     address but this machine's). With login on and nobody logged in, one message and the page stops."""
     user = st.session_state.get(USER_KEY)
-    if isinstance(user, User):
-        return user
     with guard():
-        login = load_settings().login
-    if login == "none":
+        settings = load_settings()
+        if isinstance(user, User) and settings.login == "password":
+            user = UserFile(settings.users_file).current(user)  # removed meanwhile: None; else today's roles
+            if user is None:
+                st.session_state.pop(USER_KEY, None)
+    if isinstance(user, User):
+        st.session_state[USER_KEY] = user
+        return user
+    if settings.login == "none":
         return LOCAL_ADMIN
     st.warning("Log in first: open the app's home page.", icon=":material/login:")
     st.stop()

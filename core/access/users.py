@@ -110,6 +110,11 @@ class UserFile:
     def list(self) -> list[User]:
         return [r.user for r in sorted(self.records().values(), key=lambda r: r.name.lower())]
 
+    def current(self, user: User) -> User | None:
+        """`user` as the file says now (their current roles), or None when they have been removed."""
+        record = self.records().get(user.name)
+        return record.user if record else None
+
     # -- changing -------------------------------------------------------------------------------------
     def _write(self, records: dict[str, UserRecord]) -> None:
         lines = [HEADER]
