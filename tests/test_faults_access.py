@@ -18,12 +18,14 @@ from streamlit.testing.v1 import AppTest
 
 from core.access.roles import LOCAL_ADMIN, AccessDenied, User
 from core.access.serving import is_loopback, local_only_refusal
+from core.access.settings import load_settings
 from core.access.users import LOGIN_THROTTLE, UserFile
 from core.data.registry import label_names
 from core.inference.classify import ImageResult, results_csv
 from core.store.csv_safe import safe_cell, safe_frame
 from core.store.runs import history_csv
 from core.validation import review as rv
+from ui.login import oidc_user
 from ui.session import USER_KEY
 
 TIMEOUT = 120
@@ -211,6 +213,17 @@ def test_a_user_removed_from_the_file_is_logged_out(password_server):
     UserFile(password_server, FAST).remove("tess")
     at = ok(at.run())
     assert USER_KEY not in at.session_state and "Log in first" in texts(at)
+
+
+def test_oidc_roles_come_from_the_settings_by_e_mail(tmp_path):
+    settings_path = tmp_path / "cellscope.toml"
+    settings_path.write_text('[access]\nlogin = "oidc"\ndefault_roles = ["viewer"]\n'
+                             '[access.oidc_roles]\n"Head@Lab.example" = ["admin"]\n')
+    settings = load_settings(settings_path)
+    assert oidc_user(settings, "head@lab.example ") == User("head@lab.example", ("admin",))
+    assert oidc_user(settings, "someone@lab.example") == User("someone@lab.example", ("viewer",))
+    with pytest.raises(AccessDenied):
+        oidc_user(settings, "")  # a provider that sends no address gets no session
 
 
 def test_a_page_reached_with_login_on_but_nobody_logged_in_stops(monkeypatch, password_server):

@@ -52,11 +52,6 @@ def current_user() -> User:
     raise AssertionError("unreachable")  # st.stop() raises; this keeps type checkers sure
 
 
-def may(permission: str, owner: str | None = None) -> bool:
-    """Whether the session's user may do this (to hide or disable an action they may not take)."""
-    return current_user().can(permission, owner)
-
-
 def page_user(page: str) -> User:
     """The session's user, when they may open `page` (a key of PAGE_PERMISSIONS); else one message, and the
     page stops."""
