@@ -177,6 +177,14 @@ def test_login_off_on_a_network_address_serves_nothing(monkeypatch, tmp_path, se
     assert "CellScope" in [t.value for t in at.title] and not at.error
 
 
+def test_served_use_listens_on_localhost_and_sends_no_tracebacks():
+    import tomllib
+
+    served = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert served["server"]["address"] == "localhost"
+    assert served["client"]["showErrorDetails"] == "none"
+
+
 def test_which_addresses_are_this_machine():
     assert all(is_loopback(a) for a in ("localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]"))
     assert not any(is_loopback(a) for a in ("", None, "0.0.0.0", "::", "10.0.0.5", "lab-server", "localhost.evil"))
