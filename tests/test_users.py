@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 
 from core import cli
 from core.access.roles import AccessDenied, User
-from core.access.users import LoginThrottle, UserFile, UsersFileError, world_readable
+from core.access.users import LoginThrottle, UserFile, UsersFileError, _dummy_hash, world_readable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FAST = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)  # cheap parameters for the tests
@@ -87,6 +87,9 @@ def test_verify_costs_one_argon2_check_whether_or_not_the_user_exists(tmp_path):
     assert users.verify("ada", "wrong password") is None and hasher.checks == 1
     assert users.verify("nobody", "wrong password") is None and hasher.checks == 2
     assert users.verify("ada", "correct horse") is not None and hasher.checks == 3
+    # the dummy hash is made once per set of parameters, not per login (the server makes a hasher per login)
+    again = UserFile(tmp_path / "users.toml", PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+    assert _dummy_hash(again.hasher) == _dummy_hash(hasher)
 
 
 def test_a_hash_with_old_parameters_is_replaced_at_login(tmp_path):

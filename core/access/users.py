@@ -64,10 +64,17 @@ def check_password(password: str) -> str:
     return password
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
+def _dummy_hash_for(time_cost: int, memory_cost: int, parallelism: int, hash_len: int, salt_len: int) -> str:
+    return PasswordHasher(time_cost, memory_cost, parallelism, hash_len, salt_len).hash(
+        "no such user: this hash matches no password anyone types")
+
+
 def _dummy_hash(hasher: PasswordHasher) -> str:
-    """A hash with the hasher's parameters, checked when the user does not exist (same effort either way)."""
-    return hasher.hash("no such user: this hash matches no password anyone types")
+    """A hash with the hasher's parameters (made once per set of parameters, so a missing user costs one
+    check, as a present one does), checked when the user does not exist."""
+    return _dummy_hash_for(hasher.time_cost, hasher.memory_cost, hasher.parallelism, hasher.hash_len,
+                           hasher.salt_len)
 
 
 def _toml_string(value: str) -> str:
