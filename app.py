@@ -1,14 +1,27 @@
-"""CellScope dashboard: `streamlit run app.py`. Pages join the navigation once they work."""
+"""CellScope dashboard: `streamlit run app.py`.
+
+Login first (ui.login: off for one user on localhost, else a password or the institution's OpenID Connect),
+then the navigation lists only the pages the user's roles open (ui.session.PAGE_PERMISSIONS); each page
+checks its permission again, so a page opened by its URL without the role shows one message.
+"""
 
 import streamlit as st
 
+from ui.login import sign_in
+from ui.session import PAGE_PERMISSIONS
+
 st.set_page_config(page_title="CellScope — blood cell classification", layout="wide")
+user = sign_in()
+PAGES = [  # (file, permission key, title, icon, URL)
+    ("pages/home.py", "home", "Home", ":material/home:", None),
+    ("pages/train.py", "train", "Train", ":material/model_training:", "train"),
+    ("pages/results.py", "results", "Results", ":material/table_chart:", "results"),
+    ("pages/confusion.py", "confusion", "Confusions", ":material/grid_on:", "confusion"),
+    ("pages/classify.py", "classify", "Classify", ":material/biotech:", "classify"),
+    ("pages/external.py", "external", "External validation", ":material/public:", "external"),
+    ("pages/review.py", "review", "Review", ":material/rate_review:", "review"),
+]
 st.navigation([
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
-    st.Page("pages/results.py", title="Results", icon=":material/table_chart:", url_path="results"),
-    st.Page("pages/confusion.py", title="Confusions", icon=":material/grid_on:", url_path="confusion"),
-    st.Page("pages/classify.py", title="Classify", icon=":material/biotech:", url_path="classify"),
-    st.Page("pages/external.py", title="External validation", icon=":material/public:", url_path="external"),
-    st.Page("pages/review.py", title="Review", icon=":material/rate_review:", url_path="review"),
+    st.Page(path, title=title, icon=icon, default=url is None, **({"url_path": url} if url else {}))
+    for path, key, title, icon, url in PAGES if user.can(PAGE_PERMISSIONS[key])
 ]).run()

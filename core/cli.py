@@ -1,5 +1,5 @@
 """Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,robustness,
-download,runs}`.
+download,runs,users}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it.
@@ -412,6 +412,53 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users_file() -> Any:
+    from core.access.settings import load_settings  # noqa: PLC0415
+    from core.access.users import UserFile  # noqa: PLC0415
+
+    settings = load_settings()
+    if settings.users_file is None:
+        where = settings.source or "cellscope.toml (or $CELLSCOPE_SETTINGS)"
+        raise UserError(f"no user file is configured: set [access] login = \"password\" and users_file = "
+                        f"\"users.toml\" in {where}")
+    return UserFile(settings.users_file)
+
+
+def _new_password(args: argparse.Namespace) -> str:
+    import getpass  # noqa: PLC0415
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != password:
+        raise UserError("the two passwords differ")
+    return password
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """The user file of login = "password" (the command line acts as the local administrator)."""
+    users = _users_file()
+    if args.action == "list":
+        rows = users.list()
+        for u in rows:
+            print(f"{u.name}\t{', '.join(u.roles)}")
+        if not rows:
+            print(f"(no users yet in {users.path}: python -m core users add NAME --role ROLE)")
+        return 0
+    if not args.name:
+        raise UserError(f"users {args.action} needs a user NAME")
+    if args.action == "add":
+        user = users.add(args.name, args.role or [], _new_password(args))
+        print(f"added {user.name} ({', '.join(user.roles)}) to {users.path}")
+    elif args.action == "passwd":
+        users.set_password(args.name, _new_password(args))
+        print(f"changed the password of {args.name}")
+    else:
+        users.remove(args.name)
+        print(f"removed {args.name} from {users.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.store.runs import default_runs_dir  # noqa: PLC0415
 
@@ -542,6 +589,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--reindex", action="store_true", help="rebuild the index from the run directories")
     p.set_defaults(func=cmd_runs)
+
+    from core.access.roles import ROLES  # noqa: PLC0415
+
+    p = sub.add_parser("users", help="manage the user file of login = \"password\" (add, list, remove, passwd)")
+    p.add_argument("action", choices=("add", "list", "remove", "passwd"))
+    p.add_argument("name", nargs="?", help="the user name (not for list)")
+    p.add_argument("--role", action="append", choices=ROLES, help="a role for add (repeat for several)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    p.set_defaults(func=cmd_users)
     return parser
 
 

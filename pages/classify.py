@@ -28,12 +28,14 @@ from ui.guard import guard
 from ui.model import classifier
 from ui.palette import ACCENT, MUTED
 from ui.runs import run_label
+from ui.session import page_user
 from ui.text import RESIZE_HELP, RESIZE_TITLES, md_escape
 
 # -- settings -------------------------------------------------------------------------------------------
 GALLERY_PER_CLASS = 2
 GALLERY_COLUMNS = 8
 
+page_user("classify")  # opened by URL without the role: one message, and the page stops
 st.title("Classify", anchor=False)
 st.caption("Upload microscope images of single blood cells, or pick one from the test set, to see what a trained "
            "model calls them, how sure it is, and where in the image its evidence lies. A teaching and research "

@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.errors import UserFacingError
 from core.evaluation import confusion, predictions
+from core.store.csv_safe import safe_frame
 from core.store.runs import Run, RunStore
 from ui.figures import bold_if, confusion_heatmap, difference_heatmap
 from ui.guard import guard
@@ -23,12 +24,14 @@ from ui.images import enlarge
 from ui.model import classifier
 from ui.palette import SERIES
 from ui.runs import run_labels, runs_table
+from ui.session import page_user
 
 # -- settings -------------------------------------------------------------------------------------------
 MAX_THUMBNAILS = 24
 THUMBS_PER_ROW = 8
 THUMB_PX = 96
 
+page_user("confusion")  # opened by URL without the role: one message, and the page stops
 st.title("Confusions", anchor=False)
 st.caption("Which classes a run mixes up on its test split, the images behind each mistake, and what the model "
            "looked at. Monocytes and immature granulocytes, the study's hardest classes, are in focus by default.")
@@ -93,7 +96,7 @@ with rank_col:
                                                      width="small",
                                                      help="Images of the true class that went to this class")})
     st.download_button("Confusion matrix as CSV",
-                       lambda: pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=labels)
+                       lambda: safe_frame(pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=labels))
                        .to_csv().encode(), file_name=f"confusion-{run_id}.csv", mime="text/csv",
                        on_click="ignore", icon=":material/download:")
 
@@ -203,7 +206,7 @@ recall_fig.update_layout(barmode="group", height=360, yaxis=dict(title="recall",
 recall_fig.update_xaxes(type="category", tickmode="array", tickvals=labels, ticktext=bold_if(labels, focus))
 st.plotly_chart(recall_fig, key="cf_recall")
 st.caption("Error bars: 95% Wilson score intervals for each class's recall, from its number of test images.")
-st.download_button("Recall table as CSV", lambda: pd.concat(recalls).to_csv(index=False).encode(),
+st.download_button("Recall table as CSV", lambda: safe_frame(pd.concat(recalls)).to_csv(index=False).encode(),
                    file_name="recall.csv", mime="text/csv", on_click="ignore", icon=":material/download:")
 
 if len(runs) == 2:

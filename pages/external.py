@@ -30,6 +30,7 @@ from ui.guard import guard, show_error
 from ui.images import enlarge
 from ui.model import classifier
 from ui.runs import run_label
+from ui.session import page_user
 from ui.text import RESIZE_HELP, RESIZE_TITLES, plural
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -43,6 +44,7 @@ NORMALIZE_HELP = {"none": "The images as they are",
                   "macenko": "Macenko: stain colours estimated from the whole set and re-rendered with the "
                              "training images' stain colours"}
 
+page_user("external")  # opened by URL without the role: one message, and the page stops
 st.title("External validation", anchor=False)
 st.caption("Apply a trained BloodMNIST run, unchanged, to cells from another lab (a folder per class, as in "
            "Raabin-WBC, or a CSV of path,label). Scores follow the study's Tables 14/15, with the argmax over "

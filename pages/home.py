@@ -21,7 +21,9 @@ from core.store.overview import (
     weights_label,
 )
 from ui.guard import guard
+from ui.session import page_user
 
+page_user("home")  # opened by URL without the role: one message, and the page stops
 st.title("CellScope", anchor=False)
 classes = class_names()
 listed = f" ({', '.join(classes)})" if classes else ""

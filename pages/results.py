@@ -13,13 +13,16 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core.access.roles import require
 from core.errors import UserFacingError
 from core.store import reference, results
+from core.store.csv_safe import safe_frame
 from core.store.runs import RunStore
 from ui.guard import guard
 from ui.palette import SCALE, series_colours
 from ui.robustness import robustness_section
 from ui.runs import run_labels, runs_table
+from ui.session import page_user
 from ui.text import md_escape, plural
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -27,13 +30,14 @@ DEFAULT_ROWS, DEFAULT_COLS, DEFAULT_METRIC = ["arch", "batch_size"], ["size"], "
 DEFAULT_SELECTED = 3  # runs picked for the per-class and curve views when the user has not chosen
 PARALLEL_FIELDS = tuple(f for f in results.MAIN_FIELDS if f != "seed")  # seeds are repeats, not a setting
 
+user = page_user("results")  # opened by URL without the role: one message, and the page stops
 st.title("Results", anchor=False)
 st.caption("Every run's best epoch (chosen on validation, never the last epoch), as a table and as a matrix "
            "over any settings, with the study's published numbers beside ours.")
 
 
 def csv_bytes(df: pd.DataFrame):
-    return lambda: df.to_csv(index=False).encode()
+    return lambda: safe_frame(df).to_csv(index=False).encode()  # formula cells escaped
 
 
 # -- the runs and the filters -----------------------------------------------------------------------------
@@ -270,6 +274,8 @@ else:
     st.caption("One line per run, coloured by validation accuracy; drag along an axis to highlight a range.")
 
 # -- tag and delete ------------------------------------------------------------------------------------------
+if not user.can("train"):  # tagging is a trainer's, deleting an admin's; a viewer's page ends here
+    st.stop()
 st.subheader("Tag or delete runs", anchor=False)
 
 
@@ -290,6 +296,11 @@ def ask_delete(run_ids: list[str]) -> None:
 
 def do_delete() -> None:
     run_ids = st.session_state.pop("confirm_delete", [])
+    try:
+        require(user, "admin", what="delete runs")
+    except UserFacingError as e:
+        st.session_state["results_error"] = str(e)
+        return
     for run_id in run_ids:
         store.delete(run_id)
     st.session_state["results_notice"] = f"Deleted {plural(len(run_ids), 'run')}."
@@ -309,7 +320,8 @@ else:
                    icon=":material/sell:")
     remove_col.button("Remove tag", on_click=do_tag, args=(selected_complete, False))
     delete_col.button(f"Delete {plural(n, 'run')}…", on_click=ask_delete, args=(selected_complete,),
-                      icon=":material/delete:")
+                      icon=":material/delete:", disabled=not user.is_admin,
+                      help=None if user.is_admin else "Only an admin deletes runs.")
     pending = st.session_state.get("confirm_delete")
     if pending:
         with st.container(border=True):

@@ -8,6 +8,10 @@ it gives the Grad-CAM evidence for each call.
 Keyboard: in the decision form, Enter in the note field submits "Agree" (the form's first button); the
 buttons also have shortcuts, shown on them: A agree, U unsure, X not a cell, 1-8 reclassify as that class,
 B back, N next. Shortcuts are ignored while typing in a text field.
+
+The reviewer is the logged-in user (ui.session), never a typed name: a user sees and continues their own
+sessions (an admin: everyone's). A decision the database could not save (busy) stays in the page with a
+"Save it again" button; a damaged database is one message, with a button for an admin to move it aside.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from ui.guard import guard, show_error
 from ui.images import enlarge
 from ui.model import classifier
 from ui.runs import run_label
+from ui.session import page_user
 from ui.text import RESIZE_HELP, RESIZE_TITLES, md_escape
 
 # -- settings -------------------------------------------------------------------------------------------
 DISPLAY_PX = 320  # the cell image is scaled to this many pixels a side
 DEFAULT_CELLS = 50
 
+user = page_user("review")  # opened by URL without the role: one message, and the page stops
 st.title("Review", anchor=False)
 st.caption("Go through a model's calls one cell at a time, with its confidence and Grad-CAM evidence, and agree, "
            "reclassify, mark unsure or 'not a cell'. Sessions are saved as you go and can be resumed later; two "
@@ -65,26 +71,39 @@ def open_session(session_id: int) -> None:
     st.session_state.review_pos = store.next_item(session_id)
 
 
-# -- the reviewer and the sessions ------------------------------------------------------------------------
-with guard():
-    store = rv.ReviewStore()
-reviewer = st.text_input("Reviewer", key="review_name", placeholder="Your name", width=360,
-                         help="Stored with every decision; a session belongs to one reviewer.")
-try:
-    reviewer = rv.check_reviewer(reviewer) if reviewer.strip() else ""
-except UserFacingError as e:
-    show_error(e)
-    reviewer = ""
-if not reviewer:
-    st.info("Enter your name to start or resume a review session.", icon=":material/person:")
+def damaged_store(error: rv.ReviewStoreError) -> None:
+    """One message; an admin may move the damaged database aside (kept for recovery) and start a new one."""
+    show_error(error)
+    if isinstance(error, rv.ReviewBusyError):
+        st.stop()
+    if user.is_admin:
+        if st.button("Move the damaged database aside and start a new one", icon=":material/restore_page:",
+                     key="review_move_aside"):
+            with guard():
+                aside = rv.ReviewStore.move_aside()
+            st.session_state.review_notice = f"The damaged review database was moved to {aside}; a new one started."
+            st.session_state.pop("review_sid", None)
+            st.rerun()
+    else:
+        st.info("Ask an admin to open this page: they can move the damaged file aside and start a new one.")
     st.stop()
 
-mine = store.sessions(reviewer)
+
+# -- the reviewer and the sessions ------------------------------------------------------------------------
+notice = st.session_state.pop("review_notice", None)
+if notice:
+    st.success(md_escape(notice), icon=":material/check:")
+try:
+    store = rv.ReviewStore()
+    mine = store.sessions(user)  # the user's own sessions; an admin's: everyone's
+except rv.ReviewStoreError as e:
+    damaged_store(e)
+st.caption(f":material/person: Reviewing as **{md_escape(user.name)}**")
 start_tab, resume_tab = st.tabs(["Start a session", f"Resume ({len(mine)})"])
 
 with resume_tab:
     if not mine:
-        st.caption("No sessions yet for this reviewer.")
+        st.caption("No sessions of yours yet.")
     else:
         with st.form("review_resume_form", border=False):
             picked = st.selectbox("Session", mine, format_func=session_label, key="review_resume_pick")
@@ -138,7 +157,7 @@ with start_tab:
                             st.warning(p)
                         cells = rv.cells_from_files(clf, paths, resize, order)[:int(limit)]
                         source = f"{len(paths)} uploaded images"
-                    sid = store.create_session(reviewer, run["run_id"], run["path"], kind, source, order, cells,
+                    sid = store.create_session(user, run["run_id"], run["path"], kind, source, order, cells,
                                                clf.labels, resize)
                 open_session(sid)
                 st.rerun()
@@ -153,7 +172,7 @@ try:
 except UserFacingError:
     st.session_state.pop("review_sid", None)
     st.stop()
-if session["reviewer"] != reviewer:
+if not user.can("review", owner=session["reviewer"]):
     st.info(f"Session #{sid} belongs to {session['reviewer']}; resume one of yours above.")
     st.stop()
 
@@ -194,17 +213,26 @@ with right:
                    + (f" → {said}" if cell["decision"] == "reclassify" else "")
                    + (f" · note: {cell['note']}" if cell["note"] else ""), icon=":material/check:")
 
+    def save(decision: dict) -> None:
+        """Record one decision; one the database could not save stays pending in the page."""
+        try:
+            store.record(sid, decision["pos"], decision["decision"], decision["label"], decision["note"], user=user)
+        except rv.ReviewBusyError as e:
+            st.session_state.review_pending = decision
+            st.session_state.review_error = str(e)
+            return
+        except UserFacingError as e:
+            st.session_state.review_error = str(e)
+            return
+        st.session_state.pop("review_pending", None)
+        st.session_state.review_pos = store.next_item(sid, after=decision["pos"])
+
     def decide(decision: str, label: str | None = None) -> None:
         # The form and its buttons keep the same keys from cell to cell (a shortcut then triggers one button
         # only), so the cell is the one on screen: review_pos, as the last run drew it.
         here = int(st.session_state.get("review_pos") or 0)
         note = st.session_state.get(f"review_note_{sid}", "")
-        try:
-            store.record(sid, here, decision, label, note, reviewer)
-        except UserFacingError as e:
-            st.session_state.review_error = str(e)
-            return
-        st.session_state.review_pos = store.next_item(sid, after=here)
+        save({"sid": sid, "pos": here, "decision": decision, "label": label, "note": note})
 
     st.session_state.review_pos = pos
     if st.session_state.get("review_note_for") != (sid, pos):  # a new cell: its stored note, or nothing
@@ -228,6 +256,13 @@ with right:
     error = st.session_state.pop("review_error", None)
     if error:
         st.error(md_escape(error))
+    pending = st.session_state.get("review_pending")
+    if pending and pending["sid"] == sid:
+        said = rv.DECISION_TITLES[pending["decision"]].lower() + (f" → {pending['label']}" if pending["label"] else "")
+        st.warning(f"Not saved yet: {md_escape(said)} on cell {pending['pos'] + 1}"
+                   + (f" (note: {md_escape(pending['note'])})" if pending["note"] else "") + ".",
+                   icon=":material/save:")
+        st.button("Save it again", on_click=save, args=(pending,), icon=":material/save:", key="review_retry")
 
     def move(step: int) -> None:
         here = int(st.session_state.get("review_pos") or 0)

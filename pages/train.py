@@ -35,6 +35,7 @@ from core.store.runs import RunStore
 from core.training.precision import describe_support
 from ui.guard import show_error
 from ui.palette import ACCENT, LIGHT_ACCENT, SECONDARY
+from ui.session import page_user
 from ui.text import md_escape, plural
 
 REFRESH_SECONDS = 2.0
@@ -703,9 +704,10 @@ def jobs_view() -> None:
         if "max_concurrent" not in ss:
             ss["max_concurrent"] = max_concurrent
         st.number_input("Max concurrent jobs", min_value=1, max_value=16, step=1, key="max_concurrent",
-                        on_change=set_max_concurrent,
+                        on_change=set_max_concurrent, disabled=not user.is_admin,  # a server-wide setting
                         help="How many jobs train at the same time. On a small CPU machine one at a time is "
-                             "fastest overall; more helps on a machine with many cores or a GPU.")
+                             "fastest overall; more helps on a machine with many cores or a GPU."
+                             + ("" if user.is_admin else " Only an admin changes it."))
     summary = " · ".join(f"{counts[s]} {s}" for s in ("running", "queued", "succeeded", "failed", "cancelled")
                          if counts[s])
     st.caption((summary or "No jobs yet") + f" · updated {time.strftime('%H:%M:%S')}")
@@ -724,6 +726,7 @@ def jobs_view() -> None:
 
 
 # -- the page -----------------------------------------------------------------------------------------------
+user = page_user("train")  # opened by URL without the role: one message, and the page stops
 st.title("Train", anchor=False)
 st.markdown("Train a network on BloodMNIST or your own file: one run, a sweep over settings, or an experiment "
             "of the study. Jobs train in the background, one process each, so you can leave this page and "

@@ -21,6 +21,16 @@ PBC_SAMPLES = SHARED_DATA / "pbc_samples"
 EXTERNAL_DEV = SHARED_DATA / "external_dev"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def error_details_for_tests():
+    """Served use never sends tracebacks to the browser (`client.showErrorDetails = "none"` in
+    .streamlit/config.toml); AppTest runs in-process, so the tests see a bug's message and traceback."""
+    from streamlit import config as st_config
+
+    st_config.get_config_options()  # read .streamlit/config.toml first, so it cannot override this later
+    st_config.set_option("client.showErrorDetails", "full")
+
+
 def pytest_configure(config):
     if not NPZ_28.is_file():
         raise pytest.UsageError(f"real test data not found at {SHARED_DATA} (expected ../shared/data)")

@@ -22,6 +22,7 @@ def app_url(tmp_path, trained_run):
 
 
 def test_review_and_external_pages_in_chromium(app_url):
+    from core.access.roles import LOCAL_ADMIN
     from core.validation.review import REVIEWS_DB, ReviewStore
 
     app_url, artifacts = app_url
@@ -30,9 +31,7 @@ def test_review_and_external_pages_in_chromium(app_url):
         # gets Streamlit's automatic pages/ navigation instead of the app's own
         open_from_sidebar(page, app_url, "Review")
         page.get_by_role("heading", name="Review").wait_for(timeout=60_000)
-        name = page.get_by_label("Reviewer", exact=True).and_(page.get_by_role("textbox"))
-        name.fill("Dr Browser")
-        name.press("Enter")
+        page.get_by_text("Reviewing as").wait_for(timeout=60_000)  # login off: the local administrator
         page.get_by_role("button", name=re.compile("^Start session")).click(timeout=60_000)
         page.get_by_text("cell 1 of 50").wait_for(timeout=WAIT_MS)
         page.get_by_text(re.compile(r"^0 of 50 reviewed")).wait_for(timeout=30_000)
@@ -56,7 +55,7 @@ def test_review_and_external_pages_in_chromium(app_url):
         page.get_by_text("cell 4 of 50").wait_for(timeout=WAIT_MS)
         page.get_by_text(re.compile(r"^3 of 50 reviewed")).wait_for(timeout=30_000)
         store = ReviewStore(artifacts / REVIEWS_DB)
-        cells = store.cells(store.sessions("Dr Browser")[0]["id"])
+        cells = store.cells(store.sessions(LOCAL_ADMIN)[0]["id"])
         assert [c["decision"] for c in cells[:4]] == ["agree", "unsure", "agree", None]  # one press, one decision
         assert cells[2]["note"] == "typical"
         page.locator('[data-testid="stImage"]').first.wait_for(timeout=30_000)

@@ -8,12 +8,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from external_fixtures import private_store
-from page_helpers import button, metrics, ok, open_page, page, texts
+from page_helpers import button, metrics, ok, page, texts
+from streamlit.testing.v1 import AppTest
 
+from core.access.roles import User
 from core.validation import review as rv
+from ui.session import USER_KEY
 
 PAGE = page("review")
 TIMEOUT = 300  # seconds per script run; the machine may be busy training
+
+
+def open_as(monkeypatch, artifacts: Path, name: str, roles: tuple[str, ...] = ("reviewer",)) -> AppTest:
+    """The Review page for a logged-in user (what ui.login puts in the session after a login)."""
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.session_state[USER_KEY] = User(name, roles)
+    return ok(at.run())
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +33,9 @@ def artifacts(tmp_path_factory, trained_run) -> Path:
 
 
 def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
-    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
-    assert "Enter your name" in texts(at)
-    ok(at.text_input(key="review_name").input("Dr Page").run())
+    at = open_as(monkeypatch, artifacts, "Dr Page")
+    assert "Reviewing as **Dr Page**" in texts(at)
+    assert not [t for t in at.text_input if t.label == "Reviewer"]  # no typed name: the logged-in user reviews
     at.number_input(key="review_limit").set_value(6)
     ok(button(at, "Start session").click().run())
     assert "cell 1 of 6" in texts(at)
@@ -43,15 +54,15 @@ def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
     assert "looks like a band form" in texts(at)
 
     store = rv.ReviewStore(artifacts / rv.REVIEWS_DB)
-    session = store.sessions("Dr Page")[0]
+    session = store.sessions(User("Dr Page", ("reviewer",)))[0]
+    assert session["reviewer"] == "Dr Page"
     assert session["reviewed"] == 2 and session["n_cells"] == 6 and session["source_kind"] == "test"
     cells = store.cells(session["id"])
     assert cells[0]["decision"] == "agree" and cells[1]["decision"] == "reclassify"
     assert cells[1]["note"] == "looks like a band form"
 
     # a restart: a fresh app session over the same database resumes at the first unreviewed cell
-    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
-    ok(at.text_input(key="review_name").input("Dr Page").run())
+    at = open_as(monkeypatch, artifacts, "Dr Page")
     ok(button(at, "Resume").click().run())
     assert "cell 3 of 6" in texts(at)
     ok(button(at, "Not a cell").click().run())
@@ -66,21 +77,19 @@ def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
 
 def test_another_reviewer_sees_kappa(monkeypatch, artifacts):
     store = rv.ReviewStore(artifacts / rv.REVIEWS_DB)
-    first = store.sessions("Dr Page")
-    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
-    ok(at.text_input(key="review_name").input("Dr Second").run())
+    first = store.sessions(User("Dr Page", ("reviewer",)))
+    at = open_as(monkeypatch, artifacts, "Dr Second")
     at.number_input(key="review_limit").set_value(6)
     ok(button(at, "Start session").click().run())
     ok(button(at, "Agree").click().run())
     if first:
         assert "Cohen's kappa with Dr Page" in texts(at)
-    mine = store.sessions("Dr Second")[0]
+    mine = store.sessions(User("Dr Second", ("reviewer",)))[0]
     assert [s["id"] for s in store.same_set(mine["id"])] == [s["id"] for s in first]
 
 
 def test_an_external_folder_without_path_is_a_clear_error(monkeypatch, artifacts):
-    at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
-    ok(at.text_input(key="review_name").input("Dr Third").run())
+    at = open_as(monkeypatch, artifacts, "Dr Third")
     ok(at.radio(key="review_source").set_value("external").run())
     ok(button(at, "Start session").click().run())
     assert any("external dataset's folder" in str(e.value) for e in at.error)

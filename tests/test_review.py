@@ -12,11 +12,13 @@ from conftest import EXTERNAL_DEV, mirror_run
 from external_fixtures import cell_image, jpeg_bytes
 from sklearn.metrics import cohen_kappa_score
 
+from core.access.roles import AccessDenied, User
 from core.data.registry import label_names, short_label
 from core.validation import review as rv
 
 LABELS = [short_label(x) for x in label_names()]
 BASO, EOS, ERY, IG, LYM, MONO, NEU, PLT = LABELS
+A, B = User("Dr A", ("reviewer",)), User("Dr B", ("reviewer",))
 
 
 def specs(n: int = 6) -> list[rv.CellSpec]:
@@ -26,17 +28,17 @@ def specs(n: int = 6) -> list[rv.CellSpec]:
 
 
 def new_session(store: rv.ReviewStore, reviewer: str = "Dr A", cells=None) -> int:
-    return store.create_session(reviewer, "20260101-000000-abcdef", "/runs/x", "external", "/data/x",
-                                "confidence", specs() if cells is None else cells, label_names())
+    return store.create_session(User(reviewer, ("reviewer",)), "20260101-000000-abcdef", "/runs/x", "external",
+                                "/data/x", "confidence", specs() if cells is None else cells, label_names())
 
 
 def test_sessions_survive_a_restart_and_resume_at_the_first_unreviewed_cell(tmp_path):
     db = tmp_path / "reviews.sqlite"
     store = rv.ReviewStore(db)
     sid = new_session(store)
-    store.record(sid, 0, "agree", note="classic monocyte")
-    store.record(sid, 1, "reclassify", IG)
-    store.record(sid, 3, "unsure")
+    store.record(sid, 0, "agree", note="classic monocyte", user=A)
+    store.record(sid, 1, "reclassify", IG, user=A)
+    store.record(sid, 3, "unsure", user=A)
     del store
 
     again = rv.ReviewStore(db)  # a "restart": a new object on the same file
@@ -51,23 +53,23 @@ def test_sessions_survive_a_restart_and_resume_at_the_first_unreviewed_cell(tmp_
     assert cells[1]["label"] == IG and cells[3]["label"] is None and cells[2]["decision"] is None
     assert cells[0]["reviewer"] == "Dr A" and cells[0]["decided_at"] > 0
     for position in (2, 4, 5):
-        again.record(sid, position, "not_cell")
+        again.record(sid, position, "not_cell", user=A)
     assert again.first_unreviewed(sid) is None
-    assert [r["id"] for r in rv.ReviewStore(db).sessions("Dr A")] == [sid]
+    assert [r["id"] for r in rv.ReviewStore(db).sessions(A)] == [sid]
 
 
 def test_next_item_resumes_and_moves_on_after_a_decision(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     sid = new_session(store)
     assert store.next_item(sid) == 0  # opening a new session: its first cell
-    store.record(sid, 0, "agree")
-    store.record(sid, 2, "unsure")
+    store.record(sid, 0, "agree", user=A)
+    store.record(sid, 2, "unsure", user=A)
     assert store.next_item(sid) == 1  # resuming: the first cell without a decision
     assert store.next_item(sid, after=0) == 1
     assert store.next_item(sid, after=1) == 3  # skips the decided cell 2
     assert store.next_item(sid, after=5) == 1  # wraps round
     for position in (1, 3, 4, 5):
-        store.record(sid, position, "agree")
+        store.record(sid, position, "agree", user=A)
     assert store.next_item(sid) == 0  # all done: back to the first cell
     assert store.next_item(sid, after=2) == 3  # all done: the cell after the one just decided
     assert store.next_item(sid, after=5) == 5  # ... or the last one stays
@@ -93,12 +95,12 @@ def test_a_damaged_database_is_a_store_error(tmp_path):
 def test_a_decision_can_be_changed_and_cleared(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     sid = new_session(store)
-    store.record(sid, 0, "unsure")
-    store.record(sid, 0, "reclassify", LYM, note="changed my mind")
+    store.record(sid, 0, "unsure", user=A)
+    store.record(sid, 0, "reclassify", LYM, note="changed my mind", user=A)
     cell = store.cell(sid, 0)
     assert (cell["decision"], cell["label"], cell["note"]) == ("reclassify", LYM, "changed my mind")
     assert store.progress(sid) == (1, 6)
-    store.clear(sid, 0)
+    store.clear(sid, 0, user=A)
     assert store.progress(sid) == (0, 6)
 
 
@@ -106,14 +108,14 @@ def test_invalid_decisions_are_refused(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     sid = new_session(store)
     with pytest.raises(rv.ReviewError):
-        store.record(sid, 0, "maybe")
+        store.record(sid, 0, "maybe", user=A)
     with pytest.raises(rv.ReviewError):
-        store.record(sid, 0, "reclassify", "dragon")
+        store.record(sid, 0, "reclassify", "dragon", user=A)
     with pytest.raises(rv.ReviewError):
-        store.record(sid, 99, "agree")
+        store.record(sid, 99, "agree", user=A)
     with pytest.raises(rv.ReviewError):
-        store.record(sid, 0, "agree", note="x" * (rv.MAX_NOTE + 1))
-    with pytest.raises(rv.ReviewError):
+        store.record(sid, 0, "agree", note="x" * (rv.MAX_NOTE + 1), user=A)
+    with pytest.raises(AccessDenied):
         new_session(store, reviewer="   ")
     with pytest.raises(rv.ReviewError):
         new_session(store, cells=[])
@@ -133,11 +135,11 @@ def test_order_lowest_confidence_or_ambiguous_first():
 def test_summary_agreement_per_class_and_confusion(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     sid = new_session(store)
-    store.record(sid, 0, "agree")  # model MONO
-    store.record(sid, 1, "agree")  # model NEU
-    store.record(sid, 2, "reclassify", NEU)  # model IG -> NEU
-    store.record(sid, 3, "not_cell")  # model LYM
-    store.record(sid, 4, "unsure")  # model NEU
+    store.record(sid, 0, "agree", user=A)  # model MONO
+    store.record(sid, 1, "agree", user=A)  # model NEU
+    store.record(sid, 2, "reclassify", NEU, user=A)  # model IG -> NEU
+    store.record(sid, 3, "not_cell", user=A)  # model LYM
+    store.record(sid, 4, "unsure", user=A)  # model NEU
     s = store.summary(sid)
     assert s["reviewed"] == 5 and s["n_cells"] == 6
     assert s["decisions"] == {"agree": 2, "reclassify": 1, "unsure": 1, "not_cell": 1}
@@ -159,9 +161,9 @@ def test_summary_agreement_per_class_and_confusion(tmp_path):
 def test_summary_without_the_model_calls_nobody_reviewed(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     sid = new_session(store)
-    store.record(sid, 2, "reclassify", NEU)  # model IG
-    store.record(sid, 1, "agree")  # model NEU
-    store.record(sid, 4, "not_cell")  # model NEU
+    store.record(sid, 2, "reclassify", NEU, user=A)  # model IG
+    store.record(sid, 1, "agree", user=A)  # model NEU
+    store.record(sid, 4, "not_cell", user=A)  # model NEU
     s = store.summary(sid)
     assert [r["model_label"] for r in s["agreement"]] == LABELS  # the summary keeps every class
     rows = rv.reviewed_agreement(s["agreement"])
@@ -189,9 +191,9 @@ def test_cohens_kappa_between_two_reviewers_equals_sklearn(tmp_path):
     decisions_b = [("agree", None), ("reclassify", MONO), ("reclassify", NEU), ("agree", None), ("agree", None),
                    ("reclassify", BASO), ("not_cell", None), None]  # B has not reviewed the last cell
     for i, (da, db) in enumerate(zip(decisions_a, decisions_b)):
-        store.record(a, i, *da)
+        store.record(a, i, *da, user=A)
         if db:
-            store.record(b, i, *db)
+            store.record(b, i, *db, user=B)
     k = store.kappa(a, b)
     cats_a = [MONO, NEU, NEU, LYM, rv.UNSURE, EOS, rv.NOT_CELL]
     cats_b = [MONO, MONO, NEU, LYM, NEU, BASO, rv.NOT_CELL]
@@ -207,16 +209,16 @@ def test_cohens_kappa_between_two_reviewers_equals_sklearn(tmp_path):
 def test_kappa_is_undefined_without_overlap(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     a, b = new_session(store, "Dr A"), new_session(store, "Dr B")
-    store.record(a, 0, "agree")
+    store.record(a, 0, "agree", user=A)
     assert store.kappa(a, b) == {"n": 0, "observed_agreement": None, "kappa": None}
 
 
 def test_csv_export_reads_back_as_stored(tmp_path):
     store = rv.ReviewStore(tmp_path / "r.sqlite")
     sid = new_session(store)
-    store.record(sid, 0, "agree", note='a note, with "quotes" and a comma')
-    store.record(sid, 2, "reclassify", NEU, reviewer="Dr A")
-    store.record(sid, 5, "not_cell", note="débris\nsecond line")
+    store.record(sid, 0, "agree", note='a note, with "quotes" and a comma', user=A)
+    store.record(sid, 2, "reclassify", NEU, user=A)
+    store.record(sid, 5, "not_cell", note="débris\nsecond line", user=A)
     path = tmp_path / "review.csv"
     path.write_text(store.export_csv(sid))
     df = pd.read_csv(path, keep_default_na=False)

@@ -29,6 +29,7 @@ from core.explain.cam.base import Explanation
 from core.explain.faithfulness import Faithfulness, faithfulness
 from core.inference.classifier import Classifier
 from core.inference.ood import OODStats, load_or_fit
+from core.store.csv_safe import safe_dict
 from core.store.runs import open_run
 
 DEFAULT_THRESHOLD = 0.5
@@ -166,7 +167,7 @@ def results_csv(results: list[ImageResult], short_labels: list[str] | None = Non
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(table_rows(results, short_labels))
+    writer.writerows(safe_dict(r) for r in table_rows(results, short_labels))
     return buf.getvalue()
 
 

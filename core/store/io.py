@@ -28,12 +28,17 @@ def run_created(run_id: str) -> float:
     return float(calendar.timegm(time.strptime(run_id[:15], "%Y%m%d-%H%M%S")))
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary sibling, fsync, then rename over `path`: readers never see half a file."""
+def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None:
+    """Write to a temporary sibling, fsync, then rename over `path`: readers never see half a file.
+    `mode` (e.g. 0o600 for a file of password hashes) is the file's permissions from its creation on, so
+    it is never readable by others, not even for a moment."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    mode = "wb" if isinstance(data, bytes) else "w"
+    open_mode = "wb" if isinstance(data, bytes) else "w"
     try:
-        with open(tmp, mode) as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+        if mode is not None:
+            os.fchmod(fd, mode)  # the umask may only remove bits; this makes the mode exact
+        with os.fdopen(fd, open_mode) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -31,6 +31,7 @@ import numpy as np
 from core.config import SETTINGS, RunConfig
 from core.data.dataset import DatasetError, read_split, resolve
 from core.errors import StoreError
+from core.store.csv_safe import safe_dict
 from core.store.io import (
     RUN_ID_PATTERN,
     add_to_finished_run,
@@ -82,7 +83,7 @@ def history_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(safe_dict(r) for r in rows)
     return buf.getvalue()
 
 

@@ -10,6 +10,13 @@ Order: lowest model confidence first, or the morphologically ambiguous classes (
 granulocyte; the study's weak spots) first, each by confidence. Two reviewers who start sessions over the
 same run, source, order and size get the same cells, so their agreement (Cohen's kappa) can be measured.
 
+Who reviews is the logged-in user (`core.access.roles.User`), never a typed name: starting a session needs the
+"review" permission, and a decision can be recorded or cleared only in the user's own session (an admin may
+act on any). A write that finds the database busy waits a few seconds (`BUSY_SECONDS`), then raises
+`ReviewBusyError` saying the decision was not saved, so the page can keep it and offer to save it again. A
+damaged database is a `ReviewStoreError` naming the file; `move_aside` moves it (and its WAL files) away so
+a new, empty one starts.
+
 Building a session runs the model (TensorFlow, imported inside those functions only); the store itself,
 summaries and exports need neither TensorFlow nor Streamlit.
 """
@@ -20,6 +27,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -31,12 +39,14 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from core.access.roles import User, require
 from core.data.cell_framing import run_fraction
 from core.data.dataset import read_split
 from core.data.registry import short_label
 from core.errors import StoreError, UserFacingError
 from core.evaluation.confusion import ambiguous_labels
 from core.evaluation.metrics import evaluate_calls
+from core.store.csv_safe import safe_row
 from core.validation.external.loading import load_images
 from core.validation.external.mapping import build_mapping
 from core.validation.external.scan import scan
@@ -52,7 +62,7 @@ ORDER_TITLES = {"confidence": "Lowest confidence first",
 SOURCES = ("test", "external", "uploads")
 SOURCE_TITLES = {"test": "Test split of the run", "external": "External dataset", "uploads": "Uploaded images"}
 MAX_NOTE = 2000
-MAX_REVIEWER = 80
+BUSY_SECONDS = 3.0  # how long a write waits for another writer's lock before saying it was not saved
 CSV_COLUMNS = ("session_id", "reviewer", "position", "cell_key", "image", "true_label", "model_label",
                "model_confidence", "decision", "reviewer_label", "note", "decided_at")
 
@@ -63,6 +73,10 @@ class ReviewError(UserFacingError, ValueError):
 
 class ReviewStoreError(StoreError):
     """The review database could not be opened, read or written (SQLite's errors, wrapped)."""
+
+
+class ReviewBusyError(ReviewStoreError):
+    """Another program held the review database's write lock for longer than BUSY_SECONDS: nothing was saved."""
 
 
 def default_db_path() -> Path:
@@ -78,15 +92,6 @@ class CellSpec:
     true_label: str | None  # the dataset's label, when it has one (never shown while reviewing)
     model_label: str
     confidence: float
-
-
-def check_reviewer(name: str) -> str:
-    name = " ".join(str(name or "").split())
-    if not name:
-        raise ReviewError("Enter the reviewer's name first")
-    if len(name) > MAX_REVIEWER:
-        raise ReviewError(f"The reviewer's name is longer than {MAX_REVIEWER} characters")
-    return name
 
 
 def set_key(run_id: str, cells: Sequence[CellSpec]) -> str:
@@ -155,7 +160,7 @@ class ReviewStore:
                    CREATE INDEX IF NOT EXISTS review_sessions_set ON review_sessions(set_key);""")
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=BUSY_SECONDS)  # SQLite retries a busy database this long
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA foreign_keys=ON")
@@ -171,15 +176,43 @@ class ReviewStore:
                         yield db
                 else:
                     yield db
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                done = "Nothing was saved" if write else "It could not be read"
+                raise ReviewBusyError(f"The review database {self.path} is busy: another program has held it "
+                                      f"for more than {BUSY_SECONDS:g} s. {done}; try again.") from None
+            raise self._damaged(e) from None
         except sqlite3.Error as e:
-            raise ReviewStoreError(f"The review database {self.path} cannot be used ({e}). If it is damaged, "
-                                   f"move it away and a new, empty one is started.") from None
+            raise self._damaged(e) from None
+
+    def _damaged(self, e: Exception) -> ReviewStoreError:
+        return ReviewStoreError(f"The review database {self.path} cannot be used ({e}). If it is damaged, move "
+                                f"it aside (the Review page offers this to an admin) and a new, empty one is "
+                                f"started; the old file is kept for recovery.")
+
+    @staticmethod
+    def move_aside(path: str | Path | None = None) -> Path:
+        """Rename a damaged review database (and its -wal/-shm files) to `<name>.damaged-<UTC time>`, so the
+        next ReviewStore starts a new one; the old file stays for recovery. Returns the new name."""
+        path = Path(path) if path else default_db_path()
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+                               f"-{secrets.token_hex(2)}")
+        try:
+            for suffix in ("-wal", "-shm", ""):  # the main file last: until then, the store is still the old one
+                part = path.with_name(path.name + suffix)
+                if part.exists():
+                    os.replace(part, aside.with_name(aside.name + suffix))
+        except OSError as e:
+            raise ReviewStoreError(f"Cannot move {path} aside ({e.strerror or e})") from None
+        return aside
 
     # -- sessions -----------------------------------------------------------------------------------------
-    def create_session(self, reviewer: str, run_id: str, run_path: str | Path, source_kind: str, source: str,
+    def create_session(self, user: User, run_id: str, run_path: str | Path, source_kind: str, source: str,
                        order: str, cells: Sequence[CellSpec], labels: Sequence[str],
                        resize: str = "medmnist") -> int:
-        reviewer = check_reviewer(reviewer)
+        """A new session of `user`'s (who needs the "review" permission)."""
+        require(user, "review", what="start a review session")
+        reviewer = user.name
         if source_kind not in SOURCES:
             raise ReviewError(f"source must be one of {', '.join(SOURCES)}")
         if order not in ORDERS:
@@ -201,14 +234,15 @@ class ReviewStore:
                  for i, c in enumerate(cells)])
         return sid
 
-    def sessions(self, reviewer: str | None = None) -> list[dict[str, Any]]:
-        """All sessions (or one reviewer's), newest first, with how many cells each has reviewed."""
+    def sessions(self, user: User | None = None) -> list[dict[str, Any]]:
+        """`user`'s own sessions (an admin's: everyone's; None: all, for comparisons), newest first, with how
+        many cells each has reviewed."""
         query = ("SELECT s.*, (SELECT COUNT(*) FROM review_decisions d WHERE d.session_id = s.id) AS reviewed "
                  "FROM review_sessions s")
         args: tuple = ()
-        if reviewer:
+        if user is not None and not user.is_admin:
             query += " WHERE s.reviewer = ?"
-            args = (check_reviewer(reviewer),)
+            args = (user.name,)
         with self._db() as db:
             rows = [dict(r) for r in db.execute(query + " ORDER BY s.id DESC", args)]
         for r in rows:
@@ -225,7 +259,9 @@ class ReviewStore:
         out["labels"] = json.loads(out.pop("labels_json"))
         return out
 
-    def delete_session(self, session_id: int) -> None:
+    def delete_session(self, session_id: int, user: User) -> None:
+        s = self.session(session_id)
+        require(user, "review", owner=s["reviewer"], what=f"review session #{session_id}")
         with self._db(write=True) as db:
             db.execute("DELETE FROM review_decisions WHERE session_id = ?", (int(session_id),))
             db.execute("DELETE FROM review_cells WHERE session_id = ?", (int(session_id),))
@@ -254,11 +290,13 @@ class ReviewStore:
         return dict(row)
 
     def record(self, session_id: int, position: int, decision: str, label: str | None = None,
-               note: str = "", reviewer: str | None = None) -> None:
-        """Store (or change) the decision on one cell; 'agree' takes the model's call as the label."""
+               note: str = "", *, user: User) -> None:
+        """Store (or change) `user`'s decision on one cell of their own session (an admin: any session);
+        'agree' takes the model's call as the label."""
         if decision not in DECISIONS:
             raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}")
         s = self.session(session_id)
+        require(user, "review", owner=s["reviewer"], what=f"review session #{session_id}")
         cell = self.cell(session_id, position)
         labels = s["labels"]
         if decision == "agree":
@@ -271,13 +309,14 @@ class ReviewStore:
         note = str(note or "").strip()
         if len(note) > MAX_NOTE:
             raise ReviewError(f"The note is longer than {MAX_NOTE} characters")
-        reviewer = check_reviewer(reviewer or s["reviewer"])
         with self._db(write=True) as db:
             db.execute("INSERT OR REPLACE INTO review_decisions (session_id, position, decision, label, note, "
                        "reviewer, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (int(session_id), int(position), decision, label, note, reviewer, time.time()))
+                       (int(session_id), int(position), decision, label, note, user.name, time.time()))
 
-    def clear(self, session_id: int, position: int) -> None:
+    def clear(self, session_id: int, position: int, *, user: User) -> None:
+        s = self.session(session_id)
+        require(user, "review", owner=s["reviewer"], what=f"review session #{session_id}")
         with self._db(write=True) as db:
             db.execute("DELETE FROM review_decisions WHERE session_id = ? AND position = ?",
                        (int(session_id), int(position)))
@@ -369,10 +408,10 @@ class ReviewStore:
         for c in self.cells(session_id):
             decided = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c["decided_at"]))
                        if c["decided_at"] else "")
-            writer.writerow([s["id"], c["reviewer"] or s["reviewer"], c["position"] + 1, c["cell_key"], c["image"],
-                             c["true_label"] or "", c["model_label"], f"{c['confidence']:.6f}",
-                             c["decision"] or "", reviewer_category(c["decision"], c["label"]) or "",
-                             c["note"] or "", decided])
+            writer.writerow(safe_row([
+                s["id"], c["reviewer"] or s["reviewer"], c["position"] + 1, c["cell_key"], c["image"],
+                c["true_label"] or "", c["model_label"], f"{c['confidence']:.6f}", c["decision"] or "",
+                reviewer_category(c["decision"], c["label"]) or "", c["note"] or "", decided]))
         return buf.getvalue()
 
 
