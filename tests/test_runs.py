@@ -6,11 +6,13 @@ import json
 import os
 import sqlite3
 
+import numpy as np
 import pytest
 
 from core.config import RunConfig
 from core.errors import StoreError, UserFacingError
 from core.jobs.queue import JobQueue
+from core.store import checkpoints
 from core.store import runs as R
 
 FILES = {"config.json", "history.csv", "metrics.json", "model.keras", "train.log"}
@@ -72,7 +74,7 @@ def test_writer_builds_in_incomplete_then_publishes(store, runs_dir):
     assert json.loads((w.work_dir / "config.json").read_text()) == c.to_dict()
     w.log("epoch 1 done")
     w.write_history([{"epoch": 1, "loss": 1.5, "val_accuracy": 0.25}])
-    (w.work_dir / "checkpoint.keras").write_bytes(b"ckpt")  # training leaves checkpoints behind
+    checkpoints.save(w.work_dir, 1, save_bytes, [np.zeros(3)], {"epochs_done": 1})  # training leaves one behind
     assert not (runs_dir / w.run_id).exists()
     # unpublished: neither listed nor a complete run
     assert list(store.complete_runs()) == []
