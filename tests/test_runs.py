@@ -9,6 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from core.access.roles import LOCAL_ADMIN
 from core.config import RunConfig
 from core.errors import StoreError, UserFacingError
 from core.jobs.queue import JobQueue
@@ -116,7 +117,7 @@ def test_invalid_run_ids_refused_by_writer(store, runs_dir, bad):
 def test_invalid_run_ids_refused_by_delete(store, bad):
     run = publish(store)
     with pytest.raises(R.RunStoreError, match="invalid run id"):
-        store.delete(bad)
+        store.delete(bad, LOCAL_ADMIN)
     assert run.path.is_dir() and store.count() == 1
 
 
@@ -124,7 +125,7 @@ def test_delete_refuses_path_tricks(store, runs_dir, tmp_path):
     victim = tmp_path / "precious"
     victim.mkdir()
     with pytest.raises(R.RunStoreError):
-        store.delete("../../precious")
+        store.delete("../../precious", LOCAL_ADMIN)
     assert victim.is_dir()
 
 
@@ -232,13 +233,13 @@ def test_list_hides_rows_whose_directory_vanished(store):
 def test_delete_removes_dir_and_row(store):
     a = publish(store, 0.5, 0.5)
     b = publish(store, 0.6, 0.6)
-    store.delete(b.run_id)
+    store.delete(b.run_id, LOCAL_ADMIN)
     assert not b.path.exists()
     assert store.count() == 1
     with sqlite3.connect(store.index_path) as db:
         assert db.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", (b.run_id,)).fetchone()[0] == 0
     assert [r.run_id for r in store.complete_runs()] == [a.run_id]
-    store.delete(b.run_id)  # deleting again is harmless
+    store.delete(b.run_id, LOCAL_ADMIN)  # deleting again is harmless
     assert a.path.is_dir()
 
 

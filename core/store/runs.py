@@ -7,7 +7,8 @@ fsynced; the checkpoints are removed only after that rename is durable. So a dir
 run (or both), never neither. Run ids are generated (time + random), never built from user text.
 
 The index (`<runs>/../index.sqlite`, i.e. `artifacts/index.sqlite`) is derived data: `reindex()` rebuilds
-it from the directories at any time.
+it from the directories at any time (the job queue has its own database, core.jobs.jobdb). Deleting runs
+needs the admin role, tagging them the train role (core.access.roles).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from core.access.roles import User, require
 from core.config import SETTINGS, RunConfig
 from core.data.dataset import DatasetError, read_split, resolve
 from core.errors import StoreError
@@ -420,7 +422,9 @@ class RunStore:
         rows = self.list_runs("val_accuracy DESC")
         return rows[0] if rows else None
 
-    def delete(self, run_id: str) -> None:
+    def delete(self, run_id: str, user: User) -> None:
+        """Delete a complete run (folder and index row); admins only."""
+        require(user, "admin", what=f"delete run {run_id}")
         if not RUN_ID_PATTERN.match(run_id):
             raise RunStoreError(f"invalid run id {run_id!r}")
         path = self.runs_dir / run_id
@@ -429,12 +433,15 @@ class RunStore:
         if path.is_dir():
             shutil.rmtree(path)
 
-    def tag_runs(self, run_ids: Sequence[str], add: Iterable[str] = (), remove: Iterable[str] = ()) -> int:
+    def tag_runs(self, run_ids: Sequence[str], user: User, add: Iterable[str] = (),
+                 remove: Iterable[str] = ()) -> int:
         """Add and/or remove tags on complete runs: rewrite each config.json atomically, then reindex the run.
 
         The run directory's modification time is kept (the index's `created` is read from it). Returns the
-        number of runs changed. A bad tag, run id or run is a RunStoreError.
+        number of runs changed. A bad tag, run id or run is a RunStoreError; a user without the train role is
+        refused (AccessDenied).
         """
+        require(user, "train", what="tag runs")
         add = [check_tag(t) for t in add]
         remove = {t.strip() for t in remove}
         changed = 0
