@@ -34,6 +34,7 @@ from core.store.runs import RunStore
 from core.training.precision import describe_support
 from ui.guard import show_error
 from ui.palette import ACCENT, LIGHT_ACCENT, SECONDARY
+from ui.session import current_user
 from ui.text import md_escape, plural
 
 REFRESH_SECONDS = 2.0
@@ -507,7 +508,7 @@ def launch() -> None:
         return
     try:
         queue = open_queue()
-        ids = queue.submit_many(plan.configs, sweep=plan.sweep_name)
+        ids = queue.submit_many(plan.configs, current_user(), sweep=plan.sweep_name)
         queue.tick()
     except UserFacingError as e:
         ss["_launch"] = ("error", str(e))
@@ -606,14 +607,14 @@ def curves_figure(rows: list[dict[str, float]]) -> go.Figure:
 
 def job_action(action: str, job_id: int) -> None:
     try:
-        getattr(open_queue(), action)(job_id)
+        getattr(open_queue(), action)(job_id, current_user())
     except UserFacingError as e:
         ss["_job_error"] = str(e)
 
 
 def set_max_concurrent() -> None:
     try:
-        open_queue().set_max_concurrent(int(ss["max_concurrent"]))
+        open_queue().set_max_concurrent(int(ss["max_concurrent"]), current_user())
     except UserFacingError as e:
         ss["_job_error"] = str(e)
 

@@ -14,6 +14,7 @@ from page_helpers import APP, ok, texts
 from streamlit.testing.v1 import AppTest
 
 import core.data.download
+from core.access.roles import LOCAL_ADMIN
 from core.config import SETTINGS, RunConfig
 from core.data import registry
 from core.data.dataset import class_counts
@@ -322,8 +323,8 @@ def test_job_controls(artifacts, monkeypatch, tiny_npz):
     monkeypatch.setattr(JobQueue, "tick", lambda self: [])
     queue = queue_at(artifacts)
     config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=2)
-    waiting, broken = queue.submit(config), queue.submit(config.replace(seed=1), sweep="demo")
-    queue._update(broken, status="failed", error="the training process ended without reporting",
+    waiting, broken = queue.submit(config, LOCAL_ADMIN), queue.submit(config.replace(seed=1), LOCAL_ADMIN, sweep="demo")
+    assert queue._transition(broken, "queued", "failed", error="the training process ended without reporting",
                   run_id="20250101-000000-abcdef", epoch=1, finished=time.time())
     at = open_train(jobs_tab=True)
     shown = texts(at)

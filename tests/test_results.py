@@ -93,8 +93,9 @@ def test_an_incomplete_run_shows_its_jobs_status_read_through_the_queue(grid):
     assert JobQueue.statuses_by_run(grid) == {}  # no queue yet: no jobs table, nothing created
     writer = grid.writer(config(seed=9))
     queue = JobQueue(grid)
-    job = queue.submit(writer.config)
-    queue._update(job, run_id=writer.run_id, status="failed")
+    job = queue.submit(writer.config, LOCAL_ADMIN)
+    queue._update(job, run_id=writer.run_id)
+    assert queue._transition(job, "queued", "failed")
     assert JobQueue.statuses_by_run(grid) == {writer.run_id: "failed"}
     table = results.runs_table(grid)
     assert table.loc[table["run_id"] == writer.run_id, "status"].item() == "failed"
