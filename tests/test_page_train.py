@@ -14,13 +14,14 @@ from page_helpers import APP, ok, texts
 from streamlit.testing.v1 import AppTest
 
 import core.data.download
-from core.access.roles import LOCAL_ADMIN
+from core.access.roles import LOCAL_ADMIN, User
 from core.config import SETTINGS, RunConfig
 from core.data import registry
 from core.data.dataset import class_counts
 from core.jobs.presets import PRESETS_BY_KEY
 from core.jobs.queue import ACTIVE, JobQueue
 from core.store.runs import RunStore
+from ui.session import USER_KEY
 
 TIMEOUT = 120  # seconds per script run; the machine may be busy training
 # Where each RunConfig field is set on the page: data and size in the data panel, the rest in the form.
@@ -343,6 +344,26 @@ def test_job_controls(artifacts, monkeypatch, tiny_npz):
     assert [j.id for j in queue.list()] == [broken]
     ok(at.number_input(key="max_concurrent").set_value(2).run())
     assert queue.max_concurrent == 2
+
+
+def test_a_user_cannot_act_on_another_users_job_from_the_page(artifacts, monkeypatch, tiny_npz):
+    """With login on, the page acts as the logged-in user: another trainer's Cancel is refused with one
+    message and changes nothing; the limit is the admin's."""
+    monkeypatch.setattr(JobQueue, "tick", lambda self: [])
+    queue = queue_at(artifacts)
+    job_id = queue.submit(RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=1),
+                          User("alice", ("trainer",)))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state[USER_KEY] = User("bob", ("trainer",))
+    ok(at.run())
+    ok(at.switch_page("pages/train.py").run())
+    show_tab(at, "Jobs")
+    ok(at.button(key=f"cancel_{job_id}").click().run())
+    assert [e.value for e in at.error] == [f"bob may not act on job {job_id}: it belongs to alice"]
+    assert queue.get(job_id).status == "queued"
+    ok(at.number_input(key="max_concurrent").set_value(3).run())
+    assert queue.max_concurrent == 1
+    assert any("may not act on anyone" in e.value for e in at.error)
 
 
 @pytest.mark.slow

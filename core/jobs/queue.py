@@ -238,13 +238,13 @@ class JobQueue:
                 raise
         return ids
 
-    def _owned(self, job_id: int, user: User, action: str) -> Job:
+    def _owned(self, job_id: int, user: User) -> Job:
         job = self.get(job_id)
-        require(user, "train", owner=job.owner, what=f"{action} job {job_id}")
+        require(user, "train", owner=job.owner, what=f"job {job_id}")
         return job
 
     def cancel(self, job_id: int, user: User) -> None:
-        job = self._owned(job_id, user, "cancel")
+        job = self._owned(job_id, user)
         if job.status == "queued":
             now = time.time()
             if self._transition(job_id, "queued", "cancelled", finished=now, cancel_requested_at=now):
@@ -262,7 +262,7 @@ class JobQueue:
                 pass
 
     def resume(self, job_id: int, user: User) -> None:
-        job = self._owned(job_id, user, "resume")
+        job = self._owned(job_id, user)
         if not job.resumable:
             raise JobError(f"job {job_id} is {job.status}; only failed or cancelled jobs can be resumed")
         if job.alive:
@@ -274,7 +274,7 @@ class JobQueue:
 
     def delete(self, job_id: int, user: User) -> None:
         """Remove a finished job, its log and (unless its run was published) its run's work folder."""
-        job = self._owned(job_id, user, "delete")
+        job = self._owned(job_id, user)
         if job.status in ACTIVE:
             raise JobError(f"job {job_id} is {job.status}; cancel it first")
         if job.alive:
