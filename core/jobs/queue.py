@@ -219,8 +219,8 @@ class JobQueue:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                active = db.execute(f"SELECT COUNT(*) FROM jobs WHERE owner=? AND status IN {ACTIVE}",
-                                    (user.name,)).fetchone()[0]
+                active = db.execute("SELECT COUNT(*) FROM jobs WHERE owner=? AND status IN (?, ?)",
+                                    (user.name, *ACTIVE)).fetchone()[0]
                 if not user.is_admin and active + len(configs) > ACTIVE_JOBS_PER_USER:
                     raise AccessDenied(
                         f"{user.name} has {active} job(s) queued or running and may have at most "
@@ -280,7 +280,7 @@ class JobQueue:
         if job.alive:
             raise JobError(f"job {job_id}'s process is still stopping; delete it in a moment")
         with self._db() as db:
-            deleted = db.execute(f"DELETE FROM jobs WHERE id=? AND status IN {FINISHED}", (job_id,)).rowcount
+            deleted = db.execute("DELETE FROM jobs WHERE id=? AND status IN (?, ?, ?)", (job_id, *FINISHED)).rowcount
         if not deleted:
             raise JobError(f"job {job_id} changed meanwhile; try again")
         work = self.work_dir(job)
