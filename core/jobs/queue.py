@@ -4,7 +4,8 @@ States: queued -> running -> succeeded | failed | cancelled. Every status change
 state(s) it leaves (`_transition`), so two processes racing (a reaper and a job that is finishing) can never
 overwrite each other's outcome. A job's process writes its progress (epoch, batch, images/s, ETA) and a
 heartbeat; its stdout/stderr go to `artifacts/jobs/<id>.log`. Anyone may call `JobQueue.tick()` (the Train
-page's live view, the headless `python -m core worker`, and every job process as it ends): it settles jobs
+page's live view, `python -m core jobs`, the headless `python -m core worker`, and every job process that
+succeeds or fails, as it ends; a cancelled one just exits, and the next tick settles it): it settles jobs
 whose process is gone (a published run: succeeded; a cancel: cancelled; else failed, with the log tail) and
 starts queued jobs in order while fewer than `max_concurrent` run. Liveness is the pid and the process's
 creation time (core.jobs.liveness, psutil). The queue survives restarts of the app, and no job stays
