@@ -2,7 +2,8 @@
 download,runs,users}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
-exit status 2, never a traceback. TensorFlow is imported only by the commands that need it.
+exit status 2, never a traceback. TensorFlow is imported only by the commands that need it. The command line
+acts as the local administrator (core.access.roles.LOCAL_ADMIN): whoever has a shell on the machine owns it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from core.access.roles import LOCAL_ADMIN
 from core.config import SETTINGS, SIZES, RunConfig
 from core.data.images import RESIZE_DESCRIPTIONS, RESIZE_MODES
 from core.errors import UserFacingError
@@ -152,7 +154,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if error is not None:
         raise error
     queue = JobQueue(store)
-    ids = queue.submit_many(p.configs, p.sweep_name)
+    ids = queue.submit_many(p.configs, LOCAL_ADMIN, p.sweep_name)
     if not args.no_start:
         queue.tick()
     print(f"queued {len(ids)} job(s): {', '.join(map(str, ids))}")
@@ -193,17 +195,19 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     queue = JobQueue(RunStore(args.runs_dir))
     if args.max_concurrent:
-        queue.set_max_concurrent(args.max_concurrent)
+        queue.set_max_concurrent(args.max_concurrent, LOCAL_ADMIN)
     if args.cancel:
-        queue.cancel(args.cancel)
+        queue.cancel(args.cancel, LOCAL_ADMIN)
     if args.resume:
-        queue.resume(args.resume)
+        queue.resume(args.resume, LOCAL_ADMIN)
+    if args.delete:
+        queue.delete(args.delete, LOCAL_ADMIN)
     queue.tick()
     jobs = queue.list()
     if args.json:
-        print(json.dumps([{"id": j.id, "status": j.status, "arch": j.config.arch, "size": j.config.size,
-                           "epoch": j.epoch, "epochs": j.epochs, "fraction": j.fraction, "run_path": j.run_path,
-                           "error": j.error} for j in jobs], indent=2))
+        print(json.dumps([{"id": j.id, "status": j.status, "owner": j.owner, "arch": j.config.arch,
+                           "size": j.config.size, "epoch": j.epoch, "epochs": j.epochs, "fraction": j.fraction,
+                           "run_path": j.run_path, "error": j.error} for j in jobs], indent=2))
         return 0
     print(f"{'id':>4} {'status':<10} {'arch':<16} {'px':>4} {'bs':>4} {'progress':>9} {'img/s':>6}  run / error")
     for j in jobs:
@@ -489,9 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("jobs", help="list jobs (and cancel or resume one)")
+    p = sub.add_parser("jobs", help="list jobs (and cancel, resume or delete one)")
     p.add_argument("--cancel", type=int, metavar="ID")
     p.add_argument("--resume", type=int, metavar="ID")
+    p.add_argument("--delete", type=int, metavar="ID", help="remove a finished job, its log and its work folder")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="set how many jobs may train at once")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs-dir", default=runs_dir)

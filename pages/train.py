@@ -35,7 +35,7 @@ from core.store.runs import RunStore
 from core.training.precision import describe_support
 from ui.guard import show_error
 from ui.palette import ACCENT, LIGHT_ACCENT, SECONDARY
-from ui.session import page_user
+from ui.session import current_user, page_user
 from ui.text import md_escape, plural
 
 REFRESH_SECONDS = 2.0
@@ -519,7 +519,7 @@ def launch() -> None:
         return
     try:
         queue = open_queue()
-        ids = queue.submit_many(plan.configs, sweep=plan.sweep_name)
+        ids = queue.submit_many(plan.configs, current_user(), sweep=plan.sweep_name)
         queue.tick()
     except UserFacingError as e:
         ss["_launch"] = ("error", str(e))
@@ -618,14 +618,14 @@ def curves_figure(rows: list[dict[str, float]]) -> go.Figure:
 
 def job_action(action: str, job_id: int) -> None:
     try:
-        getattr(open_queue(), action)(job_id)
+        getattr(open_queue(), action)(job_id, current_user())
     except UserFacingError as e:
         ss["_job_error"] = str(e)
 
 
 def set_max_concurrent() -> None:
     try:
-        open_queue().set_max_concurrent(int(ss["max_concurrent"]))
+        open_queue().set_max_concurrent(int(ss["max_concurrent"]), current_user())
     except UserFacingError as e:
         ss["_job_error"] = str(e)
 
@@ -639,17 +639,21 @@ def job_card(queue: JobQueue, job: Job, max_concurrent: int) -> None:
                 st.badge(job.status, icon=STATUS_ICONS[job.status], color=STATUS_COLORS[job.status])
                 if job.sweep:
                     st.badge(job.sweep, icon=":material/grid_view:", color="violet")
+                if job.owner:
+                    st.badge(job.owner, icon=":material/person:", color="gray")
             st.caption(md_escape(config_summary(job.config)))
         with buttons:
+            # another user's job: no buttons unless you are an admin (the queue checks it again)
+            mine = current_user().can("train", owner=job.owner)
             with st.container(horizontal=True, gap="small", horizontal_alignment="right"):
-                if job.status in ACTIVE:
+                if mine and job.status in ACTIVE:
                     st.button("Cancel", key=f"cancel_{job.id}", icon=":material/stop_circle:",
                               on_click=job_action, args=("cancel", job.id), disabled=job.cancel_requested)
-                if job.resumable:
+                if mine and job.resumable:
                     st.button("Resume", key=f"resume_{job.id}", icon=":material/play_arrow:",
                               on_click=job_action, args=("resume", job.id),
                               help="Continue from the last completed epoch.")
-                if job.status not in ACTIVE:
+                if mine and job.status not in ACTIVE:
                     st.button("Delete", key=f"delete_{job.id}", icon=":material/delete:",
                               on_click=job_action, args=("delete", job.id),
                               help="Remove the job and its log from this list. A finished run stays in the run "

@@ -9,6 +9,7 @@ import time
 import pytest
 from browser_support import chromium_page, no_exception, screenshot, streamlit_app
 
+from core.access.roles import LOCAL_ADMIN
 from core.jobs.queue import ACTIVE, JobQueue
 from core.store.runs import RunStore
 
@@ -33,7 +34,7 @@ def server(tmp_path):
         finally:
             for job in queue.list(ACTIVE):
                 try:
-                    queue.cancel(job.id)
+                    queue.cancel(job.id, LOCAL_ADMIN)
                 except Exception:
                     pass
 

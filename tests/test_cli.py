@@ -177,6 +177,28 @@ def test_submit_names_grids_and_presets_by_the_one_rule(cli_env, tmp_path):
     assert {j.status for j in jobs} == {"queued"}
 
 
+def test_jobs_acts_as_the_local_admin_on_anyones_jobs(tmp_path, capsys):
+    """The command line is the machine's administrator: it cancels and deletes a trainer's job, sets the
+    limit, and lists owners."""
+    from core.access.roles import User
+    from core.cli import main
+    from core.jobs.queue import JobQueue
+
+    runs_dir = tmp_path / "artifacts" / "runs"
+    queue = JobQueue(RunStore(runs_dir))
+    job_id = queue.submit(RunConfig(), User("alice", ("trainer",)))
+    assert main(["jobs", "--cancel", str(job_id), "--max-concurrent", "3", "--runs-dir", str(runs_dir)]) == 0
+    assert queue.get(job_id).status == "cancelled" and queue.max_concurrent == 3
+    capsys.readouterr()
+    assert main(["jobs", "--json", "--runs-dir", str(runs_dir)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(j["id"], j["owner"], j["status"]) for j in listed] == [(job_id, "alice", "cancelled")]
+    assert main(["jobs", "--delete", str(job_id), "--runs-dir", str(runs_dir)]) == 0
+    assert queue.list() == []
+    assert main(["jobs", "--delete", str(job_id), "--runs-dir", str(runs_dir)]) == 2  # one line, no traceback
+    assert capsys.readouterr().err.strip() == f"error: no job {job_id}"
+
+
 def test_submit_bad_values_are_one_line_errors(cli_env, tmp_path):
     runs = ("--no-start", "--runs-dir", tmp_path / "runs")
     assert_one_line_error(cli(cli_env, "submit", "--grid", "lr=fast", *runs), "lr", "not a valid float")

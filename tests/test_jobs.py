@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from core.access.roles import LOCAL_ADMIN
 from core.config import RunConfig
-from core.jobs.queue import JobError, JobQueue, process_alive
+from core.jobs import liveness
+from core.jobs.queue import JobError, JobQueue
 from core.store.runs import RunStore, open_run
 
 pytestmark = pytest.mark.slow
@@ -38,7 +40,7 @@ def test_queue_survives_restart_and_runs_one_at_a_time(tmp_path, tiny_npz):
     store = RunStore(tmp_path / "runs")
     first = JobQueue(store)
     assert first.max_concurrent == 1
-    ids = first.submit_many([tiny_config(tiny_npz, seed=1), tiny_config(tiny_npz, seed=2)], sweep="s")
+    ids = first.submit_many([tiny_config(tiny_npz, seed=1), tiny_config(tiny_npz, seed=2)], LOCAL_ADMIN, sweep="s")
     assert [first.get(i).status for i in ids] == ["queued", "queued"]
     del first  # "the app restarts": a fresh queue object over the same index finds the queued jobs
 
@@ -60,21 +62,21 @@ def test_queue_survives_restart_and_runs_one_at_a_time(tmp_path, tiny_npz):
 def test_cancel_then_resume_from_saved_epoch(tmp_path, tiny_npz):
     store = RunStore(tmp_path / "runs")
     queue = JobQueue(store)
-    job_id = queue.submit(tiny_config(tiny_npz, epochs=3, limit_train=256, batch_size=16))
+    job_id = queue.submit(tiny_config(tiny_npz, epochs=3, limit_train=256, batch_size=16), LOCAL_ADMIN)
     queue.tick()
     # let one epoch complete (its checkpoint is written), then cancel during the second
     wait_for(lambda: len(queue.history(queue.get(job_id))) >= 1, 600, None, "first epoch")
     pid = queue.get(job_id).pid
-    queue.cancel(job_id)
-    wait_for(lambda: queue.get(job_id).status == "cancelled", 20, queue, "cancelled status")
-    wait_for(lambda: not process_alive(pid, None), 10, None, "process exit")
+    queue.cancel(job_id, LOCAL_ADMIN)
+    wait_for(lambda: queue.get(job_id).status == "cancelled", 30, queue, "cancelled status")
+    assert not liveness.alive(pid, None)  # cancelled (and its slot free) only once its process is gone
     job = queue.get(job_id)
     assert job.resumable and job.run_path is None
     epochs_done = len(queue.history(job))
     assert 1 <= epochs_done < 3
     assert store.list_runs() == []  # a cancelled run is never listed as complete
 
-    queue.resume(job_id)
+    queue.resume(job_id, LOCAL_ADMIN)
     wait_for(lambda: queue.get(job_id).status in ("succeeded", "failed"), 600, queue, "resumed job")
     job = queue.get(job_id)
     assert job.status == "succeeded", job.error or job.log_tail
@@ -92,7 +94,7 @@ def test_killed_process_is_marked_failed_and_store_intact(tmp_path, tiny_npz, tr
     before = {r["run_id"] for r in store.list_runs()}
     assert before  # the shared fixture run
     queue = JobQueue(store)
-    job_id = queue.submit(tiny_config(tiny_npz, epochs=50, limit_train=256, batch_size=16))
+    job_id = queue.submit(tiny_config(tiny_npz, epochs=50, limit_train=256, batch_size=16), LOCAL_ADMIN)
     queue.tick()
     wait_for(lambda: queue.get(job_id).batch >= 1, 600, None, "training to start")
     os.killpg(queue.get(job_id).pid, signal.SIGKILL)
@@ -108,18 +110,18 @@ def test_killed_process_is_marked_failed_and_store_intact(tmp_path, tiny_npz, tr
 
 def test_queue_commands_validate(tmp_path, tiny_npz):
     queue = JobQueue(RunStore(tmp_path / "runs"))
-    job_id = queue.submit(tiny_config(tiny_npz))
+    job_id = queue.submit(tiny_config(tiny_npz), LOCAL_ADMIN)
     with pytest.raises(JobError, match="only failed or cancelled"):
-        queue.resume(job_id)
+        queue.resume(job_id, LOCAL_ADMIN)
     with pytest.raises(JobError, match="cancel it first"):
-        queue.delete(job_id)
-    queue.cancel(job_id)  # a queued job is cancelled without a process
+        queue.delete(job_id, LOCAL_ADMIN)
+    queue.cancel(job_id, LOCAL_ADMIN)  # a queued job is cancelled without a process
     assert queue.get(job_id).status == "cancelled"
     assert not queue.get(job_id).resumable  # nothing was trained, so nothing to resume
-    queue.delete(job_id)
+    queue.delete(job_id, LOCAL_ADMIN)
     with pytest.raises(JobError, match="no job"):
         queue.get(job_id)
     with pytest.raises(JobError):
-        queue.set_max_concurrent(0)
-    queue.set_max_concurrent(2)
+        queue.set_max_concurrent(0, LOCAL_ADMIN)
+    queue.set_max_concurrent(2, LOCAL_ADMIN)
     assert JobQueue(RunStore(tmp_path / "runs")).max_concurrent == 2

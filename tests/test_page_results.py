@@ -10,7 +10,9 @@ import pytest
 from page_helpers import PROJECT_ROOT, figures, frame_with, open_page, page, texts
 from results_fixtures import copy_store, seeded_artifacts
 
+from core.access.roles import User
 from core.store.runs import RunStore
+from ui.session import USER_KEY
 
 PAGE = page("results")
 TIMEOUT = 120  # seconds per script run; the machine may be busy training
@@ -112,6 +114,23 @@ def test_tag_then_delete_with_confirmation(monkeypatch, artifacts, tmp_path):
     assert not (store.runs_dir / ids[0]).exists()
     assert "Deleted 1 run." in [s.value for s in at.success]
     assert "Runs (2 of 2)" in texts(at)
+
+
+def test_a_trainer_tags_through_the_page_and_cannot_delete(monkeypatch, artifacts, tmp_path):
+    """The page acts as the session's user: a trainer's tag is stored; Delete is disabled for them (the store
+    refuses it too: test_faults_jobs; a viewer sees neither: test_faults_access)."""
+    private = copy_store(artifacts, tmp_path / "artifacts")
+    store = RunStore(private / "runs")
+    ids = sorted(r["run_id"] for r in store.list_runs())
+    at = open_page(monkeypatch, PAGE, private, TIMEOUT)
+    at.session_state[USER_KEY] = User("tess", ("trainer",))
+    at.multiselect(key="sel_runs").set_value(ids[:1]).run()
+    at.text_input(key="tag_text").set_value("mine").run()
+    next(b for b in at.button if b.label == "Tag 1 run").click().run()
+    assert not at.exception and "Tagged 1 run with “mine”." in [s.value for s in at.success]
+    assert "mine" in json.loads((store.runs_dir / ids[0] / "config.json").read_text())["tags"]
+    assert next(b for b in at.button if b.label == "Delete 1 run…").disabled
+    assert (store.runs_dir / ids[0]).is_dir() and store.count() == len(ids)
 
 
 def test_empty_store(monkeypatch, tmp_path):

@@ -10,16 +10,20 @@ import time
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from page_helpers import APP, ok, texts
 from streamlit.testing.v1 import AppTest
 
 import core.data.download
+from core.access.roles import LOCAL_ADMIN, User
+from core.access.users import UserFile
 from core.config import SETTINGS, RunConfig
 from core.data import registry
 from core.data.dataset import class_counts
 from core.jobs.presets import PRESETS_BY_KEY
 from core.jobs.queue import ACTIVE, JobQueue
 from core.store.runs import RunStore
+from ui.session import USER_KEY
 
 TIMEOUT = 120  # seconds per script run; the machine may be busy training
 # Where each RunConfig field is set on the page: data and size in the data panel, the rest in the form.
@@ -322,8 +326,8 @@ def test_job_controls(artifacts, monkeypatch, tiny_npz):
     monkeypatch.setattr(JobQueue, "tick", lambda self: [])
     queue = queue_at(artifacts)
     config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=2)
-    waiting, broken = queue.submit(config), queue.submit(config.replace(seed=1), sweep="demo")
-    queue._update(broken, status="failed", error="the training process ended without reporting",
+    waiting, broken = queue.submit(config, LOCAL_ADMIN), queue.submit(config.replace(seed=1), LOCAL_ADMIN, sweep="demo")
+    assert queue._transition(broken, "queued", "failed", error="the training process ended without reporting",
                   run_id="20250101-000000-abcdef", epoch=1, finished=time.time())
     at = open_train(jobs_tab=True)
     shown = texts(at)
@@ -342,6 +346,38 @@ def test_job_controls(artifacts, monkeypatch, tiny_npz):
     assert [j.id for j in queue.list()] == [broken]
     ok(at.number_input(key="max_concurrent").set_value(2).run())
     assert queue.max_concurrent == 2
+
+
+def test_a_user_cannot_act_on_another_users_job_from_the_page(artifacts, monkeypatch, tiny_npz):
+    """With login on, the page acts as the logged-in user: another trainer's job shows its owner and no
+    Cancel (the queue refuses it anyway: test_faults_jobs); its owner gets the button; the limit is the
+    admin's."""
+    monkeypatch.setattr(JobQueue, "tick", lambda self: [])
+    settings = artifacts.parent / "cellscope.toml"
+    settings.write_text('[access]\nlogin = "password"\nusers_file = "users.toml"\n')
+    users = UserFile(artifacts.parent / "users.toml", PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+    for name in ("alice", "bob"):
+        users.add(name, ["trainer"], f"{name} password")
+    monkeypatch.setenv("CELLSCOPE_SETTINGS", str(settings))
+    queue = queue_at(artifacts)
+    job_id = queue.submit(RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=1),
+                          User("alice", ("trainer",)))
+
+    def jobs_tab_as(user: User) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.session_state[USER_KEY] = user
+        ok(at.run())
+        ok(at.switch_page("pages/train.py").run())
+        show_tab(at, "Jobs")
+        return at
+
+    at = jobs_tab_as(User("bob", ("trainer",)))
+    assert not [b for b in at.button if b.key == f"cancel_{job_id}"]
+    assert "alice" in str([m.value for m in at.markdown])
+    assert at.number_input(key="max_concurrent").disabled  # the admin's; the queue refuses it too
+    at = jobs_tab_as(User("alice", ("trainer",)))
+    ok(at.button(key=f"cancel_{job_id}").click().run())
+    assert queue.get(job_id).status == "cancelled"
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from results_fixtures import publish, synthetic_metrics
 
+from core.access.roles import LOCAL_ADMIN
 from core.config import RunConfig
 from core.jobs.queue import JobQueue
 from core.store import results
@@ -92,8 +93,9 @@ def test_an_incomplete_run_shows_its_jobs_status_read_through_the_queue(grid):
     assert JobQueue.statuses_by_run(grid) == {}  # no queue yet: no jobs table, nothing created
     writer = grid.writer(config(seed=9))
     queue = JobQueue(grid)
-    job = queue.submit(writer.config)
-    queue._update(job, run_id=writer.run_id, status="failed")
+    job = queue.submit(writer.config, LOCAL_ADMIN)
+    queue._update(job, run_id=writer.run_id)
+    assert queue._transition(job, "queued", "failed")
     assert JobQueue.statuses_by_run(grid) == {writer.run_id: "failed"}
     table = results.runs_table(grid)
     assert table.loc[table["run_id"] == writer.run_id, "status"].item() == "failed"
@@ -243,20 +245,20 @@ def test_tag_runs_rewrites_config_and_reindexes(grid):
     path = grid.runs_dir / ids[0]
     created = path.stat().st_mtime_ns
     before = results.index_signature(grid)
-    assert grid.tag_runs(ids, add=["baseline"]) == 2
-    assert grid.tag_runs(ids, add=["baseline"]) == 0  # already there
+    assert grid.tag_runs(ids, LOCAL_ADMIN, add=["baseline"]) == 2
+    assert grid.tag_runs(ids, LOCAL_ADMIN, add=["baseline"]) == 0  # already there
     assert json.loads((path / "config.json").read_text())["tags"] == ["baseline"]
     assert path.stat().st_mtime_ns == created  # `created` in the index stays the run's own time
     assert results.index_signature(grid) != before
     table = results.runs_table(grid)
     assert set(results.filter_runs(table, {}, tags=["baseline"])["run_id"]) == set(ids)
     deep = list(table.loc[table["arch"] == "resnet101", "run_id"])
-    assert grid.tag_runs(deep, remove=["study"]) == 2
+    assert grid.tag_runs(deep, LOCAL_ADMIN, remove=["study"]) == 2
     assert set(results.runs_table(grid).loc[lambda t: t["arch"] == "resnet101", "tags"]) == {"deep"}
     with pytest.raises(RunStoreError, match="without commas"):
-        grid.tag_runs(ids, add=["a,b"])
+        grid.tag_runs(ids, LOCAL_ADMIN, add=["a,b"])
     with pytest.raises(RunStoreError, match="invalid run id"):
-        grid.tag_runs(["../../etc"], add=["x"])
+        grid.tag_runs(["../../etc"], LOCAL_ADMIN, add=["x"])
 
 
 def test_details_of_selected_runs(grid):

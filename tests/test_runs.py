@@ -6,11 +6,13 @@ import json
 import os
 import sqlite3
 
+import numpy as np
 import pytest
 
+from core.access.roles import LOCAL_ADMIN
 from core.config import RunConfig
 from core.errors import StoreError, UserFacingError
-from core.jobs.queue import JobQueue
+from core.store import checkpoints
 from core.store import runs as R
 
 FILES = {"config.json", "history.csv", "metrics.json", "model.keras", "train.log"}
@@ -72,7 +74,7 @@ def test_writer_builds_in_incomplete_then_publishes(store, runs_dir):
     assert json.loads((w.work_dir / "config.json").read_text()) == c.to_dict()
     w.log("epoch 1 done")
     w.write_history([{"epoch": 1, "loss": 1.5, "val_accuracy": 0.25}])
-    (w.work_dir / "checkpoint.keras").write_bytes(b"ckpt")  # training leaves checkpoints behind
+    checkpoints.save(w.work_dir, 1, save_bytes, [np.zeros(3)], {"epochs_done": 1})  # training leaves one behind
     assert not (runs_dir / w.run_id).exists()
     # unpublished: neither listed nor a complete run
     assert list(store.complete_runs()) == []
@@ -114,7 +116,7 @@ def test_invalid_run_ids_refused_by_writer(store, runs_dir, bad):
 def test_invalid_run_ids_refused_by_delete(store, bad):
     run = publish(store)
     with pytest.raises(R.RunStoreError, match="invalid run id"):
-        store.delete(bad)
+        store.delete(bad, LOCAL_ADMIN)
     assert run.path.is_dir() and store.count() == 1
 
 
@@ -122,7 +124,7 @@ def test_delete_refuses_path_tricks(store, runs_dir, tmp_path):
     victim = tmp_path / "precious"
     victim.mkdir()
     with pytest.raises(R.RunStoreError):
-        store.delete("../../precious")
+        store.delete("../../precious", LOCAL_ADMIN)
     assert victim.is_dir()
 
 
@@ -230,13 +232,13 @@ def test_list_hides_rows_whose_directory_vanished(store):
 def test_delete_removes_dir_and_row(store):
     a = publish(store, 0.5, 0.5)
     b = publish(store, 0.6, 0.6)
-    store.delete(b.run_id)
+    store.delete(b.run_id, LOCAL_ADMIN)
     assert not b.path.exists()
     assert store.count() == 1
     with sqlite3.connect(store.index_path) as db:
         assert db.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", (b.run_id,)).fetchone()[0] == 0
     assert [r.run_id for r in store.complete_runs()] == [a.run_id]
-    store.delete(b.run_id)  # deleting again is harmless
+    store.delete(b.run_id, LOCAL_ADMIN)  # deleting again is harmless
     assert a.path.is_dir()
 
 
@@ -283,7 +285,7 @@ def test_failed_save_model_does_not_publish(store, runs_dir):
 
 def test_a_damaged_index_is_one_store_error_naming_the_file_and_the_repair(store, runs_dir):
     store.index_path.write_bytes(b"this is not a database" * 100)
-    for use in (lambda: R.RunStore(runs_dir), store.list_runs, store.count, lambda: JobQueue(store)):
+    for use in (lambda: R.RunStore(runs_dir), store.list_runs, store.count):
         with pytest.raises(StoreError) as info:
             use()
         message = str(info.value)

@@ -15,6 +15,7 @@ import pytest
 
 from core.config import RunConfig
 from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics
+from core.store import checkpoints
 from core.store.runs import RunStore, open_run, read_history
 from core.training import threads
 from core.training.trainer import Progress, TrainingCancelled, class_weight_map, resume, train
@@ -56,7 +57,7 @@ def test_a_run_publishes_a_complete_directory(tiny_run):
     assert run.path.parent == store.runs_dir
     names = {p.name for p in run.path.iterdir()}
     assert {"config.json", "history.csv", "metrics.json", "model.keras", "train.log"} <= names
-    assert not [n for n in names if n.startswith("checkpoint") or n.startswith(".tmp")]
+    assert not [n for n in names if n.startswith(("checkpoint", "ckpt-", ".tmp"))]  # no checkpoint left
     assert not (store.runs_dir / ".incomplete" / run.run_id).exists()
     assert open_run(run.path).run_id == run.run_id
     assert [r["run_id"] for r in store.list_runs()] == [run.run_id]
@@ -180,6 +181,10 @@ def test_cancel_in_epoch_two_then_resume(tiny_npz, runs_dir):
     assert info.value.epochs_done == 1
     run_id = info.value.work_dir.name
     assert (info.value.work_dir / "checkpoint.json").is_file()
+    unit = checkpoints.load(info.value.work_dir)  # one complete unit, the pointer's, and nothing else
+    assert unit.state["epochs_done"] == 1 and not unit.legacy
+    assert sorted(p.name for p in info.value.work_dir.glob("ckpt-*")) == [unit.unit.name]
+    assert {p.name for p in unit.unit.iterdir()} == {"model.keras", "best-weights.npz", "state.json"}
     assert list(store.complete_runs()) == [] and store.list_runs() == []
 
     run = resume(run_id, store, echo=None)

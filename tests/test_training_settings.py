@@ -23,6 +23,7 @@ from core.evaluation.metrics import evaluate
 from core.inference import tta
 from core.models import batchnorm
 from core.models.build import build_model
+from core.store import checkpoints
 from core.store.runs import RunStore, open_run
 from core.training import pipeline, precision
 from core.training.schedules import ONECYCLE_FINAL_DIV, ONECYCLE_START_DIV, StepSchedule, learning_rate
@@ -264,7 +265,7 @@ def averaged_run(tiny_npz, tmp_path_factory):
     with pytest.raises(TrainingCancelled) as info:
         trainers[-1].run()
     work = info.value.work_dir
-    checkpoint = keras.models.load_model(work / "checkpoint.keras")
+    checkpoint = keras.models.load_model(checkpoints.load(work).model_path)
     saved_averages = [v.numpy() for v in checkpoint.optimizer.variables if v.name.endswith("_average")]
     checkpoint_weights = checkpoint.get_weights()
     trainers.append(Trainer(RunConfig.from_dict(json.loads((work / "config.json").read_text())), store,

@@ -1,21 +1,33 @@
-"""Training jobs: a queue in the SQLite index, each job trained in its own OS process.
+"""Training jobs: a queue in its own SQLite database (core.jobs.jobdb), each job trained in its own OS process.
 
-States: queued -> running -> succeeded | failed | cancelled. A job's process writes its progress (epoch,
-batch, images/s, ETA) and a heartbeat into the `jobs` table; its stdout/stderr go to
-`artifacts/jobs/<id>.log`. Anyone may call `JobQueue.tick()` (the Train page's live view, the headless
-`python -m core worker`, and every job process as it ends): it marks jobs whose process died as failed, with
-their log tail, and starts queued jobs in order while fewer than `max_concurrent` run. The queue therefore
-survives restarts of the app, and no job stays "running" after its process is gone.
+States: queued -> running -> succeeded | failed | cancelled. Every status change is compare-and-set from the
+state(s) it leaves (`_transition`), so two processes racing (a reaper and a job that is finishing) can never
+overwrite each other's outcome. A job's process writes its progress (epoch, batch, images/s, ETA) and a
+heartbeat; its stdout/stderr go to `artifacts/jobs/<id>.log`. Anyone may call `JobQueue.tick()` (the Train
+page's live view, `python -m core jobs`, the headless `python -m core worker`, and every job process that
+succeeds or fails, as it ends; a cancelled one just exits, and the next tick settles it): it settles jobs
+whose process is gone (a published run: succeeded; a cancel: cancelled; else failed, with the log tail) and
+starts queued jobs in order while fewer than `max_concurrent` run. Liveness is the pid and the process's
+creation time (core.jobs.liveness, psutil). The queue survives restarts of the app, and no job stays
+"running" after its process is gone.
 
-Cancel sends SIGTERM to the job's process group; the job stops at the next Python instruction, keeps its
-last completed epoch's checkpoint (so it can be resumed) and records itself cancelled. A job that has not
-exited within `CANCEL_GRACE_SECONDS` is killed.
+Jobs belong to the user who submitted them (core.access.roles): submitting needs the train role and, except
+for admins, at most ACTIVE_JOBS_PER_USER queued or running jobs; cancel, resume and delete need the train
+role on one's own job (admins: any); the concurrent-job limit is the admin's.
+
+Cancel records when it was asked and sends SIGTERM to the job's process group; the job stops at the next
+Python instruction, except inside a checkpoint or publish write, which it finishes first (core.store.io
+.uninterrupted). It keeps its last completed epoch's checkpoint (so it can be resumed). The job stays
+"running" (cancel requested) and holds its slot until its process is gone; a process still there
+CANCEL_GRACE_SECONDS after the cancel is killed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,16 +38,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from core.access.roles import ACTIVE_JOBS_PER_USER, AccessDenied, User, require
 from core.config import RunConfig
 from core.errors import UserFacingError
-from core.store.runs import INCOMPLETE, PROJECT_ROOT, RunStore, index_errors
+from core.jobs import jobdb, liveness
+from core.store.io import RUN_ID_PATTERN, interrupt_or_defer
+from core.store.runs import INCOMPLETE, PROJECT_ROOT, RunStore
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
-CANCEL_GRACE_SECONDS = 5.0
+FINISHED = ("succeeded", "failed", "cancelled")
+# From the cancel (not the last heartbeat): long enough for a normal run's validation, checkpoint, test pass and
+# publish, during which no heartbeat comes; a process still there after it is killed.
+CANCEL_GRACE_SECONDS = 60.0
+KILL_WAIT_SECONDS = 2.0  # after SIGKILL, how long a tick waits to see the process gone
 SPAWN_GRACE_SECONDS = 30.0
 PROGRESS_INTERVAL = 1.0
 LOG_TAIL_LINES = 30
+DIED = ("the training process ended without reporting (killed, out of memory, or the machine restarted); "
+        "see the log tail")
+_COLUMN = re.compile(r"^[a-z_]+\Z")
 
 
 class JobError(UserFacingError):
@@ -46,12 +68,14 @@ class JobError(UserFacingError):
 class Job:
     id: int
     status: str
+    owner: str
     config: RunConfig
     created: float
     sweep: str | None
     run_id: str | None
     run_path: str | None
     pid: int | None
+    pid_start: float | None
     started: float | None
     finished: float | None
     heartbeat: float | None
@@ -64,85 +88,61 @@ class Job:
     eta_seconds: float | None
     error: str | None
     log_tail: str | None
-    cancel_requested: bool
+    cancel_requested_at: float | None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.cancel_requested_at is not None
 
     @property
     def resumable(self) -> bool:
         return self.status in ("failed", "cancelled") and self.run_id is not None and self.run_path is None
 
+    @property
+    def alive(self) -> bool:
+        """Whether this job's process is still there."""
+        return liveness.alive(self.pid, self.pid_start)
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
         d = dict(row)
         d["config"] = RunConfig.from_dict(json.loads(d.pop("config_json")))
-        d["cancel_requested"] = bool(d["cancel_requested"])
-        d.pop("pid_start", None)
         return cls(**d)
 
 
-def _process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a process (guards against PID reuse); None if gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
-
-
-def process_alive(pid: int | None, start_token: str | None) -> bool:
-    if not pid:
-        return False
-    token = _process_start_time(pid)
-    if token is None:
-        return False
-    return start_token is None or token == start_token
-
-
-JOBS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS jobs (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL, config_json TEXT NOT NULL,
-                    created REAL NOT NULL, sweep TEXT, run_id TEXT, run_path TEXT,
-                    pid INTEGER, pid_start TEXT, started REAL, finished REAL, heartbeat REAL,
-                    epoch INTEGER NOT NULL DEFAULT 0, epochs INTEGER NOT NULL DEFAULT 0,
-                    batch INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
-                    fraction REAL NOT NULL DEFAULT 0, images_per_second REAL, eta_seconds REAL,
-                    error TEXT, log_tail TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0)"""
-
-
 class JobQueue:
-    """The jobs table beside the run index. Every failure to use it is a RunStoreError (a StoreError) naming
-    the file, with the index's one repair hint."""
+    """The jobs database beside the run index. Every failure to use it is a JobStoreError (a StoreError) naming
+    the file, with its own recovery."""
 
     def __init__(self, store: RunStore | None = None):
         self.store = store or RunStore()
-        self.db_path = self.store.index_path
-        self.log_dir = self.store.runs_dir.parent / "jobs"
-        with index_errors(self.db_path):
+        artifacts = self.store.runs_dir.parent
+        self.db_path = jobdb.jobs_path(artifacts)
+        self.log_dir = artifacts / "jobs"
+        with jobdb.jobs_errors(self.db_path):
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            if not self.db_path.exists():
+                jobdb.migrate_from_index(self.db_path, self.store.index_path)
+            jobdb.create(self.db_path)
         with self._db() as db:
-            db.execute(JOBS_TABLE_SQL)
-            db.execute("CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+            if db.execute("SELECT 1 FROM settings WHERE key=?", (jobdb.MIGRATED_KEY,)).fetchone() is None:
+                if jobdb.migrate_from_index(self.db_path, self.store.index_path):
+                    db.execute("INSERT OR REPLACE INTO settings VALUES (?, '1')", (jobdb.MIGRATED_KEY,))
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """An autocommit connection, closed after the block; SQLite and file errors as RunStoreError."""
-        with index_errors(self.db_path), closing(self._connect()) as db:
+        """An autocommit connection, closed after the block; SQLite and file errors as JobStoreError."""
+        with jobdb.jobs_errors(self.db_path), closing(jobdb.connect(self.db_path)) as db:
             yield db
 
     @staticmethod
     def statuses_by_run(store: RunStore) -> dict[str, str]:
         """run_id -> status of the latest job that trained it, read without creating the queue (a store whose
-        queue was never used has no jobs table: then empty)."""
-        with index_errors(store.index_path), closing(sqlite3.connect(store.index_path, timeout=30)) as db:
-            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='jobs'").fetchone() is None:
-                return {}
+        queue was never used has no jobs database: then empty)."""
+        path = jobdb.jobs_path(store.runs_dir.parent)
+        if not path.is_file():
+            return {}
+        with jobdb.jobs_errors(path), closing(sqlite3.connect(path, timeout=30)) as db:
             rows = db.execute("SELECT run_id, status FROM jobs WHERE run_id IS NOT NULL ORDER BY id").fetchall()
         return {run_id: status for run_id, status in rows}
 
@@ -153,7 +153,8 @@ class JobQueue:
             row = db.execute("SELECT value FROM settings WHERE key='max_concurrent'").fetchone()
         return int(row[0]) if row else 1
 
-    def set_max_concurrent(self, n: int) -> None:
+    def set_max_concurrent(self, n: int, user: User) -> None:
+        require(user, "admin", what="set the concurrent-job limit")
         if not 1 <= int(n) <= 16:
             raise JobError("max concurrent jobs must be 1..16")
         with self._db() as db:
@@ -192,59 +193,106 @@ class JobQueue:
         rows = [part.split("\r")[-1] for part in text.split("\n")]  # progress lines redraw with \r
         return "\n".join([r for r in rows if r.strip()][-lines:])
 
+    def work_dir(self, job: Job) -> Path | None:
+        """The job's run work folder (`runs/.incomplete/<run_id>`), when it has a run id."""
+        if not job.run_id or not RUN_ID_PATTERN.match(job.run_id):
+            return None
+        return self.store.runs_dir / INCOMPLETE / job.run_id
+
     def history(self, job: Job) -> list[dict[str, float]]:
         """Per-epoch history so far (from the run's work directory, or the finished run)."""
         from core.store.runs import read_history  # noqa: PLC0415
 
         if job.run_path:
             return read_history(Path(job.run_path))
-        if job.run_id:
-            return read_history(self.store.runs_dir / INCOMPLETE / job.run_id)
-        return []
+        work = self.work_dir(job)
+        return read_history(work) if work else []
 
     # -- commands ---------------------------------------------------------------------------------------
-    def submit(self, config: RunConfig, sweep: str | None = None) -> int:
+    def submit(self, config: RunConfig, user: User, sweep: str | None = None) -> int:
+        return self.submit_many([config], user, sweep)[0]
+
+    def submit_many(self, configs: Iterable[RunConfig], user: User, sweep: str | None = None) -> list[int]:
+        """Queue jobs owned by `user`, all or none: a non-admin may have at most ACTIVE_JOBS_PER_USER queued or
+        running jobs, each job of a sweep counting."""
+        require(user, "train", what="launch training jobs")
+        configs = list(configs)
         with self._db() as db:
-            cur = db.execute("INSERT INTO jobs (status, config_json, created, sweep, epochs) VALUES (?,?,?,?,?)",
-                             ("queued", config.to_json(), time.time(), sweep, config.epochs))
-            return int(cur.lastrowid)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                active = db.execute("SELECT COUNT(*) FROM jobs WHERE owner=? AND status IN (?, ?)",
+                                    (user.name, *ACTIVE)).fetchone()[0]
+                if not user.is_admin and active + len(configs) > ACTIVE_JOBS_PER_USER:
+                    raise AccessDenied(
+                        f"{user.name} has {active} job(s) queued or running and may have at most "
+                        f"{ACTIVE_JOBS_PER_USER} at once; {len(configs)} more would exceed that. Nothing was "
+                        f"queued: wait for some to finish, or cancel some.")
+                now, ids = time.time(), []
+                for config in configs:
+                    cur = db.execute("INSERT INTO jobs (status, owner, config_json, created, sweep, epochs) "
+                                     "VALUES ('queued',?,?,?,?,?)",
+                                     (user.name, config.to_json(), now, sweep, config.epochs))
+                    ids.append(int(cur.lastrowid))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return ids
 
-    def submit_many(self, configs: Iterable[RunConfig], sweep: str | None = None) -> list[int]:
-        return [self.submit(c, sweep) for c in configs]
-
-    def cancel(self, job_id: int) -> None:
+    def _owned(self, job_id: int, user: User) -> Job:
         job = self.get(job_id)
+        require(user, "train", owner=job.owner, what=f"job {job_id}")
+        return job
+
+    def cancel(self, job_id: int, user: User) -> None:
+        job = self._owned(job_id, user)
         if job.status == "queued":
-            self._update(job_id, status="cancelled", finished=time.time(), cancel_requested=1)
-            return
+            now = time.time()
+            if self._transition(job_id, "queued", "cancelled", finished=now, cancel_requested_at=now):
+                return
+            job = self.get(job_id)  # claimed meanwhile: cancel it running
         if job.status != "running":
             raise JobError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
-        self._update(job_id, cancel_requested=1)
-        with self._db() as db:
-            start = db.execute("SELECT pid_start FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
-        if process_alive(job.pid, start):
+        with self._db() as db:  # the grace is counted from the first cancel; a second one changes nothing
+            first = db.execute("UPDATE jobs SET cancel_requested_at=? WHERE id=? AND status='running' "
+                               "AND cancel_requested_at IS NULL", (time.time(), job_id)).rowcount == 1
+        if first and job.alive:
             try:
                 os.killpg(job.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
-    def resume(self, job_id: int) -> None:
-        job = self.get(job_id)
+    def resume(self, job_id: int, user: User) -> None:
+        job = self._owned(job_id, user)
         if not job.resumable:
             raise JobError(f"job {job_id} is {job.status}; only failed or cancelled jobs can be resumed")
-        self._update(job_id, status="queued", error=None, finished=None, cancel_requested=0, pid=None)
+        if job.alive:
+            raise JobError(f"job {job_id}'s process is still stopping; resume it in a moment")
+        if self._recover_published(job, ("failed", "cancelled")):
+            return
+        self._transition(job_id, ("failed", "cancelled"), "queued", error=None, finished=None,
+                         cancel_requested_at=None, pid=None, pid_start=None)
 
-    def delete(self, job_id: int) -> None:
-        job = self.get(job_id)
+    def delete(self, job_id: int, user: User) -> None:
+        """Remove a finished job, its log and (unless its run was published) its run's work folder."""
+        job = self._owned(job_id, user)
         if job.status in ACTIVE:
             raise JobError(f"job {job_id} is {job.status}; cancel it first")
+        if job.alive:
+            raise JobError(f"job {job_id}'s process is still stopping; delete it in a moment")
         with self._db() as db:
-            db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            deleted = db.execute("DELETE FROM jobs WHERE id=? AND status IN (?, ?, ?)", (job_id, *FINISHED)).rowcount
+        if not deleted:
+            raise JobError(f"job {job_id} changed meanwhile; try again")
+        work = self.work_dir(job)
+        if work is not None and not job.run_path:
+            shutil.rmtree(work, ignore_errors=True)
         self.log_path(job_id).unlink(missing_ok=True)
 
     # -- scheduling -------------------------------------------------------------------------------------
     def tick(self) -> list[int]:
-        """Reap dead jobs, enforce overdue cancels, start queued jobs. Returns the ids started."""
+        """Settle jobs whose process is gone, enforce overdue cancels, start queued jobs. Returns the ids
+        started."""
         self._reap()
         started = []
         while True:
@@ -256,32 +304,39 @@ class JobQueue:
         return started
 
     def _reap(self) -> None:
-        with self._db() as db:
-            rows = db.execute("SELECT id, pid, pid_start, cancel_requested, heartbeat, started FROM jobs "
-                              "WHERE status='running'").fetchall()
         now = time.time()
-        for row in rows:
-            if row["pid"] is None and now - (row["started"] or 0) < SPAWN_GRACE_SECONDS:
+        for job in self.list(["running"]):
+            if job.pid is None and now - (job.started or 0) < SPAWN_GRACE_SECONDS:
                 continue  # claimed by another ticker a moment ago; its pid is on the way
-            alive = process_alive(row["pid"], row["pid_start"])
-            if alive and row["cancel_requested"] and now - (row["heartbeat"] or now) > CANCEL_GRACE_SECONDS:
+            alive = job.alive
+            if alive and job.cancel_requested and now - job.cancel_requested_at > CANCEL_GRACE_SECONDS:
                 try:
-                    os.killpg(row["pid"], signal.SIGKILL)
+                    os.killpg(job.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                alive = False
+                alive = not liveness.wait_gone(job.pid, job.pid_start, KILL_WAIT_SECONDS)
             if alive:
                 continue
-            tail = self.log_tail(row["id"])
-            if row["cancel_requested"]:
-                self._finish(row["id"], "cancelled", log_tail=tail)
+            if self._recover_published(job, ("running",)):
+                continue
+            tail = self.log_tail(job.id)
+            if job.cancel_requested:
+                self._finish(job.id, "running", "cancelled", log_tail=tail)
             else:
-                self._finish(row["id"], "failed", log_tail=tail,
-                             error="the training process ended without reporting (killed, out of memory, "
-                                   "or the machine restarted); see the log tail")
+                self._finish(job.id, "running", "failed", log_tail=tail, error=DIED)
+
+    def _recover_published(self, job: Job, expected: tuple[str, ...]) -> bool:
+        """A job whose run is already published (its process died after the rename) is succeeded."""
+        run = self.store.published(job.run_id) if job.run_id else None
+        if run is None:
+            return False
+        self._finish(job.id, expected, "succeeded", run_path=str(run.path), fraction=1.0, eta_seconds=0.0,
+                     error=None, log_tail=self.log_tail(job.id))
+        return True
 
     def _claim_next(self) -> int | None:
-        """Atomically move the oldest queued job to running if a slot is free."""
+        """Atomically move the oldest queued job to running if a slot is free (a job being cancelled holds its
+        slot until its process is gone)."""
         limit = self.max_concurrent
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -291,10 +346,11 @@ class JobQueue:
                 if running >= limit or row is None:
                     db.execute("ROLLBACK")
                     return None
-                db.execute("UPDATE jobs SET status='running', started=?, heartbeat=?, pid=NULL, "
-                           "cancel_requested=0 WHERE id=?", (time.time(), time.time(), row[0]))
+                now = time.time()
+                claimed = self._transition(int(row[0]), "queued", "running", db=db, started=now, heartbeat=now,
+                                           pid=None, pid_start=None, cancel_requested_at=None)
                 db.execute("COMMIT")
-                return int(row[0])
+                return int(row[0]) if claimed else None
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -303,45 +359,75 @@ class JobQueue:
         env = dict(os.environ)
         env["CELLSCOPE_ARTIFACTS"] = str(self.store.runs_dir.parent)
         env["PYTHONUNBUFFERED"] = "1"
-        log = open(self.log_path(job_id), "ab")
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "core", "job-exec", str(job_id), "--runs-dir", str(self.store.runs_dir)],
-                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+            with open(self.log_path(job_id), "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "core", "job-exec", str(job_id), "--runs-dir",
+                     str(self.store.runs_dir)],
+                    cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
         except OSError as e:
-            self._finish(job_id, "failed", error=f"could not start the training process: {e}")
+            self._finish(job_id, "running", "failed", error=f"could not start the training process: {e}")
             return
-        finally:
-            log.close()
-        self._update(job_id, pid=proc.pid, pid_start=_process_start_time(proc.pid))
+        started = liveness.start_time(proc.pid)
+        self._update(job_id, pid=proc.pid, pid_start=liveness.GONE if started is None else started)
 
     # -- bookkeeping, used by the job process too ---------------------------------------------------------
+    def _transition(self, job_id: int, expected: str | tuple[str, ...], new: str,
+                    db: sqlite3.Connection | None = None, **values: Any) -> bool:
+        """The one way a job's status changes: UPDATE ... WHERE id=? AND status IN (expected), so a change
+        that lost a race to another process changes nothing. Returns whether it happened."""
+        if new not in STATES:
+            raise ValueError(f"unknown job state {new!r}")
+        expected = (expected,) if isinstance(expected, str) else tuple(expected)
+        cols = ["status=?", *(f"{self._column(k)}=?" for k in values)]
+        sql = (f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND status IN ({','.join('?' * len(expected))})")
+        args = [new, *values.values(), job_id, *expected]
+        if db is not None:
+            return db.execute(sql, args).rowcount == 1
+        with self._db() as own:
+            return own.execute(sql, args).rowcount == 1
+
+    def _finish(self, job_id: int, expected: str | tuple[str, ...], status: str, **values: Any) -> bool:
+        return self._transition(job_id, expected, status, finished=time.time(), **values)
+
     def _update(self, job_id: int, **values: Any) -> None:
-        cols = ", ".join(f"{k}=?" for k in values)
+        """Change columns other than the status (progress, pid); status changes go through `_transition`."""
+        if "status" in values:
+            raise ValueError("status changes go through _transition")
+        cols = ", ".join(f"{self._column(k)}=?" for k in values)
         with self._db() as db:
             db.execute(f"UPDATE jobs SET {cols} WHERE id=?", [*values.values(), job_id])
 
-    def _finish(self, job_id: int, status: str, **values: Any) -> None:
-        self._update(job_id, status=status, finished=time.time(), **values)
+    @staticmethod
+    def _column(name: str) -> str:
+        if not _COLUMN.match(name):
+            raise ValueError(f"not a column: {name!r}")
+        return name
 
     def cancel_requested(self, job_id: int) -> bool:
         with self._db() as db:
-            row = db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return bool(row and row[0])
+            row = db.execute("SELECT cancel_requested_at FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return bool(row and row[0] is not None)
 
 
 def execute(job_id: int, store: RunStore) -> int:
-    """Body of a job process (`python -m core job-exec ID`): train, record the outcome, start the next job."""
+    """Body of a job process (`python -m core job-exec ID`): train, record the outcome, start the next job.
+
+    A cancelled job records nothing itself: it exits, and the next tick that sees its process gone marks it
+    cancelled, so its slot is free only once the process is."""
     from core.training.trainer import Progress, Trainer, TrainingCancelled  # noqa: PLC0415 - heavy import, job process only
 
     queue = JobQueue(store)
     job = queue.get(job_id)
-
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt("cancelled")  # unwinds training at the next Python instruction
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    if job.status != "running":
+        print(f"job {job_id} is {job.status}, not running: nothing to do", flush=True)
+        return 1
+    if queue._recover_published(job, ("running",)):  # published before its process died: never train again
+        print(f"run {job.run_id} was already published", flush=True)
+        queue.tick()
+        return 0
+    signal.signal(signal.SIGTERM, interrupt_or_defer)  # a cancel: stop now, or after the write in progress
     last = [0.0]
 
     def progress(p: Progress) -> None:
@@ -374,9 +460,12 @@ def execute(job_id: int, store: RunStore) -> int:
         traceback.print_exc()
         extra = {"error": f"{e.__class__.__name__}: {e}"}
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the outcome is being recorded; SIGKILL still ends it
     sys.stdout.flush()
-    queue._finish(job_id, status, log_tail=queue.log_tail(job_id), heartbeat=time.time(), **extra)
+    if status != "succeeded" and queue.cancel_requested(job_id):
+        return 1  # settled as cancelled (or succeeded, if the cancel came after publishing) once this is gone
+    queue._finish(job_id, "running", status, log_tail=queue.log_tail(job_id), heartbeat=time.time(), **extra)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the jobs it starts must not inherit an ignored SIGTERM
     queue.tick()  # start whatever waits, even when nobody has the page open
     return 0 if status == "succeeded" else 1
 

@@ -1,12 +1,14 @@
 """The run store: one directory per run, and a SQLite index beside it for fast listing.
 
 A run is built in `<runs>/.incomplete/<run_id>/` (config, log, history and checkpoints as training goes)
-and moved to `<runs>/<run_id>/` by one `os.rename` once `metrics.json` and `model.keras` are written. So a
-directory directly under `<runs>/` is always a complete run; a crash leaves only an `.incomplete` one.
-Run ids are generated (time + random), never built from user text.
+and moved to `<runs>/<run_id>/` by one `os.rename` once `metrics.json` and `model.keras` are written and
+fsynced; the checkpoints are removed only after that rename is durable. So a directory directly under
+`<runs>/` is always a complete run, and a crash at any point leaves the resumable checkpoint or the finished
+run (or both), never neither. Run ids are generated (time + random), never built from user text.
 
 The index (`<runs>/../index.sqlite`, i.e. `artifacts/index.sqlite`) is derived data: `reindex()` rebuilds
-it from the directories at any time.
+it from the directories at any time (the job queue has its own database, core.jobs.jobdb). Deleting runs
+needs the admin role, tagging them the train role (core.access.roles).
 """
 
 from __future__ import annotations
@@ -28,16 +30,21 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from core.access.roles import User, require
 from core.config import SETTINGS, RunConfig
 from core.data.dataset import DatasetError, read_split, resolve
 from core.errors import StoreError
+from core.store import checkpoints
 from core.store.csv_safe import safe_dict
 from core.store.io import (
     RUN_ID_PATTERN,
     add_to_finished_run,
+    fsync_dir,
+    fsync_file,
     json_text,
     new_run_id,
     run_created,
+    uninterrupted,
     write_atomic,
     write_json,
 )
@@ -205,25 +212,42 @@ class RunWriter:
         self._log = open(self.work_dir / LOG_FILE, "a", buffering=1)
 
     def log(self, message: str) -> None:
+        if self._log.closed:  # closed by a publish that then failed: reopen while the work folder is there
+            if not self.work_dir.is_dir():
+                return
+            self._log = open(self.work_dir / LOG_FILE, "a", buffering=1)
         self._log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         write_atomic(self.work_dir / HISTORY_FILE, history_csv(rows))
 
     def publish(self, metrics: dict[str, Any], save_model) -> Run:
-        """Write metrics and model (via `save_model(path)`), then move the run into place."""
-        tmp_model = self.work_dir / f".tmp-{MODEL_FILE}"
-        save_model(tmp_model)
-        os.replace(tmp_model, self.work_dir / MODEL_FILE)
-        for leftover in self.work_dir.glob("checkpoint*"):
-            leftover.unlink()
-        write_json(self.work_dir / METRICS_FILE, metrics)
-        self.log("run complete")
-        self._log.close()
+        """Write model (via `save_model(path)`) and metrics, fsync them, move the run into place with one
+        rename, make the rename durable, and only then remove the checkpoints. A cancel waits for all of it
+        (`uninterrupted`); a failure before the rename leaves the work folder with its checkpoint, resumable;
+        one after it leaves the complete run (and at worst its checkpoints beside it)."""
         final = self.store.runs_dir / self.run_id
-        os.rename(self.work_dir, final)
+        if final.exists():
+            raise RunStoreError(f"{final} already exists: this run was published before")
+        tmp_model = self.work_dir / f".tmp-{MODEL_FILE}"
+        with uninterrupted():
+            try:
+                save_model(tmp_model)
+                fsync_file(tmp_model)
+                os.replace(tmp_model, self.work_dir / MODEL_FILE)
+            except BaseException:
+                tmp_model.unlink(missing_ok=True)
+                raise
+            write_json(self.work_dir / METRICS_FILE, metrics)
+            self.log("run complete")
+            self._log.close()
+            fsync_dir(self.work_dir)
+            os.rename(self.work_dir, final)
+            fsync_dir(final.parent)
+            fsync_dir(self.work_dir.parent)
+            checkpoints.remove_all(final)
         run = Run(final)
-        self.store.index_run(run)
+        self.store.index_run_if_possible(run)
         return run
 
     def close(self) -> None:
@@ -332,6 +356,31 @@ class RunStore:
     def writer(self, config: RunConfig) -> RunWriter:
         return RunWriter(self, config)
 
+    def published(self, run_id: str) -> Run | None:
+        """The complete run `run_id` if it was published (model.keras and metrics.json in its final folder),
+        tidied (checkpoints a cut publish left removed) and indexed; else None. How a job whose process died
+        after publishing is recovered as succeeded, never trained again."""
+        if not RUN_ID_PATTERN.match(run_id or ""):
+            return None
+        path = self.runs_dir / run_id
+        if not ((path / METRICS_FILE).is_file() and (path / MODEL_FILE).is_file()):
+            return None
+        try:
+            checkpoints.remove_all(path)
+        except OSError:
+            pass  # leftovers are harmless beside a complete run
+        run = Run(path)
+        self.index_run_if_possible(run)
+        return run
+
+    def index_run_if_possible(self, run: Run) -> None:
+        """Index a run that is already complete on disk. The index is derived data: when it cannot be written
+        the run is still complete, and `python -m core runs --reindex` lists it."""
+        try:
+            self.index_run(run)
+        except (RunStoreError, OSError, ValueError, KeyError):
+            pass
+
     def index_run(self, run: Run) -> None:
         row = index_row(run.run_id, run.path, run_created(run.run_id), run.config, run.metrics)
         cols = ", ".join(row)
@@ -374,7 +423,9 @@ class RunStore:
         rows = self.list_runs("val_accuracy DESC")
         return rows[0] if rows else None
 
-    def delete(self, run_id: str) -> None:
+    def delete(self, run_id: str, user: User) -> None:
+        """Delete a complete run (folder and index row); admins only."""
+        require(user, "admin", what=f"delete run {run_id}")
         if not RUN_ID_PATTERN.match(run_id):
             raise RunStoreError(f"invalid run id {run_id!r}")
         path = self.runs_dir / run_id
@@ -383,12 +434,15 @@ class RunStore:
         if path.is_dir():
             shutil.rmtree(path)
 
-    def tag_runs(self, run_ids: Sequence[str], add: Iterable[str] = (), remove: Iterable[str] = ()) -> int:
+    def tag_runs(self, run_ids: Sequence[str], user: User, add: Iterable[str] = (),
+                 remove: Iterable[str] = ()) -> int:
         """Add and/or remove tags on complete runs: rewrite each config.json atomically, then reindex the run.
 
         The run directory's modification time is kept (the index's `created` is read from it). Returns the
-        number of runs changed. A bad tag, run id or run is a RunStoreError.
+        number of runs changed. A bad tag, run id or run is a RunStoreError; a user without the train role is
+        refused (AccessDenied).
         """
+        require(user, "train", what="tag runs")
         add = [check_tag(t) for t in add]
         remove = {t.strip() for t in remove}
         changed = 0

@@ -13,7 +13,8 @@ statistics re-estimated on it), so the kept epoch, the test pass and the stored 
 weights, and training continues from the raw ones.
 
 Each epoch also leaves a checkpoint (model with optimizer state, best weights, history) in the run's work
-directory, so a failed or cancelled run can be resumed from its last completed epoch.
+directory as one atomic unit (core.store.checkpoints), so a failed or cancelled run can be resumed from its
+last completed epoch. Checkpoint and publish writes finish before a cancel takes effect.
 """
 
 from __future__ import annotations
@@ -38,12 +39,10 @@ from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics, evaluate
 from core.inference import tta
 from core.models import batchnorm
 from core.models.build import build_model
-from core.store.io import write_json
+from core.store import checkpoints
 from core.store.runs import Run, RunStore, RunWriter
 from core.training import pipeline, precision, schedules, threads
 
-CHECKPOINT_MODEL, CHECKPOINT_BEST, CHECKPOINT_STATE = (
-    "checkpoint.keras", "checkpoint-best.weights.h5", "checkpoint.json")
 EVAL_BATCH = 128
 
 
@@ -249,38 +248,33 @@ class Trainer:
         key = (val.accuracy, -val.loss)
         if key > self.best_key:
             self.best_key, self.best_epoch = key, epoch
-            self.best_weights = [w.copy() for w in self.model.get_weights()]
-            tmp = self.writer.work_dir / f".tmp-{CHECKPOINT_BEST}"
-            self.model.save_weights(tmp)
-            os.replace(tmp, self.writer.work_dir / CHECKPOINT_BEST)
+            self.best_weights = [w.copy() for w in self.model.get_weights()]  # saved with the checkpoint unit
         return row
 
     def _checkpoint(self, epoch: int) -> None:
-        work = self.writer.work_dir
-        tmp = work / f".tmp-{CHECKPOINT_MODEL}"
-        self.model.save(tmp)
-        os.replace(tmp, work / CHECKPOINT_MODEL)
         state = {"epochs_done": epoch, "best_epoch": self.best_epoch, "best_key": list(self.best_key),
                  "history": self.history, "train_seconds": self.train_seconds,
                  "images_trained": self.images_trained}
-        write_json(work / CHECKPOINT_STATE, state)
+        checkpoints.save(self.writer.work_dir, epoch, self.model.save, self.best_weights, state)
 
     def _restore_checkpoint(self) -> int:
-        """Resume from the work directory's last checkpoint; returns the epochs already done."""
-        work = self.writer.work_dir
-        state_path = work / CHECKPOINT_STATE
-        if not state_path.is_file():
+        """Resume from the work directory's last complete checkpoint; returns the epochs already done."""
+        checkpoint = checkpoints.load(self.writer.work_dir)
+        if checkpoint is None:
             return 0
-        state = json.loads(state_path.read_text())
-        self.model = keras.models.load_model(work / CHECKPOINT_MODEL)
+        state = checkpoint.state
+        self.model = keras.models.load_model(checkpoint.model_path)
         self.history = state["history"]
         self.best_epoch = state["best_epoch"]
         self.best_key = tuple(state["best_key"])
         self.train_seconds = state["train_seconds"]
         self.images_trained = state["images_trained"]
-        best = keras.models.clone_model(self.model)
-        best.load_weights(work / CHECKPOINT_BEST)
-        self.best_weights = best.get_weights()
+        if checkpoint.legacy:
+            best = keras.models.clone_model(self.model)
+            best.load_weights(checkpoint.best_path)
+            self.best_weights = best.get_weights()
+        else:
+            self.best_weights = checkpoint.best_weights()
         self.log(f"resuming after epoch {state['epochs_done']} (best so far: epoch {self.best_epoch})")
         return int(state["epochs_done"])
 
@@ -331,7 +325,7 @@ class Trainer:
     def _close_work_dir(self) -> None:
         """Keep the work directory only if it holds a checkpoint to resume from."""
         self.writer.close()
-        if not (self.writer.work_dir / CHECKPOINT_STATE).is_file():
+        if not checkpoints.exists(self.writer.work_dir):
             shutil.rmtree(self.writer.work_dir, ignore_errors=True)
 
     def _finish(self) -> Run:
@@ -377,8 +371,12 @@ def train(config: RunConfig, store: RunStore | None = None, **kwargs: Any) -> Ru
 
 
 def resume(run_id: str, store: RunStore | None = None, **kwargs: Any) -> Run:
-    """Continue an interrupted run from its last completed epoch."""
+    """Continue an interrupted run from its last completed epoch (a run already published is returned as it
+    is, never trained again)."""
     store = store or RunStore()
+    published = store.published(run_id)
+    if published is not None:
+        return published
     work = store.runs_dir / ".incomplete" / run_id
     config = RunConfig.from_dict(json.loads((work / "config.json").read_text()))
     return Trainer(config, store, run_id=run_id, **kwargs).run()
