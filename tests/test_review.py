@@ -3,6 +3,7 @@ compare two reviewers (Cohen's kappa, as scikit-learn computes it) and export a 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,11 @@ import pandas as pd
 import pytest
 from conftest import EXTERNAL_DEV, mirror_run
 from external_fixtures import cell_image, jpeg_bytes
+from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
 from core.access.roles import AccessDenied, User
+from core.data import uploads
 from core.data.registry import label_names, short_label
 from core.validation import review as rv
 
@@ -272,3 +275,46 @@ def test_cells_from_an_external_folder_and_uploads(clf, tmp_path):
     assert not (tmp_path.parent / "evil.png").exists()
     uploaded = rv.cells_from_files(clf, paths)
     assert len(uploaded) == 2 and all(c.true_label is None for c in uploaded)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_review_uploads_are_bounded_in_size_and_budget(tmp_path, monkeypatch):
+    """A large upload is kept at UPLOAD_MAX_SIDE at most (and says so); the upload budget refuses the rest."""
+    big = np.zeros((3000, 2400, 3), np.uint8)
+    paths, notes = rv.save_uploads([("big.png", png_bytes(big))], tmp_path / "uploads")
+    with Image.open(paths[0]) as saved:
+        assert saved.size == (1638, 2048)
+    assert len(notes) == 1 and "big.png: reduced to 1638x2048" in notes[0]
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_PIXELS", 3000 * 2400 + 100)
+    paths, problems = rv.save_uploads([("one.png", png_bytes(big)), ("two.png", png_bytes(big))],
+                                      tmp_path / "uploads")
+    assert len(paths) == 1 and len(problems) == 2 and "two.png: refused" in problems[1]
+
+
+def test_uploads_no_session_uses_are_cleaned_and_nothing_else(tmp_path):
+    """Deleting an uploads session removes its images; images left out of a session go after an hour; images
+    another session uses, and any file outside the uploads folder (an external dataset's), stay."""
+    store = rv.ReviewStore(tmp_path / "reviews.sqlite")
+    paths, _ = rv.save_uploads([(f"{i}.jpg", jpeg_bytes(cell_image(i))) for i in range(3)], store.uploads_dir)
+    outside = tmp_path / "dataset" / "x.png"
+    outside.parent.mkdir()
+    outside.write_bytes(png_bytes(cell_image(4)))
+    user = User("Dr A", ("reviewer",))
+
+    def session_over(images: list[str]) -> int:
+        cells = [rv.CellSpec(key=p, image=p, true_label=None, model_label=LABELS[0], confidence=0.5) for p in images]
+        return store.create_session(user, "20260101-000000-abcdef", "/runs/x", "uploads", "uploads", "confidence",
+                                    cells, LABELS)
+
+    first, second = session_over(paths[:1] + [str(outside)]), session_over(paths[1:2])
+    assert all(Path(p).is_file() for p in paths)  # the unused third is under an hour old: kept for now
+    assert store.clean_uploads(min_age_s=0) == 1 and not Path(paths[2]).exists()
+    store.delete_session(first, user)
+    assert not Path(paths[0]).exists() and outside.is_file() and Path(paths[1]).is_file()
+    store.delete_session(second, user)
+    assert not Path(paths[1]).exists() and outside.is_file()

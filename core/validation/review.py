@@ -53,6 +53,8 @@ from core.validation.external.scan import scan
 
 REVIEWS_DB = "reviews.sqlite"
 UPLOADS_DIR = "review_uploads"
+UPLOAD_MAX_SIDE = 2048  # an uploaded review image's longer side, at most (CellaVision originals: ~360 px)
+UPLOAD_ORPHAN_AGE_S = 3600.0  # uploads no session uses are removed after this (a session is made right after)
 DECISIONS = ("agree", "reclassify", "unsure", "not_cell")
 DECISION_TITLES = {"agree": "Agree", "reclassify": "Reclassify", "unsure": "Unsure", "not_cell": "Not a cell"}
 UNSURE, NOT_CELL = "unsure", "not a cell"  # reviewer categories besides the 8 classes
@@ -232,6 +234,7 @@ class ReviewStore:
                 "confidence) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(sid, i, c.key, c.image, c.true_label, c.model_label, float(c.confidence))
                  for i, c in enumerate(cells)])
+        self.clean_uploads()
         return sid
 
     def sessions(self, user: User | None = None) -> list[dict[str, Any]]:
@@ -266,6 +269,32 @@ class ReviewStore:
             db.execute("DELETE FROM review_decisions WHERE session_id = ?", (int(session_id),))
             db.execute("DELETE FROM review_cells WHERE session_id = ?", (int(session_id),))
             db.execute("DELETE FROM review_sessions WHERE id = ?", (int(session_id),))
+        self.clean_uploads(min_age_s=0.0 if s["source_kind"] == "uploads" else UPLOAD_ORPHAN_AGE_S)
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where this store's uploaded review images are saved (`save_uploads`), beside the database."""
+        return self.path.parent / UPLOADS_DIR
+
+    def clean_uploads(self, min_age_s: float = UPLOAD_ORPHAN_AGE_S) -> int:
+        """Remove the uploaded images (only files directly in `uploads_dir`, never a dataset's) that no session
+        uses and that are older than `min_age_s`: images left out of a session by its size limit, and those
+        of deleted sessions. Returns how many were removed."""
+        folder = self.uploads_dir
+        if not folder.is_dir():
+            return 0
+        with self._db() as db:
+            used = {Path(r[0]).name for r in db.execute("SELECT DISTINCT image FROM review_cells")
+                    if Path(r[0]).parent == folder}
+        removed, now = 0, time.time()
+        for f in folder.glob("*.png"):
+            try:
+                if f.name not in used and now - f.stat().st_mtime >= min_age_s:
+                    f.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # removed by another session's clean at the same time
+        return removed
 
     # -- cells and decisions ------------------------------------------------------------------------------
     def cells(self, session_id: int) -> list[dict[str, Any]]:
@@ -479,22 +508,27 @@ def cells_from_external(clf, folder: str | None = None, csv_file: str | None = N
 
 
 def save_uploads(files: Iterable[tuple[str, bytes]], folder: str | Path | None = None) -> tuple[list[str], list[str]]:
-    """Decode uploads and save each as a PNG under a generated name; returns (paths, problems)."""
+    """Decode uploads within one upload's budget (`core.data.uploads.iter_uploads`: decoded pixels and time,
+    zips checked) and save each as a PNG under a generated name in `folder` (default: the review store's
+    uploads folder), its longer side at most UPLOAD_MAX_SIDE; returns (paths, problems and notes)."""
     from PIL import Image  # noqa: PLC0415
 
-    from core.data.images import ImageInputError, decode  # noqa: PLC0415
+    from core.data.uploads import iter_uploads  # noqa: PLC0415
 
     folder = Path(folder) if folder else default_db_path().parent / UPLOADS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     paths, problems = [], []
-    for name, data in files:
-        try:
-            rgb = decode(data, name)
-        except ImageInputError as e:
-            problems.append(str(e))
+    for item in iter_uploads(files):
+        if not item.ok:
+            problems.append(str(item.error))
             continue
+        image = Image.fromarray(item.image)
+        if max(image.size) > UPLOAD_MAX_SIDE:
+            image.thumbnail((UPLOAD_MAX_SIDE, UPLOAD_MAX_SIDE), Image.Resampling.LANCZOS)
+            problems.append(f"{item.name}: reduced to {image.width}x{image.height} pixels (uploads for review are "
+                            f"kept at most {UPLOAD_MAX_SIDE} px); the model and the review see it at that size")
         path = folder / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(4)}.png"
-        Image.fromarray(rgb).save(path, "PNG")
+        image.save(path, "PNG")
         paths.append(str(path))
     return paths, problems
 
