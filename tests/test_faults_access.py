@@ -177,6 +177,19 @@ def test_login_off_on_a_network_address_serves_nothing(monkeypatch, tmp_path, se
     assert "CellScope" in [t.value for t in at.title] and not at.error
 
 
+@pytest.mark.parametrize("name", ["results", "train"])
+def test_a_page_run_on_its_own_on_a_network_address_with_login_off_serves_nothing(monkeypatch, tmp_path,
+                                                                                    server_address, name):
+    """A fresh server runs a page by itself when its URL is the first request (before app.py): the page
+    refuses too, instead of acting as the local administrator."""
+    monkeypatch.setenv("CELLSCOPE_SETTINGS", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(tmp_path / "artifacts"))
+    server_address("0.0.0.0")
+    at = ok(AppTest.from_file(page(name), default_timeout=TIMEOUT).run())
+    assert len(at.error) == 1 and "login" in at.error[0].value
+    assert not at.button and not at.dataframe
+
+
 def test_served_use_listens_on_localhost_and_sends_no_tracebacks():
     import tomllib
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.access.roles import LOCAL_ADMIN, PERMISSIONS, User
+from core.access.serving import local_only_refusal
 from core.access.settings import load_settings
 from core.access.users import UserFile
 from ui.guard import guard
@@ -46,6 +47,12 @@ def current_user() -> User:
         st.session_state[USER_KEY] = user
         return user
     if settings.login == "none":
+        # app.py refuses this already; a page a fresh server runs on its own (first request by its URL) must too
+        address = st.context.ip_address
+        refusal = local_only_refusal(st.get_option("server.address"), address if isinstance(address, str) else None)
+        if refusal:
+            st.error(refusal, icon=":material/lock:")
+            st.stop()
         return LOCAL_ADMIN
     st.warning("Log in first: open the app's home page.", icon=":material/login:")
     st.stop()
