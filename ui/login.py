@@ -15,6 +15,8 @@ The sidebar shows who is logged in, with their roles, and a Log out button.
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Callable, NoReturn
 
 import streamlit as st
 from streamlit.errors import StreamlitAuthError
@@ -25,15 +27,10 @@ from core.access.settings import ServerSettings, load_settings
 from core.access.users import LOGIN_THROTTLE, UserFile
 from core.errors import UserFacingError
 from ui.guard import guard, show_error
-from ui.session import USER_KEY
+from ui.session import USER_KEY, client_address
 from ui.text import md_escape
 
 WRONG = "Wrong user name or password."
-
-
-def client_address() -> str | None:
-    address = st.context.ip_address
-    return address if isinstance(address, str) else None
 
 
 def oidc_user(settings: ServerSettings, email: str) -> User:
@@ -54,9 +51,46 @@ def logout_button(user: User) -> None:
         st.button("Log out", icon=":material/logout:", key="logout", on_click=_log_out)
 
 
-def _refuse(message: str) -> None:
-    st.error(message, icon=":material/lock:")
+def _alone(draw: Callable[[], None]) -> NoReturn:
+    """Before login, `draw` (the form, or a message) is the app's only page, unlisted; then the run ends.
+    Declaring that navigation keeps Streamlit from listing the files of pages/ in the sidebar, and drawing
+    inside the page (not before the navigation) keeps the form's values from one run to the next."""
+    def login() -> None:
+        draw()
+
+    st.navigation([st.Page(login, title="Log in", url_path="login")], position="hidden").run()
     st.stop()
+    raise AssertionError("unreachable")  # st.stop() raises
+
+
+def _refuse(message: str) -> NoReturn:
+    _alone(partial(st.error, message, icon=":material/lock:"))
+
+
+def _password_form(users: UserFile) -> None:
+    st.title("CellScope", anchor=False)
+    with st.form("login_form", clear_on_submit=True, enter_to_submit=True, width=420):  # no password kept
+        name = st.text_input("User name", key="login_name", autocomplete="username")
+        password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
+        submitted = st.form_submit_button("Log in", type="primary", icon=":material/login:")
+    if not submitted:
+        return
+    wait = LOGIN_THROTTLE.wait(name)
+    if wait > 0:
+        st.error(f"Too many wrong passwords for this user name: try again in {math.ceil(wait)} s.")
+        return
+    try:
+        user = users.verify(name, password)
+    except UserFacingError as e:
+        show_error(e)
+        return
+    if user is None:
+        LOGIN_THROTTLE.failed(name)
+        st.error(WRONG)
+        return
+    LOGIN_THROTTLE.succeeded(name)
+    st.session_state[USER_KEY] = user
+    st.rerun()
 
 
 def password_login(settings: ServerSettings) -> User:
@@ -71,45 +105,25 @@ def password_login(settings: ServerSettings) -> User:
             logout_button(user)
             return user
         st.session_state.pop(USER_KEY, None)  # removed from the file meanwhile
+    _alone(partial(_password_form, users))
+
+
+def _oidc_button() -> None:
     st.title("CellScope", anchor=False)
-    with st.form("login_form", clear_on_submit=True, enter_to_submit=True, width=420):  # no password kept
-        name = st.text_input("User name", key="login_name", autocomplete="username")
-        password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
-        submitted = st.form_submit_button("Log in", type="primary", icon=":material/login:")
-    if submitted:
-        wait = LOGIN_THROTTLE.wait(name)
-        if wait > 0:
-            st.error(f"Too many wrong passwords for this user name: try again in {math.ceil(wait)} s.")
-        else:
-            try:
-                user = users.verify(name, password)
-            except UserFacingError as e:
-                show_error(e)
-                st.stop()
-            if user is None:
-                LOGIN_THROTTLE.failed(name)
-                st.error(WRONG)
-            else:
-                LOGIN_THROTTLE.succeeded(name)
-                st.session_state[USER_KEY] = user
-                st.rerun()
-    st.stop()
-    raise AssertionError("unreachable")
+    st.markdown("Log in with your institution's account.")
+    if st.button("Log in", type="primary", icon=":material/login:", key="oidc_login"):
+        try:
+            st.login()
+        except StreamlitAuthError as e:  # [auth] missing or incomplete
+            st.error(f"Login is set to \"oidc\" but Streamlit cannot start it ({type(e).__name__}): configure "
+                     "[auth] in .streamlit/secrets.toml as the README shows.", icon=":material/lock:")
 
 
 def oidc_login(settings: ServerSettings) -> User:
     if st.session_state.pop("_logged_out", False) and st.user.get("is_logged_in", False):
         st.logout()  # removes Streamlit's identity cookie and starts a new session
     if not st.user.get("is_logged_in", False):
-        st.title("CellScope", anchor=False)
-        st.markdown("Log in with your institution's account.")
-        if st.button("Log in", type="primary", icon=":material/login:", key="oidc_login"):
-            try:
-                st.login()
-            except StreamlitAuthError as e:  # [auth] missing or incomplete
-                _refuse(f"Login is set to \"oidc\" but Streamlit cannot start it ({type(e).__name__}): configure "
-                        "[auth] in .streamlit/secrets.toml as the README shows.")
-        st.stop()
+        _alone(_oidc_button)
     email = str(st.user.get("email") or "")
     try:
         user = oidc_user(settings, email)
@@ -126,8 +140,7 @@ def sign_in() -> User:
     try:
         settings = load_settings()
     except UserFacingError as e:
-        show_error(e)
-        st.stop()
+        _alone(partial(show_error, e))
     if settings.login == "none":
         refusal = local_only_refusal(st.get_option("server.address"), client_address())
         if refusal:

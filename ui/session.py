@@ -32,6 +32,12 @@ PAGE_PERMISSIONS = {
 }
 
 
+def client_address() -> str | None:
+    """The browser's address, when Streamlit knows it (not in AppTest)."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) else None
+
+
 def current_user() -> User:
     """The session's user (set at login; with login = "password" re-read from the user file, so a removed user
     is out and changed roles apply at once); with login off, the local administrator (app.py has refused any
@@ -48,8 +54,7 @@ def current_user() -> User:
         return user
     if settings.login == "none":
         # app.py refuses this already; a page a fresh server runs on its own (first request by its URL) must too
-        address = st.context.ip_address
-        refusal = local_only_refusal(st.get_option("server.address"), address if isinstance(address, str) else None)
+        refusal = local_only_refusal(st.get_option("server.address"), client_address())
         if refusal:
             st.error(refusal, icon=":material/lock:")
             st.stop()
