@@ -2,8 +2,8 @@
 
 The file is optional. Without it, one user on localhost works as before: login is off and the data roots are
 the BloodMNIST data folder (`$CELLSCOPE_DATA_DIR` or medmnist's) and the artifacts folder. Its location is
-`$CELLSCOPE_SETTINGS`, else `cellscope.toml` in the project folder (ignored by git; the README's "Serving to a class or a lab"
-documents every key). Relative paths in it are relative to the file's own folder.
+`$CELLSCOPE_SETTINGS`, else `cellscope.toml` in the project folder (ignored by git; the README's "Serving to a
+class or a lab" shows it in use). Relative paths in it are relative to the file's own folder.
 
     [data]
     roots = ["/srv/cells", "../shared/data"]   # added to the two default roots
