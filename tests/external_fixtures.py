@@ -4,6 +4,7 @@ and small datasets with wrong layouts written to temporary folders (the real dat
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,12 @@ def messy_dataset(root: Path) -> Path:
     save(root / ".hidden" / "h.png", cell_image(9))
     (root / ".DS_Store").write_bytes(b"\0\1")
     return root
+
+
+def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive in memory holding `members` (name -> bytes) as given, names unchecked."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()

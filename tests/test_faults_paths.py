@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from external_fixtures import cell_image, save
+from external_fixtures import make_zip as zip_of
 from PIL import Image
 
 from core.access.paths import PathNotAllowed, confine, data_roots, is_inside
@@ -57,12 +58,8 @@ def empty(folder: Path) -> bool:
     return not folder.exists() or not any(folder.iterdir())
 
 
-def make_zip(members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
+def make_zip(members: dict[str, bytes]) -> bytes:
+    return zip_of(members, zipfile.ZIP_STORED)  # stored: sizes as declared, no compression ratio in the way
 
 
 # -- confinement ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tomllib
 from conftest import PBC_SAMPLES, PROJECT_ROOT
+from external_fixtures import make_zip
 from PIL import Image
 from test_images import png_header_only
 
@@ -27,14 +28,6 @@ JPEGS = sorted(PBC_SAMPLES.glob("*/*.jpg"))
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def make_zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
     return buf.getvalue()
 
 

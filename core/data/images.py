@@ -20,6 +20,8 @@ from __future__ import annotations
 import io
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,12 +136,8 @@ def decode_with_note(data: bytes, name: str = "image",
             notes += [note] if note else []
     except ImageInputError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageInputError(f"{name}: the image is too large (limit {MAX_PIXELS:,} pixels)") from None
-    except UnidentifiedImageError:
-        raise ImageInputError(f"{name}: not an image Pillow can read (PNG, JPEG, TIFF, BMP, GIF)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageInputError(f"{name}: the image is damaged or truncated ({e})") from None
+    except PILLOW_ERRORS as e:
+        raise pillow_error(name, e) from None
     finally:
         if budget is not None and reserved:
             budget.spend(time.perf_counter() - started)
@@ -149,17 +147,33 @@ def decode_with_note(data: bytes, name: str = "image",
     return rgb, "; ".join(notes) or None
 
 
+PILLOW_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning, UnidentifiedImageError, OSError,
+                 SyntaxError, ValueError, EOFError)
+
+
+def pillow_error(name: str, error: BaseException) -> ImageInputError:
+    """The one message for each way Pillow fails to open or decode an image."""
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageInputError(f"{name}: the image is too large (limit {MAX_PIXELS:,} pixels)")
+    if isinstance(error, UnidentifiedImageError):
+        return ImageInputError(f"{name}: not an image Pillow can read (PNG, JPEG, TIFF, BMP, GIF)")
+    return ImageInputError(f"{name}: the image is damaged or truncated ({error})")
+
+
+@contextmanager
+def pillow_errors(name: str) -> Iterator[None]:
+    try:
+        yield
+    except ImageInputError:
+        raise
+    except PILLOW_ERRORS as e:
+        raise pillow_error(name, e) from None
+
+
 def header_pixels(data: bytes, name: str = "image") -> int:
     """The pixels an image declares in its header (nothing decoded), or ImageInputError."""
-    try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            return int(img.width * img.height)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageInputError(f"{name}: the image is too large (limit {MAX_PIXELS:,} pixels)") from None
-    except UnidentifiedImageError:
-        raise ImageInputError(f"{name}: not an image Pillow can read (PNG, JPEG, TIFF, BMP, GIF)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageInputError(f"{name}: the image is damaged or truncated ({e})") from None
+    with pillow_errors(name), Image.open(io.BytesIO(data), formats=FORMATS) as img:
+        return int(img.width * img.height)
 
 
 _MODE_NOTES = {"L": "greyscale, copied to the three colour channels", "1": "black-and-white, made RGB",
