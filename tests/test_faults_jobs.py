@@ -167,14 +167,21 @@ def assert_checkpoint_or_run(store: RunStore, run_id: str) -> str:
     return "resumable"
 
 
-def test_sigkill_at_each_write_of_publish_leaves_the_checkpoint_or_the_run(unpublished, tmp_path):
-    store, run_id = unpublished
+def publish_writes(store: RunStore, run_id: str, tmp_path: Path) -> tuple[Path, RunStore, list[str]]:
+    """A pristine copy of the store (to restore before each fault), and the writes one publish makes, counted
+    on a probe copy: (pristine folder, probe store, writes)."""
     pristine = tmp_path / "pristine"
     shutil.copytree(store.runs_dir.parent, pristine)
     probe = RunStore(tmp_path / "probe" / "runs")
     shutil.copytree(store.runs_dir, probe.runs_dir, dirs_exist_ok=True)
     writer = RunWriter(probe, config(), run_id)
-    n = len(count_writes(lambda: writer.publish(fake_metrics(), save_final)))
+    return pristine, probe, count_writes(lambda: writer.publish(fake_metrics(), save_final))
+
+
+def test_sigkill_at_each_write_of_publish_leaves_the_checkpoint_or_the_run(unpublished, tmp_path):
+    store, run_id = unpublished
+    pristine, _, writes = publish_writes(store, run_id, tmp_path)
+    n = len(writes)
     outcomes = []
     for k in list(range(1, n + 1)) + ["after"]:
         shutil.rmtree(store.runs_dir.parent)
@@ -197,12 +204,7 @@ def test_sigkill_at_each_write_of_publish_leaves_the_checkpoint_or_the_run(unpub
 
 def test_a_full_disk_at_each_write_of_publish_leaves_the_checkpoint(unpublished, tmp_path):
     store, run_id = unpublished
-    pristine = tmp_path / "pristine"
-    shutil.copytree(store.runs_dir.parent, pristine)
-    probe = RunStore(tmp_path / "probe" / "runs")
-    shutil.copytree(store.runs_dir, probe.runs_dir, dirs_exist_ok=True)
-    probe_writer = RunWriter(probe, config(), run_id)
-    writes = count_writes(lambda: probe_writer.publish(fake_metrics(), save_final))
+    pristine, probe, writes = publish_writes(store, run_id, tmp_path)
     rename = writes.index(f"rename {probe.runs_dir / run_id}") + 1
     assert rename > 5  # model and metrics written and fsynced before the rename
     for k in range(1, rename + 1):  # after the rename only fsyncs of folders remain
