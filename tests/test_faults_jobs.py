@@ -525,3 +525,30 @@ def test_statuses_by_run_reads_the_jobs_database_without_creating_it(runs_dir):
     job_id = queue.submit(config(), ALICE)
     queue._update(job_id, run_id="20250101-000000-abcdef")
     assert JobQueue.statuses_by_run(store) == {"20250101-000000-abcdef": "queued"}
+
+
+@pytest.mark.parametrize("store_file", ["index.sqlite", "jobs.sqlite"])
+@pytest.mark.parametrize("name", ["home", "train", "results", "confusion", "classify", "external", "review"])
+def test_every_page_shows_one_message_for_a_damaged_store(monkeypatch, tmp_path, trained_run, store_file, name):
+    """The run index with its header overwritten, or the jobs database: each page shows one error naming the
+    file (no traceback), the way a user meets it."""
+    from conftest import mirror_run
+    from page_helpers import page
+    from streamlit.testing.v1 import AppTest
+
+    runs_dir = mirror_run(trained_run, tmp_path / "artifacts").parent
+    JobQueue(RunStore(runs_dir)).submit(config(seed=1), ALICE)
+    damaged = runs_dir.parent / store_file
+    with open(damaged, "r+b") as f:
+        f.write(b"\x00garbage" * 12 + b"0123")
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(runs_dir.parent))
+    monkeypatch.setenv("CELLSCOPE_SETTINGS", str(runs_dir.parent / "no-settings.toml"))  # login off
+    at = AppTest.from_file(page(name), default_timeout=60)
+    if name == "train":  # the queue is on its Jobs tab
+        at.session_state["tab"] = at.query_params["tab"] = "Jobs"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    if store_file == "jobs.sqlite" and name != "train":
+        return  # pages that need no queue (Results reads it only for runs still in .incomplete/)
+    shown = [e.value.replace("\\", "") for e in at.error]  # Markdown-escaped: test\_x -> test_x
+    assert [str(damaged) in e for e in shown] == [True], shown
