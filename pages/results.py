@@ -193,8 +193,9 @@ selected = st.multiselect("Runs to compare (best on validation first)", list(lab
 selected_complete = [r for r in selected if r in set(complete["run_id"])]
 
 if selected:
-    per_class = results.per_class_table(store, selected_complete)
-    curves = results.curves(store, selected)
+    with guard():  # a run file damaged since it was indexed: one message
+        per_class = results.per_class_table(store, selected_complete)
+        curves = results.curves(store, selected)
     colour = series_colours(selected)
 
     st.markdown("**Per class (test split)**")

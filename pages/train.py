@@ -658,7 +658,11 @@ def job_card(queue: JobQueue, job: Job, max_concurrent: int) -> None:
                               on_click=job_action, args=("delete", job.id),
                               help="Remove the job and its log from this list. A finished run stays in the run "
                                    "store.")
-        history = queue.history(job)
+        try:
+            history = queue.history(job)
+        except UserFacingError as e:  # a damaged history.csv: said on its card, the other jobs still shown
+            show_error(e)
+            history = []
         if job.status in ACTIVE:
             st.progress(min(max(job.fraction, 0.0), 1.0), text=progress_text(job, max_concurrent))
         elif job.status == "succeeded":

@@ -38,7 +38,7 @@ from core.jobs import jobdb, liveness
 from core.jobs import queue as Q
 from core.jobs.queue import JobQueue
 from core.store import checkpoints
-from core.store.runs import INCOMPLETE, REINDEX_HINT, RunStore, RunWriter, open_run
+from core.store.runs import INCOMPLETE, REINDEX_HINT, RunStore, RunWriter, open_run, read_history
 
 HERE = Path(__file__).resolve().parent
 WRAPPER = HERE / "fault_injection.py"
@@ -552,3 +552,29 @@ def test_every_page_shows_one_message_for_a_damaged_store(monkeypatch, tmp_path,
         return  # pages that need no queue (Results reads it only for runs still in .incomplete/)
     shown = [e.value.replace("\\", "") for e in at.error]  # Markdown-escaped: test\_x -> test_x
     assert [str(damaged) in e for e in shown] == [True], shown
+
+
+def test_a_damaged_history_is_one_message_on_results_and_on_its_job_card(monkeypatch, tmp_path, trained_run):
+    from conftest import mirror_run
+    from page_helpers import page
+    from streamlit.testing.v1 import AppTest
+
+    run_dir = mirror_run(trained_run, tmp_path / "artifacts")
+    (run_dir / "history.csv").write_bytes(b"epoch,loss\n1,\xff\xfe garbage\n")
+    with pytest.raises(StoreError, match="training history .* cannot be read"):
+        read_history(run_dir)
+    store = RunStore(run_dir.parent)
+    queue = JobQueue(store)
+    job_id = queue.submit(config(), ALICE)
+    with queue._db() as db:  # as a finished job that trained this run
+        db.execute("UPDATE jobs SET status='succeeded', run_id=?, run_path=? WHERE id=?",
+                   (run_dir.name, str(run_dir), job_id))
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(run_dir.parent.parent))
+    monkeypatch.setenv("CELLSCOPE_SETTINGS", str(tmp_path / "no-settings.toml"))
+    for name in ("results", "train"):
+        at = AppTest.from_file(page(name), default_timeout=60)
+        if name == "train":
+            at.session_state["tab"] = at.query_params["tab"] = "Jobs"
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert ["training history" in e.value for e in at.error] == [True], [e.value for e in at.error]

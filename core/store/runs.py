@@ -98,8 +98,12 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
     path = run_dir / HISTORY_FILE
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
+        raise RunStoreError(f"The training history {path} cannot be read ({e.__class__.__name__}: {e}); the run's "
+                            f"model and metrics are not affected") from None
 
 
 def per_class_f1_json(metrics: dict[str, Any]) -> str | None:
