@@ -12,7 +12,9 @@ What a teacher's class does to a shared server, in a real Chromium (Debian's, as
    CellaVision image and wait for the prediction. Each step's latency is from the click (or the upload) to
    the page having finished running with its content on screen.
 
-It prints p50 / p95 / max latency per step and overall, the jobs' progress, and the errors: a Streamlit
+One session alone does the same first, as the baseline measured in the same run (the jobs training too).
+It prints p50 / p95 / max latency per step and overall for both, the ratio, the jobs' progress, and the
+errors: a Streamlit
 exception or error box, a step that timed out, or a session that could not start. It exits 1 when any error
 occurred. A benchmark, not a test: the figures depend on the machine.
 
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_healthy(url, server)
             if worker is not None:
                 time.sleep(20)  # both jobs past start-up, training
+            print(f"baseline: 1 session on {url} ...", flush=True)
+            base, base_wall = asyncio.run(drive(url, 1, args.rounds, args.image))
             print(f"{args.sessions} sessions on {url} ...", flush=True)
             tally, wall = asyncio.run(drive(url, args.sessions, args.rounds, args.image))
             jobs = json.loads(cli("jobs", "--json", runs_dir=runs_dir).stdout) if worker else []
@@ -227,8 +231,15 @@ def main(argv: list[str] | None = None) -> int:
                 worker.terminate()
                 stop_jobs(runs_dir)
             server.wait(timeout=30)
+    report(base, base_wall, [], 1, args.rounds)
     report(tally, wall, jobs, args.sessions, args.rounds)
-    return 1 if tally.errors else 0
+    every = [v for values in tally.latencies.values() for v in values]
+    alone = [v for values in base.latencies.values() for v in values]
+    if every and alone:
+        p50 = statistics.median(every) / statistics.median(alone)
+        p95 = percentile(every, 0.95) / percentile(alone, 0.95)
+        print(f"\n{args.sessions} sessions against 1, all steps: p50 x{p50:.1f}, p95 x{p95:.1f}")
+    return 1 if tally.errors or base.errors else 0
 
 
 if __name__ == "__main__":
