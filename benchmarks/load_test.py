@@ -107,6 +107,7 @@ async def timed(tally: Tally, who: int, step: str, page, action) -> None:
 
 async def session(browser, url: str, who: int, rounds: int, image: Path, tally: Tally) -> None:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(STEP_TIMEOUT_MS)  # every action, clicks included (Playwright's default: 30 s)
     page = await context.new_page()
     try:
         async def open_home():
