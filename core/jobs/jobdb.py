@@ -90,11 +90,9 @@ def _copy_into(tmp: Path, index: sqlite3.Connection, tables: set[str]) -> None:
         new.execute("BEGIN")
         if "jobs" in tables:
             old_columns = {r[1] for r in index.execute("PRAGMA table_info(jobs)")}
-            kept = [c for c in _KEPT if c in old_columns]
-            cancel = "cancel_requested" in old_columns
-            select = ", ".join(kept + (["cancel_requested"] if cancel else []))
-            for row in index.execute(f"SELECT {select} FROM jobs ORDER BY id"):
-                values = dict(zip(kept + (["cancel_requested"] if cancel else []), row))
+            columns = [c for c in (*_KEPT, "cancel_requested") if c in old_columns]
+            for row in index.execute(f"SELECT {', '.join(columns)} FROM jobs ORDER BY id"):
+                values = dict(zip(columns, row))
                 requested = values.pop("cancel_requested", 0)
                 values["owner"] = MIGRATED_OWNER
                 values["cancel_requested_at"] = (values.get("finished") or values.get("heartbeat") or

@@ -36,7 +36,7 @@ def run_created(run_id: str) -> float:
 
 
 def fsync_file(path: Path) -> None:
-    """Flush a file someone else wrote (e.g. Keras's model.save) to the disk."""
+    """Flush a file someone else wrote (e.g. Keras's model.save), or a folder's entries, to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -48,13 +48,9 @@ def fsync_dir(path: Path) -> None:
     """Make the entries of a folder (files created or renamed in it) durable. A no-op where folders cannot be
     opened (Windows)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fsync_file(path)
     except (PermissionError, IsADirectoryError):
         return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: str | bytes, mode: int | None = None, sync_dir: bool = False) -> None:
