@@ -1,0 +1,234 @@
+"""What a finished run's pages need before they can answer, prepared once: at the end of its training job
+(phase "precomputing"), or in the background the first time a page asks for a run that lacks it.
+
+Steps, each cached in the run folder by its own module (`Run.derived` or `add_to_finished_run`):
+  test_predictions  the test split predicted by the run's model (Confusions: the images behind a cell)
+  ood_stats         class centres of the training features (Classify, Review: "unlike the training data")
+  cell_framing      the size of the run's training cells (cell-centred framing of uploads and other labs)
+  stain_target      the colours of the run's training images (colour normalisation of other labs' cells)
+
+Models are loaded once per process (`classifier`, at most MODELS_KEPT at a time) and shared by every page
+and background task. `step_task` runs one step (loading the model first when it needs one) as a
+core.tasks background task whose progress has phases "loading" and the step's own, each expected to take what
+it took last time on this machine (core.progress.PhaseTimes, by architecture and image size).
+
+TensorFlow is imported only by the steps that need a model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from core import tasks
+from core.errors import UserFacingError
+from core.progress import PhaseTimes, Tracker
+from core.store.runs import open_run
+
+if TYPE_CHECKING:
+    from core.inference.classifier import Classifier
+
+MODELS_KEPT = 3  # models held in memory at once (each is tens to hundreds of MB)
+DEFAULT_SECONDS = {"loading": 20.0, "predicting": 30.0, "measuring": 30.0}  # before anything was measured
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    phase: str  # core.progress phase shown while it runs
+    title: str  # what the page says is being prepared
+    file: str  # the run-folder file that holds it
+    needs_model: bool
+    compute: Callable[[Path, "Classifier | None"], Any]
+
+
+def _test_predictions(run_dir: Path, clf: "Classifier | None") -> Any:
+    from core.evaluation import predictions  # noqa: PLC0415
+
+    return predictions.load_or_compute(run_dir, clf)
+
+
+def _ood_stats(run_dir: Path, clf: "Classifier | None") -> Any:
+    from core.inference.ood import load_or_fit  # noqa: PLC0415
+
+    return load_or_fit(run_dir, lambda images: clf.probabilities_and_embeddings(images)[1])
+
+
+def _cell_framing(run_dir: Path, clf: "Classifier | None") -> Any:
+    from core.data.cell_framing import run_target  # noqa: PLC0415
+
+    return run_target(run_dir)
+
+
+def _stain_target(run_dir: Path, clf: "Classifier | None") -> Any:
+    from core.validation.stain import run_target  # noqa: PLC0415
+
+    return run_target(run_dir)
+
+
+def _step_files() -> dict[str, str]:
+    from core.data.cell_framing import FRAMING_FILE  # noqa: PLC0415
+    from core.evaluation.predictions import PREDICTIONS_FILE  # noqa: PLC0415
+    from core.inference.ood import STATS_FILE as OOD_FILE  # noqa: PLC0415
+    from core.validation.stain import STATS_FILE as STAIN_FILE  # noqa: PLC0415
+
+    return {"test_predictions": PREDICTIONS_FILE, "ood_stats": OOD_FILE, "cell_framing": FRAMING_FILE,
+            "stain_target": STAIN_FILE}
+
+
+_FILES = _step_files()
+STEPS: dict[str, Step] = {s.name: s for s in (
+    Step("test_predictions", "predicting", "Predicting the run's test split", _FILES["test_predictions"], True,
+         _test_predictions),
+    Step("ood_stats", "measuring", "Measuring the features of the run's training images", _FILES["ood_stats"],
+         True, _ood_stats),
+    Step("cell_framing", "measuring", "Measuring the cells of the run's training images", _FILES["cell_framing"],
+         False, _cell_framing),
+    Step("stain_target", "measuring", "Measuring the colours of the run's training images",
+         _FILES["stain_target"], False, _stain_target),
+)}
+
+
+# -- models, loaded once per process ------------------------------------------------------------------------
+_MODELS: OrderedDict[str, "Classifier"] = OrderedDict()
+_MODELS_LOCK = threading.Lock()
+_LOADING: dict[str, threading.Lock] = {}
+
+
+def _key(run_dir: str | Path) -> str:
+    return str(Path(run_dir).resolve())
+
+
+def loaded(run_dir: str | Path) -> "Classifier | None":
+    """The run's model when it is already in memory, else None (never loads)."""
+    with _MODELS_LOCK:
+        return _MODELS.get(_key(run_dir))
+
+
+def classifier(run_dir: str | Path) -> "Classifier":
+    """The run's model with prediction and the default Grad-CAM traced, loaded once per process (two callers
+    asking at once wait for one load) and shared. UserFacingError for a missing or broken run."""
+    from core.inference.classify import load_classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
+
+    key = _key(run_dir)
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+        lock = _LOADING.setdefault(key, threading.Lock())
+    with lock:
+        with _MODELS_LOCK:
+            if key in _MODELS:
+                return _MODELS[key]
+        try:
+            clf = load_classifier(key)
+        except (OSError, ValueError) as e:  # Keras on a damaged or foreign model file
+            raise UserFacingError(f"Could not load the model of run {Path(key).name}: {e}") from None
+        with _MODELS_LOCK:
+            _MODELS[key] = clf
+            while len(_MODELS) > MODELS_KEPT:
+                _MODELS.popitem(last=False)
+        return clf
+
+
+def forget_model(run_dir: str | Path) -> None:
+    with _MODELS_LOCK:
+        _MODELS.pop(_key(run_dir), None)
+
+
+# -- steps --------------------------------------------------------------------------------------------------
+def ready(run_dir: str | Path, step: str) -> bool:
+    return (Path(run_dir) / STEPS[step].file).is_file()
+
+
+def _times(run_dir: Path) -> tuple[PhaseTimes, str]:
+    config = open_run(run_dir).config
+    return PhaseTimes.in_artifacts(run_dir.parent.parent), f"{config.arch}/{config.size}"
+
+
+def expected_seconds(run_dir: str | Path, phase_key: str) -> float:
+    """What loading the model ("loading") or one step (its name) took last time for runs like this one."""
+    times, shape = _times(Path(run_dir))
+    phase = "loading" if phase_key == "loading" else STEPS[phase_key].phase
+    return times.expected(f"{phase_key}/{shape}", "seconds", DEFAULT_SECONDS[phase])
+
+
+def _record(run_dir: Path, phase_key: str, seconds: float) -> None:
+    times, shape = _times(run_dir)
+    times.record(f"{phase_key}/{shape}", {"seconds": seconds})
+
+
+def run_step(run_dir: str | Path, step: str, tracker: Tracker | None = None) -> Any:
+    """Do one step now in this thread (loading the model first when it needs one and it is not loaded),
+    reporting to `tracker` when given. Returns the step's value."""
+    run_dir = Path(run_dir)
+    s = STEPS[step]
+    clf = None
+    if s.needs_model:
+        clf = loaded(run_dir)
+        if clf is None:
+            if tracker:
+                tracker.start("loading", "the run's model")
+            start = time.monotonic()
+            clf = classifier(run_dir)
+            _record(run_dir, "loading", time.monotonic() - start)
+    if tracker:
+        tracker.start(s.phase, s.title.lower())
+    start = time.monotonic()
+    value = s.compute(run_dir, clf)
+    _record(run_dir, step, time.monotonic() - start)
+    return value
+
+
+def step_task(run_dir: str | Path, step: str) -> tasks.Task:
+    """One step as a background task shared by every page and user (started once per run and step)."""
+    run_dir = Path(run_dir).resolve()
+    s = STEPS[step]
+    plan = [(s.phase, expected_seconds(run_dir, step))]
+    if s.needs_model and loaded(run_dir) is None:
+        plan.insert(0, ("loading", expected_seconds(run_dir, "loading")))
+    return tasks.start(f"{step}:{run_dir}", s.title, plan, lambda tracker: run_step(run_dir, step, tracker))
+
+
+def model_task(run_dir: str | Path) -> tasks.Task:
+    """Loading the run's model as a background task (Classify draws its uploader meanwhile)."""
+    run_dir = Path(run_dir).resolve()
+
+    def work(tracker: Tracker) -> "Classifier":
+        tracker.start("loading", "the run's model")
+        start = time.monotonic()
+        clf = classifier(run_dir)
+        _record(run_dir, "loading", time.monotonic() - start)
+        return clf
+
+    if loaded(run_dir) is not None:
+        tasks.forget(f"model:{run_dir}")
+    return tasks.start(f"model:{run_dir}", "Loading the model", [("loading", expected_seconds(run_dir, "loading"))],
+                       work)
+
+
+def precompute_all(run_dir: str | Path, report: Callable[[str, float], None] | None = None) -> dict[str, str]:
+    """Every step the run lacks, one after the other (a training job's last phase). `report(step title,
+    fraction done)` after each. A step that cannot be done here (its data file is gone, say) is skipped with its
+    message, never failing the caller; returns {step: message} for those."""
+    run_dir = Path(run_dir)
+    skipped: dict[str, str] = {}
+    todo = [name for name in STEPS if not ready(run_dir, name)]
+    for i, name in enumerate(todo):
+        if report:
+            report(STEPS[name].title, i / max(len(todo), 1))
+        try:
+            run_step(run_dir, name)
+        except UserFacingError as e:
+            skipped[name] = str(e)
+        except Exception as e:  # a bug in one step must not fail a finished training job
+            traceback.print_exc()
+            skipped[name] = f"{e.__class__.__name__}: {e}"
+    if report:
+        report("done", 1.0)
+    return skipped
