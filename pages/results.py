@@ -179,8 +179,7 @@ def heatmap(m: results.Matrix, text: pd.DataFrame, zrange: tuple[float, float] |
     z = m.mean.to_numpy(float)
     fig = go.Figure(go.Heatmap(
         z=z, x=m.col_labels(), y=m.row_labels(), texttemplate="%{text}", customdata=text.to_numpy(),
-        text=text.replace(r" \((\d+)\)", r"<br>(\1)", regex=True).replace(" · ", "<br>", regex=False)
-        .to_numpy(),  # n, and "best of k settings", on their own lines
+        text=text.replace(r" \((\d+)\)", r"<br>(\1)", regex=True).to_numpy(),  # n (· best of k settings) below
         colorscale=SCALE, zmin=zrange[0] if zrange else None,
         zmax=zrange[1] if zrange else None, xgap=2, ygap=2, colorbar=dict(thickness=12),
         hovertemplate="%{y} · %{x}<br>" + metric.label + ": %{customdata}<extra></extra>"))

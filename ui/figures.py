@@ -53,24 +53,26 @@ def confusion_heatmap(counts: np.ndarray, rows: Sequence[str], columns: Sequence
 def clickable_cells(fig: go.Figure, rows: Sequence[str], columns: Sequence[str] | None = None,
                     chosen: tuple[int, int] | None = None) -> go.Figure:
     """Make a heatmap's cells clickable in Streamlit: plotly selects scatter points on click but not heatmap
-    cells, so an invisible square marker sits on each cell (st.plotly_chart(on_select=..., selection_mode=
-    "points") then returns its row and column labels as the point's y and x). The `chosen` (row, column)
-    cell is outlined. The heatmap's own hover is handed to the markers, so one label shows."""
+    cells, so an invisible marker sits on each cell's centre (st.plotly_chart(on_select=..., selection_mode=
+    "points") then returns its row and column labels as the point's y and x). The `chosen` (row, column) cell
+    is outlined. The heatmap's own hover is handed to the markers, so one label shows."""
     columns = list(rows if columns is None else columns)
     rows = list(rows)
-    xs = [c for _ in rows for c in columns]
-    ys = [r for r in rows for _ in columns]
     heat = fig.data[0]
     text = np.asarray(heat.text, dtype=object).ravel().tolist() if heat.text is not None else None
-    size = max(18, min(56, 420 // max(len(rows), 1)))
-    index = chosen[0] * len(columns) + chosen[1] if chosen is not None else None
     fig.add_trace(go.Scatter(
-        x=xs, y=ys, mode="markers", text=text, hovertemplate=heat.hovertemplate, showlegend=False,
-        marker=dict(symbol="square-open", size=size, color="rgba(0,0,0,0)", line=dict(width=0)),
-        selectedpoints=[index] if index is not None else None,
-        selected=dict(marker=dict(color="#111111", opacity=1)), unselected=dict(marker=dict(opacity=0))))
+        x=[c for _ in rows for c in columns], y=[r for r in rows for _ in columns], mode="markers", text=text,
+        hovertemplate=heat.hovertemplate, showlegend=False,
+        marker=dict(symbol="square", size=24, opacity=0),
+        selected=dict(marker=dict(opacity=0)), unselected=dict(marker=dict(opacity=0))))
     heat.hoverinfo = "skip"
     heat.hovertemplate = None
+    # the markers must not widen the axes (autorange pads for marker size): one cell per unit, as the heatmap
+    fig.update_xaxes(range=[-0.5, len(columns) - 0.5], autorange=False)
+    fig.update_yaxes(range=[len(rows) - 0.5, -0.5], autorange=False)
+    if chosen is not None:
+        r, c = chosen
+        fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color="#111111", width=3))
     fig.update_layout(hovermode="closest", clickmode="event+select", dragmode=False)
     return fig
 
@@ -128,11 +130,13 @@ def parallel_coordinates(dims: Sequence[dict], colour_title: str = "val acc") ->
             texts += [*(f"{d['label']}: {_value_text(d, r)}" for d in dims), None]
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="lines+markers", text=texts, hovertemplate="%{text}<extra></extra>", showlegend=False,
-            line=dict(width=2, color=_scale_colour((b + 0.5) / PARALLEL_BINS)), marker=dict(size=5),
+            line=dict(width=2, color=_scale_colour(0.2 + 0.8 * (b + 0.5) / PARALLEL_BINS)), marker=dict(size=5),
             opacity=0.85))
     fig.add_trace(go.Scatter(  # the colour bar only
         x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
-        marker=dict(color=[lo, hi], cmin=lo, cmax=hi, colorscale=SCALE, showscale=True,
+        marker=dict(color=[lo, hi], cmin=lo, cmax=hi,
+                    colorscale=[[t, _scale_colour(0.2 + 0.8 * t)] for t in (0, 0.25, 0.5, 0.75, 1)],
+                    showscale=True,
                     colorbar=dict(title=colour_title, thickness=12))))
     for i, axis_ticks in enumerate(ticks):
         fig.add_shape(type="line", x0=i, x1=i, y0=0, y1=1, line=dict(color="#666", width=1), layer="below")
