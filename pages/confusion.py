@@ -118,6 +118,8 @@ def picked_in_matrix() -> None:
     points = st.session_state[f"cf_matrix_{run_id}"]["selection"]["points"]
     if points:
         pick_cell(str(points[0].get("y")), str(points[0].get("x")))
+        # the ranked table's ticked row is another cell now: untick it
+        st.session_state[f"cf_ranked_{run_id}"] = {"selection": {"rows": [], "columns": [], "cells": []}}
 
 
 def picked_in_ranking() -> None:
@@ -128,7 +130,7 @@ def picked_in_ranking() -> None:
 
 
 st.subheader("Confusion matrix (test split)", anchor=False)
-matrix_col, rank_col = st.columns([4, 3], gap="large")
+matrix_col, rank_col = st.columns([1, 1], gap="large")
 chosen = (labels.index(st.session_state[TRUE_KEY]), labels.index(st.session_state[PRED_KEY]))
 with matrix_col:
     st.plotly_chart(clickable_cells(confusion_heatmap(counts, labels, colour_by=colour_by, focus=focus), labels,
