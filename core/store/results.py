@@ -450,6 +450,7 @@ def matrix(df: pd.DataFrame, rows: Sequence[str], cols: Sequence[str], metric: s
     sub = df.assign(_value=values)[values.notna()]
     keys = [*rows, *cols]
     same = [f for f in (SEED_ONLY if same is None else same) if f in df.columns and f not in keys]
+    same = [f for f in same if sub[f].astype(str).nunique() > 1]  # only the settings that differ can split a cell
     # one number per distinct setting of the `same` fields (a missing value is a value of its own)
     sub = sub.assign(_setting=sub.groupby(same, sort=False, dropna=False).ngroup() if same and len(sub) else 0)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
