@@ -10,6 +10,11 @@ loads a model), then renders pages/results.py headless with Streamlit's AppTest:
     python benchmarks/results_page.py                  # 1,000 runs, 5 timed renders
     python benchmarks/results_page.py --runs 200 --repeats 3
     python benchmarks/results_page.py --keep /tmp/bench-artifacts   # keep the folder to open it in the app
+    python benchmarks/results_page.py --empty          # first render of Results and Confusions with no runs
+
+`--empty` times what a new user meets: a fresh Python process opening Results and Confusions over an empty
+store (imports included), against the Home page opened the same way in the same run (the baseline), 3 times
+each, and prints the medians and their ratios to the baseline.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,13 +105,45 @@ def render_seconds(page: str) -> float:
     return elapsed
 
 
+FIRST_RENDER = """
+import sys, time
+start = time.perf_counter()
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=120).run()
+assert not at.exception, [e.value for e in at.exception]
+print(time.perf_counter() - start)
+"""
+
+
+def first_render_seconds(page: str, artifacts: Path) -> float:
+    """A page's first render in a fresh process over `artifacts` (imports included), as a new user meets it."""
+    out = subprocess.run([sys.executable, "-c", FIRST_RENDER, page], capture_output=True, text=True, check=True,
+                         cwd=PROJECT, env={**os.environ, "CELLSCOPE_ARTIFACTS": str(artifacts)})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def empty_states(repeats: int = 3) -> None:
+    with tempfile.TemporaryDirectory(prefix="cellscope-empty-") as folder:
+        pages = {name: str(PROJECT / "pages" / f"{name}.py") for name in ("home", "results", "confusion")}
+        medians = {name: statistics.median(first_render_seconds(path, Path(folder)) for _ in range(repeats))
+                   for name, path in pages.items()}
+    print(f"First render over an empty store, fresh process (median of {repeats}; {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}):")
+    for name, seconds in medians.items():
+        print(f"  {name:<10} {seconds:6.2f} s   {seconds / medians['home']:5.2f} x Home (baseline)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="build the runs here and keep them (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument("--empty", action="store_true", help="time the first render of empty pages instead")
     args = parser.parse_args()
+    if args.empty:
+        empty_states()
+        return
 
     artifacts = args.keep or Path(tempfile.mkdtemp(prefix="cellscope-bench-"))
     os.environ["CELLSCOPE_ARTIFACTS"] = str(artifacts)

@@ -1,8 +1,12 @@
 """Confusions: where a run's test images go, above all monocytes and immature granulocytes.
 
-Reads the run's metrics.json for its confusion matrix (rows = true class). The images behind a cell need the
-run's test predictions: computed once with the run's model (TensorFlow loads then, through core) and cached
-in the run folder, so later visits are fast. Grad-CAM of a thumbnail goes through core.explain.cam as well.
+Reads the run's metrics.json for its confusion matrix (rows = true class). Clicking a cell of the matrix or a row
+of the ranked confusions opens that (true, predicted) cell: its test images right below, and the Grad-CAM of the
+image clicked beside them. The images need the run's test predictions, kept in the run folder (made by the
+training job, or once in the background for an older run while the rest of the page stays usable); Grad-CAM
+needs the run's model, loaded once per server (core.inference.precompute), also in the background.
+
+`?run=<run id>` (a job card's link) opens that run; picking a run writes it back to the address.
 """
 
 from __future__ import annotations
@@ -11,25 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import UserFacingError
-from core.evaluation import confusion, predictions
-from core.store.csv_safe import safe_frame
+from core.evaluation import confusion
 from core.store.runs import Run, RunStore
-from ui.figures import bold_if, confusion_heatmap, difference_heatmap
 from ui.guard import guard
-from ui.images import enlarge
-from ui.model import classifier
-from ui.palette import SERIES
 from ui.runs import run_labels, runs_table
 from ui.session import page_user
 
 # -- settings -------------------------------------------------------------------------------------------
 MAX_THUMBNAILS = 24
-THUMBS_PER_ROW = 8
+THUMBS_PER_ROW = 4  # thumbnails left, the chosen image's Grad-CAM right
 THUMB_PX = 96
+CAM_PX = 150  # each panel of the image · heatmap · overlay strip
 
 page_user("confusion")  # opened by URL without the role: one message, and the page stops
 st.title("Confusions", anchor=False)
@@ -51,15 +50,42 @@ def load_test_images(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
 with guard():
     store = RunStore()
     table = runs_table(store, include_incomplete=False)
-if table.empty:
+if table.empty:  # drawn before the figure libraries load: the empty page says so at once
     st.info("No complete runs yet. Train one on the Train page or with `python -m core train`.",
             icon=":material/grid_on:")
     st.stop()
 
+import plotly.graph_objects as go  # noqa: E402 - after the empty state, which needs none of these
+
+from core.evaluation import predictions  # noqa: E402
+from core.inference import precompute  # noqa: E402
+from core.store.csv_safe import safe_frame  # noqa: E402
+from ui.figures import bold_if, clickable_cells, confusion_heatmap, difference_heatmap  # noqa: E402
+from ui.images import enlarge  # noqa: E402
+from ui.palette import SERIES  # noqa: E402
+from ui.progress import await_task, task_result  # noqa: E402
+from ui.text import md_escape  # noqa: E402
+
 ranked_runs = table.sort_values("val_accuracy", ascending=False, kind="stable")
 labels_by_run = run_labels(ranked_runs)
 run_ids = list(labels_by_run)
-run_id = st.selectbox("Run (best on validation first)", run_ids, key="cf_run", format_func=labels_by_run.get)
+linked = st.query_params.get("run")  # a job card's link opens its run (once per link: the user may pick another)
+if linked is not None and linked not in run_ids:
+    st.warning(f"Run `{md_escape(linked)}` is not a complete run here (still training, deleted, or from "
+               "another store): showing the best run instead.", icon=":material/link_off:")
+elif linked is not None and st.session_state.get("cf_run_for") != linked:
+    st.session_state["cf_run_for"] = linked
+    st.session_state["cf_run"] = linked
+
+
+def share_run() -> None:
+    """The run picked into the address (?run=), so the page can be shared as the user sees it."""
+    st.query_params["run"] = st.session_state["cf_run"]
+    st.session_state["cf_run_for"] = st.session_state["cf_run"]
+
+
+run_id = st.selectbox("Run (best on validation first)", run_ids, key="cf_run", format_func=labels_by_run.get,
+                      on_change=share_run)
 run_dir = str(store.runs_dir / run_id)
 try:
     metrics = load_metrics(run_dir)
@@ -74,14 +100,45 @@ colour_by = view.segmented_control("Colour cells by", ["share", "count"], defaul
                                    format_func={"share": "Share of true class", "count": "Count"}.get) or "share"
 focus = focus_col.multiselect("Focus classes", labels, default=focus_default, key="cf_focus")
 
-# -- the matrix and the ranked confusions ---------------------------------------------------------------------
-st.subheader("Confusion matrix (test split)", anchor=False)
-matrix_col, rank_col = st.columns([4, 3], gap="large")
-with matrix_col:
-    st.plotly_chart(confusion_heatmap(counts, labels, colour_by=colour_by, focus=focus), key="cf_matrix")
-    st.caption(f"{int(counts.sum())} test images; each cell: count and share of its true class (row). "
-               "Bold: focus classes.")
+# -- the matrix and the ranked confusions: a click on either picks the cell the images come from --------------
 ranked = confusion.ranked_confusions(counts, labels, focus or labels)
+TRUE_KEY, PRED_KEY = f"cf_true_{run_id}", f"cf_pred_{run_id}"  # the chosen cell: two dropdowns that follow clicks
+if TRUE_KEY not in st.session_state or st.session_state[TRUE_KEY] not in labels:
+    top = ranked.iloc[0] if not ranked.empty else None
+    st.session_state[TRUE_KEY] = top["true"] if top is not None else labels[0]
+    st.session_state[PRED_KEY] = top["predicted"] if top is not None else labels[0]
+
+
+def pick_cell(true_cls: str, pred_cls: str) -> None:
+    if true_cls in labels and pred_cls in labels:
+        st.session_state[TRUE_KEY], st.session_state[PRED_KEY] = true_cls, pred_cls
+
+
+def picked_in_matrix() -> None:
+    points = st.session_state[f"cf_matrix_{run_id}"]["selection"]["points"]
+    if points:
+        pick_cell(str(points[0].get("y")), str(points[0].get("x")))
+        # the ranked table's ticked row is another cell now: untick it
+        st.session_state[f"cf_ranked_{run_id}"] = {"selection": {"rows": [], "columns": [], "cells": []}}
+
+
+def picked_in_ranking() -> None:
+    """A row of the ranked table as drawn in the run that showed it (a callback keeps that run's `ranked`)."""
+    rows = st.session_state[f"cf_ranked_{run_id}"]["selection"]["rows"]
+    if rows and rows[0] < len(ranked):
+        pick_cell(str(ranked.iloc[rows[0]]["true"]), str(ranked.iloc[rows[0]]["predicted"]))
+
+
+st.subheader("Confusion matrix (test split)", anchor=False)
+matrix_col, rank_col = st.columns([1, 1], gap="large")
+chosen = (labels.index(st.session_state[TRUE_KEY]), labels.index(st.session_state[PRED_KEY]))
+with matrix_col:
+    st.plotly_chart(clickable_cells(confusion_heatmap(counts, labels, colour_by=colour_by, focus=focus), labels,
+                                    chosen=chosen),
+                    key=f"cf_matrix_{run_id}", on_select=picked_in_matrix, selection_mode="points",
+                    config={"displayModeBar": False})  # no toolbar over the top row of numbers
+    st.caption(f"{int(counts.sum())} test images; each cell: count and share of its true class (row). "
+               "Bold: focus classes. **Click a cell** to see its images below.")
 with rank_col:
     st.markdown(f"**Confusions of {', '.join(focus) if focus else 'all classes'}**, most frequent first")
     if ranked.empty:
@@ -89,37 +146,62 @@ with rank_col:
     else:
         shown_ranked = pd.DataFrame({"confusion": ranked["true"] + " → " + ranked["predicted"],
                                      "count": ranked["count"], "share": ranked["share"]})
-        st.dataframe(shown_ranked, hide_index=True, height=min(460, 38 + 35 * len(ranked)), column_config={
-            "confusion": st.column_config.TextColumn("True → predicted"),
-            "count": st.column_config.NumberColumn("Images", width="small"),
-            "share": st.column_config.ProgressColumn("Share", format="percent", min_value=0, max_value=1,
-                                                     width="small",
-                                                     help="Images of the true class that went to this class")})
+        st.dataframe(shown_ranked, hide_index=True, height=min(460, 38 + 35 * len(ranked)),
+                     key=f"cf_ranked_{run_id}", on_select=picked_in_ranking, selection_mode="single-row",
+                     column_config={
+                         "confusion": st.column_config.TextColumn("True → predicted", width="medium"),
+                         "count": st.column_config.NumberColumn("Images", width="small"),
+                         "share": st.column_config.ProgressColumn(
+                             "Share", format="percent", min_value=0, max_value=1, width="small",
+                             help="Images of the true class that went to this class")})
+        st.caption("Click a row's box to see its images below.")
     st.download_button("Confusion matrix as CSV",
                        lambda: safe_frame(pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=labels))
                        .to_csv().encode(), file_name=f"confusion-{run_id}.csv", mime="text/csv",
                        on_click="ignore", icon=":material/download:")
 
 
-# -- the images behind one cell ---------------------------------------------------------------------------------
+# -- the images behind one cell, and the Grad-CAM of the one clicked beside them ----------------------------------
+def test_predictions() -> predictions.TestPredictions | None:
+    """The run's cached test predictions; for an older run without them, a background task makes them (its
+    progress shown here) and None until it is done. UserFacingError when they cannot be made."""
+    found = predictions.cached(run_dir)
+    if found is not None:
+        return found
+    task = precompute.step_task(run_dir, "test_predictions")
+    found = task_result(task)
+    if found is None:
+        await_task(task, "Predicting this run's test split once with its model (then kept in its folder): the "
+                         "images behind each cell appear when it is done. The matrix and the recall stay usable.")
+    return found
+
+
+def model_for_cam():
+    """The run's model when loaded; else starts loading it in the background, shows its progress, None."""
+    clf = precompute.loaded(run_dir)
+    if clf is not None:
+        return clf
+    task = precompute.model_task(run_dir)
+    clf = task_result(task)
+    if clf is None:
+        await_task(task, "Loading this run's model for Grad-CAM (once per server)…")
+    return clf
+
+
 @st.fragment
 def cell_explorer() -> None:
     st.subheader("Images behind a cell", anchor=False)
-    top = ranked.iloc[0] if not ranked.empty else None
     true_col, pred_col = st.columns(2)
-    true_cls = true_col.selectbox("True class", labels, key=f"cf_true_{run_id}",
-                                  index=labels.index(top["true"]) if top is not None else 0)
-    pred_cls = pred_col.selectbox("Predicted as", labels, key=f"cf_pred_{run_id}",
-                                  index=labels.index(top["predicted"]) if top is not None else 0)
+    true_cls = true_col.selectbox("True class", labels, key=TRUE_KEY)
+    pred_cls = pred_col.selectbox("Predicted as", labels, key=PRED_KEY)
     ti, pi = labels.index(true_cls), labels.index(pred_cls)
     if counts[ti, pi] == 0:
         st.caption(f"No test image of {true_cls} was predicted as {pred_cls}.")
         return
     try:
-        found = predictions.cached(run_dir)
+        found = test_predictions()
         if found is None:
-            with st.spinner("Predicting the test split once with this run's model (then cached in its folder)…"):
-                found = predictions.compute(run_dir, classifier(run_dir))
+            return
         images, _ = load_test_images(run_dir)
     except UserFacingError as e:
         st.warning(str(e), icon=":material/image_not_supported:")
@@ -133,37 +215,51 @@ def cell_explorer() -> None:
     kind = "correct" if ti == pi else "mistaken"
     st.markdown(f"**{len(members)}** {true_cls} image{'s' * (len(members) != 1)} predicted as **{pred_cls}** "
                 f"({kind}){f'; the {len(shown)} most confident shown' if len(members) > len(shown) else ''}. "
-                "Click Grad-CAM under an image to see what the model looked at.")
+                "Click Grad-CAM under an image to see what the model looked at, beside the images.")
     picked_key = f"cf_cam_{run_id}"
-    for start in range(0, len(shown), THUMBS_PER_ROW):
-        cells = st.columns(THUMBS_PER_ROW)
-        for cell, index in zip(cells, shown[start:start + THUMBS_PER_ROW]):
-            index = int(index)
-            cell.image(enlarge(images[index], THUMB_PX), width="stretch",
-                       caption=f"#{index} · p={found.probabilities[index, pi]:.2f}")
-            if cell.button("Grad-CAM", key=f"cf_cam_btn_{run_id}_{index}", width="stretch",
-                           help=f"What the model looked at in test image #{index}"):
-                st.session_state[picked_key] = index
-    picked = st.session_state.get(picked_key)
-    if picked is None or picked >= len(images):
-        return
-    from core.explain.overlay import triptych  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
+    picked = st.session_state.get(picked_key)  # (true, predicted, image index) of the image clicked
+    picked = picked[2] if picked and picked[:2] == (ti, pi) and picked[2] < len(images) else None
+    thumbs, cam_panel = st.columns([3, 2], gap="medium")
+    with thumbs:
+        for start in range(0, len(shown), THUMBS_PER_ROW):
+            for cell, index in zip(st.columns(THUMBS_PER_ROW), shown[start:start + THUMBS_PER_ROW]):
+                index = int(index)
+                chosen_here = index == picked
+                cell.image(enlarge(images[index], THUMB_PX), width="stretch",
+                           caption=f"{'▶ ' if chosen_here else ''}#{index} · p={found.probabilities[index, pi]:.2f}")
+                cell.button("Grad-CAM", key=f"cf_cam_btn_{run_id}_{index}", width="stretch",
+                            type="primary" if chosen_here else "secondary",
+                            help=f"What the model looked at in test image #{index}, shown on the right",
+                            on_click=st.session_state.__setitem__, args=(picked_key, (ti, pi, index)))
+    with cam_panel:
+        cam_of(found, images, picked)
 
+
+def cam_of(found: predictions.TestPredictions, images: np.ndarray, picked: int | None) -> None:
+    """The chosen image's Grad-CAM for its predicted class (and its true class when they differ)."""
     with st.container(border=True):
+        if picked is None:
+            st.caption("Grad-CAM of the image you click shows here, beside the images.")
+            return
         st.markdown(f"**Test image #{picked}**: true {labels[found.y_true[picked]]}, predicted "
                     f"{labels[found.y_pred[picked]]} (p={found.probabilities[picked].max():.2f})")
         explain = [(int(found.y_pred[picked]), "predicted")]
         if found.y_true[picked] != found.y_pred[picked]:
             explain.append((int(found.y_true[picked]), "true class"))
         try:
+            clf = model_for_cam()
+            if clf is None:
+                return
+            from core.explain.overlay import triptych  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
+
             with st.spinner("Grad-CAM…"):
-                heats = predictions.gradcam(classifier(run_dir), images[picked], [c for c, _ in explain])
+                heats = predictions.gradcam(clf, images[picked], [c for c, _ in explain])
         except (UserFacingError, ValueError) as e:
             st.warning(f"Grad-CAM is not available for this run: {e}")
             return
-        panels = [(f"Evidence for “{labels[c]}” ({what})", heat) for (c, what), heat in zip(explain, heats)]
-        for (title, heat), col in zip(panels, st.columns(2)):
-            col.image(triptych(images[picked], heat, display=168), caption=f"{title}: image · heatmap · overlay")
+        for (c, what), heat in zip(explain, heats):
+            st.image(triptych(images[picked], heat, display=CAM_PX), width="stretch",
+                     caption=f"Evidence for “{labels[c]}” ({what}): image · heatmap · overlay")
 
 
 cell_explorer()
@@ -212,8 +308,12 @@ st.download_button("Recall table as CSV", lambda: safe_frame(pd.concat(recalls))
 if len(runs) == 2:
     st.subheader("Two runs side by side", anchor=False)
     left, right = st.columns(2)
-    left.plotly_chart(confusion_heatmap(counts, labels, focus=focus, title=f"A: {run_id}"), key="cf_a")
-    right.plotly_chart(confusion_heatmap(runs[1][1], labels, focus=focus, title=f"B: {compare_id}"), key="cf_b")
+    no_toolbar = {"displayModeBar": False}  # it would cover the top row of numbers
+    left.plotly_chart(confusion_heatmap(counts, labels, focus=focus, title=f"A: {run_id}"), key="cf_a",
+                      config=no_toolbar)
+    right.plotly_chart(confusion_heatmap(runs[1][1], labels, focus=focus, title=f"B: {compare_id}"), key="cf_b",
+                       config=no_toolbar)
     st.markdown("**Difference B − A** (share of each true class): red where B sends more images there, blue "
                 "where fewer. On the diagonal, red means B gets the class right more often.")
-    st.plotly_chart(difference_heatmap(confusion.difference(counts, runs[1][1]), labels, focus), key="cf_diff")
+    st.plotly_chart(difference_heatmap(confusion.difference(counts, runs[1][1]), labels, focus), key="cf_diff",
+                    config=no_toolbar)

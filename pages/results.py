@@ -2,6 +2,9 @@
 
 A thin view over core.store.results (the SQLite run index, read once per index change) and core.store.reference (the
 study's Tables 1-15). It never loads TensorFlow: the page opens fast even with a thousand runs.
+
+`?run=<run id>` (a job card's link) puts that run first in the runs table and among the selected runs; picking
+runs writes the first one back to the address, so it can be shared.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from core.errors import UserFacingError
 from core.store import reference, results
 from core.store.csv_safe import safe_frame
 from core.store.runs import RunStore
+from ui.figures import parallel_coordinates
 from ui.guard import guard
 from ui.palette import SCALE, series_colours
 from ui.robustness import robustness_section
@@ -75,7 +79,16 @@ with st.expander("Filter runs", icon=":material/filter_list:", expanded=False):
     if not varied and not tag_options and len(status_options) < 2:
         st.caption("All runs share every setting so far: nothing to filter on.")
 
-shown = results.filter_runs(table, filters, chosen_tags)
+linked = st.query_params.get("run")  # a job card's link: that run first and selected
+if linked is not None and linked not in set(table["run_id"]):
+    st.warning(f"No run `{md_escape(linked)}` here (deleted, or from another store): showing every run.",
+               icon=":material/link_off:")
+    linked = None
+search = st.text_input("Search runs", key="run_search", placeholder="run id, tag or setting: e.g. resnet50 64 px",
+                       help="Runs whose id, status, tags or settings contain every word typed.")
+shown = results.search_runs(results.filter_runs(table, filters, chosen_tags), search)
+if linked is not None:  # the linked run first, even when the filters would hide it
+    shown = pd.concat([table[table["run_id"] == linked], shown[shown["run_id"] != linked]])
 complete = shown[shown["status"] == "complete"]
 
 st.subheader(f"Runs ({len(shown)} of {len(table)})", anchor=False)
@@ -90,9 +103,32 @@ column_config.update({
     "lr": number("Learning rate", "%g"), "dropout": number("Dropout", "%.2f"),
     "train_seconds": number("Train time (s)", "%.0f"), "images_per_second": number("Images/s", "%.0f"),
 })
-st.dataframe(shown[order], hide_index=True, column_config=column_config, height=min(420, 38 + 35 * len(shown)))
+if linked is not None:
+    column_config["run_id"] = st.column_config.TextColumn("Run", help="First: the run this page was opened for")
+# the column choice: by default what the run is, how it ended and the settings that differ between the runs
+default_columns = order[:order.index("tags") + 1]
+if "run_columns" in st.session_state:  # a column chosen earlier that these runs lack (no F1 yet) is dropped
+    st.session_state["run_columns"] = [c for c in st.session_state["run_columns"] if c in order]
+with st.popover("Columns", icon=":material/view_column:"):
+    chosen_columns = st.multiselect("Columns shown", order, default=default_columns, key="run_columns",
+                                    format_func=results.field_label,
+                                    help="Kept while you use the dashboard; none chosen: the default ones.")
+    st.caption("By default: the run, its status and scores, then the settings that differ between the runs shown.")
+columns = chosen_columns or default_columns
+view = shown[columns]
+unfinished = shown["status"] != "complete"
+if unfinished.any():  # a run without scores yet shows its status there ("running"), not "None"
+    styled = view.style
+    for status in results.sorted_values(shown.loc[unfinished, "status"]):
+        rows = shown.index[shown["status"] == status]
+        scores = [c for c in view.columns if c in results.INDEX_METRICS or c.startswith(results.F1_PREFIX)]
+        if scores:
+            styled = styled.format(na_rep=status, subset=pd.IndexSlice[rows, scores])
+    view = styled
+st.dataframe(view, hide_index=True, column_config=column_config, height=min(420, 38 + 35 * len(shown)),
+             key="runs_table")
 st.download_button("Runs as CSV", csv_bytes(shown[order]), file_name="runs.csv", mime="text/csv",
-                   on_click="ignore", icon=":material/download:")
+                   on_click="ignore", icon=":material/download:", help="Every column of the runs shown.")
 
 # -- the matrix -----------------------------------------------------------------------------------------------
 st.subheader("Matrix", anchor=False)
@@ -143,7 +179,7 @@ def heatmap(m: results.Matrix, text: pd.DataFrame, zrange: tuple[float, float] |
     z = m.mean.to_numpy(float)
     fig = go.Figure(go.Heatmap(
         z=z, x=m.col_labels(), y=m.row_labels(), texttemplate="%{text}", customdata=text.to_numpy(),
-        text=text.replace(r" \((\d+)\)$", r"<br>(\1)", regex=True).to_numpy(),  # n on its own line
+        text=text.replace(r" \((\d+)\)", r"<br>(\1)", regex=True).to_numpy(),  # n (· best of k settings) below
         colorscale=SCALE, zmin=zrange[0] if zrange else None,
         zmax=zrange[1] if zrange else None, xgap=2, ygap=2, colorbar=dict(thickness=12),
         hovertemplate="%{y} · %{x}<br>" + metric.label + ": %{customdata}<extra></extra>"))
@@ -161,6 +197,11 @@ zrange = (min(values), max(values)) if values else None
 if ours.n.to_numpy().sum() == 0:
     st.info("No complete run matches these filters for this metric yet: the cells are empty.",
             icon=":material/grid_off:")
+if ours.mixed:
+    st.warning(f"{plural(ours.mixed, 'cell')} {'holds' if ours.mixed == 1 else 'hold'} runs that differ in more "
+               "than the seed, which are not pooled: such a cell shows its best setting (\u201cbest of k "
+               "settings\u201d). Add the fields that differ to the rows or columns, or filter the runs, to see "
+               "each setting.", icon=":material/call_split:")
 if study is not None:
     left, right = st.columns(2)
     left.plotly_chart(heatmap(ours, ours.text(metric), zrange, f"Ours: {metric.label}"), key="mx_ours")
@@ -188,8 +229,26 @@ st.subheader("Selected runs", anchor=False)
 candidates = shown.sort_values("val_accuracy", ascending=False, na_position="last")
 labels = run_labels(candidates)
 default = list(complete.sort_values("val_accuracy", ascending=False)["run_id"][:DEFAULT_SELECTED])
+if linked is not None:
+    default = [linked, *[r for r in default if r != linked]][:DEFAULT_SELECTED]
+    if st.session_state.get("sel_runs_for") != linked:  # a new link: select its run again
+        st.session_state["sel_runs"] = [linked, *[r for r in st.session_state.get("sel_runs", default)
+                                                  if r != linked and r in labels]]
+        st.session_state["sel_runs_for"] = linked
+
+
+def share_selection() -> None:
+    """The first selected run into the address (?run=), so the page can be shared as the user sees it."""
+    picked = st.session_state.get("sel_runs") or []
+    if picked:
+        st.query_params["run"] = picked[0]
+        st.session_state["sel_runs_for"] = picked[0]
+    else:
+        st.query_params.pop("run", None)
+
+
 selected = st.multiselect("Runs to compare (best on validation first)", list(labels), default=default,
-                          format_func=lambda r: labels.get(r, r), key="sel_runs")
+                          format_func=lambda r: labels.get(r, r), key="sel_runs", on_change=share_selection)
 selected_complete = [r for r in selected if r in set(complete["run_id"])]
 
 if selected:
@@ -197,6 +256,12 @@ if selected:
         per_class = results.per_class_table(store, selected_complete)
         curves = results.curves(store, selected)
     colour = series_colours(selected)
+    if len(selected) > 1:
+        diff = results.settings_diff(table, selected)
+        st.markdown("**Settings that differ** between the selected runs" if len(diff) else
+                    "The selected runs share every setting (they differ in nothing but chance).")
+        if len(diff):
+            st.dataframe(diff, hide_index=True, key="settings_diff", column_config={"setting": "Setting"})
 
     st.markdown("**Per class (test split)**")
     if per_class.empty:
@@ -265,13 +330,9 @@ dims = results.parallel_dimensions(complete, PARALLEL_FIELDS, "val_accuracy")
 if len(complete) < 2 or len(dims) < 2:
     st.caption("Needs at least two complete runs that differ in a setting.")
 else:
-    acc = dims[-1]["values"]
-    par = go.Figure(go.Parcoords(
-        line=dict(color=acc, colorscale=SCALE, showscale=True, colorbar=dict(title="val acc", thickness=12)),
-        dimensions=dims, labelfont=dict(size=12), tickfont=dict(size=11)))
-    par.update_layout(height=380, margin=dict(l=60, r=40, t=50, b=20))
-    st.plotly_chart(par, key="parallel")
-    st.caption("One line per run, coloured by validation accuracy; drag along an axis to highlight a range.")
+    st.plotly_chart(parallel_coordinates(dims, "val acc"), key="parallel")
+    st.caption("One line per run across its settings, coloured by validation accuracy (darker is better); hover "
+               "a point for its value.")
 
 # -- tag and delete ------------------------------------------------------------------------------------------
 if not user.can("train"):  # tagging is a trainer's, deleting an admin's; a viewer's page ends here

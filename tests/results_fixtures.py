@@ -57,8 +57,10 @@ def publish(store: RunStore, config: RunConfig, metrics: dict[str, Any],
 
 
 def seeded_artifacts(tmp_path_factory, trained_run: Path, tiny_npz: Path) -> Path:
-    """An artifacts folder with three real tiny ResNet-18 runs, seeds 1-3, same cell of the matrix: the
-    session's `trained_run` (copied) and two more trained here (64 images, one epoch each)."""
+    """An artifacts folder with three real tiny ResNet-18 runs, seeds 1-3, in the same cell of an architecture
+    x size x batch matrix: the session's `trained_run` (copied; all 256 training images) and two more trained
+    here (64 images, one epoch each). They are two settings, not three seeds of one: the matrix must not pool
+    them (the issue's 1,000-image and 500-image runs, in small)."""
     if "path" in _SEEDED:
         return _SEEDED["path"]
     from core.training.trainer import train

@@ -1,15 +1,22 @@
-"""The Confusions page by AppTest over real tiny trained runs, and core.evaluation.predictions' on-disk cache."""
+"""The Confusions page by AppTest over real tiny trained runs, and core.evaluation.predictions' on-disk cache.
+
+Clicks on the matrix and the ranked table are browser events (tests/test_browser_results.py); here the cell is
+picked with the dropdowns those clicks set."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from page_helpers import array, figures, open_page, page
-from results_fixtures import seeded_artifacts
+from page_helpers import array, figures, open_page, page, texts
+from results_fixtures import copy_store, seeded_artifacts
+from streamlit.testing.v1 import AppTest
 
+from core import tasks
 from core.evaluation import confusion, predictions
+from core.inference import precompute
 from core.store.runs import Run, RunStore, open_run
 
 PAGE = page("confusion")
@@ -24,6 +31,13 @@ def artifacts(tmp_path_factory, trained_run, tiny_npz) -> Path:
 @pytest.fixture(scope="module")
 def best(artifacts) -> dict:
     return RunStore(artifacts / "runs").best_run()
+
+
+def wait_for(task: tasks.Task, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while task.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert task.done, task.error
 
 
 def test_predictions_are_computed_once_and_cached(best):
@@ -80,7 +94,7 @@ def test_page_shows_the_best_run_its_confusions_and_thumbnails(monkeypatch, arti
     assert "Two runs side by side" in [s.value for s in at.subheader]
 
 
-def test_grad_cam_on_click(monkeypatch, artifacts, best):
+def test_grad_cam_on_click_beside_the_images(monkeypatch, artifacts, best):
     at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     buttons = [b for b in at.button if b.label == "Grad-CAM"]
     assert buttons
@@ -88,7 +102,43 @@ def test_grad_cam_on_click(monkeypatch, artifacts, best):
     buttons[0].click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert any(m.value.startswith("**Test image #") for m in at.markdown)
-    assert len(at.get("image")) > before  # the heatmap panels
+    if precompute.loaded(best["path"]) is None:  # the model loads in the background, its progress shown
+        wait_for(precompute.model_task(best["path"]))
+        at.run()
+    assert len(at.get("image")) > before  # the heatmap panels, beside the thumbnails
+    cams = [i for i in at.get("image") if "image · heatmap · overlay" in str(i.proto)]
+    assert 1 <= len(cams) <= 2
+    assert [b for b in at.button if b.label == "Grad-CAM"][0].proto.type == "primary"  # the chosen image
+
+
+def test_first_use_predicts_in_the_background_and_the_page_stays_usable(monkeypatch, artifacts, best, tmp_path):
+    private = copy_store(artifacts, tmp_path / "artifacts", [best["run_id"]])
+    run_dir = private / "runs" / best["run_id"]
+    (run_dir / predictions.PREDICTIONS_FILE).unlink(missing_ok=True)
+    at = open_page(monkeypatch, PAGE, private, TIMEOUT)
+    assert "Predicting this run's test split once" in texts(at)
+    assert len(at.get("image")) == 0
+    kinds = [f["data"][0]["type"] for f in figures(at)]
+    assert "heatmap" in kinds and "bar" in kinds  # the matrix and the recall are there meanwhile
+    wait_for(precompute.step_task(run_dir, "test_predictions"))
+    at.run()
+    assert not at.exception and (run_dir / predictions.PREDICTIONS_FILE).is_file()
+    assert len(at.get("image")) > 0
+
+
+def test_a_link_opens_its_run(monkeypatch, artifacts, best):
+    runs = RunStore(artifacts / "runs").list_runs()
+    other = next(r["run_id"] for r in runs if r["run_id"] != best["run_id"])
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.query_params["run"] = other
+    at.run()
+    assert not at.exception and at.selectbox(key="cf_run").value == other
+    at.selectbox(key="cf_run").set_value(best["run_id"]).run()  # picking another run updates the address
+    assert at.query_params["run"] in (best["run_id"], [best["run_id"]])
+    at.query_params["run"] = "20990101-000000-abcdef"
+    at.run()
+    assert any("is not a complete run here" in w.value for w in at.warning)
 
 
 def test_pick_any_cell_and_no_second_run(monkeypatch, artifacts, best):

@@ -6,15 +6,27 @@ import ast
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from page_helpers import PROJECT_ROOT, figures, frame_with, open_page, page, texts
 from results_fixtures import copy_store, seeded_artifacts
+from streamlit.testing.v1 import AppTest
 
 from core.access.roles import User
+from core.config import RunConfig
 from core.store.runs import RunStore
 from ui.session import USER_KEY
 
 PAGE = page("results")
+
+
+def display_values(element) -> pd.DataFrame:
+    """What a styled st.dataframe shows in each cell (its Styler's display values), with its column names."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    values = convert_arrow_bytes_to_pandas_df(element.proto.arrow_data.styler.display_values)
+    values.columns = element.value.columns
+    return values
 TIMEOUT = 120  # seconds per script run; the machine may be busy training
 
 
@@ -30,18 +42,66 @@ def test_runs_table_matrix_and_details(monkeypatch, artifacts):
     assert "Runs (3 of 3)" in texts(at)
     runs = frame_with(at, "run_id")
     assert set(runs["run_id"]) == ids
-    assert {"test_accuracy", "val_accuracy", "f1_monocyte", "tags"} <= set(runs.columns)
-    # the matrix: all three seeds in one cell, "mean ± sd (n)"
+    # identity and outcome first, then the settings that differ between the runs; the rest on request
+    assert list(runs.columns[:4]) == ["run_id", "status", "val_accuracy", "test_accuracy"]
+    assert "seed" in runs.columns and runs.columns[-1] == "tags" and "f1_monocyte" not in runs.columns
+    at.multiselect(key="run_columns").set_value(["run_id", "test_accuracy", "f1_monocyte"]).run()
+    assert list(frame_with(at, "run_id").columns) == ["run_id", "test_accuracy", "f1_monocyte"]
+    # the matrix: the fixture's seed 1 trained on all 256 images, seeds 2-3 on 64: two settings, not pooled
     heat = figures(at)[0]["data"][0]
     cells = [t for row in heat["text"] for t in row if t]
-    assert len(cells) == 1 and "±" in cells[0] and cells[0].endswith("(3)")
-    # selected runs default to all three; their per-class bars, curves and the parallel coordinates show
+    assert len(cells) == 1 and cells[0].endswith("best of 2 settings")
+    assert any("differ in more than the seed" in w.value for w in at.warning)
+    # selected runs default to all three, with the settings in which they differ
     assert set(at.multiselect(key="sel_runs").value) == ids
+    assert "Seed" in set(frame_with(at, "setting")["setting"])
     kinds = [f["data"][0]["type"] for f in figures(at)]
-    assert kinds.count("bar") == 1 and "parcoords" in kinds and "scatter" in kinds
+    assert kinds.count("bar") == 1 and "parcoords" not in kinds
+    # parallel coordinates as SVG lines: one polyline per complete run (each ends in a gap)
+    parallel = next(f for f in figures(at) if f["data"][0].get("mode") == "lines+markers"
+                    and None in f["data"][0]["x"])
+    assert sum(t["x"].count(None) for t in parallel["data"] if t.get("mode") == "lines+markers") == 3
     per_class = frame_with(at, "support")
     assert len(per_class) == 8
     assert not at.error
+
+
+def test_a_link_to_a_run_puts_it_first_and_selects_it(monkeypatch, artifacts):
+    store = RunStore(artifacts / "runs")
+    worst = min(store.list_runs(), key=lambda r: r["val_accuracy"])["run_id"]
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(artifacts))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.query_params["run"] = worst
+    at.run()
+    assert not at.exception
+    assert frame_with(at, "run_id")["run_id"].iloc[0] == worst
+    assert at.multiselect(key="sel_runs").value[0] == worst
+    # a search narrows the table; the linked run stays first
+    other = next(r["run_id"] for r in store.list_runs() if r["run_id"] != worst)
+    at.text_input(key="run_search").set_value(other[-6:]).run()
+    assert list(frame_with(at, "run_id")["run_id"]) == [worst, other]
+    # picking runs writes the first into the address, to share
+    at.multiselect(key="sel_runs").set_value([other]).run()
+    assert at.query_params["run"] in (other, [other])
+    at.query_params["run"] = "20990101-000000-abcdef"  # a run that is not there
+    at.run()
+    assert any("No run `20990101-000000-abcdef` here" in w.value for w in at.warning)
+
+
+def test_an_unfinished_run_shows_its_status_not_none(monkeypatch, artifacts, tmp_path):
+    private = copy_store(artifacts, tmp_path / "artifacts")
+    store = RunStore(private / "runs")
+    config = store.list_runs()[0]["config_json"]
+    writer = store.writer(RunConfig.from_dict(json.loads(config)))  # being trained: no scores yet
+    at = open_page(monkeypatch, PAGE, private, TIMEOUT)
+    table = next(d for d in at.dataframe if "run_id" in d.value.columns)
+    assert "Runs (4 of 4)" in texts(at)
+    shown = display_values(table)
+    row = shown[shown["run_id"] == writer.run_id].iloc[0]
+    assert row["status"] == row["val_accuracy"] == row["test_accuracy"] == "incomplete"
+    done = shown[shown["run_id"] != writer.run_id]
+    assert not done["val_accuracy"].isin(["incomplete", "None", ""]).any()
+    writer.close()
 
 
 def test_study_table_12_in_one_click(monkeypatch, artifacts):
@@ -63,8 +123,8 @@ def test_study_table_12_in_one_click(monkeypatch, artifacts):
     assert row["study"] == pytest.approx(0.9775) and row["n"] == 0
     ours_row = comparison[(comparison["arch"] == "resnet18") & (comparison["size"] == 28)
                           & (comparison["batch_size"] == 32)].iloc[0]
-    assert ours_row["n"] == 3  # our tiny runs follow the study's recipe
-    assert not at.warning  # accuracy is reliable everywhere
+    assert ours_row["n"] in (1, 2) and ours_row["settings"] == 2  # the study's recipe; two training-set sizes
+    assert not any("ordering error" in w.value for w in at.warning)  # accuracy is reliable everywhere
 
 
 def test_class_f1_marks_the_unreliable_study_columns(monkeypatch, artifacts):

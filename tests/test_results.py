@@ -62,14 +62,44 @@ def test_runs_table_has_config_tags_and_best_epoch_metrics(grid):
     assert table["created"].is_monotonic_decreasing
 
 
-def test_display_columns_put_the_run_its_main_settings_and_scores_first(grid):
+def test_display_columns_put_the_run_its_outcome_and_the_settings_that_differ_first(grid):
     table = results.runs_table(grid)
     columns = results.display_columns(table)
-    assert columns[:5] == ["run_id", "created", "status", "arch", "size"]
+    # identity and outcome, then the settings that differ between these runs (main ones first), then tags
+    assert columns[:8] == ["run_id", "status", "val_accuracy", "test_accuracy", "arch", "size", "batch_size", "seed"]
+    assert columns[8] == "tags"
     assert sorted(columns) == sorted(set(columns)) and set(columns) <= set(table.columns)
     assert set(results.CONFIG_FIELDS) <= set(columns) and "path" not in columns
-    scores = [columns.index(c) for c in ("val_accuracy", "test_accuracy", "f1_monocyte")]
+    scores = [columns.index(c) for c in ("test_auc", "test_macro_f1", "f1_monocyte")]
     assert scores == sorted(scores) and max(scores) < columns.index("train_seconds") < columns.index("aug_shear")
+    same_arch = results.display_columns(table[table["arch"] == "resnet50"])
+    assert same_arch[4:7] == ["batch_size", "seed", "tags"]  # architecture and size no longer differ
+    assert same_arch.index("arch") > same_arch.index("created")
+
+
+def test_search_runs_by_id_tag_or_setting_words(grid):
+    table = results.runs_table(grid)
+    assert len(results.search_runs(table, "")) == 6
+    assert set(results.search_runs(table, "ResNet-101")["arch"]) == {"resnet101"}  # the name as shown
+    assert set(results.search_runs(table, "resnet101")["arch"]) == {"resnet101"}  # the stored value
+    assert len(results.search_runs(table, "deep")) == 2  # a tag
+    assert len(results.search_runs(table, "resnet50 batch 16")) == 1  # every word must match
+    one = table["run_id"].iloc[0]
+    assert list(results.search_runs(table, one[-6:].upper())["run_id"]) == [one]
+    assert results.search_runs(table, "no such thing").empty
+
+
+def test_settings_diff_lists_only_what_differs(grid):
+    table = results.runs_table(grid)
+    r50 = table[(table["arch"] == "resnet50") & (table["batch_size"] == 32)].sort_values("seed")
+    b16 = table[table["batch_size"] == 16]["run_id"].iloc[0]
+    diff = results.settings_diff(table, [r50["run_id"].iloc[0], b16])
+    assert list(diff["setting"]) == ["Batch size"]  # both seed 1: batch size only
+    assert list(diff.columns) == ["setting", r50["run_id"].iloc[0], b16]
+    assert list(diff.iloc[0, 1:]) == ["batch 32", "batch 16"]
+    wide = results.settings_diff(table, list(table["run_id"]))
+    assert set(wide["setting"]) == {"Architecture", "Image size", "Batch size", "Seed"}
+    assert results.settings_diff(table, [b16]).empty or len(results.settings_diff(table, [b16])) == 0
 
 
 def test_runs_table_reads_no_metrics_files(grid, monkeypatch):
@@ -152,9 +182,14 @@ def test_matrix_of_an_empty_table_and_without_fields(grid):
     none = results.matrix(table.iloc[:0], ["arch"], ["size"], "test_accuracy")
     assert none.mean.shape == (0, 0) and none.n.to_numpy().sum() == 0
     whole = results.matrix(table, [], [], "test_accuracy")
-    assert whole.mean.shape == (1, 1) and whole.n.iat[0, 0] == 6
-    assert whole.mean.iat[0, 0] == pytest.approx(np.mean([0.90, 0.94, 0.95, 0.80, 0.97, 0.99]))
+    # six runs of three settings: never pooled; the best setting (resnet101, two seeds) shows
+    assert whole.mean.shape == (1, 1) and whole.n.iat[0, 0] == 2 and whole.settings.iat[0, 0] == 3
+    assert whole.mean.iat[0, 0] == pytest.approx(np.mean([0.97, 0.99]))
+    assert whole.text().iat[0, 0].endswith("(2) · best of 3 settings") and whole.mixed == 1
     assert whole.row_labels() == ["all runs"]
+    pooled = results.matrix(table, [], [], "test_accuracy", same=())  # pooling everything is a choice
+    assert pooled.n.iat[0, 0] == 6
+    assert pooled.mean.iat[0, 0] == pytest.approx(np.mean([0.90, 0.94, 0.95, 0.80, 0.97, 0.99]))
 
 
 def test_matrix_levels_first_and_exact(grid):
@@ -172,12 +207,33 @@ def test_matrix_levels_first_and_exact(grid):
 def test_matrix_of_other_metrics_and_missing_values(grid):
     table = results.runs_table(grid)
     m = results.matrix(table, ["arch"], [], "train_seconds")
-    assert m.mean.loc["resnet50", "all runs"] == pytest.approx(np.mean([11, 12, 13, 17]))
+    # batch 32 (11, 12, 13 s) and batch 16 (17 s) are two settings: the cheaper one shows
+    assert m.mean.loc["resnet50", "all runs"] == pytest.approx(np.mean([11, 12, 13]))
+    assert m.settings.loc["resnet50", "all runs"] == 2 and m.settings.loc["resnet101", "all runs"] == 1
     f1 = results.matrix(table, ["arch"], ["batch_size"], "f1_monocyte")
     assert f1.n.loc["resnet50", 32] == 3
     table.loc[table["seed"] == 3, "test_accuracy"] = np.nan  # e.g. a run without a test score
     m = results.matrix(table, ["arch", "batch_size"], ["size"], "test_accuracy")
     assert m.n.loc[("resnet50", 32), 64] == 2
+
+
+def test_a_cell_pools_only_runs_that_differ_in_seed(store):
+    """The issue's case: a 1,000-image run and a 500-image run are not two seeds of one setting."""
+    publish(store, config(seed=1, limit_train=1000), synthetic_metrics(0.85, 0.85, 1))
+    publish(store, config(seed=2, limit_train=1000), synthetic_metrics(0.87, 0.86, 2))
+    publish(store, config(seed=1, limit_train=500), synthetic_metrics(0.74, 0.75, 3))
+    table = results.runs_table(store)
+    m = results.matrix(table, ["arch"], ["size"], "test_accuracy")
+    cell = "resnet50", 64
+    assert m.n.loc[cell] == 2 and m.mean.loc[cell] == pytest.approx(0.86) and m.settings.loc[cell] == 2
+    assert m.seeds.loc[cell] == "1, 2"
+    assert m.text().loc[cell] == f"0.860 ± {np.std([0.85, 0.87], ddof=1):.3f} (2) · best of 2 settings"
+    assert m.mixed == 1
+    long = m.long()
+    assert long.loc[0, "settings"] == 2 and long.loc[0, "n"] == 2
+    split = results.matrix(table, ["arch"], ["limit_train"], "test_accuracy")  # the field that differs, as columns
+    assert split.mixed == 0 and split.n.loc["resnet50", 1000] == 2 and split.n.loc["resnet50", 500] == 1
+    assert split.text().loc["resnet50", 500] == "0.740 (1)"
 
 
 def test_matrix_rejects_bad_fields(grid):

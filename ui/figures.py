@@ -50,6 +50,33 @@ def confusion_heatmap(counts: np.ndarray, rows: Sequence[str], columns: Sequence
     return _style(fig, rows, columns, focus, axes, title)
 
 
+def clickable_cells(fig: go.Figure, rows: Sequence[str], columns: Sequence[str] | None = None,
+                    chosen: tuple[int, int] | None = None) -> go.Figure:
+    """Make a heatmap's cells clickable in Streamlit: plotly selects scatter points on click but not heatmap
+    cells, so an invisible marker sits on each cell's centre (st.plotly_chart(on_select=..., selection_mode=
+    "points") then returns its row and column labels as the point's y and x). The `chosen` (row, column) cell
+    is outlined. The heatmap's own hover is handed to the markers, so one label shows."""
+    columns = list(rows if columns is None else columns)
+    rows = list(rows)
+    heat = fig.data[0]
+    text = np.asarray(heat.text, dtype=object).ravel().tolist() if heat.text is not None else None
+    fig.add_trace(go.Scatter(
+        x=[c for _ in rows for c in columns], y=[r for r in rows for _ in columns], mode="markers", text=text,
+        hovertemplate=heat.hovertemplate, showlegend=False,
+        marker=dict(symbol="square", size=24, opacity=0),
+        selected=dict(marker=dict(opacity=0)), unselected=dict(marker=dict(opacity=0))))
+    heat.hoverinfo = "skip"
+    heat.hovertemplate = None
+    # the markers must not widen the axes (autorange pads for marker size): one cell per unit, as the heatmap
+    fig.update_xaxes(range=[-0.5, len(columns) - 0.5], autorange=False)
+    fig.update_yaxes(range=[len(rows) - 0.5, -0.5], autorange=False)
+    if chosen is not None:
+        r, c = chosen
+        fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color="#111111", width=3))
+    fig.update_layout(hovermode="closest", clickmode="event+select", dragmode=False)
+    return fig
+
+
 def difference_heatmap(diff: np.ndarray, labels: Sequence[str], focus: Sequence[str] = (), *,
                        axes: tuple[str, str] = TRUE_PREDICTED) -> go.Figure:
     """Row shares of run B minus run A (core.evaluation.confusion.difference): red where B sends more of a
@@ -61,3 +88,80 @@ def difference_heatmap(diff: np.ndarray, labels: Sequence[str], focus: Sequence[
         zmin=-limit, zmax=limit, xgap=1, ygap=1, colorbar=dict(thickness=12, tickformat="+.0%"),
         hovertemplate=f"{axes[0]} %{{y}} → {axes[1]} %{{x}}<br>B − A: %{{z:+.1%}}<extra></extra>"))
     return _style(fig, labels, labels, focus, axes, "")
+
+
+PARALLEL_BINS = 8  # colour steps of the lines (one SVG trace each, however many runs)
+
+
+def parallel_coordinates(dims: Sequence[dict], colour_title: str = "val acc") -> go.Figure:
+    """Parallel coordinates drawn as SVG lines (go.Scatter), not go.Parcoords: Parcoords draws its lines with
+    WebGL, which headless browsers and some remote desktops lack (the axes showed, the lines did not).
+
+    `dims`: core.store.results.parallel_dimensions (label, values, optional tickvals/ticktext); the last one
+    colours the lines. Each axis is scaled to 0-1 between its smallest and largest value; runs are drawn in
+    PARALLEL_BINS colour steps of the last axis, best on top; hovering a line's vertex gives the run's value."""
+    n_axes = len(dims)
+    scaled, ticks = [], []
+    for d in dims:
+        values = np.asarray(d["values"], float)
+        known = np.asarray(d.get("tickvals", values), float)
+        low = float(np.nanmin(np.concatenate([values, known]))) if len(values) else 0.0
+        high = float(np.nanmax(np.concatenate([values, known]))) if len(values) else 1.0
+        span = high - low or 1.0
+        scaled.append((values - low) / span if high > low else np.full(len(values), 0.5))
+        if "tickvals" in d:
+            ticks.append([((v - low) / span if high > low else 0.5, t) for v, t in zip(d["tickvals"], d["ticktext"])])
+        else:
+            ticks.append([(0.0 if high > low else 0.5, f"{low:.3g}"), (1.0, f"{high:.3g}")] if high > low
+                         else [(0.5, f"{low:.3g}")])
+    colour = np.asarray(dims[-1]["values"], float)
+    lo, hi = (float(colour.min()), float(colour.max())) if len(colour) else (0.0, 1.0)
+    bins = np.clip(((colour - lo) / ((hi - lo) or 1.0) * PARALLEL_BINS).astype(int), 0, PARALLEL_BINS - 1)
+    colours = _scale_colours([0.2 + 0.8 * (b + 0.5) / PARALLEL_BINS for b in range(PARALLEL_BINS)])
+    fig = go.Figure()
+    x_axes = list(range(n_axes))
+    for b in range(PARALLEL_BINS):  # worst first, so the best lines are drawn on top
+        runs = np.flatnonzero(bins == b)
+        if not len(runs):
+            continue
+        xs, ys, texts = [], [], []
+        for r in runs:
+            xs += [*x_axes, None]
+            ys += [*(float(s[r]) for s in scaled), None]
+            texts += [*(f"{d['label']}: {_value_text(d, r)}" for d in dims), None]
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines+markers", text=texts, hovertemplate="%{text}<extra></extra>", showlegend=False,
+            line=dict(width=2, color=colours[b]), marker=dict(size=5),
+            opacity=0.85))
+    fig.add_trace(go.Scatter(  # the colour bar only
+        x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+        marker=dict(color=[lo, hi], cmin=lo, cmax=hi,
+                    colorscale=[[t, c] for t, c in zip((0, 0.5, 1), _scale_colours([0.2, 0.6, 1.0]))],
+                    showscale=True,
+                    colorbar=dict(title=colour_title, thickness=12))))
+    # axes and their tick labels set at once (add_shape/add_annotation one by one cost ~10 ms each)
+    fig.update_layout(
+        shapes=[dict(type="line", x0=i, x1=i, y0=0, y1=1, line=dict(color="#666", width=1), layer="below")
+                for i in range(n_axes)],
+        annotations=[dict(x=i, y=y, text=str(label), showarrow=False, xanchor="right", xshift=-4,
+                          font=dict(size=11), bgcolor="rgba(255,255,255,0.7)")
+                     for i, axis_ticks in enumerate(ticks) for y, label in axis_ticks])
+    fig.update_xaxes(tickmode="array", tickvals=x_axes, ticktext=[f"<b>{d['label']}</b>" for d in dims], side="top",
+                     range=[-0.6, n_axes - 0.7], showgrid=False, zeroline=False)
+    fig.update_yaxes(visible=False, range=[-0.08, 1.08])
+    fig.update_layout(height=380, margin=dict(l=20, r=20, t=50, b=20), plot_bgcolor="#ffffff", hovermode="closest")
+    return fig
+
+
+def _value_text(dim: dict, index: int) -> str:
+    value = float(dim["values"][index])
+    for tick, text in zip(dim.get("tickvals", ()), dim.get("ticktext", ())):
+        if abs(float(tick) - value) < 1e-6:
+            return str(text)
+    return f"{value:.4g}"
+
+
+def _scale_colours(positions: Sequence[float]) -> list[str]:
+    from plotly.colors import sample_colorscale  # noqa: PLC0415
+
+    return sample_colorscale(SCALE, list(positions))

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score
 
 SCHEMA_VERSION = 2  # 1: the layout before versions (no schema_version key, no rows/columns in metrics.json)
 LEGACY_SCHEMA_VERSION = 1
@@ -46,6 +45,8 @@ def macro_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float | None:
     present = np.unique(y_true)
     if len(present) < 2:
         return None
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415 - seconds to import; pages reading metrics skip it
+
     aucs = [roc_auc_score(y_true == c, probabilities[:, c]) for c in present]
     return float(np.mean(aucs))
 
@@ -148,6 +149,8 @@ def evaluate(y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[str
     External validation passes the classes the dataset has as `rows`, and as `allowed` for the figure
     restricted to them. AUC and loss are computed from the probabilities as given, over every class.
     """
+    from sklearn.metrics import log_loss  # noqa: PLC0415 - see macro_auc
+
     y_true = np.asarray(y_true).reshape(-1).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     scored = evaluate_calls(y_true, predictions(probabilities, allowed), labels, allowed, rows)

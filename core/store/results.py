@@ -165,13 +165,55 @@ def f1_columns(df: pd.DataFrame) -> list[str]:
 COST_METRICS = ("train_seconds", "images_per_second")
 
 
+def varied_fields(df: pd.DataFrame, fields: Iterable[str] = CONFIG_FIELDS) -> list[str]:
+    """The fields (settings by default) that take more than one value among the rows of `df`."""
+    return [f for f in fields if f in df.columns and len(sorted_values(df[f])) > 1]
+
+
 def display_columns(df: pd.DataFrame) -> list[str]:
-    """The runs table's columns in reading order: the run, the indexed settings the pickers offer first,
-    tags, the best-epoch scores with one test F1 per class, the cost, then every other setting."""
-    main = [f for f in MAIN_FIELDS if SETTINGS[f].indexed]
-    scores = [m for m in INDEX_METRICS if m not in COST_METRICS]
-    order = ["run_id", "created", "status", *main, "tags", *scores, *f1_columns(df), *COST_METRICS]
-    return order + [c for c in CONFIG_FIELDS if c not in order]
+    """The runs table's columns in reading order: what the run is and how it ended first (run, status,
+    validation and test accuracy), then the settings that differ between these runs (main ones first), tags,
+    the other best-epoch scores with one test F1 per class, the cost, when it was made, then every other
+    setting (the same in every run shown)."""
+    headline = ["run_id", "status", "val_accuracy", "test_accuracy"]
+    settings = [f for f in (*MAIN_FIELDS, *CONFIG_FIELDS) if f in CONFIG_FIELDS]
+    differing = varied_fields(df, dict.fromkeys(settings))
+    scores = [m for m in INDEX_METRICS if m not in COST_METRICS and m not in headline]
+    order = [*headline, *differing, "tags", *scores, *f1_columns(df), *COST_METRICS, "created"]
+    return order + [c for c in dict.fromkeys(settings) if c not in order]
+
+
+def search_runs(df: pd.DataFrame, text: str) -> pd.DataFrame:
+    """Rows where every word of `text` (case-insensitive) appears in the run's id, status, tags or a setting
+    (its value or its description: "resnet50", "ResNet-50", "64 px", "adam"): a search box over the runs."""
+    words = [w for w in str(text).lower().split() if w]
+    if not words or df.empty:
+        return df
+    fields = [f for f in ("run_id", "status", "tags", *CONFIG_FIELDS) if f in df.columns]
+
+    def haystack(row: pd.Series) -> str:
+        parts = [str(row[f]) for f in fields if row[f] is not None]
+        parts += [describe_value(f, row[f]) for f in CONFIG_FIELDS if f in row and _present(row[f])]
+        return " ".join(parts).lower()
+
+    text_of = df.apply(haystack, axis=1)
+    keep = text_of.map(lambda t: all(w in t for w in words))
+    return df[keep.astype(bool)]
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def settings_diff(df: pd.DataFrame, run_ids: Sequence[str]) -> pd.DataFrame:
+    """The settings in which these runs differ, one row per setting (its label) and a column per run id, each
+    value described as the pickers show it ("64 px", "ImageNet"); no rows when they share every setting."""
+    rows = df.set_index("run_id").reindex([r for r in run_ids if r in set(df["run_id"])])
+    fields = varied_fields(rows, dict.fromkeys((*MAIN_FIELDS, *CONFIG_FIELDS)))
+    out = pd.DataFrame({run_id: [describe_value(f, rows.at[run_id, f]) if _present(rows.at[run_id, f]) else "—"
+                                 for f in fields] for run_id in rows.index},
+                       index=pd.Index([field_label(f) for f in fields], name="setting"))
+    return out.reset_index()
 
 
 def split_tags(tags: Any) -> list[str]:
@@ -288,6 +330,11 @@ class Matrix:
     mean, sd (sample, ddof=1; NaN for n < 2), n (runs in the cell; 0 for an empty cell, whose mean is NaN),
     seeds (the cell's seeds, "1, 2, 3"). Row and column indexes hold the field values (a MultiIndex for
     several fields).
+
+    A cell pools only runs that share every setting in `same` (for runs: all but the seed, so a cell is a
+    mean over seeds, never over a 1,000-image and a 500-image run). When a cell holds runs of several such
+    settings, mean/sd/n/seeds are those of the best of them and `settings` says how many there were (1 for
+    a cell of one setting, 0 for an empty cell).
     """
 
     rows: tuple[str, ...]
@@ -297,6 +344,12 @@ class Matrix:
     sd: pd.DataFrame
     n: pd.DataFrame
     seeds: pd.DataFrame
+    settings: pd.DataFrame | None = None
+
+    @property
+    def mixed(self) -> int:
+        """How many cells hold runs of more than one setting (each shows its best setting only)."""
+        return 0 if self.settings is None else int((self.settings.to_numpy() > 1).sum())
 
     @property
     def row_keys(self) -> list[tuple]:
@@ -315,21 +368,23 @@ class Matrix:
         return [" · ".join(describe_value(f, v) for f, v in zip(fields, key)) for key in self.col_keys]
 
     def text(self, metric: Metric | None = None) -> pd.DataFrame:
-        """Cell text "mean ± sd (n)"; "mean (1)" for a single run; "" for an empty cell."""
+        """Cell text "mean ± sd (n)"; "mean (1)" for a single run; "" for an empty cell; a cell that holds runs
+        of several settings adds " · best of k settings" (its numbers are that best setting's)."""
         if metric is None:
             known = self.metric in BASE_METRICS or self.metric.startswith(F1_PREFIX)
             metric = get_metric(self.metric) if known else Metric(self.metric, self.metric)
         fmt = metric.format
 
-        def cell(mean: float, sd: float, n: int) -> str:
+        def cell(mean: float, sd: float, n: int, settings: int) -> str:
             if n == 0:
                 return ""
-            if n == 1 or math.isnan(sd):
-                return f"{fmt(mean)} ({n})"
-            return f"{fmt(mean)} ± {fmt(sd)} ({n})"
+            text = f"{fmt(mean)} ({n})" if n == 1 or math.isnan(sd) else f"{fmt(mean)} ± {fmt(sd)} ({n})"
+            return text + (f" · best of {settings} settings" if settings > 1 else "")
 
-        out = [[cell(m, s, int(k)) for m, s, k in zip(mr, sr, nr)]
-               for mr, sr, nr in zip(self.mean.to_numpy(float), self.sd.to_numpy(float), self.n.to_numpy(int))]
+        settings = (self.settings if self.settings is not None else self.n.clip(upper=1)).to_numpy(int)
+        out = [[cell(m, s, int(k), int(g)) for m, s, k, g in zip(mr, sr, nr, gr)]
+               for mr, sr, nr, gr in zip(self.mean.to_numpy(float), self.sd.to_numpy(float),
+                                         self.n.to_numpy(int), settings)]
         return pd.DataFrame(out, index=self.mean.index, columns=self.mean.columns)
 
     def long(self) -> pd.DataFrame:
@@ -341,6 +396,8 @@ class Matrix:
                 rec.update(zip(self.cols or (ALL,), ck))
                 rec.update(metric=self.metric, mean=self.mean.iat[i, j], sd=self.sd.iat[i, j],
                            n=int(self.n.iat[i, j]), seeds=self.seeds.iat[i, j])
+                if self.settings is not None:
+                    rec["settings"] = int(self.settings.iat[i, j])
                 records.append(rec)
         return pd.DataFrame.from_records(records)
 
@@ -362,13 +419,22 @@ def field_levels(df: pd.DataFrame, field: str, first: Sequence[Any] | None = Non
     return out
 
 
+SEED_ONLY = tuple(f for f in CONFIG_FIELDS if f != "seed")  # what runs pooled in one cell must share
+LOWER_IS_BETTER = {"train_seconds"}  # metrics whose best setting in a mixed cell is the lowest
+
+
 def matrix(df: pd.DataFrame, rows: Sequence[str], cols: Sequence[str], metric: str,
-           levels: Mapping[str, Sequence[Any]] | None = None, extend: bool = True) -> Matrix:
+           levels: Mapping[str, Sequence[Any]] | None = None, extend: bool = True,
+           same: Sequence[str] | None = None) -> Matrix:
     """Group runs by `rows` x `cols` fields and summarise `metric` per cell over the runs there (seeds).
 
     Axes are the full product of each field's values (those present in `df`, or `levels[field]` first), so
     a combination without runs is an empty cell (mean NaN, n 0). Runs whose metric is missing (a run still
     training) are not counted. A field may not be both a row and a column.
+
+    `same`: the fields runs must share to be pooled in a cell (default: every setting but the seed, those in
+    `df`); a cell whose runs differ in one of them shows its best setting (highest mean; lowest for a cost)
+    and counts the settings in `Matrix.settings`. `same=()` pools every run of a cell (the study's values).
     """
     rows, cols = tuple(rows), tuple(cols)
     if set(rows) & set(cols):
@@ -382,27 +448,35 @@ def matrix(df: pd.DataFrame, rows: Sequence[str], cols: Sequence[str], metric: s
 
     values = pd.to_numeric(df[metric], errors="coerce")
     sub = df.assign(_value=values)[values.notna()]
-    cells: dict[tuple, tuple[float, float, int, str]] = {}
     keys = [*rows, *cols]
+    same = [f for f in (SEED_ONLY if same is None else same) if f in df.columns and f not in keys]
+    same = [f for f in same if sub[f].astype(str).nunique() > 1]  # only the settings that differ can split a cell
+    # one number per distinct setting of the `same` fields (a missing value is a value of its own)
+    sub = sub.assign(_setting=sub.groupby(same, sort=False, dropna=False).ngroup() if same and len(sub) else 0)
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    cells: dict[tuple, tuple[float, float, int, str, int]] = {}
     groups = sub.groupby(keys, sort=False, dropna=True) if keys else [((), sub)]
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
-        v = group["_value"].to_numpy(float)
+        settings = list(group.groupby("_setting", sort=False))
+        # best setting: highest mean (lowest for a cost); ties go to the one with more runs
+        _, best = max(settings, key=lambda kv: (sign * kv[1]["_value"].mean(), len(kv[1])))
+        v = best["_value"].to_numpy(float)
         sd = float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
-        seeds = ", ".join(str(s) for s in sorted_values(group["seed"])) if "seed" in group else ""
-        cells[key] = (float(v.mean()), sd, len(v), seeds)
+        seeds = ", ".join(str(s) for s in sorted_values(best["seed"])) if "seed" in best else ""
+        cells[key] = (float(v.mean()), sd, len(v), seeds, len(settings))
 
     shape = (len(row_keys), len(col_keys))
     mean, sd, n = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, int)
-    seeds = np.full(shape, "", dtype=object)
+    seeds, n_settings = np.full(shape, "", dtype=object), np.zeros(shape, int)
     for i, rk in enumerate(row_keys):
         for j, ck in enumerate(col_keys):
             key = (rk if rows else ()) + (ck if cols else ())
             if key in cells:
-                mean[i, j], sd[i, j], n[i, j], seeds[i, j] = cells[key]
+                mean[i, j], sd[i, j], n[i, j], seeds[i, j], n_settings[i, j] = cells[key]
     index, columns = _make_index(row_keys, rows), _make_index(col_keys, cols)
     frame = lambda a: pd.DataFrame(a, index=index, columns=columns)  # noqa: E731
-    return Matrix(rows, cols, metric, frame(mean), frame(sd), frame(n), frame(seeds))
+    return Matrix(rows, cols, metric, frame(mean), frame(sd), frame(n), frame(seeds), frame(n_settings))
 
 
 # -- the study beside our matrix -------------------------------------------------------------------------
@@ -451,9 +525,11 @@ def reference_matrix(ours: Matrix, filters: Mapping[str, Sequence[Any]] | None =
     for f, keys in ((ours.rows, ours.row_keys), (ours.cols, ours.col_keys)):
         for pos, field in enumerate(f):
             levels[field] = list(dict.fromkeys(k[pos] for k in keys))
-    m = matrix(ref, ours.rows, ours.cols, "value", levels=levels, extend=False)
+    # the study's cells pool its configurations on purpose (mean ± SD over them): same=()
+    m = matrix(ref, ours.rows, ours.cols, "value", levels=levels, extend=False, same=())
+    m.settings = None
     unreliable = matrix(ref.assign(_bad=(~ref["reliable"]).astype(float)), ours.rows, ours.cols, "_bad",
-                        levels=levels, extend=False).mean.fillna(0.0) > 0
+                        levels=levels, extend=False, same=()).mean.fillna(0.0) > 0
     tables = pd.DataFrame("", index=m.mean.index, columns=m.mean.columns, dtype=object)
     keys = [*ours.rows, *ours.cols]
     if keys:
