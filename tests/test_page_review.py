@@ -3,12 +3,11 @@ test split, decide on cells, 'restart' (a new AppTest on the same database) and 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from external_fixtures import private_store
+from external_fixtures import captions, private_store, until
 from page_helpers import button, metrics, ok, page, texts
 from streamlit.testing.v1 import AppTest
 
@@ -26,22 +25,6 @@ def open_as(monkeypatch, artifacts: Path, name: str, roles: tuple[str, ...] = ("
     at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
     at.session_state[USER_KEY] = User(name, roles)
     return ok(at.run())
-
-
-def captions(at: AppTest) -> str:
-    """The captions of the images shown."""
-    return "\n".join(img.caption for e in at.get("image") for img in e.proto.imgs)
-
-
-def until(at: AppTest, shown: str, timeout: float = TIMEOUT) -> AppTest:
-    """Rerun the page (as its progress fragment does in a browser) until `shown` is in its text or an image's
-    caption: the session's cells and the model are prepared in background tasks; the page never blocks on them."""
-    deadline = time.monotonic() + timeout
-    while shown not in texts(ok(at)) + captions(at):
-        assert time.monotonic() < deadline, f"{shown!r} not shown within {timeout} s"
-        time.sleep(0.3)
-        at.run()
-    return at
 
 
 def start_session(at: AppTest, cells: int) -> AppTest:
