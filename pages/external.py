@@ -355,10 +355,11 @@ def results_section(run_path: str, settings: dict | None) -> None:
     st.subheader("2 · Zero-shot result", anchor=False)
     if settings != computed_with:  # a setting changed since: this result is not the current settings' result
         with st.container(border=True):
-            st.warning("**Not the current settings' result.** The result below was computed with: "
+            st.warning(f"**Not the current settings' result.** The last evaluation ({main['id']}, accuracy "
+                       f"{main['metrics']['all']['accuracy']:.3f} over all 8 classes) was computed with: "
                        f"{md_escape(settings_text(computed_with))}."
-                       + (f"  \nThe settings are now: {md_escape(settings_text(settings))}." if settings else ""),
-                       icon=":material/history:")
+                       + (f"  \nThe settings are now: {md_escape(settings_text(settings))}." if settings else "")
+                       + "  \nIt stays under Stored evaluations below.", icon=":material/history:")
             if settings is not None and st.button("Evaluate again with the current settings", icon=":material/refresh:",
                                                   key="ext_again",
                                                   disabled=st.session_state.get("ext_request") is not None):

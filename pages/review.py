@@ -313,10 +313,11 @@ with left:
         except UserFacingError as e:
             st.error(f"This cell's image cannot be shown: {md_escape(e)}")
         else:
-            zoom = st.select_slider("Zoom", ZOOMS, value=1, format_func=lambda z: f"{z}×", key="review_zoom",
-                                    help="Zooms in on the centre of the image, where the cell is.")
+            zoom = st.session_state.get("review_zoom", 1)
             st.image(enlarge(zoomed(original, zoom), DISPLAY_PX), width="stretch",
                      caption=md_escape(f"The cell: {where}"))
+            st.select_slider("Zoom", ZOOMS, value=1, format_func=lambda z: f"{z}×", key="review_zoom",
+                             help="Zooms in on the centre of the image, where the cell is.")
             if st.button("Enlarge", icon=":material/zoom_in:", key="review_enlarge", width="stretch"):
                 enlarged(original, where)
     with b:
