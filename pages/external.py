@@ -392,7 +392,9 @@ def results_section(run_path: str, settings: dict | None) -> None:
         except UserFacingError as e:
             st.warning(f"Normalisation needs the run's training images: {e}")
     else:
-        measure = precompute.step_task(run_path, "stain_target")
+        measure = tasks.get(f"stain_target:{Path(run_path).resolve()}")  # a failure is shown, not retried in a loop
+        if measure is None or not measure.failed:
+            measure = precompute.step_task(run_path, "stain_target")
         if measure.failed:
             st.warning(f"Normalisation needs the run's training images: {measure.error}")
         else:

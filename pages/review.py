@@ -20,6 +20,7 @@ sessions (an admin: everyone's). A decision the database could not save (busy) s
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 import streamlit as st
 
@@ -102,11 +103,15 @@ def enlarged(image: np.ndarray, note: str) -> None:
 
 
 def waiting_for(run_path: str, resize: str) -> tasks.Task | None:
-    """The background task the Grad-CAM waits for (the model, or the run's cell framing), None when ready."""
+    """The background task the Grad-CAM waits for (the model, or the run's cell framing), None when ready. A
+    task that failed is returned as it is, not started again at every rerun (the page offers a retry)."""
+    resolved = Path(run_path).resolve()
     if resize == "cell" and not precompute.ready(run_path, "cell_framing"):
-        return precompute.step_task(run_path, "cell_framing")
+        failed = tasks.get(f"cell_framing:{resolved}")
+        return failed if failed is not None and failed.failed else precompute.step_task(run_path, "cell_framing")
     if precompute.loaded(run_path) is None:
-        return precompute.model_task(run_path)
+        failed = tasks.get(f"model:{resolved}")
+        return failed if failed is not None and failed.failed else precompute.model_task(run_path)
     return None
 
 
@@ -321,17 +326,23 @@ with left:
             if st.button("Enlarge", icon=":material/zoom_in:", key="review_enlarge", width="stretch"):
                 enlarged(original, where)
     with b:
-        waiting = waiting_for(session["run_path"], session["resize"])
-        if waiting is not None:
-            await_task(waiting, "Loading the model for the Grad-CAM evidence (once per server); you can decide "
-                                "meanwhile.")
-        else:
-            try:
+        waiting = None
+        try:  # the run may have been deleted since the session started: the review goes on without its CAM
+            waiting = waiting_for(session["run_path"], session["resize"])
+            if waiting is not None and not waiting.failed:
+                await_task(waiting, "Loading the model for the Grad-CAM evidence (once per server); you can "
+                                    "decide meanwhile.")
+            else:
+                task_result(waiting)  # a failed load: its message
                 cam = cam_view(session["run_path"], cell["image"], session["resize"])
                 st.image(cam, width="stretch", caption=f"Grad-CAM: evidence for {cell['model_label']}, on what "
                                                        f"the model sees ({session['resize']} resize)")
-            except UserFacingError as e:
-                st.error(f"The Grad-CAM of this cell cannot be shown: {md_escape(e)}")
+        except UserFacingError as e:
+            st.error(f"The Grad-CAM of this cell cannot be shown: {md_escape(e)}")
+            if waiting is not None and waiting.failed and st.button("Try again", key="review_cam_retry",
+                                                                    icon=":material/refresh:"):
+                tasks.forget(waiting.key)
+                st.rerun()
 with right:
     st.markdown(f"Model's call: **{md_escape(cell['model_label'])}**")
     st.progress(float(cell["confidence"]), text=f"confidence {cell['confidence']:.1%}")
