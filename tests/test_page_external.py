@@ -50,7 +50,8 @@ def test_evaluate_external_dev_end_to_end(monkeypatch, artifacts):
     stored = storage.list_evaluations(run_dir(artifacts))
     added = [r for r in stored if r["id"] not in before]
     assert [r["normalize"] for r in added] == ["reinhard"]  # one click, one evaluation (the comparison inside)
-    assert "5 classes mapped · Reinhard normalisation (compared with none) · MedMNIST recipe resize" in body.replace("\\", "")
+    settings_shown = "5 classes mapped · Reinhard normalisation (compared with none) · MedMNIST recipe resize"
+    assert settings_shown in body.replace("\\", "")  # the settings the result was computed with
     assert "Accuracy over all 8 classes **0." in body and "(95% CI 0." in body  # the interval in the text
     assert "different staining, microscope, camera and framing" in body
     tables = [d.value for d in at.dataframe]
