@@ -4,34 +4,24 @@ A thin view over core.validation.external (layout scan, class mapping, loading, 
 Tables 14/15, storage, fine-tuning with its settings) and core.validation.stain (colour normalisation to the
 run's training set). Typed paths are confined to the server's data roots (core.access.paths, through the
 scan's `roots`); a dataset can also be uploaded as a zip, unpacked by core.data.uploads.extract_dataset.
-TensorFlow is imported, through ui.model (the shared model cache), only when an evaluation is run
-or a stored one is explained.
+TensorFlow is imported, through core.inference.precompute (the process-wide model cache), only when an
+evaluation is run or a stored one is explained. An evaluation runs in a background task (core.tasks, one per
+Evaluate click: it stores exactly one evaluation) whose progress ui.progress draws while the page stays usable.
+The result shown is always labelled with the settings it was computed with; when a setting has changed since,
+it is marked as not current, with a button to evaluate again.
 """
 
 from __future__ import annotations
 
-import hashlib
+import secrets
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import streamlit as st
 
-from core.access.paths import data_roots
-from core.data import cell_framing
-from core.data.images import RESIZE_MODES
-from core.data.uploads import MAX_FILE_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_PIXELS, extract_dataset
-from core.errors import UserFacingError
 from core.store.runs import RunStore
-from core.validation import stain
-from core.validation.external import finetune, flow, loading, mapping, report, scan, scoring, storage
-from ui.figures import confusion_heatmap
-from ui.guard import guard, show_error
-from ui.images import enlarge
-from ui.model import classifier
-from ui.runs import run_label
+from ui.guard import guard
+from ui.links import page_link
 from ui.session import page_user
-from ui.text import RESIZE_HELP, RESIZE_TITLES, plural
 
 # -- settings -------------------------------------------------------------------------------------------
 LEAVE_OUT = "(leave out)"
@@ -39,10 +29,10 @@ LAYOUTS = {"folder": "Folder per class", "csv": "CSV of path,label", "zip": "Upl
 SAMPLE_CELLS = 8  # cells shown in the normalisation comparison
 CAM_CELLS = 4  # correct and wrong cells each in the Grad-CAM section
 THUMB_PX = 128
-NORMALIZE_HELP = {"none": "The images as they are",
-                  "reinhard": "Reinhard: each image's L*a*b* mean and spread moved to the training images'",
-                  "macenko": "Macenko: stain colours estimated from the whole set and re-rendered with the "
-                             "training images' stain colours"}
+NORMALIZE_HELP = {"none": "the images as they are.",
+                  "reinhard": "each image's L\\*a\\*b\\* mean and spread are moved to the training images'.",
+                  "macenko": "the stain colours are estimated from the whole set and re-rendered with the "
+                             "training images' stain colours."}
 
 page_user("external")  # opened by URL without the role: one message, and the page stops
 st.title("External validation", anchor=False)
@@ -56,30 +46,50 @@ def runs_or_stop() -> list[dict]:
     with guard():
         runs = RunStore().list_runs("val_accuracy DESC")
     if not runs:
-        st.info("No trained runs yet. Train one on the **Train** page or with `python -m core train`; external "
-                "validation applies a trained run to another lab's cells.", icon=":material/model_training:")
+        st.info("No trained runs yet. External validation applies a trained run to another lab's cells: train one "
+                "first (or with `python -m core train`).", icon=":material/model_training:")
+        page_link("train", "Train a model", ":material/model_training:")
         st.stop()
     return runs
+
+
+runs = runs_or_stop()  # the empty state first, before the modules below (plotly, scikit-learn) are imported
+
+import hashlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from core import tasks  # noqa: E402
+from core.access.paths import data_roots  # noqa: E402
+from core.data.images import RESIZE_MODES  # noqa: E402
+from core.data.uploads import MAX_FILE_BYTES, MAX_ZIP_MEMBERS, MAX_ZIP_PIXELS, extract_dataset  # noqa: E402
+from core.errors import UserFacingError  # noqa: E402
+from core.inference import precompute  # noqa: E402
+from core.store.runs import open_run  # noqa: E402
+from core.validation import stain  # noqa: E402
+from core.validation.external import finetune, flow, loading, mapping, report, scan, scoring, storage  # noqa: E402
+from ui.figures import confusion_heatmap  # noqa: E402
+from ui.guard import show_error  # noqa: E402
+from ui.images import enlarge  # noqa: E402
+from ui.progress import await_task, task_result  # noqa: E402
+from ui.runs import run_label  # noqa: E402
+from ui.text import RESIZE_HELP, RESIZE_TITLES, md_escape, plural  # noqa: E402
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def load_data(location: str, kind: str, csv_base: str, class_map: tuple, size: int, resize: str,
               labels: tuple, signature: tuple, cell_fraction: float | None,
               roots: tuple[str, ...]) -> loading.ExternalImages:
+    return read_data(location, kind, csv_base, class_map, size, resize, labels, cell_fraction, roots)
+
+
+def read_data(location: str, kind: str, csv_base: str, class_map: tuple, size: int, resize: str, labels: tuple,
+              cell_fraction: float | None, roots: tuple[str, ...]) -> loading.ExternalImages:
     source = (scan.scan(csv_base or None, location, roots=roots) if kind == "csv"
               else scan.scan(location, roots=roots))
     return loading.load_images(source, size, dict(class_map), resize, list(labels), cell_fraction=cell_fraction,
                                roots=roots)
-
-
-@st.cache_data(max_entries=2, show_spinner="Measuring the cells of the run's training images (once per run)…")
-def get_cell_fraction(run_path: str, resize: str) -> float | None:
-    return cell_framing.run_fraction(run_path, resize)
-
-
-@st.cache_data(max_entries=2, show_spinner="Measuring the colours of the run's training images (once per run)…")
-def get_target(run_path: str) -> stain.StainTarget:
-    return stain.run_target(run_path)
 
 
 def table14_frame(metrics: dict) -> pd.DataFrame:
@@ -106,7 +116,15 @@ def table14_view(metrics: dict, key: str) -> None:
     st.caption(caption)
 
 
-def show_metrics(record: dict, key: str) -> None:
+def own_accuracy(run_path: str) -> float | None:
+    """The run's accuracy on its own test split (None when its metrics cannot be read)."""
+    try:
+        return float(open_run(run_path).metrics["test"]["accuracy"])
+    except (UserFacingError, KeyError, TypeError, ValueError):
+        return None
+
+
+def show_metrics(record: dict, key: str, own: float | None) -> None:
     m_all, m_shared = record["metrics"]["all"], record["metrics"]["shared"]
     c = st.columns(5)
     c[0].metric("Images scored", record["n_images"])
@@ -117,6 +135,9 @@ def show_metrics(record: dict, key: str) -> None:
     c[3].metric("Balanced accuracy (all 8)", f"{m_all['balanced_accuracy']:.3f}",
                 help="Mean recall over the dataset's classes: not dominated by the largest class.")
     c[4].metric("Files left out", storage.excluded_total(record.get("excluded", {})))
+    st.markdown(f"Accuracy over all 8 classes **{report.accuracy_text(m_all)}**; over the shared classes "
+                f"**{report.accuracy_text(m_shared)}**.")
+    st.info(report.cross_lab_sentence(record, own), icon=":material/science:")
     excluded = record.get("excluded", {})
     if excluded.get("no_cell"):
         st.warning(f"{plural(excluded['no_cell'], 'image')} skipped: cell-centred framing found no cell, so they "
@@ -137,8 +158,9 @@ def show_metrics(record: dict, key: str) -> None:
                                          else ""))
 
 
-def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -> scan.ExternalSource | None:
-    """Path -> scan -> mapping -> Evaluate. Returns the scanned source (None when there is none)."""
+def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -> dict | None:
+    """Path -> scan -> mapping -> Evaluate. Returns the settings an evaluation would use now (None: no dataset
+    that can be scored)."""
     st.subheader("1 · Dataset", anchor=False)
     kind_key = st.segmented_control("Layout", list(LAYOUTS), format_func=LAYOUTS.get, default="folder",
                                     required=True, key="ext_kind")
@@ -210,23 +232,86 @@ def dataset_section(run_path: str, resize: str, normalize: str, compare: bool) -
             st.code("\n".join(source.messages), language=None)
     if not any(chosen.values()):
         st.error("No class is mapped to a BloodMNIST class: there is nothing to score.")
-        return source
+        return None
 
-    if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="ext_go"):
-        try:
-            data_key = (source.location, kind_key, csv_base.strip(), tuple(sorted(chosen.items())), resize,
-                        source.signature(), get_cell_fraction(run_path, resize), roots)
-            with st.spinner("Reading the images and scoring them…"):
-                clf = classifier(run_path)
-                data = load_data(*data_key[:4], clf.image_size, data_key[4], tuple(clf.labels), *data_key[5:])
-                target = get_target(run_path) if normalize != "none" else None
-                records = flow.run_external(clf, data, normalize, compare=("none",) if compare else (),
-                                            run_dir=run_path, target=target)
-                ids = [r["id"] for r in records]
-            st.session_state.ext_current = {"run_path": run_path, "ids": ids, "data_key": data_key}
-        except UserFacingError as e:
-            show_error(e)
-    return source
+    settings = {"run_path": run_path, "location": source.location, "kind": kind_key, "csv_base": csv_base.strip(),
+                "mapping": tuple(sorted(chosen.items())), "resize": resize, "normalize": normalize,
+                "compare": bool(compare), "signature": source.signature()}
+    building = st.session_state.get("ext_request")
+    if st.button("Evaluate", type="primary", icon=":material/play_arrow:", key="ext_go", disabled=building is not None):
+        request_evaluation(settings)
+    return settings
+
+
+def settings_text(settings: dict) -> str:
+    """The settings an evaluation was computed with, in words."""
+    mapped = sum(1 for _, v in settings["mapping"] if v)
+    return (f"{Path(settings['location']).name} · {mapped} classes mapped · "
+            f"{stain.METHOD_TITLES[settings['normalize']]} normalisation"
+            + (" (compared with none)" if settings["compare"] else "")
+            + f" · {RESIZE_TITLES.get(settings['resize'], settings['resize'])} resize · run "
+              f"{Path(settings['run_path']).name}")
+
+
+def request_evaluation(settings: dict) -> None:
+    """One click, one evaluation: the request gets its own key, so reruns join the same background task."""
+    st.session_state.ext_request = {"nonce": secrets.token_hex(8), "settings": settings}
+    st.rerun()
+
+
+def evaluation_task(request: dict) -> tasks.Task:
+    """Load the model, measure the run's training images when a setting needs it, read and score the images:
+    in the background, as phases with the times they took last time."""
+    settings = request["settings"]
+    run_path, resize, normalize = settings["run_path"], settings["resize"], settings["normalize"]
+    roots = tuple(str(r) for r in data_roots())
+
+    def work(tracker):
+        if precompute.loaded(run_path) is None:
+            tracker.start("loading", "the run's model")
+        clf = precompute.classifier(run_path)
+        if measuring:
+            tracker.start("measuring", "the run's training images (once per run)")
+        fraction = precompute.run_step(run_path, "cell_framing").fraction if resize == "cell" else None
+        target = precompute.run_step(run_path, "stain_target") if normalize != "none" else None
+        tracker.start("predicting", "reading and scoring the images")
+        data = read_data(settings["location"], settings["kind"], settings["csv_base"], settings["mapping"],
+                         clf.image_size, resize, tuple(clf.labels), fraction, roots)
+        records = flow.run_external(clf, data, normalize, compare=("none",) if settings["compare"] else (),
+                                    run_dir=run_path, target=target)
+        return records[-1]["id"], data
+
+    measuring = ((resize == "cell" and not precompute.ready(run_path, "cell_framing"))
+                 or (normalize != "none" and not precompute.ready(run_path, "stain_target")))
+    plan = []
+    if precompute.loaded(run_path) is None:
+        plan.append(("loading", precompute.expected_seconds(run_path, "loading")))
+    if measuring:
+        plan.append(("measuring", precompute.DEFAULT_SECONDS["measuring"]))
+    plan.append(("predicting", precompute.DEFAULT_SECONDS["predicting"]))
+    return tasks.start(f"ext-eval:{request['nonce']}", "Evaluating", plan, work)
+
+
+def evaluation_progress() -> None:
+    """While an evaluation runs: its progress; once it ends, it becomes the current result."""
+    request = st.session_state.get("ext_request")
+    if request is None:
+        return
+    task = evaluation_task(request)
+    if task.running:
+        await_task(task, "Evaluating: the run's model reads and scores the images; the page stays usable.")
+        return
+    st.session_state.pop("ext_request", None)
+    try:
+        eval_id, data = task_result(task)
+    except UserFacingError as e:
+        show_error(e)
+        return
+    finally:
+        tasks.forget(task.key)
+    st.session_state.ext_current = {"run_path": request["settings"]["run_path"], "id": eval_id,
+                                    "settings": request["settings"]}
+    st.session_state.ext_data = (eval_id, data)
 
 
 def uploaded_zip_folder() -> str:
@@ -256,25 +341,43 @@ def uploaded_zip_folder() -> str:
     return done[1]
 
 
-def results_section(run_path: str) -> None:
+def results_section(run_path: str, settings: dict | None) -> None:
     current = st.session_state.get("ext_current")
     if not current or current["run_path"] != run_path:
         return
     try:
-        records = [storage.load_evaluation(run_path, i) for i in current["ids"]]
+        main = storage.load_evaluation(run_path, current["id"])
     except UserFacingError as e:
         show_error(e)
         return
-    main = records[-1]
+    records = report.compared_records(main)
+    computed_with = current["settings"]
     st.subheader("2 · Zero-shot result", anchor=False)
-    st.caption(f"Evaluation {main['id']} · {Path(main['dataset']['path']).name} · "
-               f"{stain.METHOD_TITLES[main['normalize']]} normalisation · "
-               f"{RESIZE_TITLES.get(main['resize'], main['resize'])} · "
+    if settings != computed_with:  # a setting changed since: this result is not the current settings' result
+        with st.container(border=True):
+            st.warning(f"**Not the current settings' result.** The last evaluation ({main['id']}, accuracy "
+                       f"{main['metrics']['all']['accuracy']:.3f} over all 8 classes) was computed with: "
+                       f"{md_escape(settings_text(computed_with))}."
+                       + (f"  \nThe settings are now: {md_escape(settings_text(settings))}." if settings else "")
+                       + "  \nIt stays under Stored evaluations below.", icon=":material/history:")
+            if settings is not None and st.button("Evaluate again with the current settings", icon=":material/refresh:",
+                                                  key="ext_again",
+                                                  disabled=st.session_state.get("ext_request") is not None):
+                request_evaluation(settings)
+        return
+    st.caption(f"Evaluation {main['id']} · computed with: {md_escape(settings_text(computed_with))} · "
                f"stored in {Path(run_path).name}/external/")
-    show_metrics(main, "ext_main")
-    key = current["data_key"]
-    clf = classifier(run_path)
-    data = load_data(*key[:4], clf.image_size, key[4], tuple(clf.labels), *key[5:])
+    show_metrics(main, "ext_main", own_accuracy(run_path))
+    clf = precompute.classifier(run_path)
+    held = st.session_state.get("ext_data")
+    if held and held[0] == main["id"]:
+        data = held[1]
+    else:
+        fraction = (precompute.run_step(run_path, "cell_framing").fraction if computed_with["resize"] == "cell"
+                    else None)
+        data = load_data(computed_with["location"], computed_with["kind"], computed_with["csv_base"],
+                         computed_with["mapping"], clf.image_size, computed_with["resize"], tuple(clf.labels),
+                         computed_with["signature"], fraction, tuple(str(r) for r in data_roots()))
 
     # -- normalisation, side by side
     st.subheader("3 · Colour normalisation", anchor=False)
@@ -282,11 +385,21 @@ def results_section(run_path: str) -> None:
         st.markdown("**Metrics with and without normalisation** (same images, same model)")
         st.dataframe(report.comparison_table(records).rename(columns=stain.METHOD_TITLES).style.format("{:.3f}"),
                      key="ext_compare_table")
-    try:
-        target = get_target(run_path)
-    except UserFacingError as e:
-        st.warning(f"Normalisation needs the run's training images: {e}")
-        target = None
+    target = None
+    if precompute.ready(run_path, "stain_target"):
+        try:
+            target = precompute.run_step(run_path, "stain_target")
+        except UserFacingError as e:
+            st.warning(f"Normalisation needs the run's training images: {e}")
+    else:
+        measure = tasks.get(f"stain_target:{Path(run_path).resolve()}")  # a failure is shown, not retried in a loop
+        if measure is None or not measure.failed:
+            measure = precompute.step_task(run_path, "stain_target")
+        if measure.failed:
+            st.warning(f"Normalisation needs the run's training images: {measure.error}")
+        else:
+            await_task(measure, "Measuring the colours of the run's training images (once per run), to show these "
+                                "cells normalised.")
     pick = report.sample_indices(len(data), SAMPLE_CELLS)
     shown = {"none": data.images}
     if target is not None:
@@ -375,13 +488,12 @@ def stored_section(run_path: str) -> None:
                                                 f"acc {by_id[i]['accuracy_all']:.3f}")
     if chosen:
         try:
-            show_metrics(storage.load_evaluation(run_path, chosen), f"ext_old_{chosen}")
+            show_metrics(storage.load_evaluation(run_path, chosen), f"ext_old_{chosen}", own_accuracy(run_path))
         except UserFacingError as e:
             show_error(e)
 
 
 # -- the page ---------------------------------------------------------------------------------------------
-runs = runs_or_stop()
 best_id = runs[0]["run_id"]
 with st.sidebar:
     st.subheader("Model and settings", anchor=False)
@@ -390,10 +502,13 @@ with st.sidebar:
     resize = st.radio("Resize", RESIZE_MODES, key="ext_resize", format_func=RESIZE_TITLES.get, help=RESIZE_HELP)
     normalize = st.radio("Colour normalisation", stain.METHODS, format_func=stain.METHOD_TITLES.get,
                          key="ext_normalize",
-                         help="\n\n".join(f"{stain.METHOD_TITLES[k]}: {v}" for k, v in NORMALIZE_HELP.items()))
+                         help="How the other lab's colours are made like the training images' before "
+                              "scoring:\n\n" + "\n\n".join(f"**{stain.METHOD_TITLES[k]}**: {v}"
+                                                          for k, v in NORMALIZE_HELP.items()))
     compare = normalize != "none" and st.toggle("Also evaluate without normalisation, to compare", value=True,
                                                 key="ext_compare")
 
-dataset_section(run["path"], resize, normalize, compare)
-results_section(run["path"])
+settings = dataset_section(run["path"], resize, normalize, compare)
+evaluation_progress()
+results_section(run["path"], settings)
 stored_section(run["path"])

@@ -1,6 +1,7 @@
 """Home: what CellScope is, which BloodMNIST files are here, and how the runs so far went.
 
-A thin view over core.store.overview (file sizes and the SQLite run index); it never loads TensorFlow.
+A thin view over core.store.overview (file sizes and the SQLite run index); it never loads TensorFlow. Links to
+other pages are st.page_link (ui.links), drawn only for pages the user may open.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from core.store.overview import (
     weights_label,
 )
 from ui.guard import guard
+from ui.links import page_link
 from ui.session import page_user
 
 page_user("home")  # opened by URL without the role: one message, and the page stops
@@ -71,6 +73,13 @@ def show_best(best: dict) -> None:
                    help="Macro one-vs-rest ROC AUC over the classes.")
         epoch.metric("Best epoch", f"{best['best_epoch']} of {best['epochs_run']}")
         st.caption(f"Run `{best['run_id']}`")
+        links = st.columns(3)
+        with links[0]:
+            page_link("results", "Its results", ":material/table_chart:", {"run": best["run_id"]})
+        with links[1]:
+            page_link("confusion", "Its confusions", ":material/grid_on:", {"run": best["run_id"]})
+        with links[2]:
+            page_link("classify", "Classify a cell", ":material/biotech:")
 
 
 def show_runs(files: list[DatasetFile]) -> RunsOverview:
@@ -82,8 +91,10 @@ def show_runs(files: list[DatasetFile]) -> RunsOverview:
         data = str(first.path) if first else "PATH/TO/bloodmnist.npz"
         steps = [] if present or first is None else [first.download_command]
         steps.append(f"python -m core train --data {data} --arch resnet18 --epochs 1 --limit-train 512")
-        st.info("No runs yet. Train a first, small one from a terminal in the project folder:",
-                icon=":material/model_training:")
+        st.info("No runs yet. First step: train a small model (one epoch on a few hundred images takes a minute "
+                "or two); every other page works from a trained run.", icon=":material/model_training:")
+        page_link("train", "Train a first model", ":material/model_training:")
+        st.caption("Or from a terminal in the project folder:")
         st.code("\n".join(steps), language="bash", wrap_lines=True)
         st.caption("Any MedMNIST-layout npz works with --data. Runs are saved in "
                    f"`{overview.runs_dir}`")

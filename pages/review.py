@@ -1,13 +1,16 @@
 """Review: a pathologist goes through a model's calls one cell at a time, as with a digital morphology
 analyser's pre-classification: agree, reclassify, unsure or not a cell, with a note.
 
-A thin view over core.validation.review (SQLite sessions that survive restarts and resume where they stopped). The
-model (TensorFlow, through ui.model, the shared model cache) is loaded only once a session is started or shown:
-it gives the Grad-CAM evidence for each call.
+A thin view over core.validation.review (SQLite sessions that survive restarts and resume where they stopped).
+Like a review station's screen, each cell shows its largest image here (an upload as stored; a dataset cell from
+the largest BloodMNIST size on this machine) with a zoom and an "Enlarge" dialog, the model's three most likely
+classes, and a running tally per class. Nothing blocks the page: a session's cells are predicted, and the model
+for the Grad-CAM evidence is loaded (core.inference.precompute, the process-wide model cache), in background
+tasks (core.tasks) whose progress is drawn by ui.progress while the rest of the page stays usable.
 
 Keyboard: in the decision form, Enter in the note field submits "Agree" (the form's first button); the
 buttons also have shortcuts, shown on them: A agree, U unsure, X not a cell, 1-8 reclassify as that class,
-B back, N next. Shortcuts are ignored while typing in a text field.
+B back, N next, Z undo the last decision. Shortcuts are ignored while typing in a text field.
 
 The reviewer is the logged-in user (ui.session), never a typed name: a user sees and continues their own
 sessions (an admin: everyone's). A decision the database could not save (busy) stays in the page with a
@@ -16,27 +19,22 @@ sessions (an admin: everyone's). A decision the database could not save (busy) s
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+import secrets
+from pathlib import Path
+
 import streamlit as st
 
-from core.access.paths import data_roots
-from core.data.cell_framing import run_fraction
-from core.data.images import RESIZE_MODES
-from core.data.uploads import UPLOAD_TYPES
 from core.errors import UserFacingError
-from core.store.runs import RunStore
-from core.validation import review as rv
-from ui.figures import confusion_heatmap
+from core.store.runs import RunStore, open_run
 from ui.guard import guard, show_error
-from ui.images import enlarge
-from ui.model import classifier
-from ui.runs import run_label
+from ui.links import page_link
 from ui.session import page_user
-from ui.text import RESIZE_HELP, RESIZE_TITLES, md_escape
+from ui.text import md_escape
 
 # -- settings -------------------------------------------------------------------------------------------
 DISPLAY_PX = 320  # the cell image is scaled to this many pixels a side
+ENLARGED_PX = 720  # in the "Enlarge" dialog
+ZOOMS = (1, 2, 3, 4)  # the zoom crops the image's centre to 1/zoom of its side and scales it back up
 DEFAULT_CELLS = 50
 
 user = page_user("review")  # opened by URL without the role: one message, and the page stops
@@ -44,20 +42,89 @@ st.title("Review", anchor=False)
 st.caption("Go through a model's calls one cell at a time, with its confidence and Grad-CAM evidence, and agree, "
            "reclassify, mark unsure or 'not a cell'. Sessions are saved as you go and can be resumed later; two "
            "reviewers of the same cells can be compared (Cohen's kappa).")
+runs = []
+with guard(stop=False):
+    runs = RunStore().list_runs("val_accuracy DESC")
+if not runs:  # the empty state first, before the review modules (scikit-learn, plotly) are imported
+    st.info("No trained runs yet: a review goes through a trained model's calls. Train one first:",
+            icon=":material/model_training:")
+    page_link("train", "Train a model", ":material/model_training:")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from core import tasks  # noqa: E402
+from core.access.paths import data_roots  # noqa: E402
+from core.data.cell_framing import run_fraction  # noqa: E402
+from core.data.images import RESIZE_MODES  # noqa: E402
+from core.data.uploads import UPLOAD_TYPES  # noqa: E402
+from core.inference import precompute  # noqa: E402
+from core.validation import review as rv  # noqa: E402
+from ui.figures import confusion_heatmap  # noqa: E402
+from ui.images import enlarge  # noqa: E402
+from ui.progress import await_task, task_result  # noqa: E402
+from ui.runs import run_label  # noqa: E402
+from ui.text import RESIZE_HELP, RESIZE_TITLES  # noqa: E402
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def cell_view(run_path: str, image_ref: str, resize: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(the original image when it is larger than the model's input, the model's input scaled up, the same
-    with the Grad-CAM of the model's call over it)."""
+def original_view(image_ref: str) -> tuple[np.ndarray, str]:
+    """The cell as the reviewer sees it: its largest image here (rv.original_cell), and where it comes from."""
+    original = rv.original_cell(image_ref)
+    return original.image, original.note
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def cam_view(run_path: str, image_ref: str, resize: str) -> np.ndarray:
+    """What the model sees, scaled up, with the Grad-CAM of its call over it (the model must be loaded)."""
     from core.explain.overlay import overlay  # noqa: PLC0415
 
-    clf = classifier(run_path)
-    original, model_input = rv.cell_pixels(image_ref, clf.image_size, resize, run_fraction(run_path, resize))
+    clf = precompute.classifier(run_path)
+    _, model_input = rv.cell_pixels(image_ref, clf.image_size, resize, run_fraction(run_path, resize))
     expl = clf.explain(model_input[None], "gradcam")
     big = enlarge(model_input, DISPLAY_PX)
-    shown = enlarge(original, DISPLAY_PX) if original.shape[:2] != model_input.shape[:2] else None
-    return shown, big, overlay(big, expl.heatmaps[0])
+    return overlay(big, expl.heatmaps[0])
+
+
+def zoomed(image: np.ndarray, zoom: int) -> np.ndarray:
+    """The centre 1/zoom of the image (a reviewer zooms in on the cell, which sits in the middle)."""
+    if zoom <= 1:
+        return image
+    h, w = image.shape[:2]
+    ch, cw = max(1, round(h / zoom)), max(1, round(w / zoom))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top:top + ch, left:left + cw]
+
+
+@st.dialog("The cell, enlarged", width="large")
+def enlarged(image: np.ndarray, note: str) -> None:
+    zoom = st.select_slider("Zoom", ZOOMS, value=1, format_func=lambda z: f"{z}×", key="review_dialog_zoom")
+    st.image(enlarge(zoomed(image, zoom), ENLARGED_PX), caption=md_escape(note), width="stretch")
+
+
+def waiting_for(run_path: str, resize: str) -> tasks.Task | None:
+    """The background task the Grad-CAM waits for (the model, or the run's cell framing), None when ready. A
+    task that failed is returned as it is, not started again at every rerun (the page offers a retry)."""
+    resolved = Path(run_path).resolve()
+    if resize == "cell" and not precompute.ready(run_path, "cell_framing"):
+        failed = tasks.get(f"cell_framing:{resolved}")
+        return failed if failed is not None and failed.failed else precompute.step_task(run_path, "cell_framing")
+    if precompute.loaded(run_path) is None:
+        failed = tasks.get(f"model:{resolved}")
+        return failed if failed is not None and failed.failed else precompute.model_task(run_path)
+    return None
+
+
+def agreement_sentence(summary: dict) -> str:
+    """'Agreement 12 of 14 cells given a class (85.7%); 3 unsure or not a cell are left out of it.'"""
+    left_out = summary["decisions"]["unsure"] + summary["decisions"]["not_cell"]
+    if summary["agreement_overall"] is None:
+        text = "Agreement: none yet (it counts the cells you agree with or reclassify)"
+    else:
+        agreed = summary["decisions"]["agree"]
+        text = (f"Agreement {agreed} of {summary['agreement_n']} cells given a class "
+                f"({summary['agreement_overall']:.1%})")
+    return text + (f"; {left_out} unsure or not a cell left out of it." if left_out else ".")
 
 
 def session_label(s: dict) -> str:
@@ -89,6 +156,66 @@ def damaged_store(error: rv.ReviewStoreError) -> None:
     st.stop()
 
 
+# -- building a session: in the background (core.tasks), the page stays usable ----------------------------
+def cells_task(request: dict) -> tasks.Task:
+    """External or uploaded cells, predicted by the run's model in a background task (one per Start click)."""
+    run_path, kind = request["run_path"], request["kind"]
+
+    def work(tracker) -> list[rv.CellSpec]:
+        if precompute.loaded(run_path) is None:
+            tracker.start("loading", "the run's model")
+        clf = precompute.classifier(run_path)
+        tracker.start("predicting", "the cells, then ordering them")
+        if kind == "external":
+            return rv.cells_from_external(clf, request["folder"], resize=request["resize"], limit=request["limit"],
+                                          order=request["order"], roots=data_roots())
+        return rv.cells_from_files(clf, request["paths"], request["resize"], request["order"])[:request["limit"]]
+
+    plan = [("predicting", precompute.DEFAULT_SECONDS["predicting"])]
+    if precompute.loaded(run_path) is None:
+        plan.insert(0, ("loading", precompute.expected_seconds(run_path, "loading")))
+    return tasks.start(f"review-cells:{request['nonce']}", "Predicting the cells", plan, work)
+
+
+def build_session(request: dict) -> None:
+    """Draw the progress of the session being built; create and open it once its cells are ready."""
+    if request["kind"] == "test":
+        task = None if precompute.ready(request["run_path"], "test_predictions") else \
+            precompute.step_task(request["run_path"], "test_predictions")
+    else:
+        task = cells_task(request)
+    if task is not None and task.running:
+        await_task(task, "Preparing the session: the model predicts the cells once, then they are ordered. The "
+                         "rest of the page stays usable meanwhile.")
+        return
+    st.session_state.pop("review_request", None)
+    try:
+        result = task_result(task)
+        if request["kind"] == "test":
+            from core.evaluation import predictions  # noqa: PLC0415
+
+            stored = result if result is not None else predictions.cached(request["run_path"])
+            if stored is None:
+                raise rv.ReviewError("The run's test predictions could not be read; start the session again")
+            cells = rv.cells_from_predictions(open_run(request["run_path"]).training_data(), request["labels"],
+                                              stored.y_true, stored.probabilities, request["limit"],
+                                              request["order"])
+            source = "test split"
+        else:
+            cells = result
+            source = request["source"]
+        sid = store.create_session(user, request["run_id"], request["run_path"], request["kind"], source,
+                                   request["order"], cells, request["labels"], request["resize"])
+    except UserFacingError as e:
+        show_error(e)
+        return
+    finally:
+        if task is not None and request["kind"] != "test":
+            tasks.forget(task.key)
+    open_session(sid)
+    st.rerun()
+
+
 # -- the reviewer and the sessions ------------------------------------------------------------------------
 notice = st.session_state.pop("review_notice", None)
 if notice:
@@ -111,12 +238,7 @@ with resume_tab:
                 open_session(picked["id"])
 
 with start_tab:
-    runs = []
-    with guard(stop=False):
-        runs = RunStore().list_runs("val_accuracy DESC")
-    if not runs:
-        st.info("No trained runs yet: train one on the **Train** page first.", icon=":material/model_training:")
-    else:
+    if runs:
         best_id = runs[0]["run_id"]
         c1, c2 = st.columns(2)
         run = c1.selectbox("Run whose calls are reviewed", runs, key="review_run",
@@ -137,32 +259,31 @@ with start_tab:
             files = st.file_uploader("Cell images", type=[t for t in UPLOAD_TYPES if t != "zip"],
                                      accept_multiple_files=True,
                                      key="review_files")
-        if st.button("Start session", type="primary", icon=":material/play_arrow:", key="review_start"):
+        building = st.session_state.get("review_request")
+        if st.button("Start session", type="primary", icon=":material/play_arrow:", key="review_start",
+                     disabled=building is not None):
             try:
-                with st.spinner("Predicting the cells and ordering them…"):
-                    clf = classifier(run["path"])
-                    if kind == "test":
-                        cells, source = rv.cells_from_test_split(clf, int(limit), order), "test split"
-                    elif kind == "external":
-                        if not folder.strip():
-                            raise rv.ReviewError("Enter the external dataset's folder")
-                        cells = rv.cells_from_external(clf, folder.strip(), resize=resize, limit=int(limit),
-                                                       order=order, roots=data_roots())
-                        source = folder.strip()
-                    else:
-                        if not files:
-                            raise rv.ReviewError("Upload at least one image")
-                        paths, problems = rv.save_uploads((f.name, f.getvalue()) for f in files)
-                        for p in problems:
-                            st.warning(p)
-                        cells = rv.cells_from_files(clf, paths, resize, order)[:int(limit)]
-                        source = f"{len(paths)} uploaded images"
-                    sid = store.create_session(user, run["run_id"], run["path"], kind, source, order, cells,
-                                               clf.labels, resize)
-                open_session(sid)
-                st.rerun()
+                request = {"nonce": secrets.token_hex(8), "run_id": run["run_id"], "run_path": run["path"],
+                           "kind": kind, "order": order, "limit": int(limit), "resize": resize,
+                           "labels": list(open_run(run["path"]).metrics["test"]["labels"])}
+                if kind == "external":
+                    if not folder.strip():
+                        raise rv.ReviewError("Enter the external dataset's folder")
+                    request.update(folder=folder.strip(), source=folder.strip())
+                elif kind == "uploads":
+                    if not files:
+                        raise rv.ReviewError("Upload at least one image")
+                    paths, problems = rv.save_uploads((f.name, f.getvalue()) for f in files)
+                    for p in problems:
+                        st.warning(p)
+                    if not paths:
+                        raise rv.ReviewError("None of the uploaded files could be read as an image")
+                    request.update(paths=paths, source=f"{len(paths)} uploaded images")
+                st.session_state.review_request = building = request
             except UserFacingError as e:
                 show_error(e)
+        if building is not None:
+            build_session(building)
 
 sid = st.session_state.get("review_sid")
 if sid is None:
@@ -181,32 +302,55 @@ labels = session["labels"]
 n = session["n_cells"]
 pos = rv.clamp_position(st.session_state.get("review_pos"), n)
 done, total = store.progress(sid)
+summary = store.summary(sid)
 st.divider()
 st.subheader(f"Session #{sid} · cell {pos + 1} of {n}", anchor=False)
 st.progress(done / total, text=f"{done} of {total} reviewed · "
                               f"{rv.ORDER_TITLES[session['order_mode']].lower()} · run {session['run_id']}")
 cell = store.cell(sid, pos)
 
-try:
-    original, seen, cam = cell_view(session["run_path"], cell["image"], session["resize"])
-except UserFacingError as e:
-    st.error(f"This cell's image cannot be shown: {md_escape(e)}")
-    seen = None
-
 left, right = st.columns([6, 5], gap="large")
 with left:
-    if seen is not None:
-        a, b = st.columns(2)
-        if original is not None:
-            a.image(original, caption="The cell (original image)", width="stretch")
-            b.image(cam, caption=f"Grad-CAM for {cell['model_label']}, on what the model sees "
-                                 f"({session['resize']} resize)", width="stretch")
+    a, b = st.columns(2)
+    with a:
+        try:
+            original, where = original_view(cell["image"])
+        except UserFacingError as e:
+            st.error(f"This cell's image cannot be shown: {md_escape(e)}")
         else:
-            a.image(seen, caption="The cell, as the model sees it", width="stretch")
-            b.image(cam, caption=f"Grad-CAM: evidence for {cell['model_label']}", width="stretch")
+            zoom = st.session_state.get("review_zoom", 1)
+            st.image(enlarge(zoomed(original, zoom), DISPLAY_PX), width="stretch",
+                     caption=md_escape(f"The cell: {where}"))
+            st.select_slider("Zoom", ZOOMS, value=1, format_func=lambda z: f"{z}×", key="review_zoom",
+                             help="Zooms in on the centre of the image, where the cell is.")
+            if st.button("Enlarge", icon=":material/zoom_in:", key="review_enlarge", width="stretch"):
+                enlarged(original, where)
+    with b:
+        waiting = None
+        try:  # the run may have been deleted since the session started: the review goes on without its CAM
+            waiting = waiting_for(session["run_path"], session["resize"])
+            if waiting is not None and not waiting.failed:
+                await_task(waiting, "Loading the model for the Grad-CAM evidence (once per server); you can "
+                                    "decide meanwhile.")
+            else:
+                task_result(waiting)  # a failed load: its message
+                cam = cam_view(session["run_path"], cell["image"], session["resize"])
+                st.image(cam, width="stretch", caption=f"Grad-CAM: evidence for {cell['model_label']}, on what "
+                                                       f"the model sees ({session['resize']} resize)")
+        except UserFacingError as e:
+            st.error(f"The Grad-CAM of this cell cannot be shown: {md_escape(e)}")
+            if waiting is not None and waiting.failed and st.button("Try again", key="review_cam_retry",
+                                                                    icon=":material/refresh:"):
+                tasks.forget(waiting.key)
+                st.rerun()
 with right:
-    st.markdown(f"Model's call: **{cell['model_label']}**")
+    st.markdown(f"Model's call: **{md_escape(cell['model_label'])}**")
     st.progress(float(cell["confidence"]), text=f"confidence {cell['confidence']:.1%}")
+    if cell["top"]:
+        st.markdown("Most likely classes: " + " · ".join(
+            f"{i + 1}. {md_escape(label)} **{p:.1%}**" for i, (label, p) in enumerate(cell["top"])))
+    else:
+        st.caption("This session was started before the model's next most likely classes were kept.")
     if cell["decision"]:
         said = rv.reviewer_category(cell["decision"], cell["label"])
         st.success(f"Reviewed: {rv.DECISION_TITLES[cell['decision']].lower()}"
@@ -268,22 +412,45 @@ with right:
         here = int(st.session_state.get("review_pos") or 0)
         st.session_state.review_pos = rv.clamp_position(here + step, n)
 
-    nav1, nav2 = st.columns(2)
+    def undo() -> None:
+        try:
+            back_to = store.undo_last(sid, user=user)
+        except UserFacingError as e:
+            st.session_state.review_error = str(e)
+            return
+        if back_to is not None:
+            st.session_state.review_pos = back_to
+            st.session_state.pop("review_note_for", None)  # the cell's note field is emptied with its decision
+
+    nav1, nav2, nav3 = st.columns(3)
     nav1.button("Back", shortcut="B", on_click=move, args=(-1,), disabled=pos == 0, icon=":material/arrow_back:",
                 width="stretch", key="review_back")
     nav2.button("Next", shortcut="N", on_click=move, args=(1,), disabled=pos >= n - 1,
                 icon=":material/arrow_forward:", width="stretch", key="review_next")
-    st.caption("Keys: A agree · U unsure · X not a cell · 1–8 reclassify · B back · N next · Enter in the note "
-               "= agree.")
+    nav3.button("Undo last", shortcut="Z", on_click=undo, disabled=done == 0, icon=":material/undo:",
+                width="stretch", key="review_undo", help="Take back the latest decision and go back to its cell.")
+    st.caption("Keys: A agree · U unsure · X not a cell · 1–8 reclassify · B back · N next · Z undo the last "
+               "decision · Enter in the note = agree.")
+
+    st.markdown("**Tally by the model's call**")
+    tally = rv.reviewed_agreement(summary["agreement"])
+    if tally:
+        st.table(pd.DataFrame([{"Model's call": r["model_label"], "Reviewed": r["reviewed"], "Agreed": r["agree"],
+                                "Reclassified": r["reclassify"], "Unsure / not a cell": r["unsure"] + r["not_cell"]}
+                               for r in tally]), hide_index=True)
+    else:
+        st.caption("No decisions yet: each class's counts appear here as you decide.")
+    st.caption(agreement_sentence(summary))
 
 # -- summary ----------------------------------------------------------------------------------------------
 st.divider()
 st.subheader("Summary", anchor=False)
-summary = store.summary(sid)
 c = st.columns(4)
 c[0].metric("Reviewed", f"{summary['reviewed']} of {summary['n_cells']}")
 c[1].metric("Agreement with the model",
-            "–" if summary["agreement_overall"] is None else f"{summary['agreement_overall']:.1%}")
+            "–" if summary["agreement_overall"] is None else f"{summary['agreement_overall']:.1%}",
+            help="Agreed ÷ (agreed + reclassified): cells marked unsure or not a cell are left out, since they say "
+                 "nothing about whether the model's call was right.")
 c[2].metric("Unsure", summary["decisions"]["unsure"])
 c[3].metric("Not a cell", summary["decisions"]["not_cell"])
 if summary["reviewed"]:
@@ -296,6 +463,8 @@ if summary["reviewed"]:
                          "model_label": "Model's call", "not_cell": "not a cell",
                          "agreement": st.column_config.ProgressColumn("Agreement", format="percent", min_value=0,
                                                                       max_value=1)})
+        st.caption("Agreement per class: agreed ÷ (agreed + reclassified); unsure and not-a-cell decisions are "
+                   "counted but left out of it.")
         if summary["vs_truth"]:
             vt = summary["vs_truth"]
             st.caption(f"Against the dataset's labels ({vt['n']} reviewed cells that have one): model "

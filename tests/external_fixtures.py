@@ -1,17 +1,38 @@
 """Helpers shared by the external-validation and review tests: a private store holding the trained fixture run,
-and small datasets with wrong layouts written to temporary folders (the real data is only read)."""
+small datasets with wrong layouts written to temporary folders (the real data is only read), and waiting for a
+page's background work."""
 
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from conftest import mirror_run
+from page_helpers import ok, texts
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 EXTERNAL_COUNTS = {"basophil": 3, "eosinophil": 12, "lymphocyte": 37, "monocyte": 15, "neutrophil": 33}
+
+
+def captions(at: AppTest) -> str:
+    """The captions of the images a page shows."""
+    return "\n".join(img.caption for e in at.get("image") for img in e.proto.imgs)
+
+
+def until(at: AppTest, shown: str, timeout: float = 300) -> AppTest:
+    """Rerun the page (as its progress fragment does in a browser) until `shown` is in its text or an image's
+    caption: long work (a session's cells, the model, an evaluation) runs in background tasks, and the page
+    never blocks on it."""
+    deadline = time.monotonic() + timeout
+    while shown not in texts(ok(at)) + captions(at):
+        assert time.monotonic() < deadline, f"{shown!r} not shown within {timeout} s"
+        time.sleep(0.3)
+        at.run()
+    return at
 
 
 def private_store(tmp_path_factory, trained_run: Path, name: str) -> Path:

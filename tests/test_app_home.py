@@ -27,13 +27,20 @@ def run_app(monkeypatch, artifacts: Path, data: Path) -> AppTest:
     return open_page(monkeypatch, APP, artifacts, TIMEOUT, CELLSCOPE_DATA_DIR=data)
 
 
+def page_links(at: AppTest) -> dict[str, str]:
+    """{label: address} of the st.page_link links the page shows."""
+    return {e.proto.label: e.proto.page + (f"?{e.proto.query_string}" if e.proto.query_string else "")
+            for e in at.get("page_link")}
+
+
 def test_empty_state(monkeypatch, tmp_path):
     empty_data = tmp_path / "no-data"
     at = run_app(monkeypatch, tmp_path / "artifacts", empty_data)
     shown = texts(at)
     assert at.title[0].value == "CellScope"
     assert "classes (basophil, eosinophil, erythroblast, immature granulocytes, lymphocyte" in shown
-    assert "No runs yet" in shown
+    assert "No runs yet. First step: train a small model" in shown
+    assert page_links(at)["Train a first model"].endswith("train")  # a link to the Train page, not a path
     assert (f"python -m core download --size 28\npython -m core train --data {empty_data / 'bloodmnist.npz'} "
             "--arch resnet18 --epochs 1 --limit-train 512") in shown
     for size in (28, 64, 128, 224):
@@ -56,6 +63,10 @@ def test_with_a_run_and_data(monkeypatch, trained_run, data_dir):
     assert "python -m core download --size 28" not in shown
     assert "python -m core download --size 64" in shown
     assert "No runs yet" not in shown
+    links = page_links(at)
+    assert links["Its results"].endswith(f"results?run={trained_run.name}")
+    assert links["Its confusions"].endswith(f"confusions?run={trained_run.name}")
+    assert "Train a first model" not in links
     table = at.dataframe[0].value
     assert list(table["Run"]) == [trained_run.name]
     assert not at.error

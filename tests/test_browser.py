@@ -33,4 +33,9 @@ def test_home_page_in_chromium(app_url, trained_run):
         assert page.title() == "CellScope — blood cell classification"
         assert page.get_by_text("Val accuracy").count() >= 1
         assert page.get_by_text("python -m core download --size 64").count() == 1
+        # the best run links to its evidence: Results and Confusions open on it
+        link = page.get_by_role("link", name="Its confusions")
+        assert link.get_attribute("href").rsplit("/", 1)[-1] == f"confusions?run={trained_run.name}"
+        assert page.get_by_role("link", name="Its results").get_attribute("href").rsplit("/", 1)[-1] == (
+            f"results?run={trained_run.name}")
         no_exception(page)

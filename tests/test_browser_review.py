@@ -1,6 +1,8 @@
 """The Review and External validation pages in a real headless Chromium: `streamlit run app.py` over a private
-mirror of the trained fixture run; start a review session, agree once (by click) and once more by keyboard
-shortcut, then evaluate the real external_dev set. Screenshots go to test-output/screenshots/."""
+mirror of the trained fixture run; start a review session (prepared in the background), look at the review
+station (the cell's image with zoom and the Enlarge dialog, the model's top 3, the tally per class), agree once
+(by click) and once more by keyboard shortcut, undo, then evaluate the real external_dev set and change a setting.
+Screenshots go to test-output/screenshots/."""
 
 from __future__ import annotations
 
@@ -35,9 +37,28 @@ def test_review_and_external_pages_in_chromium(app_url):
         page.get_by_role("button", name=re.compile("^Start session")).click(timeout=60_000)
         page.get_by_text("cell 1 of 50").wait_for(timeout=WAIT_MS)
         page.get_by_text(re.compile(r"^0 of 50 reviewed")).wait_for(timeout=30_000)
+        # the review station: the cell with a zoom, the model's three most likely classes, an empty tally
+        page.get_by_text(re.compile(r"^Most likely classes: 1\. .+%.* · 2\. .+ · 3\. ")).wait_for(timeout=30_000)
+        page.get_by_text("No decisions yet").wait_for(timeout=30_000)
+        page.get_by_text(re.compile("^The cell: 28 px")).wait_for(timeout=30_000)
+        page.get_by_text(re.compile("^Grad-CAM: evidence for")).wait_for(timeout=WAIT_MS)  # model loaded meanwhile
+        page.locator('[data-testid="stSlider"]').filter(has_text="Zoom").first.wait_for(timeout=30_000)
+        page.get_by_role("button", name=re.compile("Enlarge")).click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text("The cell, enlarged").wait_for(timeout=30_000)
+        dialog.locator('[data-testid="stImage"]').wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        screenshot(page, "review-enlarged.png", max_height=1200)
+        page.keyboard.press("Escape")
+        dialog.wait_for(state="detached", timeout=30_000)
         page.get_by_role("button", name=re.compile("^Agree")).click()
         page.get_by_text("cell 2 of 50").wait_for(timeout=WAIT_MS)
         page.get_by_text(re.compile(r"^1 of 50 reviewed")).wait_for(timeout=30_000)
+        # the tally follows the decision: one reviewed, one agreed, and the agreement's denominator said
+        page.get_by_text("Agreement 1 of 1 cells given a class (100.0%).").wait_for(timeout=30_000)
+        tally = page.locator('[data-testid="stTable"]').first
+        tally.wait_for(timeout=30_000)
+        assert "Agreed" in tally.inner_text() and "Reclassified" in tally.inner_text()
         # a keyboard shortcut: U = unsure (once the rerun is over; focus on the page, not in a text field)
         page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=WAIT_MS)
         page.wait_for_timeout(1000)
@@ -58,6 +79,9 @@ def test_review_and_external_pages_in_chromium(app_url):
         cells = store.cells(store.sessions(LOCAL_ADMIN)[0]["id"])
         assert [c["decision"] for c in cells[:4]] == ["agree", "unsure", "agree", None]  # one press, one decision
         assert cells[2]["note"] == "typical"
+        # unsure is left out of agreement's denominator
+        page.get_by_text("Agreement 2 of 2 cells given a class (100.0%); 1 unsure or not a cell left out of it.") \
+            .wait_for(timeout=30_000)
         page.locator('[data-testid="stImage"]').first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)  # images, plotly and the icon font finish drawing
         no_exception(page)
@@ -73,7 +97,15 @@ def test_review_and_external_pages_in_chromium(app_url):
         page.get_by_role("heading", name=re.compile("Zero-shot result")).wait_for(timeout=WAIT_MS)
         page.get_by_role("heading", name=re.compile("Grad-CAM of correct")).wait_for(timeout=WAIT_MS)
         page.get_by_text("Stored evaluations of this run").wait_for(timeout=WAIT_MS)
+        page.get_by_text(re.compile(r"Accuracy over all 8 classes 0\.\d+ \(95% CI")).wait_for(timeout=30_000)
+        page.get_by_text(re.compile("different staining, microscope, camera and framing")).wait_for(timeout=30_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
         page.wait_for_timeout(2500)
         no_exception(page)
         screenshot(page, "external.png", max_height=6000)
+        # another normalisation: the result on screen is marked as not the current settings' one
+        page.locator('[data-testid="stSidebar"]').get_by_text("Reinhard", exact=True).click()
+        page.get_by_text("Not the current settings' result.").wait_for(timeout=WAIT_MS)
+        page.get_by_role("button", name=re.compile("Evaluate again with the current settings")).wait_for()
+        page.wait_for_timeout(1000)
+        screenshot(page, "external-stale.png", max_height=2000)

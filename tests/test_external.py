@@ -322,6 +322,9 @@ def test_fine_tune_settings_have_one_home():
                          ("lr", 0.0), ("lr", 1.0), ("seed", -1), ("fraction", "half")):
         with pytest.raises(errors.ExternalError, match=f"fine-tune {'learning rate' if field == 'lr' else field}"):
             finetune.FineTuneConfig(**{field: value})
+    with pytest.raises(errors.ExternalError) as every:  # every problem at once, not one per submit
+        finetune.FineTuneConfig(fraction=0.99, epochs=0, lr=1.0)
+    assert str(every.value).count("must be between") == 3
     parser_defaults = {a.dest: a.default for a in build_parser()._subparsers._group_actions[0]
                        .choices["external"]._actions}
     assert (parser_defaults["fine_tune_fraction"], parser_defaults["fine_tune_epochs"],
@@ -340,6 +343,16 @@ def test_run_external_compares_normalisations_in_one_flow(clf, dev_data, run_dir
     records = flow.run_external(clf, dev_data, "reinhard", compare=("none",), run_dir=run_dir, store=False)
     assert [r["normalize"] for r in records] == ["none", "reinhard"]
     assert all(r["n_images"] == 100 and "stored_at" not in r for r in records)
+    # stored: one request, one evaluation, the comparison inside it (it used to store one per method)
+    before = {r["id"] for r in storage.list_evaluations(run_dir)}
+    main = flow.run_external(clf, dev_data, "reinhard", compare=("none",), run_dir=run_dir)[-1]
+    added = [r for r in storage.list_evaluations(run_dir) if r["id"] not in before]
+    assert [r["id"] for r in added] == [main["id"]] and added[0]["normalize"] == "reinhard"
+    stored = storage.load_evaluation(run_dir, main["id"])
+    assert stored["compared"]["none"] == records[0]["metrics"]
+    table = report.comparison_table(report.compared_records(stored))
+    assert list(table.columns) == ["none", "reinhard"]
+    assert table.loc["Accuracy (all 8)", "none"] == records[0]["metrics"]["all"]["accuracy"]
     with pytest.raises(errors.ExternalError):
         flow.run_external(clf, dev_data, "sepia", run_dir=run_dir, store=False)
 
@@ -440,3 +453,16 @@ def test_source_signature_tells_listings_apart(tmp_path):
     assert first.signature()[0] == 3 and first.signature()[3] == (("Monocyte", 2), ("Neutrophil", 1))
     save(tmp_path / "data" / "Neutrophil" / "9.png", cell_image(9))
     assert scan.scan_folder(tmp_path / "data").signature() != first.signature()
+
+
+def test_accuracy_text_and_the_cross_lab_sentence_carry_the_numbers():
+    record = {"n_images": 100, "shared_labels": ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"],
+              "metrics": {"all": {"accuracy": 0.62, "accuracy_ci95": [0.522, 0.709]},
+                          "shared": {"accuracy": 0.7, "accuracy_ci95": [0.6, 0.78]}}}
+    assert report.accuracy_text(record["metrics"]["all"]) == "0.620 (95% CI 0.522–0.709)"
+    lower = report.cross_lab_sentence(record, 0.95)
+    assert lower.startswith("Why lower: the run scored 0.950 on its own test split, but here it scores 0.620 over "
+                            "all 8 classes and 0.700 over the 5 shared classes on 100 cells")
+    assert "different staining, microscope, camera and framing" in lower and "applied unchanged" in lower
+    assert "no drop" in report.cross_lab_sentence(record, 0.5)
+    assert report.cross_lab_sentence(record, None).startswith("On this set it scores 0.620 over all 8 classes")

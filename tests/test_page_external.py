@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXTERNAL_DEV
-from external_fixtures import EXTERNAL_COUNTS, messy_dataset, private_store
+from external_fixtures import EXTERNAL_COUNTS, messy_dataset, private_store, until
 from page_helpers import PROJECT_ROOT, metrics, ok, open_page, page, texts
 
 from core.validation.external import flow, loading, storage
@@ -35,8 +35,12 @@ def test_evaluate_external_dev_end_to_end(monkeypatch, artifacts):
     boxes = {s.label: s.value for s in at.selectbox if s.label.endswith("images)")}
     assert boxes == {f"{k} ({v} images)": k for k, v in EXTERNAL_COUNTS.items()}
     at.radio(key="ext_normalize").set_value("reinhard").run()
+    help_text = at.radio(key="ext_normalize").help
+    assert "Reinhard**: each image's" in help_text and "Reinhard: Reinhard" not in help_text
+    before = {r["id"] for r in storage.list_evaluations(run_dir(artifacts))}
     at.button(key="ext_go").click().run()
-    ok(at)
+    until(at, "Stored evaluations of this run")
+    until(at, "Zero-shot result")
     body = texts(at)
     for heading in ("Zero-shot result", "Colour normalisation", "Grad-CAM of correct and wrong cells",
                     "Fine-tune on part of the data", "Stored evaluations of this run"):
@@ -44,7 +48,12 @@ def test_evaluate_external_dev_end_to_end(monkeypatch, artifacts):
     shown = metrics(at)
     assert shown["Images scored"] == "100" and shown["Files left out"] == "0"
     stored = storage.list_evaluations(run_dir(artifacts))
-    assert sorted(r["normalize"] for r in stored[:2]) == ["none", "reinhard"]
+    added = [r for r in stored if r["id"] not in before]
+    assert [r["normalize"] for r in added] == ["reinhard"]  # one click, one evaluation (the comparison inside)
+    settings_shown = "5 classes mapped · Reinhard normalisation (compared with none) · MedMNIST recipe resize"
+    assert settings_shown in body.replace("\\", "")  # the settings the result was computed with
+    assert "Accuracy over all 8 classes **0." in body and "(95% CI 0." in body  # the interval in the text
+    assert "different staining, microscope, camera and framing" in body
     tables = [d.value for d in at.dataframe]
     t14 = next(t for t in tables if "Support" in getattr(t, "columns", []))
     assert list(t14["Class"]) == [k.capitalize() for k in EXTERNAL_COUNTS] + ["Overall"]
@@ -56,11 +65,21 @@ def test_evaluate_external_dev_end_to_end(monkeypatch, artifacts):
     assert len(at.get("image")) >= 3  # the normalisation rows and the Grad-CAM panels
     assert "Metrics with and without normalisation" in body
 
+    # a setting changes: the result on screen is no longer presented as the current one
+    at.radio(key="ext_normalize").set_value("none").run()
+    ok(at)
+    body = texts(at)
+    assert "Not the current settings' result" in body and "Reinhard normalisation" in body
+    assert "Grad-CAM of correct and wrong cells" not in body
+    assert [b for b in at.button if b.label == "Evaluate again with the current settings"]
+    assert {r["id"] for r in storage.list_evaluations(run_dir(artifacts))} - before == {added[0]["id"]}
+
 
 def test_fine_tune_from_the_page(monkeypatch, artifacts):
     at = open_page(monkeypatch, PAGE, artifacts, TIMEOUT)
     at.text_input(key="ext_folder").input(str(EXTERNAL_DEV)).run()
     at.button(key="ext_go").click().run()
+    until(at, "Zero-shot result")
     form_button = next(b for b in at.button if b.label.startswith("Fine-tune and score"))
     at.number_input[0].set_value(1)
     form_button.click().run()
@@ -82,7 +101,7 @@ def test_unknown_classes_and_problems_are_reported(monkeypatch, artifacts, tmp_p
     assert smudge.value == "(leave out)"
     smudge.set_value("monocyte").run()
     at.button(key="ext_go").click().run()
-    ok(at)
+    until(at, "Zero-shot result")
     shown = metrics(at)
     assert shown["Images scored"] == "6"  # 8 mapped files (the smudge cell now too), 2 unreadable
     assert shown["Files left out"] == "4"  # 2 unreadable, 1 loose, 1 not an image

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from external_fixtures import private_store
+from external_fixtures import captions, private_store, until
 from page_helpers import button, metrics, ok, page, texts
 from streamlit.testing.v1 import AppTest
 
@@ -27,6 +27,12 @@ def open_as(monkeypatch, artifacts: Path, name: str, roles: tuple[str, ...] = ("
     return ok(at.run())
 
 
+def start_session(at: AppTest, cells: int) -> AppTest:
+    at.number_input(key="review_limit").set_value(cells)
+    ok(button(at, "Start session").click().run())
+    return until(at, f"cell 1 of {cells}")
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, trained_run) -> Path:
     return private_store(tmp_path_factory, trained_run, "review-page-artifacts")
@@ -36,15 +42,21 @@ def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
     at = open_as(monkeypatch, artifacts, "Dr Page")
     assert "Reviewing as **Dr Page**" in texts(at)
     assert not [t for t in at.text_input if t.label == "Reviewer"]  # no typed name: the logged-in user reviews
-    at.number_input(key="review_limit").set_value(6)
-    ok(button(at, "Start session").click().run())
-    assert "cell 1 of 6" in texts(at)
-    assert at.get("progress")[0].proto.text.startswith("0 of 6 reviewed")
+    start_session(at, 6)
+    assert any(p.proto.text.startswith("0 of 6 reviewed") for p in at.get("progress"))
+    assert "Most likely classes: 1. " in texts(at)  # the model's top 3, with probabilities
+    assert "No decisions yet" in texts(at)
+    until(at, "Grad-CAM: evidence for")  # the model loads in the background, then the CAM is drawn
     assert len(at.get("image")) >= 2  # the cell and its Grad-CAM
+    assert "largest copy of this cell here" in captions(at)  # the fixture's 28 px file has no larger copy
 
     ok(button(at, "Agree").click().run())
     assert "cell 2 of 6" in texts(at)
-    assert at.get("progress")[0].proto.text.startswith("1 of 6 reviewed")
+    assert any(p.proto.text.startswith("1 of 6 reviewed") for p in at.get("progress"))
+    tally = at.table[0].value
+    assert list(tally.columns)[:4] == ["Model's call", "Reviewed", "Agreed", "Reclassified"]
+    assert tally["Reviewed"].sum() == 1 and tally["Agreed"].sum() == 1
+    assert "Agreement 1 of 1 cells given a class (100.0%)." in texts(at)
     next(t for t in at.text_input if t.label.startswith("Note")).input("looks like a band form")
     other = next(b for b in at.button if b.label in ("neutrophil", "monocyte") and not b.disabled)
     ok(other.click().run())  # reclassify (the model's own call is disabled)
@@ -69,6 +81,11 @@ def test_review_session_start_decide_restart_resume(monkeypatch, artifacts):
     assert store.progress(session["id"]) == (3, 6)
     shown = metrics(at)
     assert shown["Reviewed"] == "3 of 6" and shown["Not a cell"] == "1"
+    assert shown["Agreement with the model"] == "50.0%"  # 1 agreed of 2 given a class; not a cell left out
+    assert "Agreement 1 of 2 cells given a class (50.0%); 1 unsure or not a cell left out of it." in texts(at)
+    ok(button(at, "Undo last").click().run())  # takes back "not a cell" and returns to that cell
+    assert store.progress(session["id"]) == (2, 6) and "cell 3 of 6" in texts(at)
+    ok(button(at, "Not a cell").click().run())
     download = at.get("download_button")
     assert download, "a CSV download"
     csv_text = store.export_csv(session["id"])
@@ -79,8 +96,7 @@ def test_another_reviewer_sees_kappa(monkeypatch, artifacts):
     store = rv.ReviewStore(artifacts / rv.REVIEWS_DB)
     first = store.sessions(User("Dr Page", ("reviewer",)))
     at = open_as(monkeypatch, artifacts, "Dr Second")
-    at.number_input(key="review_limit").set_value(6)
-    ok(button(at, "Start session").click().run())
+    start_session(at, 6)
     ok(button(at, "Agree").click().run())
     if first:
         assert "Cohen's kappa with Dr Page" in texts(at)

@@ -146,10 +146,12 @@ def test_summary_agreement_per_class_and_confusion(tmp_path):
     s = store.summary(sid)
     assert s["reviewed"] == 5 and s["n_cells"] == 6
     assert s["decisions"] == {"agree": 2, "reclassify": 1, "unsure": 1, "not_cell": 1}
-    assert s["agreement_overall"] == pytest.approx(2 / 5)
+    # agreement is over the 3 cells the reviewer gave a class: unsure and not-a-cell are not disagreements
+    assert s["agreement_overall"] == pytest.approx(2 / 3) and s["agreement_n"] == 3
     per = {r["model_label"]: r for r in s["agreement"]}
-    assert per[NEU]["reviewed"] == 2 and per[NEU]["agreement"] == 0.5 and per[NEU]["agreement_definite"] == 1.0
+    assert per[NEU]["reviewed"] == 2 and per[NEU]["definite"] == 1 and per[NEU]["agreement"] == 1.0
     assert per[IG]["agreement"] == 0.0 and per[EOS]["agreement"] is None
+    assert per[LYM]["reviewed"] == 1 and per[LYM]["agreement"] is None  # only "not a cell": no agreement to state
     cf = s["confusion"]
     assert cf["rows"] == LABELS and cf["columns"] == LABELS + [rv.UNSURE, rv.NOT_CELL]
     m = np.asarray(cf["matrix"])
@@ -159,6 +161,60 @@ def test_summary_agreement_per_class_and_confusion(tmp_path):
     assert m[LABELS.index(NEU), cf["columns"].index(rv.UNSURE)] == 1
     # against the dataset's labels: model right on cells 0, 1, 3, 4; reviewer on 0, 1, 2
     assert s["vs_truth"] == {"n": 5, "model_accuracy": 4 / 5, "reviewer_accuracy": 3 / 5}
+
+
+def test_agreement_leaves_unsure_and_not_a_cell_out_of_its_denominator(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store)
+    for position in range(4):
+        store.record(sid, position, "unsure" if position % 2 else "not_cell", user=A)
+    s = store.summary(sid)
+    assert s["reviewed"] == 4 and s["agreement_n"] == 0 and s["agreement_overall"] is None
+    store.record(sid, 4, "agree", user=A)
+    s = store.summary(sid)
+    assert s["agreement_overall"] == 1.0 and s["agreement_n"] == 1  # was 1/5 when unsure counted against it
+
+
+def test_undo_takes_back_the_latest_decision_only(tmp_path):
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store)
+    assert store.undo_last(sid, user=A) is None  # nothing to undo
+    store.record(sid, 3, "agree", user=A)
+    store.record(sid, 0, "reclassify", NEU, note="band?", user=A)
+    assert store.last_decided(sid) == 0
+    assert store.undo_last(sid, user=A) == 0
+    cells = store.cells(sid)
+    assert cells[0]["decision"] is None and cells[0]["note"] is None and cells[3]["decision"] == "agree"
+    assert store.undo_last(sid, user=A) == 3 and store.progress(sid) == (0, 6)
+    store.record(sid, 1, "agree", user=A)
+    with pytest.raises(AccessDenied):
+        store.undo_last(sid, user=B)  # another reviewer's session
+    assert store.progress(sid) == (1, 6)
+
+
+def test_top_classes_are_stored_shown_and_exported(tmp_path):
+    probs = np.array([0.01, 0.02, 0.0, 0.3, 0.02, 0.05, 0.6, 0.0])
+    top = rv.top_classes(probs, label_names())
+    assert top == ((NEU, 0.6), (IG, 0.3), (MONO, 0.05))
+    cells = [rv.CellSpec("a", "/a.png", None, NEU, 0.6, top), rv.CellSpec("b", "/b.png", None, NEU, 0.7)]
+    store = rv.ReviewStore(tmp_path / "r.sqlite")
+    sid = new_session(store, cells=cells)
+    first, second = store.cells(sid)
+    assert first["top"] == [(NEU, 0.6), (IG, 0.3), (MONO, 0.05)] and second["top"] == []
+    df = pd.read_csv(io.StringIO(store.export_csv(sid)), keep_default_na=False)
+    assert list(df["model_top3"]) == [f"{NEU} 60.0%; {IG} 30.0%; {MONO} 5.0%", ""]
+
+
+def test_a_database_from_before_top_classes_opens_and_reads(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    store = rv.ReviewStore(db)
+    sid = new_session(store)
+    with sqlite3.connect(db) as con:  # the table as earlier versions made it: no top_json column
+        con.execute("ALTER TABLE review_cells DROP COLUMN top_json")
+    again = rv.ReviewStore(db)
+    assert again.cell(sid, 0)["top"] == [] and len(again.cells(sid)) == 6
 
 
 def test_summary_without_the_model_calls_nobody_reviewed(tmp_path):
@@ -256,6 +312,13 @@ def test_cells_from_the_test_split(clf):
     conf = [c.confidence for c in cells]
     assert conf == sorted(conf)
     assert all(c.key.startswith("test:") and c.image.startswith("npz:") and c.true_label in LABELS for c in cells)
+    assert all(len(c.top) == 3 and c.top[0] == (c.model_label, pytest.approx(c.confidence, abs=1e-6)) for c in cells)
+    # the same cells from the run's stored predictions, without the model (what the page does)
+    from core.evaluation import predictions
+
+    stored = predictions.load_or_compute(clf.run.path, clf)
+    again = rv.cells_from_predictions(clf.run.training_data(), clf.labels, stored.y_true, stored.probabilities, 10)
+    assert [c.key for c in again] == [c.key for c in cells]
     shown, seen = rv.cell_pixels(cells[0].image, clf.image_size)
     assert seen.shape == (clf.image_size, clf.image_size, 3) and shown.shape == seen.shape
     ambiguous = rv.cells_from_test_split(clf, limit=0, order="ambiguous")
@@ -318,3 +381,30 @@ def test_uploads_no_session_uses_are_cleaned_and_nothing_else(tmp_path):
     assert not Path(paths[0]).exists() and outside.is_file() and Path(paths[1]).is_file()
     store.delete_session(second, user)
     assert not Path(paths[1]).exists() and outside.is_file()
+
+
+def test_a_dataset_cell_is_shown_from_the_largest_copy_that_matches(tmp_path):
+    """MedMNIST files of different sizes share split indices: the 64 px file beside a 28 px one gives the same
+    cell larger; a file of that name whose cells differ (here: flipped) is not taken for a copy."""
+    from conftest import NPZ_28, NPZ_64, write_subset
+
+    small = write_subset(NPZ_28, tmp_path / "cells28.npz", 16, 8, 24)
+    alone = rv.original_cell(f"npz:{small}#test:5")
+    assert alone.image.shape == (28, 28, 3) and "largest copy of this cell here" in alone.note
+    write_subset(NPZ_64, tmp_path / "cells64.npz", 16, 8, 24)
+    assert [s for s, _ in rv.larger_copies(small, 28)] == [64]
+    big = rv.original_cell(f"npz:{small}#test:5")
+    assert big.image.shape == (64, 64, 3) and big.note.startswith("the 64 px copy of this cell (cells64.npz)")
+    with np.load(tmp_path / "cells64.npz") as npz:
+        arrays = dict(npz)
+    arrays["test_images"] = arrays["test_images"][:, ::-1]  # same labels, other pixels
+    other = tmp_path / "flipped"
+    other.mkdir()
+    np.savez(other / "cells64.npz", **arrays)
+    small_there = other / "cells28.npz"
+    small_there.write_bytes(small.read_bytes())
+    assert rv.original_cell(f"npz:{small_there}#test:5").image.shape == (28, 28, 3)
+    upload = tmp_path / "cell.png"
+    Image.fromarray(cell_image(3, 120)).save(upload)
+    shown = rv.original_cell(str(upload))
+    assert shown.image.shape == (120, 120, 3) and "120 x 120 px" in shown.note

@@ -66,7 +66,8 @@ SOURCE_TITLES = {"test": "Test split of the run", "external": "External dataset"
 MAX_NOTE = 2000
 BUSY_SECONDS = 3.0  # how long a write waits for another writer's lock before saying it was not saved
 CSV_COLUMNS = ("session_id", "reviewer", "position", "cell_key", "image", "true_label", "model_label",
-               "model_confidence", "decision", "reviewer_label", "note", "decided_at")
+               "model_confidence", "model_top3", "decision", "reviewer_label", "note", "decided_at")
+TOP_K = 3  # the model's most likely classes kept per cell (its call first)
 
 
 class ReviewError(UserFacingError, ValueError):
@@ -94,6 +95,19 @@ class CellSpec:
     true_label: str | None  # the dataset's label, when it has one (never shown while reviewing)
     model_label: str
     confidence: float
+    top: tuple[tuple[str, float], ...] = ()  # the model's TOP_K most likely classes with probabilities, call first
+
+
+def top_classes(probabilities: np.ndarray, labels: Sequence[str], k: int = TOP_K) -> tuple[tuple[str, float], ...]:
+    """The `k` most likely classes of one probability row, most likely first (ties: the lower class index)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    order = sorted(range(len(probabilities)), key=lambda i: (-probabilities[i], i))[:k]
+    return tuple((short_label(labels[i]), round(float(probabilities[i]), 6)) for i in order)
+
+
+def top_text(top: Sequence[Sequence[Any]]) -> str:
+    """'neutrophil 91.2%; immature granulocytes 6.1%; monocyte 1.0%' (the CSV's model_top3 column)."""
+    return "; ".join(f"{label} {p:.1%}" for label, p in top)
 
 
 def set_key(run_id: str, cells: Sequence[CellSpec]) -> str:
@@ -160,6 +174,9 @@ class ReviewStore:
                        position INTEGER NOT NULL, decision TEXT NOT NULL, label TEXT, note TEXT NOT NULL,
                        reviewer TEXT NOT NULL, decided_at REAL NOT NULL, PRIMARY KEY (session_id, position));
                    CREATE INDEX IF NOT EXISTS review_sessions_set ON review_sessions(set_key);""")
+            columns = {r[1] for r in db.execute("PRAGMA table_info(review_cells)")}
+            if "top_json" not in columns:  # databases written before the model's top classes were kept
+                db.execute("ALTER TABLE review_cells ADD COLUMN top_json TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=BUSY_SECONDS)  # SQLite retries a busy database this long
@@ -231,8 +248,9 @@ class ReviewStore:
             sid = int(cur.lastrowid)
             db.executemany(
                 "INSERT INTO review_cells (session_id, position, cell_key, image, true_label, model_label, "
-                "confidence) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(sid, i, c.key, c.image, c.true_label, c.model_label, float(c.confidence))
+                "confidence, top_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(sid, i, c.key, c.image, c.true_label, c.model_label, float(c.confidence),
+                  json.dumps([[label, float(p)] for label, p in c.top]) if c.top else None)
                  for i, c in enumerate(cells)])
         self.clean_uploads()
         return sid
@@ -301,22 +319,22 @@ class ReviewStore:
         """Every cell of a session in review order, with its decision (None where not reviewed yet)."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT c.position, c.cell_key, c.image, c.true_label, c.model_label, c.confidence, "
+                "SELECT c.position, c.cell_key, c.image, c.true_label, c.model_label, c.confidence, c.top_json, "
                 "d.decision, d.label, d.note, d.reviewer, d.decided_at FROM review_cells c "
                 "LEFT JOIN review_decisions d ON d.session_id = c.session_id AND d.position = c.position "
                 "WHERE c.session_id = ? ORDER BY c.position", (int(session_id),)).fetchall()
-        return [dict(r) for r in rows]
+        return [_cell_row(r) for r in rows]
 
     def cell(self, session_id: int, position: int) -> dict[str, Any]:
         with self._db() as db:
             row = db.execute(
-                "SELECT c.position, c.cell_key, c.image, c.true_label, c.model_label, c.confidence, "
+                "SELECT c.position, c.cell_key, c.image, c.true_label, c.model_label, c.confidence, c.top_json, "
                 "d.decision, d.label, d.note, d.reviewer, d.decided_at FROM review_cells c "
                 "LEFT JOIN review_decisions d ON d.session_id = c.session_id AND d.position = c.position "
                 "WHERE c.session_id = ? AND c.position = ?", (int(session_id), int(position))).fetchone()
         if row is None:
             raise ReviewError(f"Session {session_id} has no cell {position + 1}")
-        return dict(row)
+        return _cell_row(row)
 
     def record(self, session_id: int, position: int, decision: str, label: str | None = None,
                note: str = "", *, user: User) -> None:
@@ -349,6 +367,21 @@ class ReviewStore:
         with self._db(write=True) as db:
             db.execute("DELETE FROM review_decisions WHERE session_id = ? AND position = ?",
                        (int(session_id), int(position)))
+
+    def last_decided(self, session_id: int) -> int | None:
+        """The position of the session's most recent decision (None: no decision yet)."""
+        with self._db() as db:
+            row = db.execute("SELECT position FROM review_decisions WHERE session_id = ? "
+                             "ORDER BY decided_at DESC, rowid DESC LIMIT 1", (int(session_id),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def undo_last(self, session_id: int, *, user: User) -> int | None:
+        """Take back the session's most recent decision (its note goes with it); returns that cell's position, so
+        the reviewer goes back to it (None: there was nothing to undo)."""
+        position = self.last_decided(session_id)
+        if position is not None:
+            self.clear(session_id, position, user=user)
+        return position
 
     def progress(self, session_id: int) -> tuple[int, int]:
         s = self.session(session_id)
@@ -402,13 +435,15 @@ class ReviewStore:
                                                             "unsure": 0, "not_cell": 0})
             entry["reviewed"] += 1
             entry[c["decision"]] += 1
+        # Agreement is over the cells the reviewer gave a class to (agree or reclassify): "unsure" and "not a
+        # cell" say nothing about whether the model's call was right, so they are outside the denominator.
         agreement = []
         for label, e in per_class.items():
             definite = e["agree"] + e["reclassify"]
-            agreement.append({"model_label": label, **e,
-                              "agreement": e["agree"] / e["reviewed"] if e["reviewed"] else None,
-                              "agreement_definite": e["agree"] / definite if definite else None})
+            agreement.append({"model_label": label, **e, "definite": definite,
+                              "agreement": e["agree"] / definite if definite else None})
         n_agree = sum(1 for c in reviewed if c["decision"] == "agree")
+        n_definite = sum(1 for c in reviewed if c["decision"] in ("agree", "reclassify"))
         truth = [c for c in reviewed if c["true_label"]]
         vs_truth = None
         if truth:
@@ -419,7 +454,8 @@ class ReviewStore:
         return {
             "session_id": int(session_id), "reviewer": s["reviewer"], "n_cells": len(cells),
             "reviewed": len(reviewed), "decisions": {d: sum(c["decision"] == d for c in reviewed) for d in DECISIONS},
-            "agreement_overall": n_agree / len(reviewed) if reviewed else None,
+            "agreement_overall": n_agree / n_definite if n_definite else None,
+            "agreement_n": n_definite,
             "agreement": agreement,
             "confusion": {"rows": labels, "columns": categories, "matrix": confusion},
             "vs_truth": vs_truth,
@@ -439,9 +475,20 @@ class ReviewStore:
                        if c["decided_at"] else "")
             writer.writerow(safe_row([
                 s["id"], c["reviewer"] or s["reviewer"], c["position"] + 1, c["cell_key"], c["image"],
-                c["true_label"] or "", c["model_label"], f"{c['confidence']:.6f}", c["decision"] or "",
+                c["true_label"] or "", c["model_label"], f"{c['confidence']:.6f}", top_text(c["top"]),
+                c["decision"] or "",
                 reviewer_category(c["decision"], c["label"]) or "", c["note"] or "", decided]))
         return buf.getvalue()
+
+
+def _cell_row(row: sqlite3.Row) -> dict[str, Any]:
+    """One cell as a dict, its stored top classes as [(label, probability), ...] ([] for older sessions)."""
+    out = dict(row)
+    try:
+        out["top"] = [(str(label), float(p)) for label, p in json.loads(out.pop("top_json") or "[]")]
+    except (ValueError, TypeError):
+        out["top"] = []
+    return out
 
 
 def kappa_between(cells_a: Iterable[dict[str, Any]], cells_b: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -471,24 +518,36 @@ def order_cells(cells: Sequence[CellSpec], order: str, labels: Sequence[str]) ->
     return sorted(cells, key=lambda c: (c.model_label not in ambiguous, c.confidence, c.key))
 
 
+def _specs_from(probs: np.ndarray, labels: Sequence[str], keys: Sequence[str], refs: Sequence[str],
+                truths: Sequence[str | None]) -> list[CellSpec]:
+    labels = [short_label(x) for x in labels]
+    idx = probs.argmax(axis=1)
+    return [CellSpec(k, r, t, labels[int(i)], float(p[int(i)]), top_classes(p, labels))
+            for k, r, t, i, p in zip(keys, refs, truths, idx, probs)]
+
+
 def _specs(clf, images: np.ndarray, keys: Sequence[str], refs: Sequence[str],
            truths: Sequence[str | None]) -> list[CellSpec]:
-    probs = clf.probabilities(images)
-    labels = [short_label(x) for x in clf.labels]
-    idx = probs.argmax(axis=1)
-    return [CellSpec(k, r, t, labels[int(i)], float(p[int(i)]))
-            for k, r, t, i, p in zip(keys, refs, truths, idx, probs)]
+    return _specs_from(clf.probabilities(images), clf.labels, keys, refs, truths)
+
+
+def cells_from_predictions(data_file: str | Path, labels: Sequence[str], y_true: np.ndarray,
+                           probabilities: np.ndarray, limit: int = 100, order: str = "confidence") -> list[CellSpec]:
+    """A run's test split from its stored predictions (core.evaluation.predictions: no model needed), ordered
+    and cut to the first `limit` cells (0: all). `data_file`: the npz the split is read from."""
+    short = [short_label(x) for x in labels]
+    n = len(y_true)
+    specs = _specs_from(np.asarray(probabilities), labels, [f"test:{i}" for i in range(n)],
+                        [f"npz:{data_file}#test:{i}" for i in range(n)], [short[int(t)] for t in y_true])
+    ordered = order_cells(specs, order, labels)
+    return ordered[:limit] if limit else ordered
 
 
 def cells_from_test_split(clf, limit: int = 100, order: str = "confidence") -> list[CellSpec]:
     """The run's test split, predicted, ordered, and cut to the first `limit` cells (0: all)."""
-    path = clf.run.training_data()
     images, truth = clf.run.test_split()
-    labels = [short_label(x) for x in clf.labels]
-    specs = _specs(clf, images, [f"test:{i}" for i in range(len(images))],
-                   [f"npz:{path}#test:{i}" for i in range(len(images))], [labels[int(t)] for t in truth])
-    ordered = order_cells(specs, order, clf.labels)
-    return ordered[:limit] if limit else ordered
+    return cells_from_predictions(clf.run.training_data(), clf.labels, truth, clf.probabilities(images), limit,
+                                  order)
 
 
 def cells_from_external(clf, folder: str | None = None, csv_file: str | None = None,
@@ -552,6 +611,87 @@ def cells_from_files(clf, paths: Sequence[str], resize: str = "medmnist", order:
 
 # -- pixels of a cell -----------------------------------------------------------------------------------
 
+SAME_CELL_MAX_DIFF = 8.0  # mean absolute difference (0-255) of a larger copy, scaled down, and the cell itself
+
+
+@dataclass(frozen=True)
+class Original:
+    """The largest image of a cell this server holds, and where it comes from ("64 px copy in
+    bloodmnist_64.npz", "the uploaded image, 360 x 363 px")."""
+
+    image: np.ndarray
+    note: str
+
+
+@lru_cache(maxsize=3)
+def _split(path: str, split: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    return read_split(path, split)
+
+
+def _read_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of an npz, read once per file version and kept (a reviewer goes through many of its cells)."""
+    path = Path(path)
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError as e:
+        raise ReviewError(f"The cell's image file {path} cannot be read ({e.strerror or e})") from None
+    return _split(str(path), split, mtime)
+
+
+def larger_copies(path: str | Path, size: int) -> list[tuple[int, Path]]:
+    """Files that may hold the same cells as the BloodMNIST-layout npz `path` (whose images are `size` px) at a
+    larger size, largest first: the same name with the size changed, beside it (pbc_bloodmnist_28.npz ->
+    pbc_bloodmnist_64.npz; bloodmnist.npz -> bloodmnist_64.npz), and BloodMNIST in the data root. MedMNIST's
+    files of different sizes share their split indices; `original_cell` checks that the cell really matches."""
+    import re  # noqa: PLC0415
+
+    from core.config import SIZES  # noqa: PLC0415
+    from core.data import registry  # noqa: PLC0415
+
+    path = Path(path)
+    found: dict[Path, int] = {}
+    for bigger in sorted((s for s in SIZES if s > size), reverse=True):
+        names = {re.sub(rf"(?<!\d){size}(?!\d)", str(bigger), path.name)}
+        if path.name == registry.file_name(size):
+            names.add(registry.file_name(bigger))
+        candidates = [path.with_name(n) for n in names if n != path.name] + [registry.local_path(bigger)]
+        for c in candidates:
+            if c.is_file() and c.resolve() != path.resolve():
+                found.setdefault(c.resolve(), bigger)
+    return sorted(((s, p) for p, s in found.items()), key=lambda x: -x[0])
+
+
+def original_cell(image_ref: str) -> Original:
+    """What a reviewer looks at: an image file as stored (an upload: its saved original, at most
+    UPLOAD_MAX_SIDE px); a dataset cell: the largest copy of that cell any size of its file holds here (checked:
+    same split length and labels, and the copy scaled down matches the cell), else the cell itself."""
+    from PIL import Image  # noqa: PLC0415
+
+    from core.data.images import read_file  # noqa: PLC0415
+
+    if not image_ref.startswith("npz:"):
+        rgb = read_file(image_ref)
+        return Original(rgb, f"the image file as stored, {rgb.shape[1]} x {rgb.shape[0]} px")
+    path, _, where = image_ref[4:].rpartition("#")
+    split, _, index = where.partition(":")
+    images, labels = _read_split(path, split)
+    cell = images[int(index)]
+    size = int(cell.shape[0])
+    for bigger, other in larger_copies(path, size):
+        try:
+            big_images, big_labels = _read_split(other, split)
+        except UserFacingError:
+            continue
+        if len(big_labels) != len(labels) or not np.array_equal(big_labels, labels):
+            continue
+        big = big_images[int(index)]
+        small = np.asarray(Image.fromarray(big).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
+        if np.abs(small - cell).mean() <= SAME_CELL_MAX_DIFF:
+            return Original(big, f"the {bigger} px copy of this cell ({other.name}); the model saw it at {size} px")
+    return Original(cell, f"{size} px, the largest copy of this cell here (larger BloodMNIST sizes are not "
+                          f"downloaded)")
+
+
 @lru_cache(maxsize=2)
 def cell_pixels(image_ref: str, size: int, resize: str = "medmnist",
                 cell_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -562,7 +702,7 @@ def cell_pixels(image_ref: str, size: int, resize: str = "medmnist",
     if image_ref.startswith("npz:"):
         path, _, where = image_ref[4:].rpartition("#")
         split, _, index = where.partition(":")
-        image = read_split(path, split)[0][int(index)]
+        image = _read_split(path, split)[0][int(index)]
         return image, to_model_input(image, size, "plain")
     rgb = read_file(image_ref)
     return rgb, to_model_input(rgb, size, resize, cell_fraction, Path(image_ref).name)

@@ -28,7 +28,7 @@ BATCH_SIZE = 16
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    """How to fine-tune on external data. Out-of-range values raise ExternalError naming the field."""
+    """How to fine-tune on external data. Out-of-range values raise one ExternalError naming every such field."""
 
     fraction: float = 0.5  # share of each class to fine-tune on; the rest is held out and scored
     epochs: int = 3
@@ -43,17 +43,22 @@ class FineTuneConfig:
                                         "lr": "fine-tune learning rate", "seed": "fine-tune seed"}
 
     def __post_init__(self) -> None:
+        problems = []  # every field's problem at once, so a form shows them all, not one per submit
         for f in fields(self):
             value = getattr(self, f.name)
             kind = int if f.type in (int, "int") else float
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                     (kind is int and not float(value).is_integer()):
-                raise ExternalError(f"{self.TITLES[f.name]} must be {'a whole number' if kind is int else 'a number'}"
-                                    f"; got {value!r}")
+                problems.append(f"{self.TITLES[f.name]} must be {'a whole number' if kind is int else 'a number'}"
+                                f"; got {value!r}")
+                continue
             low, high = self.RANGES[f.name]
             if not low <= value <= high:
-                raise ExternalError(f"{self.TITLES[f.name]} must be between {low:g} and {high:g}; got {value:g}")
+                problems.append(f"{self.TITLES[f.name]} must be between {low:g} and {high:g}; got {value:g}")
+                continue
             object.__setattr__(self, f.name, kind(value))
+        if problems:
+            raise ExternalError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

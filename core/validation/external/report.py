@@ -30,6 +30,13 @@ def comparison_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def compared_records(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A stored evaluation and the normalisations it was compared with (its `compared`), as records
+    `comparison_table` lays side by side: the comparisons first, the evaluation itself last."""
+    others = [{"normalize": m, "metrics": metrics} for m, metrics in (record.get("compared") or {}).items()]
+    return [*others, dict(record)]
+
+
 def fine_tune_table(fine_tune: Mapping[str, Any]) -> pd.DataFrame:
     """A record's fine-tuning result: the zero-shot and the fine-tuned model on the same held-out images, a
     row each (indexed by `model`), with accuracy in both modes, balanced accuracy and each class's recall."""
@@ -77,3 +84,27 @@ def correct_and_wrong(record: Mapping[str, Any], n_images: int, per_group: int,
             idx = np.sort(rng.choice(idx, size=min(per_group, len(idx)), replace=False))
         groups[name] = CellSample(idx, int(mask.sum()), len(mask))
     return groups
+
+
+def accuracy_text(metrics: Mapping[str, Any]) -> str:
+    """'0.620 (95% CI 0.522–0.709)': an accuracy with its interval, in the text, not only in a tooltip."""
+    low, high = metrics["accuracy_ci95"]
+    return f"{metrics['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f})"
+
+
+def cross_lab_sentence(record: Mapping[str, Any], own_accuracy: float | None) -> str:
+    """One sentence on why accuracy on another lab's cells is lower than on the run's own test split, with the
+    numbers (`own_accuracy`: the run's test accuracy; None: unknown)."""
+    m_all, m_shared = record["metrics"]["all"], record["metrics"]["shared"]
+    here = (f"it scores {m_all['accuracy']:.3f} over all 8 classes and {m_shared['accuracy']:.3f} over the "
+            f"{len(record.get('shared_labels') or m_shared.get('rows') or [])} shared classes on "
+            f"{record['n_images']} cells")
+    why = ("these cells come from another lab, with different staining, microscope, camera and framing, and the "
+           "model is applied unchanged, trained only on its own lab's cells")
+    if own_accuracy is None:
+        return f"On this set {here}: {why}."
+    if m_all["accuracy"] >= own_accuracy:
+        return (f"The run scored {own_accuracy:.3f} on its own test split and here {here}: no drop on this set, "
+                f"although {why}.")
+    return (f"Why lower: the run scored {own_accuracy:.3f} on its own test split, but here {here}, because {why}; "
+            "colour normalisation and fine-tuning (below) recover part of the gap.")
