@@ -103,3 +103,20 @@ def test_a_failed_task_keeps_its_message_and_starts_again() -> None:
     assert tasks.get("test-fail").failed
     assert tasks.run_now("test-fail", "Measuring", [("measuring", 1)], lambda t: "ok", timeout=5) == "ok"
     tasks.forget("test-fail")
+
+
+def test_a_failed_task_is_kept_for_a_page_that_asks_not_to_retry() -> None:
+    attempts: list[int] = []
+
+    def fail(tracker: Tracker) -> None:
+        attempts.append(1)
+        raise UserFacingError("the run's data file is not on this machine")
+
+    task = tasks.wait(tasks.start("test-keep", "Measuring", [("measuring", 1)], fail, retry=False), timeout=5)
+    assert task.failed and task not in tasks.running()
+    for _ in range(3):  # a page redrawn every second: the message, not a new attempt each time
+        assert tasks.start("test-keep", "Measuring", [("measuring", 1)], fail, retry=False) is task
+    assert attempts == [1]
+    again = tasks.wait(tasks.start("test-keep", "Measuring", [("measuring", 1)], fail), timeout=5)  # "Try again"
+    assert again is not task and attempts == [1, 1]
+    tasks.forget("test-keep")
