@@ -141,6 +141,16 @@ def test_each_method_on_a_real_trained_run(trained_run):
             assert result.extras["avg_pool"].shape == (2, 512)
         fine = clf.explain(images, "gradcam", "conv3_block2_out", class_index=3)
         assert list(fine.targets) == [3, 3]
+        # the last block feeds global average pooling and the head: its gradient is the same at every
+        # position, so HiResCAM is Grad-CAM there (and the explanation says so); one block earlier it is not
+        grad, hires = clf.explain(images, "gradcam"), clf.explain(images, "hirescam")
+        assert grad.flat_gradients.tolist() == hires.flat_gradients.tolist() == [True, True]
+        np.testing.assert_allclose(hires.heatmaps, grad.heatmaps, atol=1e-5)
+        grad, hires = clf.explain(images, "gradcam", "conv4_block2_out"), clf.explain(images, "hirescam",
+                                                                                        "conv4_block2_out")
+        assert hires.flat_gradients.tolist() == [False, False]
+        assert np.abs(hires.heatmaps - grad.heatmaps).max() > 0.05
+        assert clf.explain(images, "scorecam").flat_gradients is None  # no gradient to speak of
         cams = list(clf._cams.values())
     assert all(cam.released for cam in cams)
 
