@@ -29,7 +29,8 @@ This complements the confidence threshold: a network can be confidently wrong on
 it saw (a different stain, a photo, a blank field), and such images land far from every class centre.
 
 The statistics are computed once per run (at the end of its training job, or in the background the first
-time a page needs them: core.inference.precompute) and saved as `ood_stats.npz` in the run directory, written atomically, so later sessions and the command line load them in milliseconds.
+time a page needs them: core.inference.precompute) and saved as `ood_stats.npz` in the run directory,
+written atomically, so later sessions and the command line load them in milliseconds.
 """
 
 from __future__ import annotations
