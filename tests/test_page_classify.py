@@ -227,3 +227,25 @@ def test_gallery_of_the_test_split(monkeypatch, artifacts):
     third = [s.value for s in at.subheader if s.value.startswith("test #")]
     assert third[0] in selectbox(at, "Image to classify").options[2] and "true class: eosinophil" in \
         selectbox(at, "Image to classify").options[2]
+
+
+def test_the_csv_and_the_overlay_file_say_what_they_hold():
+    from core.inference import classify as svc
+
+    probs = np.array([0.05, 0.7, 0.0, 0.0, 0.05, 0.2, 0.0, 0.0])
+    results = [svc.ImageResult("a.jpg", probabilities=probs, index=1, label="eosinophil", confidence=0.7),
+               svc.ImageResult("b.png", error="b.png: not an image")]
+    text = svc.results_csv(results, ["baso", "eos", "ery", "ig", "lym", "mono", "neu", "plt"], "run-1")
+    header, first, second = text.splitlines()
+    assert header == ("file,prediction,confidence,second,second_probability,third,third_probability,flag,"
+                      "distance,note,error,run")
+    assert first.startswith("a.jpg,eos,0.7,mono,0.2,baso,0.05,") and first.endswith(",run-1")
+    assert second.startswith("b.png,,,,,,,") and "not an image" in second
+    rgb = np.full((252, 252, 3), 128, np.uint8)
+    data, name = svc.labelled_overlay(rgb, "cells/my cell.jpg", "immature granulocytes", 0.973, "gradcampp",
+                                      "conv5_block2_out", "run-1")
+    assert name == "my-cell-immature-granulocytes-97pct-gradcampp-conv5_block2_out.png"
+    from PIL import Image as PILImage
+
+    image = np.asarray(PILImage.open(io.BytesIO(data)))
+    assert image.shape[0] > 252 and image.shape[1] >= 252 and (image[252:] < 100).any()  # a caption strip
