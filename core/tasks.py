@@ -38,6 +38,13 @@ class Task:
     error: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    tracker: Tracker | None = field(default=None, repr=False)
+
+    def current(self) -> Progress:
+        """The progress at this moment: while a phase runs without reporting, its bar still moves and its
+        time left counts down (core.progress.Tracker.now); the last report otherwise."""
+        tracker = self.tracker
+        return tracker.now() if tracker is not None and self.running else self.progress
 
     @property
     def done(self) -> bool:
@@ -78,6 +85,7 @@ def start(key: str, title: str, plan: Sequence[tuple[str, float]], work: Callabl
 
     def body() -> None:
         tracker = Tracker(plan, report)
+        task.tracker = tracker
         try:
             result = work(tracker)
         except UserFacingError as e:
