@@ -245,7 +245,8 @@ default_layer = next(i for i, c in enumerate(layers) if c.default)
 c1, c2, c3, c4, c5 = st.columns([1.2, 1.6, 1.4, 1, 1])
 method = c1.selectbox("Method", METHOD_NAMES, format_func=lambda m: METHOD_TITLES[m],
                       help="Grad-CAM (as in the study); Grad-CAM++ (several regions); HiResCAM (exact "
-                           "per-position contributions); Score-CAM (no gradients: masks the image, slower).")
+                           "per-position contributions; the same map as Grad-CAM at the last block, which feeds "
+                           "global average pooling); Score-CAM (no gradients: masks the image, slower).")
 layer = c2.selectbox("Layer", layers, index=default_layer, format_func=lambda c: c.label)
 options = [None] + list(range(len(labels)))
 target = c3.selectbox("Class to explain", options,
