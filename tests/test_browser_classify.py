@@ -43,7 +43,7 @@ def test_first_use_upload_while_the_model_loads_then_the_prediction_and_its_over
 
     # the bar's fragment reruns the page when the model is ready: the prediction, without asking again
     page.get_by_role("heading", name=SAMPLE.name).wait_for(timeout=WAIT_MS)
-    assert page.get_by_text("Prediction").count() >= 1
+    page.get_by_text("Prediction").first.wait_for(timeout=WAIT_MS)
     overlay = page.locator('[data-testid="stImage"]').filter(has_text="Overlay")
     overlay.first.wait_for(timeout=WAIT_MS)
     page.get_by_text("Difference").first.wait_for(timeout=60_000)
