@@ -105,7 +105,7 @@ else:
         st.warning(f"No test-set gallery for this run: {md_escape(e)}")
         gallery = []
     if gallery:
-        st.caption("Click an image's name to classify it.")
+        st.caption("Click an image's label to classify it.")
         cols = st.columns(GALLERY_COLUMNS)
         for i, g in enumerate(gallery):
             with cols[i % GALLERY_COLUMNS]:
@@ -119,7 +119,6 @@ else:
         chosen = gallery[pick]
 
 # -- the model and what the images need from the run, prepared in the background ---------------------------
-waiting = bool(files) or chosen is not None
 try:
     clf = model_when_ready(run["path"], "Loading the run's model (once per server); the images above are "
                                         "classified as soon as it is ready.")
@@ -128,15 +127,14 @@ try:
         target = step_when_ready(run["path"], "cell_framing",
                                  "Measuring the cells of the run's training images once, for cell-centred framing…")
         fraction = None if target is None else target.fraction
-        if target is None:
-            clf = None  # the uploads cannot be framed yet
 except UserFacingError as e:
     st.error(f"Could not prepare run {run['run_id']}: {md_escape(e)}")
     st.stop()
-if clf is None:
+framing_pending = clf is not None and mode == CELL and source == "Upload" and fraction is None
+if clf is None or framing_pending:
     if files:
-        st.caption(f"{len(files)} file{'s' if len(files) != 1 else ''} waiting: "
-                   "classified as soon as the model is ready.")
+        st.caption(f"{len(files)} file{'s' if len(files) != 1 else ''} waiting: classified as soon as the "
+                   f"{'cell framing' if framing_pending else 'model'} is ready.")
     st.stop()
 
 ood = None
