@@ -1,13 +1,14 @@
 """The Classify page in a real headless Chromium, on a fresh server over a run that has never been used (no model
 in memory, no 'unlike the training data' statistics on disk): the upload box is usable while the model loads
-in the background, a file uploaded meanwhile is classified once it is ready, and the explanation follows.
+in the background, a file uploaded meanwhile is classified once it is ready, and the explanation follows while
+the run's statistics are still being measured.
 
 One server and one browser page for the module; the steps run in the order a first user meets them."""
 
 from __future__ import annotations
 
 import pytest
-from browser_support import app_over_run, chromium_page, no_exception, open_from_sidebar, screenshot, settle
+from browser_support import app_over_run, chromium_page, no_exception, open_from_sidebar, screenshot
 from conftest import PBC_SAMPLES
 
 pytestmark = pytest.mark.browser
@@ -38,7 +39,6 @@ def test_first_use_upload_while_the_model_loads_then_the_prediction_and_its_over
     waiting = page.get_by_text("1 file waiting: classified as soon as the model is ready")
     waiting.wait_for(timeout=60_000)  # the file stays in the box while the bar runs
     assert uploader.get_by_text(SAMPLE.name).count() == 1 and bar.count() >= 1
-    page.wait_for_timeout(1500)
     screenshot(page, "classify-first-use.png")
 
     # the bar's fragment reruns the page when the model is ready: the prediction, without asking again
@@ -47,10 +47,12 @@ def test_first_use_upload_while_the_model_loads_then_the_prediction_and_its_over
     overlay = page.locator('[data-testid="stImage"]').filter(has_text="Overlay")
     overlay.first.wait_for(timeout=WAIT_MS)
     page.get_by_text("Difference").first.wait_for(timeout=60_000)
-    # then the statistics are measured (their own bar), and the page draws the flag's explanation
-    page.get_by_text("of this run's own test images").first.wait_for(timeout=WAIT_MS)
-    assert (run / "ood_stats.npz").is_file()
-    settle(page)
+    # the 'unlike the training data' statistics are measured meanwhile, under their own bar (the AppTest
+    # test follows them to the end): the results do not wait for them
+    measuring = page.get_by_text("results show without that flag meanwhile")
+    explained = page.get_by_text("of this run's own test images")
+    assert measuring.count() + explained.count() >= 1
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)  # the probabilities
     screenshot(page, "classify.png")
     img = overlay.first.locator("img")
     assert img.evaluate("el => el.complete && el.naturalWidth") >= 28 * 8

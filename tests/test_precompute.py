@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,11 @@ def test_step_task_is_one_task_for_every_caller(run):
     first = precompute.step_task(run, "ood_stats")
     second = precompute.step_task(run.parent / ".." / run.parent.name / run.name, "ood_stats")  # same run
     assert first is second
+    phases = []
+    while first.running:  # what the page's bar shows meanwhile
+        phases.append(first.current().text())
+        time.sleep(0.05)
+    assert any(p.startswith("Measuring · the features of the run's training images") for p in phases), phases
     stats = tasks.wait(first, timeout=300).result
     assert first.done and stats.threshold > 0 and stats.test_rate is not None
     assert (run / STEP_FILES["ood_stats"]).is_file()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from core import tasks
 from core.errors import UserFacingError
-from core.progress import PhaseTimes, Tracker
+from core.progress import PhaseTimes, Tracker, phase_title
 from core.store.runs import open_run
 
 if TYPE_CHECKING:
@@ -193,8 +193,9 @@ def run_step(run_dir: str | Path, step: str, tracker: Tracker | None = None) -> 
         if tracker:
             tracker.start("loading", "the run's model")
         classifier(run_dir)
-    if tracker:
-        tracker.start(s.phase, s.title.lower())
+    if tracker:  # "Measuring · the features of the run's training images", not "Measuring · measuring …"
+        verb, _, rest = s.title.partition(" ")
+        tracker.start(s.phase, rest if verb.lower() == phase_title(s.phase).lower() else s.title.lower())
     start = time.monotonic()
     value = s.compute(run_dir, lambda: classifier(run_dir), tracker.advance if tracker else lambda f: None)
     if fresh:  # a file read back is no measurement of the step
