@@ -105,14 +105,14 @@ else:
         st.warning(f"No test-set gallery for this run: {md_escape(e)}")
         gallery = []
     if gallery:
-        st.caption("Click an image's label to classify it.")
         cols = st.columns(GALLERY_COLUMNS)
         for i, g in enumerate(gallery):
             with cols[i % GALLERY_COLUMNS]:
-                st.image(g.image, width="stretch")
-                st.button(f"{i + 1}. {labels[g.true_index]}", key=f"classify_gallery_{i}", width="stretch",
+                st.image(g.image, caption=f"{i + 1}. {labels[g.true_index]}", width="stretch")
+                st.button("Classify", key=f"classify_gallery_{i}", width="stretch",
                           type="primary" if st.session_state.get(PICK_KEY, 0) == i else "secondary",
-                          on_click=st.session_state.__setitem__, args=(PICK_KEY, i))
+                          on_click=st.session_state.__setitem__, args=(PICK_KEY, i),
+                          help=f"Classify {g.name} (true class: {labels[g.true_index]})")
         pick = st.selectbox("Image to classify", range(len(gallery)), key=PICK_KEY,
                             format_func=lambda i: f"{i + 1}. {gallery[i].name} · true class: "
                                                   f"{labels[gallery[i].true_index]}")
@@ -172,14 +172,14 @@ for r in results:
 explain_key = f"{EXPLAIN_KEY}_{hash(tuple(r.name for r in good))}"  # a new batch starts at its first image
 if len(results) > 1:
     st.subheader(f"{len(results)} files: {len(good)} classified, {len(results) - len(good)} refused", anchor=False)
-    probability = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
-    columns = {"confidence": probability,
+    def probability(title: str | None = None, width: str = "small"):
+        return st.column_config.ProgressColumn(title, format="percent", min_value=0, max_value=1, width=width)
+
+    columns = {"confidence": probability(width="medium"),
                "second": st.column_config.TextColumn("2nd", help="The next most likely class"),
-               "second_probability": st.column_config.ProgressColumn("2nd p", format="percent", min_value=0,
-                                                                     max_value=1),
+               "second_probability": probability("2nd p"),
                "third": st.column_config.TextColumn("3rd", help="The third most likely class"),
-               "third_probability": st.column_config.ProgressColumn("3rd p", format="percent", min_value=0,
-                                                                    max_value=1),
+               "third_probability": probability("3rd p"),
                "distance": st.column_config.NumberColumn(
                    "distance", format="%.1f",
                    help=ood.explanation() if ood is not None else OOD_HELP + " Off, or not measured yet.")}
@@ -189,15 +189,15 @@ if len(results) > 1:
                        help="One row per file: prediction, confidence, the next two classes with their "
                             "probabilities, flags, distance, and the run whose model made the prediction.")
     with st.expander("Gallery", expanded=len(good) <= 16):
-        st.caption("Click an image's label to explain it below.")
         cols = st.columns(GALLERY_COLUMNS)
         for i, r in enumerate(good):
             with cols[i % GALLERY_COLUMNS]:
-                st.image(r.display, width="stretch")
-                st.button(f"{labels[r.index]} {r.confidence:.0%}" + (" ⚑" if r.flags else ""), key=f"{explain_key}_{i}",
-                          width="stretch", type="primary" if st.session_state.get(explain_key, 0) == i else "secondary",
+                st.image(r.display, caption=f"{labels[r.index]} {r.confidence:.0%}" + (" ⚑" if r.flags else ""),
+                         width="stretch")
+                st.button("Explain", key=f"{explain_key}_{i}", width="stretch",
+                          type="primary" if st.session_state.get(explain_key, 0) == i else "secondary",
                           on_click=st.session_state.__setitem__, args=(explain_key, i),
-                          help=f"{r.name}: explain it below" + (f" (flagged: {', '.join(r.flags)})" if r.flags else ""))
+                          help=f"Explain {r.name} below" + (f" (flagged: {', '.join(r.flags)})" if r.flags else ""))
 if not good:
     st.stop()
 

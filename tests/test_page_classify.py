@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from classify_fixtures import settled
 from conftest import PBC_SAMPLES, mirror_run
-from page_helpers import button, metrics, ok, open_page, page, selectbox, texts
+from page_helpers import metrics, ok, open_page, page, selectbox, texts
 from PIL import Image
 
 from core import tasks
@@ -142,7 +142,7 @@ def test_batch_upload_with_bad_files(monkeypatch, artifacts):
     assert {"Top 20% masked", "Random 20% masked", "Difference"} <= set(m)
     assert len(at.image) >= 8 + 1 + 3  # gallery, as uploaded, model view | heatmap | overlay
     assert "conv5_block2_out gives a 4×4 map" in texts(at).replace("`", "")
-    # no keyboard needed: clicking an image's label in the gallery explains that image
+    # no keyboard needed: clicking under an image in the gallery explains that image
     third = good["file"].iloc[2]
     gallery_buttons = [b for b in at.button if b.key and b.key.startswith("classify_explain_")]
     assert len(gallery_buttons) == 8 and third not in [s.value for s in at.subheader]
@@ -222,7 +222,7 @@ def test_gallery_of_the_test_split(monkeypatch, artifacts):
     last = [s.value for s in at.subheader if s.value.startswith("test #")]
     assert len(first) == len(last) == 1 and first != last
     assert last[0] in pick.options[-1] and metrics(at)["Prediction"]
-    button(at, "3. eosinophil").click()  # or click the image's label: no keyboard needed
+    next(b for b in at.button if b.key == "classify_gallery_2").click()  # or click under the image: no keyboard
     settled(at)
     third = [s.value for s in at.subheader if s.value.startswith("test #")]
     assert third[0] in selectbox(at, "Image to classify").options[2] and "true class: eosinophil" in \
