@@ -281,3 +281,13 @@ def gallery(run_dir: str | Path, per_class: int = 2, seed: int = 0) -> list[Gall
     except (OSError, ValueError, KeyError) as e:
         raise UserFacingError(f"{path.name}: cannot read the test images ({e})") from None
     return [GalleryImage(f"test #{int(i)}", img, int(labels[i])) for i, img in zip(index, images)]
+
+
+def __getattr__(name: str):
+    """`classify.Classifier` (the command line and benchmarks use it) without importing TensorFlow with this
+    module: it is imported on first use."""
+    if name == "Classifier":
+        from core.inference.classifier import Classifier  # noqa: PLC0415
+
+        return Classifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
