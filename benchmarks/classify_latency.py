@@ -13,6 +13,15 @@ with random weights (latency does not depend on the weights), or loaded with --r
 
 Targets (issue 5): <= 50 ms at 64 px and <= 200 ms at 224 px, here (a 2-core CPU). Other processes on the
 machine inflate the numbers; the load average at the start and end is printed so a reader can judge.
+
+With --first-use and --run, it also times what a run's first visit to Classify waits for, through the same
+background tasks the page uses (core.inference.precompute): loading the model, then measuring the 'unlike the
+training data' statistics, on fresh copies of the run (small files copied, the model linked) in one
+temporary store, round after round. Each row shows what the progress bar expected when the task started
+(core.progress.PhaseTimes: the default before anything was measured, then the median of earlier rounds) and
+what it took, and their ratio: the measured estimate should land within 50% of the actual time.
+
+    python benchmarks/classify_latency.py --run artifacts/runs/<id> --first-use --rounds 3
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,8 +45,10 @@ sys.path.insert(0, str(PROJECT))
 import numpy as np
 import tensorflow as tf
 
+from core import tasks
 from core.config import RunConfig
 from core.data.registry import label_names
+from core.inference import precompute
 from core.inference.classifier import Classifier
 from core.models.build import build_model
 
@@ -99,6 +112,37 @@ def bench(case: str, repeats: int, warmup: int, method: str) -> dict:
             "target_ms": target, "meets_target": explain["median_ms"] <= target}
 
 
+def first_use(run: str, rounds: int) -> list[dict]:
+    """Expected and actual seconds of the first-use tasks on `rounds` fresh copies of `run` (see the docstring).
+    TensorFlow is already imported here, so a load measures the model alone (a server's very first load also
+    imports TensorFlow, and records that time)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            copy = Path(tmp) / "artifacts" / "runs" / f"{Path(run).name}-{i}"
+            copy.mkdir(parents=True)
+            for f in Path(run).iterdir():
+                if f.name == "model.keras":
+                    (copy / f.name).symlink_to(f.resolve())
+                elif f.is_file() and f.suffix in (".json", ".csv", ".log"):
+                    shutil.copy(f, copy / f.name)
+            for what, start_task, key in (("load the model", precompute.model_task, "loading"),
+                                          ("measure OOD stats", lambda r: precompute.step_task(r, "ood_stats"),
+                                           "ood_stats")):
+                expected = precompute.expected_seconds(copy, key)
+                began = time.perf_counter()
+                task = tasks.wait(start_task(copy))
+                actual = time.perf_counter() - began
+                if task.failed:
+                    raise SystemExit(f"{what} failed: {task.error}")
+                rows.append({"round": i + 1, "task": what, "expected_s": expected, "actual_s": actual,
+                             "ratio": expected / actual if actual > 0 else float("nan")})
+                print(f"round {i + 1}  {what:<18} expected {expected:6.1f} s  took {actual:6.1f} s  "
+                      f"estimate/actual {rows[-1]['ratio']:.2f}", flush=True)
+            precompute.forget_model(copy)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), metavar="ARCH:SIZE",
@@ -108,8 +152,20 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results here")
+    parser.add_argument("--first-use", action="store_true",
+                        help="with --run: time the first visit's background tasks and their estimates instead")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh copies of the run for --first-use")
     args = parser.parse_args()
     cases = args.run or args.cases
+    if args.first_use:
+        if not args.run:
+            parser.error("--first-use needs --run DIR")
+        print(f"# first use of {', '.join(args.run)}; load average at start: {load_average()}")
+        rows = [r for run in args.run for r in first_use(run, args.rounds)]
+        print(f"# load average at end: {load_average()}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"load_average_end": load_average(), "first_use": rows}, indent=2))
+        return 0
 
     print(f"# TensorFlow {tf.__version__} on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}; "

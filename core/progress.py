@@ -147,17 +147,27 @@ class Tracker:
             total = expected
         return max(total, elapsed), max(total - elapsed, 0.0)
 
-    def _emit(self) -> Progress:
+    def now(self) -> Progress:
+        """Where the task stands at this moment, without reporting: a phase that says nothing while it runs
+        (loading a model) still moves its bar and counts its time left down as the clock runs."""
+        if 0 <= self._index < len(self._order):
+            return self._emit(report=False)
+        return self.progress
+
+    def _emit(self, report: bool = True) -> Progress:
         phase = self._order[self._index]
         total_now, left_now = self._current_left()
         before = sum(self._expected[p] for p in self._order[:self._index])
         after = sum(self._expected[p] for p in self._order[self._index + 1:])
         whole = before + total_now + after
         fraction = (before + total_now - left_now) / whole if whole > 0 else 0.0
-        self.progress = Progress(phase, min(max(fraction, 0.0), 0.999), left_now + after, self._detail)
+        progress = Progress(phase, min(max(fraction, 0.0), 0.999), left_now + after, self._detail)
+        if not report:
+            return progress
+        self.progress = progress
         if self._report:
-            self._report(self.progress)
-        return self.progress
+            self._report(progress)
+        return progress
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ same key (another tab, another user, a rerun) returns the task already there, so
 once. A page draws the uploader and everything else that does not need the result at once, and shows the
 task's `Progress` (core.progress) until it is done. The result stays with the task; a failed task keeps its
 message (a UserFacingError's text; anything else as its class and text, the traceback printed to the server
-log) and is started again by the next `start`.
+log) and is started again by the next `start`, unless that asks for `retry=False` (a page redrawn every
+second shows the message rather than restarting a failing task each time).
 
 Phase expectations come from core.progress.PhaseTimes when the caller passes them in `plan`; each finished
 task records how long its phases took through `record`, so the next estimate is measured.
@@ -37,6 +38,13 @@ class Task:
     error: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    tracker: Tracker | None = field(default=None, repr=False)
+
+    def current(self) -> Progress:
+        """The progress at this moment: while a phase runs without reporting, its bar still moves and its
+        time left counts down (core.progress.Tracker.now); the last report otherwise."""
+        tracker = self.tracker
+        return tracker.now() if tracker is not None and self.running else self.progress
 
     @property
     def done(self) -> bool:
@@ -61,11 +69,12 @@ def get(key: str) -> Task | None:
 
 
 def start(key: str, title: str, plan: Sequence[tuple[str, float]], work: Callable[[Tracker], Any],
-          record: Callable[[dict[str, float]], None] | None = None) -> Task:
-    """The task for `key`: the one running or done, else a new one started now (a failed one starts again)."""
+          record: Callable[[dict[str, float]], None] | None = None, retry: bool = True) -> Task:
+    """The task for `key`: the one running or done, else a new one started now. A failed one starts again,
+    or with `retry=False` is returned as it is, its message for the caller to show."""
     with _LOCK:
         task = _TASKS.get(key)
-        if task is not None and not task.failed:
+        if task is not None and (not task.failed or not retry):
             return task
         task = Task(key, title, progress=Progress(plan[0][0], 0.0, sum(s for _, s in plan)))
         _TASKS[key] = task
@@ -76,6 +85,7 @@ def start(key: str, title: str, plan: Sequence[tuple[str, float]], work: Callabl
 
     def body() -> None:
         tracker = Tracker(plan, report)
+        task.tracker = tracker
         try:
             result = work(tracker)
         except UserFacingError as e:
@@ -101,15 +111,26 @@ def start(key: str, title: str, plan: Sequence[tuple[str, float]], work: Callabl
 def run_now(key: str, title: str, plan: Sequence[tuple[str, float]], work: Callable[[Tracker], Any],
             record: Callable[[dict[str, float]], None] | None = None, timeout: float | None = None) -> Any:
     """Start (or join) the task and wait for it: for the CLI and tests. Raises UserFacingError on failure."""
-    task = start(key, title, plan, work, record)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while task.running:
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"{title} did not finish within {timeout:g} s")
-        time.sleep(0.05)
+    task = wait(start(key, title, plan, work, record), timeout)
     if task.failed:
         raise UserFacingError(task.error or f"{title} failed")
     return task.result
+
+
+def wait(task: Task, timeout: float | None = None) -> Task:
+    """The task once it has ended (done or failed); TimeoutError if it runs longer than `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while task.running:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{task.title} did not finish within {timeout:g} s")
+        time.sleep(0.05)
+    return task
+
+
+def running() -> list[Task]:
+    """The tasks running now (tests wait for them; a server's status could list them)."""
+    with _LOCK:
+        return [t for t in _TASKS.values() if t.running]
 
 
 def forget(key: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 from core.data.dataset import load_npz
 from core.explain.cam import method
 from core.explain.cam.gradcam import GradCAM
-from core.explain.overlay import colorize, overlay, panels, triptych
+from core.explain.overlay import colorize, overlay, panels, triptych, with_caption
 from core.models.build import last_conv_block
 from core.models.preprocessing import preprocess
 
@@ -155,3 +155,14 @@ def test_colorize_overlay_and_triptych():
     np.testing.assert_array_equal(np.concatenate([image, strip[:, 224:228], heatmap, strip[:, 224:228], blend],
                                                  axis=1), strip)
     assert panels(rgb, heat)[0].shape == (252, 252, 3)  # 256 px by default: 28 px x 9
+
+
+def test_a_caption_strip_names_what_an_overlay_shows():
+    rgb = np.full((252, 252, 3), 90, np.uint8)
+    lines = ["immature granulocytes 97.3% · Grad-CAM++ · layer conv5_block2_out", "cellule_é.jpg"]
+    out = with_caption(rgb, lines)
+    assert out.shape[1] == 320 and out.shape[0] > 252 + 2 * 18  # widened to 320 px, the long line wrapped
+    np.testing.assert_array_equal(out[:252, 34:286], rgb)  # the image itself, centred and untouched
+    strip = out[252:]
+    assert (strip < 128).any() and (strip == 255).mean() > 0.7  # dark text on white
+    assert with_caption(rgb, []).shape == (264, 320, 3)  # no lines: only the margins

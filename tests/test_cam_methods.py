@@ -132,8 +132,9 @@ def test_each_method_on_a_real_trained_run(trained_run):
         layers = cam_layers(clf.model)
         assert [c.name for c in layers if c.default] == ["conv5_block2_out"]
         assert [c.height for c in layers] == [28, 14, 7, 4]
+        results = {}
         for name in METHOD_NAMES:
-            result = clf.explain(images, name)
+            result = results[name] = clf.explain(images, name)
             assert result.heatmaps.shape == (2, 28, 28)
             assert 0.0 <= result.heatmaps.min() and result.heatmaps.max() <= 1.0
             np.testing.assert_allclose(result.probabilities, expected, atol=1e-4)
@@ -141,6 +142,15 @@ def test_each_method_on_a_real_trained_run(trained_run):
             assert result.extras["avg_pool"].shape == (2, 512)
         fine = clf.explain(images, "gradcam", "conv3_block2_out", class_index=3)
         assert list(fine.targets) == [3, 3]
+        # the last block feeds global average pooling and the head: its gradient is the same at every
+        # position, so HiResCAM is Grad-CAM there (and the explanation says so); at an earlier block it is not
+        grad, hires = results["gradcam"], results["hirescam"]
+        assert grad.flat_gradients.tolist() == hires.flat_gradients.tolist() == [True, True]
+        np.testing.assert_allclose(hires.heatmaps, grad.heatmaps, atol=1e-5)
+        hires = clf.explain(images, "hirescam", "conv3_block2_out", class_index=3)
+        assert fine.flat_gradients.tolist() == hires.flat_gradients.tolist() == [False, False]
+        assert np.abs(hires.heatmaps - fine.heatmaps).max() > 0.05
+        assert results["scorecam"].flat_gradients is None  # no gradient to speak of
         cams = list(clf._cams.values())
     assert all(cam.released for cam in cams)
 

@@ -28,10 +28,11 @@ def test_fit_matches_the_mahalanobis_formula_and_calibrates_on_validation():
     scale = np.array([1.0, 3.0, 0.5, 2.0, 1.0, 0.2])  # anisotropic: Euclidean distance would be wrong
     train, labels = clusters(rng, 400, centres, scale)
     val, _ = clusters(rng, 300, centres, scale)
-    stats = fit(train, labels, val)
+    stats = fit(train, labels, val, 95.0)
     assert stats.percentile == 95.0 and stats.n_train == 1200 and stats.n_val == 900
     flagged = stats.unlike(val).mean()
     assert 0.04 <= flagged <= 0.06  # by construction, about 5% of validation images
+    assert stats.test_rate is None and stats.typical == pytest.approx(np.median(stats.distance(val)))
     fresh, _ = clusters(np.random.default_rng(1), 300, centres, scale)
     assert stats.unlike(fresh).mean() < 0.12  # new in-distribution data: few flags
     # the distance is the Mahalanobis distance under the fitted (shrunk) precision
@@ -46,14 +47,36 @@ def test_fit_matches_the_mahalanobis_formula_and_calibrates_on_validation():
     assert stats.unlike(np.stack([odd, ordinary])).tolist() == [True, False]
 
 
+def test_the_default_flags_about_one_ordinary_image_in_a_hundred_and_measures_it_on_test_images():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 10
+    train, labels = clusters(rng, 500, centres, np.ones(8))
+    val, _ = clusters(rng, 250, centres, np.ones(8))  # 1,000 images: 250 per class
+    test, _ = clusters(rng, 250, centres, np.ones(8))
+    stats = fit(train, labels, val, test_embeddings=test)
+    assert stats.percentile == ood.PERCENTILE == 99.0
+    assert 0.005 <= stats.unlike(val).mean() <= 0.015
+    assert stats.n_test == 1000 and stats.test_rate == stats.unlike(test).mean() and stats.test_rate < 0.03
+    text = stats.explanation()
+    assert f"beyond {stats.threshold:.1f}" in text and "99th percentile of 1,000 validation" in text
+    assert f"flags {stats.test_rate:.1%} of this run's own test images (1,000)" in text
+
+
 def test_stats_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    stats = fit(rng.normal(size=(50, 4)), np.arange(50) % 2, rng.normal(size=(20, 4)))
+    stats = fit(rng.normal(size=(50, 4)), np.arange(50) % 2, rng.normal(size=(20, 4)),
+                test_embeddings=rng.normal(size=(10, 4)))
     path = tmp_path / STATS_FILE
     path.write_bytes(stats.to_bytes())
     back = OODStats.from_file(path)
     np.testing.assert_array_equal(back.whitening, stats.whitening)
     assert back.threshold == stats.threshold and back.n_val == 20
+    assert (back.test_rate, back.n_test, back.typical) == (stats.test_rate, 10, stats.typical)
+    old = dict(np.load(path))
+    old["version"] = np.array(1)  # statistics thresholded at the old 95th percentile: made again
+    np.savez(path, **old)
+    with pytest.raises(ValueError, match="old version"):
+        OODStats.from_file(path)
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +98,18 @@ def embedder(clf, calls: list):
 def test_computed_once_per_run_and_cached_atomically(classifier):
     run_dir = classifier.run.path
     calls: list[int] = []
-    stats = load_or_fit(run_dir, embedder(classifier, calls))
+    done: list[float] = []
+    stats = load_or_fit(run_dir, embedder(classifier, calls), done.append)
     sizes = classifier.run.metrics["dataset"]
-    assert calls == [sizes["n_train"], sizes["n_val"]]  # the tiny fixture's whole splits (under the limits)
+    # the tiny fixture's whole splits (under the limits), in chunks, the test split to measure the flag rate
+    assert sum(calls) == sizes["n_train"] + sizes["n_val"] + sizes["n_test"] and max(calls) <= ood.CHUNK
+    assert done == sorted(done) and done[-1] == 1.0 and len(done) == len(calls)
+    assert stats.n_test == sizes["n_test"] and 0 <= stats.test_rate <= 0.2
     path = run_dir / STATS_FILE
     assert path.is_file() and not list(run_dir.glob(".*.tmp"))
+    n_calls = len(calls)
     again = load_or_fit(run_dir, embedder(classifier, calls))
-    assert len(calls) == 2 and again.threshold == stats.threshold  # read from disk, nothing embedded
+    assert len(calls) == n_calls and again.threshold == stats.threshold  # read from disk, nothing embedded
     # real images: validation-like images pass, noise and blank fields are unlike the training data
     from conftest import NPZ_28
 

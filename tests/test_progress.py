@@ -103,3 +103,47 @@ def test_a_failed_task_keeps_its_message_and_starts_again() -> None:
     assert tasks.get("test-fail").failed
     assert tasks.run_now("test-fail", "Measuring", [("measuring", 1)], lambda t: "ok", timeout=5) == "ok"
     tasks.forget("test-fail")
+
+
+def test_a_failed_task_is_kept_for_a_page_that_asks_not_to_retry() -> None:
+    attempts: list[int] = []
+
+    def fail(tracker: Tracker) -> None:
+        attempts.append(1)
+        raise UserFacingError("the run's data file is not on this machine")
+
+    task = tasks.wait(tasks.start("test-keep", "Measuring", [("measuring", 1)], fail, retry=False), timeout=5)
+    assert task.failed and task not in tasks.running()
+    for _ in range(3):  # a page redrawn every second: the message, not a new attempt each time
+        assert tasks.start("test-keep", "Measuring", [("measuring", 1)], fail, retry=False) is task
+    assert attempts == [1]
+    again = tasks.wait(tasks.start("test-keep", "Measuring", [("measuring", 1)], fail), timeout=5)  # "Try again"
+    assert again is not task and attempts == [1, 1]
+    tasks.forget("test-keep")
+
+
+def test_a_silent_phase_still_moves_and_counts_down() -> None:
+    clock = Clock()
+    t = Tracker([("loading", 20), ("measuring", 20)], clock=clock)
+    t.start("loading")  # loading a model reports nothing until it is done
+    clock.now = 10
+    p = t.now()
+    assert p.fraction == pytest.approx(0.25) and p.eta_seconds == pytest.approx(30)
+    assert t.progress.fraction == 0.0  # now() reports nothing: the last report is unchanged
+    clock.now = 30  # overran its 20 s: still time left, never "0 s"
+    assert t.now().eta_seconds > 20 and t.now().fraction < 0.75
+
+
+def test_a_running_task_tells_its_progress_now() -> None:
+    gate = threading.Event()
+    task = tasks.start("test-now", "Loading", [("loading", 1000)], lambda t: (t.start("loading"), gate.wait(5)))
+    try:
+        first = task.current()
+        threading.Event().wait(0.05)
+        assert task.current().eta_seconds < first.eta_seconds <= 1000  # counting down with nothing reported
+        assert task.progress.eta_seconds == pytest.approx(1000, abs=1)
+    finally:
+        gate.set()
+    tasks.wait(task, 5)
+    assert task.current() == task.progress and task.progress.phase == "done"
+    tasks.forget("test-now")

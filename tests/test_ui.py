@@ -114,9 +114,10 @@ def test_the_guard_lets_bugs_through():
 
 
 def test_one_model_per_run_folder_for_every_page(trained_run, tmp_path):
-    from ui.model import _load, classifier
+    from core.inference.precompute import forget_model
+    from ui.model import classifier
 
-    _load.clear()
+    forget_model(trained_run)
     link = tmp_path / "same-run"
     link.symlink_to(Path(trained_run))
     first = classifier(str(trained_run))

@@ -40,6 +40,6 @@ def await_task(task: tasks.Task, what: str) -> None:
         if not task.running:
             st.rerun(scope="app")
         st.caption(md_escape(what))
-        progress_bar(task.progress)
+        progress_bar(task.current())
 
     _poll()

@@ -39,3 +39,41 @@ def triptych(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap:
     big, heat, over = panels(rgb, heatmap, alpha, colormap, display)
     gap = np.full((big.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([big, gap, heat, gap, over], axis=1)
+
+
+CAPTION_SCALE = 0.45  # Hershey font scale of the caption strip (about 9 px a character)
+CAPTION_LINE = 18  # px per caption line
+CAPTION_PAD = 6
+
+
+def _ascii(text: str) -> str:
+    """OpenCV's Hershey fonts draw ASCII only: '·' becomes '|', other characters '?'."""
+    return "".join(c if 32 <= ord(c) < 127 else ("|" if c == "·" else "?") for c in text)
+
+
+def _wrap(text: str, width_px: int) -> list[str]:
+    lines, line = [], ""
+    for word in _ascii(text).split(" "):
+        trial = f"{line} {word}".strip()
+        if line and cv2.getTextSize(trial, cv2.FONT_HERSHEY_SIMPLEX, CAPTION_SCALE, 1)[0][0] > width_px:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return [*lines, line] if line else lines
+
+
+def with_caption(rgb: np.ndarray, lines: list[str], min_width: int = 320) -> np.ndarray:
+    """The image over a white strip carrying `lines` (wrapped to the width), so a downloaded overlay says what it
+    shows wherever it ends up. Images narrower than `min_width` are centred on a white margin first."""
+    h, w = rgb.shape[:2]
+    width = max(w, min_width)
+    canvas = np.full((h, width, 3), 255, np.uint8)
+    left = (width - w) // 2
+    canvas[:, left:left + w] = rgb
+    wrapped = [part for line in lines for part in _wrap(line, width - 2 * CAPTION_PAD)]
+    strip = np.full((CAPTION_PAD * 2 + CAPTION_LINE * len(wrapped), width, 3), 255, np.uint8)
+    for i, line in enumerate(wrapped):
+        cv2.putText(strip, line, (CAPTION_PAD, CAPTION_PAD + CAPTION_LINE * (i + 1) - 5), cv2.FONT_HERSHEY_SIMPLEX,
+                    CAPTION_SCALE, (20, 20, 20), 1, cv2.LINE_AA)
+    return np.concatenate([canvas, strip], axis=0)

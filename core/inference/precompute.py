@@ -8,9 +8,12 @@ Steps, each cached in the run folder by its own module (`Run.derived` or `add_to
   stain_target      the colours of the run's training images (colour normalisation of other labs' cells)
 
 Models are loaded once per process (`classifier`, at most MODELS_KEPT at a time) and shared by every page
-and background task. `step_task` runs one step (loading the model first when it needs one) as a
-core.tasks background task whose progress has phases "loading" and the step's own, each expected to take what
-it took last time on this machine (core.progress.PhaseTimes, by architecture and image size).
+and background task; the call that really loads one records how long it took. `step_task` runs one step
+(loading the model first when the step needs one and its file is not there yet) as a core.tasks background
+task whose progress has phases "loading" and the step's own, each expected to take what it took last time on
+this machine (core.progress.PhaseTimes, by architecture and image size), and moves within its phase as the
+step reports. A step whose task failed keeps its message for the pages (`retry=False`) until someone asks
+again (`retry=True`, the default), so a page never restarts a failing step on every rerun.
 
 TensorFlow is imported only by the steps that need a model.
 """
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from core import tasks
 from core.errors import UserFacingError
-from core.progress import PhaseTimes, Tracker
+from core.progress import PhaseTimes, Tracker, phase_title
 from core.store.runs import open_run
 
 if TYPE_CHECKING:
@@ -44,28 +47,33 @@ class Step:
     title: str  # what the page says is being prepared
     file: str  # the run-folder file that holds it
     needs_model: bool
-    compute: Callable[[Path, "Classifier | None"], Any]
+    compute: Callable[[Path, "ModelFn", "Fraction"], Any]  # (run folder, its model on demand, fraction done)
 
 
-def _test_predictions(run_dir: Path, clf: "Classifier | None") -> Any:
+ModelFn = Callable[[], "Classifier"]  # the run's model, loaded only when a step really needs it
+Fraction = Callable[[float], None]  # how much of the step is done, 0..1
+
+
+def _test_predictions(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
     from core.evaluation import predictions  # noqa: PLC0415
 
-    return predictions.load_or_compute(run_dir, clf)
+    found = predictions.cached(run_dir)
+    return found if found is not None else predictions.compute(run_dir, model(), progress)
 
 
-def _ood_stats(run_dir: Path, clf: "Classifier | None") -> Any:
+def _ood_stats(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
     from core.inference.ood import load_or_fit  # noqa: PLC0415
 
-    return load_or_fit(run_dir, lambda images: clf.probabilities_and_embeddings(images)[1])
+    return load_or_fit(run_dir, lambda images: model().probabilities_and_embeddings(images)[1], progress)
 
 
-def _cell_framing(run_dir: Path, clf: "Classifier | None") -> Any:
+def _cell_framing(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
     from core.data.cell_framing import run_target  # noqa: PLC0415
 
     return run_target(run_dir)
 
 
-def _stain_target(run_dir: Path, clf: "Classifier | None") -> Any:
+def _stain_target(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
     from core.validation.stain import run_target  # noqa: PLC0415
 
     return run_target(run_dir)
@@ -112,9 +120,8 @@ def loaded(run_dir: str | Path) -> "Classifier | None":
 
 def classifier(run_dir: str | Path) -> "Classifier":
     """The run's model with prediction and the default Grad-CAM traced, loaded once per process (two callers
-    asking at once wait for one load) and shared. UserFacingError for a missing or broken run."""
-    from core.inference.classify import load_classifier  # noqa: PLC0415 - TensorFlow only when a model is needed
-
+    asking at once wait for one load) and shared. UserFacingError for a missing or broken run. The call that
+    loads it records how long loading took (PhaseTimes, for the next estimate)."""
     key = _key(run_dir)
     with _MODELS_LOCK:
         if key in _MODELS:
@@ -125,7 +132,11 @@ def classifier(run_dir: str | Path) -> "Classifier":
         with _MODELS_LOCK:
             if key in _MODELS:
                 return _MODELS[key]
+        start = time.monotonic()
         try:
+            # TensorFlow only when a model is needed: importing it is part of the first load's time
+            from core.inference.classify import load_classifier  # noqa: PLC0415
+
             clf = load_classifier(key)
         except (OSError, ValueError) as e:  # Keras on a damaged or foreign model file
             raise UserFacingError(f"Could not load the model of run {Path(key).name}: {e}") from None
@@ -133,6 +144,7 @@ def classifier(run_dir: str | Path) -> "Classifier":
             _MODELS[key] = clf
             while len(_MODELS) > MODELS_KEPT:
                 _MODELS.popitem(last=False)
+        _record(Path(key), "loading", time.monotonic() - start)
         return clf
 
 
@@ -153,63 +165,77 @@ def _times(run_dir: Path) -> tuple[PhaseTimes, str]:
 
 def expected_seconds(run_dir: str | Path, phase_key: str) -> float:
     """What loading the model ("loading") or one step (its name) took last time for runs like this one."""
-    times, shape = _times(Path(run_dir))
     phase = "loading" if phase_key == "loading" else STEPS[phase_key].phase
+    try:
+        times, shape = _times(Path(run_dir))
+    except UserFacingError:  # a broken run: its task will say so
+        return DEFAULT_SECONDS[phase]
     return times.expected(f"{phase_key}/{shape}", "seconds", DEFAULT_SECONDS[phase])
 
 
 def _record(run_dir: Path, phase_key: str, seconds: float) -> None:
-    times, shape = _times(run_dir)
+    try:
+        times, shape = _times(run_dir)
+    except UserFacingError:
+        return
     times.record(f"{phase_key}/{shape}", {"seconds": seconds})
 
 
 def run_step(run_dir: str | Path, step: str, tracker: Tracker | None = None) -> Any:
-    """Do one step now in this thread (loading the model first when it needs one and it is not loaded),
-    reporting to `tracker` when given. Returns the step's value."""
+    """Do one step now in this thread, reporting to `tracker` when given, and return its value. The model is
+    loaded first (phase "loading") only when the step needs it and its file is not there yet; a step whose
+    file is there reads it without a model."""
     run_dir = Path(run_dir)
     s = STEPS[step]
-    clf = None
-    if s.needs_model:
-        clf = loaded(run_dir)
-        if clf is None:
-            if tracker:
-                tracker.start("loading", "the run's model")
-            start = time.monotonic()
-            clf = classifier(run_dir)
-            _record(run_dir, "loading", time.monotonic() - start)
-    if tracker:
-        tracker.start(s.phase, s.title.lower())
+    fresh = not ready(run_dir, step)
+    if s.needs_model and fresh and loaded(run_dir) is None:
+        open_run(run_dir).training_data()  # its data gone: say so before loading a model for nothing
+        if tracker:
+            tracker.start("loading", "the run's model")
+        classifier(run_dir)
+    if tracker:  # "Measuring · the features of the run's training images", not "Measuring · measuring …"
+        verb, _, rest = s.title.partition(" ")
+        tracker.start(s.phase, rest if verb.lower() == phase_title(s.phase).lower() else s.title.lower())
     start = time.monotonic()
-    value = s.compute(run_dir, clf)
-    _record(run_dir, step, time.monotonic() - start)
+    value = s.compute(run_dir, lambda: classifier(run_dir), tracker.advance if tracker else lambda f: None)
+    if fresh:  # a file read back is no measurement of the step
+        _record(run_dir, step, time.monotonic() - start)
     return value
 
 
-def step_task(run_dir: str | Path, step: str) -> tasks.Task:
-    """One step as a background task shared by every page and user (started once per run and step)."""
+def task_key(kind: str, run_dir: str | Path) -> str:
+    """The core.tasks key of a run's step (its name) or of loading its model ("model")."""
+    return f"{kind}:{Path(run_dir).resolve()}"
+
+
+def step_task(run_dir: str | Path, step: str, retry: bool = True) -> tasks.Task:
+    """One step as a background task shared by every page and user (started once per run and step).
+    `retry=False`: a task that failed is returned as it is (its message for the page) instead of started again."""
     run_dir = Path(run_dir).resolve()
     s = STEPS[step]
     plan = [(s.phase, expected_seconds(run_dir, step))]
-    if s.needs_model and loaded(run_dir) is None:
+    if s.needs_model and loaded(run_dir) is None and not ready(run_dir, step):
         plan.insert(0, ("loading", expected_seconds(run_dir, "loading")))
-    return tasks.start(f"{step}:{run_dir}", s.title, plan, lambda tracker: run_step(run_dir, step, tracker))
+    return tasks.start(task_key(step, run_dir), s.title, plan, lambda tracker: run_step(run_dir, step, tracker),
+                       retry=retry)
 
 
-def model_task(run_dir: str | Path) -> tasks.Task:
-    """Loading the run's model as a background task (Classify draws its uploader meanwhile)."""
+def model_task(run_dir: str | Path, retry: bool = True) -> tasks.Task:
+    """Loading the run's model as a background task (Classify draws its uploader meanwhile). The task's result
+    is None: the model lives in the cache (`loaded`, `classifier`), so a finished task holds no memory, and a
+    model dropped from the cache since is loaded again by a new task."""
     run_dir = Path(run_dir).resolve()
+    key = task_key("model", run_dir)
 
-    def work(tracker: Tracker) -> "Classifier":
+    def work(tracker: Tracker) -> None:
         tracker.start("loading", "the run's model")
-        start = time.monotonic()
-        clf = classifier(run_dir)
-        _record(run_dir, "loading", time.monotonic() - start)
-        return clf
+        classifier(run_dir)
 
-    if loaded(run_dir) is not None:
-        tasks.forget(f"model:{run_dir}")
-    return tasks.start(f"model:{run_dir}", "Loading the model", [("loading", expected_seconds(run_dir, "loading"))],
-                       work)
+    previous = tasks.get(key)
+    if previous is not None and previous.done:
+        tasks.forget(key)  # done before: the model is in the cache, or was dropped and must be loaded again
+    return tasks.start(key, "Loading the model", [("loading", expected_seconds(run_dir, "loading"))], work,
+                       retry=retry)
 
 
 def precompute_all(run_dir: str | Path, report: Callable[[str, float], None] | None = None) -> dict[str, str]:

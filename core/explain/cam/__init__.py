@@ -20,6 +20,11 @@ _METHODS = {
 }
 METHOD_NAMES = tuple(_METHODS)
 METHOD_TITLES = {name: entry[2] for name, entry in _METHODS.items()}
+# shown with a HiResCAM map whose explanation has `flat_gradients` (see base.py)
+SAME_AS_GRADCAM_NOTE = ("HiResCAM gives exactly Grad-CAM's map here, and that is expected: at this layer the class "
+                        "score's gradient is the same at every position (the layer feeds global average pooling "
+                        "and the dense head directly), so Grad-CAM's averaging of the gradient over positions "
+                        "loses nothing. Pick an earlier layer to see them differ.")
 
 
 def method(name: str) -> "type[BaseCAM]":

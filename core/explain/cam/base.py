@@ -7,7 +7,13 @@ map to [0, 1]. All of it is one `tf.function` with a fixed input signature, trac
 also returns the class probabilities: a prediction and its explanation cost one forward pass.
 
 A method overrides `channel_weights` (Grad-CAM, Grad-CAM++, Score-CAM); a method whose map is not a
-weighted sum of channels (HiResCAM) overrides `cam_map` instead. Both hooks receive TensorFlow tensors and
+weighted sum of channels (HiResCAM) overrides `cam_map` instead.
+
+Each explanation also says whether the class score's gradient was spatially constant per channel at the
+explained layer (`flat_gradients`): then Grad-CAM's spatial mean of the gradient loses nothing, and Grad-CAM
+and HiResCAM give the same map. That is the case at a layer followed directly by global average pooling and
+the dense head (our networks' last block), so the page can say why two methods agree rather than leave users
+to suspect a bug. Both hooks receive TensorFlow tensors and
 run inside the traced function. Use an object in a `with` block to release its graph and function.
 """
 
@@ -23,6 +29,7 @@ import tensorflow as tf
 from core.models.build import last_conv_block
 
 PREDICTED = -1  # class_index meaning "the predicted class"
+FLAT_TOLERANCE = 1e-3  # gradient spread over positions, relative to its largest value, still called constant
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Explanation:
     heatmaps: np.ndarray  # (N, S, S) float32 in [0, 1]
     targets: np.ndarray  # (N,) the class each heatmap explains
     extras: dict[str, np.ndarray]  # outputs of `extra_layers`, e.g. the pooled embedding
+    flat_gradients: np.ndarray | None = None  # (N,) bool: gradient constant over positions (None: no gradient)
 
 
 class BaseCAM:
@@ -111,7 +119,8 @@ class BaseCAM:
         extras = [tf.cast(e, tf.float32) for e in extras]
         cam = tf.nn.relu(self.cam_map(activations, grads, x, targets))
         heat = normalise_tf(upsample(cam, self.input_size))
-        return tf.nn.softmax(logits), heat, targets, extras
+        flat = flat_gradients(grads) if grads is not None else tf.zeros((0,), tf.bool)
+        return tf.nn.softmax(logits), heat, targets, extras, flat
 
     def explain(self, images: np.ndarray | tf.Tensor,
                 class_index: int | Sequence[int] | None = None) -> Explanation:
@@ -124,13 +133,22 @@ class BaseCAM:
         x = tf.cast(tf.convert_to_tensor(images), tf.float32)
         n = int(x.shape[0])
         idx = np.broadcast_to(np.asarray(PREDICTED if class_index is None else class_index, np.int32), (n,))
-        probabilities, heat, targets, extras = self._explain(x, tf.constant(idx))
+        probabilities, heat, targets, extras, flat = self._explain(x, tf.constant(idx))
         return Explanation(probabilities.numpy(), heat.numpy(), targets.numpy(),
-                           {name: e.numpy() for name, e in zip(self.extra_layers, extras)})
+                           {name: e.numpy() for name, e in zip(self.extra_layers, extras)},
+                           flat.numpy() if self.uses_gradients else None)
 
     def __call__(self, x: np.ndarray | tf.Tensor, class_index: int | Sequence[int] | None = None) -> np.ndarray:
         """Batch (N, S, S, 3) -> heatmaps (N, S, S) in [0, 1]; `class_index` None explains the prediction."""
         return self.explain(x, class_index).heatmaps
+
+
+def flat_gradients(grads: tf.Tensor) -> tf.Tensor:
+    """(N, h, w, C) gradients -> (N,) whether each image's gradient is the same at every position, channel by
+    channel (within FLAT_TOLERANCE of its largest magnitude)."""
+    spread = tf.reduce_max(tf.abs(grads - tf.reduce_mean(grads, axis=(1, 2), keepdims=True)), axis=(1, 2, 3))
+    scale = tf.reduce_max(tf.abs(grads), axis=(1, 2, 3))
+    return spread <= FLAT_TOLERANCE * tf.maximum(scale, 1e-30)
 
 
 def upsample(cam: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
