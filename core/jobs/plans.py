@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from core.config import SETTINGS, ConfigError, RunConfig
 from core.jobs import presets
 from core.jobs.sweeps import estimate_seconds, grid, parse_values
+from core.progress import PhaseTimes
 from core.store.runs import RunStore
 
 AUTO = "auto"  # weights: each network's own default (ImageNet where Keras has it, else from scratch)
@@ -152,9 +153,10 @@ def plan(request: PlanRequest, *, data_error: str | None = None, available: Sequ
                                 f"python -m core download --size N), or train on your own file.")
     if split_sizes is not None and store is not None:
         history = store.list_runs()
+        times = PhaseTimes.in_artifacts(store.runs_dir.parent)
         out.history_runs = len(history)
         for c in out.configs:
-            seconds, speed = estimate_seconds(c, *split_sizes, history)
+            seconds, speed = estimate_seconds(c, *split_sizes, history, times)
             out.seconds.append(seconds)
             out.speed_sources[speed.source] += 1
             out.images_per_second.append(speed.images_per_second)
