@@ -122,3 +122,21 @@ def test_plan_blocks_on_bloodmnist_sizes_not_downloaded():
     assert p.ok and p.blockers == ["BloodMNIST 64 px is not downloaded yet: download it (Train page, section 1, "
                                    "or python -m core download --size N), or train on your own file."]
     assert plan(PlanRequest(values={}, sweep={"size": "28, 64"}), available=[28, 64]).blockers == []
+
+
+def test_submit_command_queues_the_same_run_again(tiny_npz):
+    import shlex
+
+    from core.cli import build_parser, config_from_args
+    from core.config import SETTINGS
+    from core.jobs.plans import submit_command
+
+    switches = [s for s in SETTINGS.values() if s.kind is bool]
+    flipped = {s.name: not s.default for s in switches[:2]}  # one or two switches turned over
+    config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=3, lr=1.5e-4,
+                       tags=("week 3", "demo"), **flipped)
+    command = submit_command(config)
+    assert command.startswith("python -m core submit ") and "'week 3'" in command
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert config_from_args(args) == config
+    assert submit_command(RunConfig()) == f"python -m core submit --weights {RunConfig().weights}"
