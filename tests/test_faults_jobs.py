@@ -319,7 +319,8 @@ def running_job(queue: JobQueue, script: str, owner: User = ALICE) -> tuple[int,
     return job_id, proc
 
 
-def test_a_cancel_finishes_the_write_in_progress_then_stops(runs_dir, tmp_path):
+def test_a_cancel_finishes_the_write_in_progress_then_stops(runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Q, "CANCEL_SETTLE_SECONDS", 0.0)  # cancel returns at once; the reaper settles it
     queue = JobQueue(RunStore(runs_dir))
     out = tmp_path / "out.txt"
     job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=1.5))
@@ -334,9 +335,23 @@ def test_a_cancel_finishes_the_write_in_progress_then_stops(runs_dir, tmp_path):
     assert queue.get(job_id).status == "cancelled"
 
 
+def test_a_cancel_settles_at_once_when_the_process_stops_within_seconds(runs_dir, tmp_path):
+    """The usual cancel: the process finishes its write and goes within CANCEL_SETTLE_SECONDS, and cancel()
+    itself records "cancelled" (the page shows it on its next redraw, no tick needed)."""
+    queue = JobQueue(RunStore(runs_dir))
+    out = tmp_path / "out.txt"
+    job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=0.3))
+    while not out.is_file() or "started" not in out.read_text():
+        time.sleep(0.05)
+    queue.cancel(job_id, ALICE)
+    assert proc.poll() is not None and queue.get(job_id).status == "cancelled"
+    assert out.read_text() == "started\nwrite finished\n"
+
+
 def test_the_grace_counts_from_the_cancel_and_the_slot_is_held_until_the_process_is_gone(runs_dir, tmp_path,
                                                                                          monkeypatch):
     monkeypatch.setattr(Q, "CANCEL_GRACE_SECONDS", 1.5)
+    monkeypatch.setattr(Q, "CANCEL_SETTLE_SECONDS", 0.0)
     queue = JobQueue(RunStore(runs_dir))
     out = tmp_path / "out.txt"
     job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=600))
