@@ -600,7 +600,9 @@ def ago(when: float | None, now: float | None = None) -> str:
     if when is None:
         return "never"
     seconds = max((now or time.time()) - when, 0.0)
-    return "just now" if seconds < 45 else f"{format_seconds(seconds)} ago"
+    if seconds < 45:
+        return "just now"
+    return "1 min ago" if seconds < 90 else f"{format_seconds(seconds)} ago"
 
 
 def clock(when: float) -> str:

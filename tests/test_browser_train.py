@@ -15,7 +15,7 @@ from core.access.roles import LOCAL_ADMIN
 from core.jobs.queue import ACTIVE, JobQueue
 from core.store.runs import RunStore
 
-JOB_TIMEOUT = 300  # TensorFlow start-up plus a few tiny epochs on a busy 2-core machine
+JOB_TIMEOUT = 600  # TensorFlow start-up, 2 tiny epochs, validation and test passes and precomputing, busy 2 cores
 UI_TIMEOUT = 60_000  # ms
 
 pytestmark = pytest.mark.browser

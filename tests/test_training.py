@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
+from core.evaluation import confusion, predictions
 from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics
 from core.jobs.sweeps import phase_plan, times_key
 from core.progress import PhaseTimes, Tracker
@@ -158,6 +159,10 @@ def test_a_run_walks_its_phases_and_records_their_times(tiny_run):
     assert times.expected(key, "training") == pytest.approx(seconds["training"] / (2 * n["n_train"]), rel=1e-3)
     assert times.expected(key, "loading") == pytest.approx(seconds["loading"], rel=1e-3)
     assert times.expected(key, "publishing") > 0
+    # the test pass is kept for Confusions (no page predicts it again), and it is the one the metrics report
+    kept = predictions.cached(run.path)
+    assert kept is not None and len(kept) == n["n_test"]
+    assert (confusion.from_predictions(kept.y_true, kept.y_pred, 8) == confusion.from_metrics(run.metrics)[0]).all()
     # and the next estimate of a run like it uses them
     plan, _ = phase_plan(run.config, n["n_train"], n["n_val"], n["n_test"], [], times)
     assert dict(plan)["testing"] == pytest.approx(n["n_test"] * times.expected(key, "testing"))

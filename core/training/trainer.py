@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from core.config import RunConfig
 from core.data.dataset import Dataset, load_for_config
+from core.evaluation import predictions
 from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics, evaluate
 from core.inference import tta
 from core.jobs import sweeps
@@ -387,9 +388,10 @@ class Trainer:
         if val_probabilities is None:
             val_probabilities = predict_probabilities(self.model, data.val.images, c.arch)
         val = evaluate(data.val.labels, val_probabilities, data.labels)
-        test = evaluate(data.test.labels, predict_probabilities(
+        test_probabilities = predict_probabilities(
             self.model, data.test.images, c.arch,
-            lambda done, n: self.tracker.advance(done / n, f"{done:,} of {n:,} images")), data.labels)
+            lambda done, n: self.tracker.advance(done / n, f"{done:,} of {n:,} images"))
+        test = evaluate(data.test.labels, test_probabilities, data.labels)
         metrics = {
             "schema_version": SCHEMA_VERSION,
             "val": val.to_dict(), "test": test.to_dict(),
@@ -416,6 +418,10 @@ class Trainer:
         publish_start = time.monotonic()
         metrics["phase_seconds"] = {p: round(s, 3) for p, s in self.tracker.seconds_in.items()}
         run = self.writer.publish(metrics, self.model.save)
+        try:  # the test pass just made is what Confusions needs: kept, so no page predicts it again
+            predictions.save(run.path, data.test.labels, test_probabilities)
+        except OSError as e:  # a nicety: the page predicts it on first use instead
+            self.log(f"could not keep the test predictions ({e}); Confusions will predict them once")
         self.record_phase_times(time.monotonic() - publish_start)
         return run
 
