@@ -107,6 +107,11 @@ def test_plan_auto_weights_follow_each_swept_network():
 def test_plan_puts_each_error_in_its_slot():
     p = plan(PlanRequest(values={"epochs": 0}))
     assert not p.ok and p.errors["epochs"].message == "must be 1..1000"
+    # every invalid field at once, each in its slot (RunConfig itself stops at the first)
+    p = plan(PlanRequest(values={"epochs": 0, "lr": 0.0, "dropout": 1.0, "size": 99}))
+    assert {slot: e.message for slot, e in p.errors.items()} == {
+        "epochs": "must be 1..1000", "lr": "must be in (0, 1]", "dropout": "must be in [0, 1)",
+        "data": "must be one of (28, 64, 128, 224)"}
     p = plan(PlanRequest(values={}, sweep={"lr": "fast", "dropout": "0.1"}))
     assert list(p.errors) == [sweep_slot("lr")] and p.errors[sweep_slot("lr")].field == "lr"
     assert list(plan(PlanRequest(values={}, sweep={"seed": "1, 2"})).errors) == [sweep_slot("seed")]
