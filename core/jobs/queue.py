@@ -457,8 +457,11 @@ def job_plan(config: RunConfig, store: RunStore, run_id: str | None) -> list[tup
             epochs_done = int(checkpoint.state.get("epochs_done", 0)) if checkpoint else 0
         except UserFacingError:
             pass
-    plan, _ = phase_plan(config, *sizes, store.list_runs(), PhaseTimes.in_artifacts(store.runs_dir.parent),
-                         epochs_done)
+    try:
+        history = store.list_runs()
+    except UserFacingError:  # a damaged run index: estimate from defaults; training itself does not need it
+        history = []
+    plan, _ = phase_plan(config, *sizes, history, PhaseTimes.in_artifacts(store.runs_dir.parent), epochs_done)
     return plan
 
 
