@@ -228,7 +228,10 @@ class JobQueue:
         if job.run_path:
             return read_history(Path(job.run_path))
         work = self.work_dir(job)
-        return read_history(work) if work else []
+        if work is None:
+            return []
+        # once published (while it precomputes, before the job records its run) the history is in the run
+        return read_history(work) or read_history(self.store.runs_dir / work.name)
 
     # -- commands ---------------------------------------------------------------------------------------
     def submit(self, config: RunConfig, user: User, sweep: str | None = None) -> int:
@@ -544,7 +547,7 @@ def precompute(run_path: Path, tracker: Tracker, store: RunStore, config: RunCon
     from core.jobs.sweeps import times_key  # noqa: PLC0415
     from core.progress import PhaseTimes  # noqa: PLC0415
 
-    tracker.start("precomputing", "the run's pages")
+    tracker.start("precomputing")  # each step's title follows as the detail
     start = time.monotonic()
     skipped = precompute_all(run_path, lambda title, fraction: tracker.advance(fraction, title.lower()))
     for step, message in skipped.items():
