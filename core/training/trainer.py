@@ -277,9 +277,16 @@ class Trainer:
             batchnorm.recalibrate(self.model, pipeline.bn_statistics_dataset(
                 data.train.images, c.arch, c.batch_size, c.seed + epoch), c.bn_recalibration_batches)
         detail = f"epoch {epoch}/{c.epochs}"
-        probabilities = predict_probabilities(
-            self.model, data.val.images, c.arch,
-            lambda done, n: self.tracker.advance(done / n, f"{detail} · {done:,}/{n:,} images"))
+        units = self.units()["validating"]
+        re_estimated = units - len(data.val)  # the BatchNorm re-estimate's images, done before predicting
+        # predict is traced on its first call in a process: the first pass's pace would promise far too long
+        # a wait, so it says how far it is and leaves the time left to the expectation
+        paced = self.validations > 0
+
+        def on_batch(done: int, n: int) -> None:
+            self.tracker.advance((re_estimated + done) / units if paced else 0.0, f"{detail} · {done:,}/{n:,} images")
+
+        probabilities = predict_probabilities(self.model, data.val.images, c.arch, on_batch)
         val = evaluate(data.val.labels, probabilities, data.labels)
         row = {
             "epoch": epoch,
