@@ -174,7 +174,8 @@ def test_launch_watch_the_phases_open_the_run_and_cancel_with_confirmation(serve
         card.get_by_role("link", name="Open on Results").click()
         page.get_by_role("heading", name="Results", exact=True).wait_for(timeout=UI_TIMEOUT)
         assert f"run={job.run_id}" in page.url and "/results" in page.url
-        page.get_by_text(job.run_id).first.wait_for(timeout=UI_TIMEOUT)
+        # the run is shown (its id on screen: not only in the table's hidden accessibility cells)
+        page.locator(f"text={job.run_id} >> visible=true").first.wait_for(timeout=UI_TIMEOUT)
         page.wait_for_timeout(1000)
         screenshot(page, "train-to-results.png")
         no_exception(page)
