@@ -423,7 +423,7 @@ class Trainer:
                      f"{augmented['val'].accuracy:.4f}; test acc {augmented['test'].accuracy:.4f}")
         self.tracker.start("publishing", "saving the model and the run")
         publish_start = time.monotonic()
-        metrics["phase_seconds"] = {p: round(s, 3) for p, s in self.tracker.seconds_in.items()}
+        metrics["phase_seconds"] = {p: round(s, 6) for p, s in self.tracker.seconds_in.items()}
         run = self.writer.publish(metrics, self.model.save)
         try:  # the test pass just made is what Confusions needs: kept, so no page predicts it again
             predictions.save(run.path, data.test.labels, test_probabilities)
