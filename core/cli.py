@@ -207,11 +207,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"id": j.id, "status": j.status, "owner": j.owner, "arch": j.config.arch,
                            "size": j.config.size, "epoch": j.epoch, "epochs": j.epochs, "fraction": j.fraction,
+                           "phase": j.phase, "detail": j.detail, "eta_seconds": j.eta_seconds,
                            "run_path": j.run_path, "error": j.error} for j in jobs], indent=2))
         return 0
     print(f"{'id':>4} {'status':<10} {'arch':<16} {'px':>4} {'bs':>4} {'progress':>9} {'img/s':>6}  run / error")
     for j in jobs:
-        detail = j.run_path or j.error or ""
+        # a running job: its phase, detail and time left ("Validating · epoch 2/5 · about 1 min left")
+        detail = j.progress.text() if j.status == "running" else j.run_path or j.error or ""
         ips = f"{j.images_per_second:.0f}" if j.images_per_second else ""
         print(f"{j.id:>4} {j.status:<10} {j.config.arch:<16} {j.config.size:>4} {j.config.batch_size:>4} "
               f"{100 * j.fraction:>8.0f}% {ips:>6}  {detail[:80]}")

@@ -81,9 +81,11 @@ def format_seconds(seconds: float) -> str:
 class Tracker:
     """Walks a task's phases in order and reports a Progress to `report` after each change.
 
-    `plan`: (phase, expected seconds) in order; a phase may appear once. `start(phase)` enters a phase (the
-    ones before it count as done), `advance(done_fraction, detail)` moves within it, `expect(phase, seconds)`
-    revises a later phase's expectation from a measurement (e.g. the test pass from the validation pass),
+    `plan`: (phase, expected seconds) in order; a phase may appear more than once (a training job: training,
+    validating, training, validating, ..., testing). `start(phase)` enters the phase's next entry in the plan
+    (the ones before it count as done), `advance(done_fraction, detail)` moves within it, `expect(phase,
+    seconds)` revises the expectation of the phase's entries not yet finished from a measurement (e.g. the test
+    pass from the validation pass),
     `finish()` ends the task. `seconds_in` says how long each finished phase took (for PhaseTimes)."""
 
     def __init__(self, plan: Sequence[tuple[str, float]], report: Callable[[Progress], None] | None = None,
@@ -91,7 +93,7 @@ class Tracker:
         if not plan:
             raise ValueError("a task has at least one phase")
         self._order = [p for p, _ in plan]
-        self._expected = {p: max(0.0, float(s)) for p, s in plan}
+        self._expected = [max(0.0, float(s)) for _, s in plan]
         self._report = report
         self._clock = clock
         self._index = -1
@@ -99,18 +101,25 @@ class Tracker:
         self._done = 0.0
         self._detail = ""
         self.seconds_in: dict[str, float] = {}
-        self.progress = Progress(self._order[0], 0.0, sum(self._expected.values()))
+        self.progress = Progress(self._order[0], 0.0, sum(self._expected))
 
     @property
     def phase(self) -> str:
         return self._order[max(self._index, 0)]
 
     def expect(self, phase: str, seconds: float) -> None:
-        if phase in self._expected:
-            self._expected[phase] = max(0.0, float(seconds))
+        for i, p in enumerate(self._order):
+            if p == phase and i >= self._index:
+                self._expected[i] = max(0.0, float(seconds))
 
     def start(self, phase: str, detail: str = "") -> Progress:
-        index = self._order.index(phase)
+        here = min(max(self._index, 0), len(self._order) - 1)
+        after = here + 1 if self._index >= 0 and self._order[here] == phase else here
+        entries = [i for i, p in enumerate(self._order) if p == phase]
+        if not entries:
+            raise ValueError(f"{phase!r} is not in the plan")
+        # its next entry; a phase met more often than planned stays on its last one
+        index = next((i for i in entries if i >= after), entries[-1])
         now = self._clock()
         if 0 <= self._index < len(self._order) and self._index != index:
             current = self._order[self._index]
@@ -136,9 +145,8 @@ class Tracker:
 
     def _current_left(self) -> tuple[float, float]:
         """(expected seconds of the current phase, seconds left in it)."""
-        phase = self._order[self._index]
         elapsed = self._clock() - self._phase_start
-        expected = self._expected[phase]
+        expected = self._expected[self._index]
         if self._done >= MEASURED_AFTER:  # its own pace
             total = elapsed / self._done
         elif elapsed > expected:  # overran its expectation without saying how far it is
@@ -157,8 +165,8 @@ class Tracker:
     def _emit(self, report: bool = True) -> Progress:
         phase = self._order[self._index]
         total_now, left_now = self._current_left()
-        before = sum(self._expected[p] for p in self._order[:self._index])
-        after = sum(self._expected[p] for p in self._order[self._index + 1:])
+        before = sum(self._expected[:self._index])
+        after = sum(self._expected[self._index + 1:])
         whole = before + total_now + after
         fraction = (before + total_now - left_now) / whole if whole > 0 else 0.0
         progress = Progress(phase, min(max(fraction, 0.0), 0.999), left_now + after, self._detail)

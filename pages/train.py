@@ -26,19 +26,20 @@ from core.data.dataset import SPLITS, class_counts, load_npz
 from core.data.download import download
 from core.errors import UserFacingError
 from core.jobs import plans
-from core.jobs.plans import AUTO, Plan, PlanRequest, format_value, preset_request, sweep_slot
+from core.jobs.plans import AUTO, Plan, PlanRequest, format_value, preset_request, submit_command, sweep_slot
 from core.jobs.presets import PRESETS, PRESETS_BY_KEY, RECIPE, Preset
 from core.jobs.queue import ACTIVE, Job, JobQueue
 from core.jobs.sweeps import field_type, format_duration
+from core.progress import format_seconds
 from core.store.overview import human_bytes, weights_label
-from core.store.runs import RunStore
+from core.store.runs import RunStore, open_run
 from core.training.precision import describe_support
 from ui.guard import show_error
 from ui.palette import ACCENT, LIGHT_ACCENT, SECONDARY
 from ui.session import current_user, page_user
 from ui.text import md_escape, plural
 
-REFRESH_SECONDS = 2.0
+REFRESH_SECONDS = 1.0  # the jobs view redraws itself this often (phase, time left, a cancel settling)
 JOBS_SHOWN = 25
 CUSTOM = "custom"
 TABS = ("New training", "Jobs")
@@ -337,8 +338,8 @@ def preview_rows(plan: Plan) -> list[dict[str, Any]]:
 
 def show_plan(plan: Plan) -> None:
     if plan.errors:
-        st.warning("Fix the settings marked in red, then press **Update preview** or **Launch** again. "
-                   "Nothing is launched until every setting is valid.", icon=":material/edit:")
+        st.warning(f"Fix the {plural(len(plan.errors), 'setting')} marked in red: nothing is launched until every "
+                   f"setting is valid.", icon=":material/edit:")
         return
     total = sum(plan.seconds)
     n = len(plan.configs)
@@ -510,7 +511,7 @@ def field_input(name: str) -> None:
 
 
 def launch() -> None:
-    """Form callback: runs before the page redraws, with the values the form just sent."""
+    """Launch's callback: runs before the page redraws, with the values the inputs hold (the plan shown)."""
     available = registry.available_sizes()
     plan = make_plan(data_choice(available), available)
     if not plan.ok or plan.blockers:
@@ -535,7 +536,10 @@ def settings_section(choice: DataChoice, plan: Plan) -> None:
     st.subheader("2 · Settings", anchor=False)
     preset_section(choice)
     sweep_section(plan)
-    with st.form("run_settings", enter_to_submit=False):
+    # Not an st.form: every change reruns the page, so the plan below, its estimate and every error next to its
+    # field follow what the inputs hold now (all errors at once; a corrected one goes at once), and Launch
+    # queues exactly that.
+    with st.container(key="run_settings"):
         st.caption("Defaults are the study's best recipe (ResNet-50, ImageNet weights, dropout 0.3, Adam 1e-4). "
                    "Hover over the ? of a setting to learn what it does.")
         for title, inputs, switches in FORM_GROUPS:
@@ -555,13 +559,10 @@ def settings_section(choice: DataChoice, plan: Plan) -> None:
         if "data" in plan.errors:
             st.error(f"Data: {md_escape(plan.errors['data'].message)}", icon=":material/database:")
         show_plan(plan)
-        st.caption("Changed a setting? **Update preview** refreshes the plan; **Launch** always uses what the "
-                   "form shows.")
-        with st.container(horizontal=True, gap="small"):
-            st.form_submit_button("Update preview", key="preview", icon=":material/refresh:")
-            n = len(plan.configs) if plan.ok else 0
-            st.form_submit_button(f"Launch {plural(n, 'job')}" if n else "Launch", key="launch", type="primary",
-                                  icon=":material/rocket_launch:", on_click=launch)
+        st.caption("The plan follows every change; **Launch** queues exactly what it shows.")
+        n = len(plan.configs) if plan.ok else 0
+        st.button(f"Launch {plural(n, 'job')}" if n else "Launch", key="launch", type="primary",
+                  icon=":material/rocket_launch:", on_click=launch)
     message = ss.pop("_launch", None)
     if message and message[0] == "error":
         st.error(md_escape(message[1]), icon=":material/block:")
@@ -586,18 +587,49 @@ def config_summary(c: RunConfig) -> str:
 
 
 def progress_text(job: Job, max_concurrent: int) -> str:
+    """The bar's line: core.progress's phase · detail · time left ("Validating · epoch 2/5 · about 1 min left")."""
     if job.status == "queued":
         return f"Queued: starts when a slot is free ({max_concurrent} at a time)"
     if job.cancel_requested:
-        return "Cancelling…"
-    if not job.batches:
-        return "Starting: loading TensorFlow, the data and the model…"
-    text = f"Epoch {job.epoch}/{job.epochs} · batch {job.batch}/{job.batches}"
-    if job.images_per_second:
-        text += f" · {job.images_per_second:,.0f} images/s"
-    if job.eta_seconds is not None:
-        text += f" · about {format_duration(job.eta_seconds)} left"
-    return text
+        return "Cancelling… the job stops after the write in progress and keeps its last completed epoch"
+    return job.progress.text()
+
+
+def ago(when: float | None, now: float | None = None) -> str:
+    """'just now', '3 min ago', '2 h ago' (the exact time is in the tooltip)."""
+    if when is None:
+        return "never"
+    seconds = max((now or time.time()) - when, 0.0)
+    if seconds < 45:
+        return "just now"
+    return "1 min ago" if seconds < 90 else f"{format_seconds(seconds)} ago"
+
+
+def clock(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def timing(job: Job) -> str:
+    """When it was queued, started and finished, in words relative to now."""
+    parts = [f"queued {ago(job.created)}"]
+    if job.started and job.status != "queued":
+        parts.append(f"started {ago(job.started)}")
+    if job.finished and job.status in ("succeeded", "failed", "cancelled"):
+        took = f" after {format_seconds(job.finished - job.started)}" if job.started else ""
+        parts.append(f"{job.status} {ago(job.finished)}{took}")
+    return " · ".join(parts)
+
+
+def score(job: Job) -> dict[str, Any] | None:
+    """A succeeded job's run's figures (None when its run folder is gone or unreadable)."""
+    if not job.run_path:
+        return None
+    try:
+        metrics = open_run(job.run_path).metrics
+        return {"val": metrics["val"]["accuracy"], "test": metrics["test"]["accuracy"],
+                "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run")}
+    except (OSError, ValueError, KeyError, TypeError, UserFacingError):
+        return None
 
 
 def curves_figure(rows: list[dict[str, float]]) -> go.Figure:
@@ -617,10 +649,23 @@ def curves_figure(rows: list[dict[str, float]]) -> go.Figure:
 
 
 def job_action(action: str, job_id: int) -> None:
+    ss.pop(confirm_key(job_id), None)
     try:
         getattr(open_queue(), action)(job_id, current_user())
     except UserFacingError as e:
         ss["_job_error"] = str(e)
+
+
+def confirm_key(job_id: int) -> str:
+    return f"_confirm_cancel_{job_id}"
+
+
+def ask_cancel(job_id: int) -> None:
+    ss[confirm_key(job_id)] = True
+
+
+def keep_job(job_id: int) -> None:
+    ss.pop(confirm_key(job_id), None)
 
 
 def set_max_concurrent() -> None:
@@ -628,6 +673,57 @@ def set_max_concurrent() -> None:
         open_queue().set_max_concurrent(int(ss["max_concurrent"]), current_user())
     except UserFacingError as e:
         ss["_job_error"] = str(e)
+
+
+def job_buttons(job: Job) -> None:
+    # another user's job: no buttons unless you are an admin (the queue checks it again)
+    mine = current_user().can("train", owner=job.owner)
+    with st.container(horizontal=True, gap="small", horizontal_alignment="right"):
+        if mine and job.status in ACTIVE and not ss.get(confirm_key(job.id)):
+            st.button("Cancel", key=f"ask_cancel_{job.id}", icon=":material/stop_circle:",
+                      on_click=ask_cancel, args=(job.id,), disabled=job.cancel_requested,
+                      help="Asks first. A running job keeps its last completed epoch and can be resumed.")
+        if mine and job.resumable:
+            st.button("Resume", key=f"resume_{job.id}", icon=":material/play_arrow:",
+                      on_click=job_action, args=("resume", job.id),
+                      help="Continue from the last completed epoch.")
+        if mine and job.status not in ACTIVE:
+            st.button("Delete", key=f"delete_{job.id}", icon=":material/delete:",
+                      on_click=job_action, args=("delete", job.id),
+                      help="Remove the job and its log from this list. A finished run stays in the run "
+                           "store.")
+
+
+def cancel_confirmation(job: Job) -> None:
+    """The second step of Cancel: what it does, and the two ways out."""
+    if not (ss.get(confirm_key(job.id)) and job.status in ACTIVE and not job.cancel_requested):
+        ss.pop(confirm_key(job.id), None)
+        return
+    with st.container(horizontal=True, gap="small", vertical_alignment="center", key=f"confirm_{job.id}"):
+        st.markdown(f"**Cancel job {job.id}?** " + ("It has not started, so nothing is lost." if job.status ==
+                    "queued" else "It stops now and keeps its last completed epoch: **Resume** continues from "
+                                  "there."))
+        st.button("Yes, cancel it", key=f"cancel_{job.id}", type="primary", icon=":material/stop_circle:",
+                  on_click=job_action, args=("cancel", job.id))
+        st.button("Keep it", key=f"keep_{job.id}", on_click=keep_job, args=(job.id,))
+
+
+def finished_summary(job: Job) -> None:
+    """A succeeded job: its figures and one click to its run on Results and Confusions."""
+    figures = score(job)
+    with st.container(horizontal=True, gap="medium", vertical_alignment="center", key=f"done_{job.id}"):
+        if figures is None:
+            st.markdown(f":green[:material/check_circle:] Finished. Run saved in `{job.run_path}`")
+        else:
+            best = (f" · best epoch {figures['best_epoch']} of {figures['epochs_run']}"
+                    if figures["best_epoch"] else "")
+            st.markdown(f":green[:material/check_circle:] Validation accuracy **{figures['val']:.3f}** · "
+                        f"test accuracy **{figures['test']:.3f}**{best}")
+        if job.run_id:
+            st.page_link("pages/results.py", label="Open on Results", icon=":material/leaderboard:",
+                         query_params={"run": job.run_id})
+            st.page_link("pages/confusion.py", label="Confusions", icon=":material/grid_on:",
+                         query_params={"run": job.run_id})
 
 
 def job_card(queue: JobQueue, job: Job, max_concurrent: int) -> None:
@@ -639,35 +735,26 @@ def job_card(queue: JobQueue, job: Job, max_concurrent: int) -> None:
                 st.badge(job.status, icon=STATUS_ICONS[job.status], color=STATUS_COLORS[job.status])
                 if job.sweep:
                     st.badge(job.sweep, icon=":material/grid_view:", color="violet")
+                for tag in job.config.tags:
+                    st.badge(tag, icon=":material/sell:", color="blue")
                 if job.owner:
                     st.badge(job.owner, icon=":material/person:", color="gray")
-            st.caption(md_escape(config_summary(job.config)))
+            st.caption(md_escape(config_summary(job.config)) + " · " + timing(job),
+                       help=f"Queued {clock(job.created)}" + (f", started {clock(job.started)}" if job.started
+                                                              else "")
+                       + (f", ended {clock(job.finished)}" if job.finished else ""))
         with buttons:
-            # another user's job: no buttons unless you are an admin (the queue checks it again)
-            mine = current_user().can("train", owner=job.owner)
-            with st.container(horizontal=True, gap="small", horizontal_alignment="right"):
-                if mine and job.status in ACTIVE:
-                    st.button("Cancel", key=f"cancel_{job.id}", icon=":material/stop_circle:",
-                              on_click=job_action, args=("cancel", job.id), disabled=job.cancel_requested)
-                if mine and job.resumable:
-                    st.button("Resume", key=f"resume_{job.id}", icon=":material/play_arrow:",
-                              on_click=job_action, args=("resume", job.id),
-                              help="Continue from the last completed epoch.")
-                if mine and job.status not in ACTIVE:
-                    st.button("Delete", key=f"delete_{job.id}", icon=":material/delete:",
-                              on_click=job_action, args=("delete", job.id),
-                              help="Remove the job and its log from this list. A finished run stays in the run "
-                                   "store.")
+            job_buttons(job)
+        cancel_confirmation(job)
         try:
             history = queue.history(job)
         except UserFacingError as e:  # a damaged history.csv: said on its card, the other jobs still shown
             show_error(e)
             history = []
         if job.status in ACTIVE:
-            st.progress(min(max(job.fraction, 0.0), 1.0), text=progress_text(job, max_concurrent))
+            st.progress(min(max(job.fraction, 0.0), 1.0), text=md_escape(progress_text(job, max_concurrent)))
         elif job.status == "succeeded":
-            took = f" in {format_duration(job.finished - job.started)}" if job.started and job.finished else ""
-            st.markdown(f":green[:material/check_circle:] Finished{took}. Run saved in `{job.run_path}`")
+            finished_summary(job)
         elif job.status == "failed":
             st.error(md_escape(job.error or "failed; see the log"), icon=":material/error:")
         elif job.status == "cancelled" and job.epoch:
@@ -685,9 +772,12 @@ def job_card(queue: JobQueue, job: Job, max_concurrent: int) -> None:
         elif job.status == "running":
             st.caption("Loss and accuracy curves appear after the first epoch.")
         log = queue.log_tail(job.id) or job.log_tail
-        if log:
-            with st.expander("Log", icon=":material/terminal:"):
+        if log:  # a failed job's log is open: the reason is usually in its last lines
+            with st.expander("Log", icon=":material/terminal:", expanded=job.status == "failed"):
                 st.code(log, language=None)
+        with st.expander("Command line", icon=":material/content_copy:"):
+            st.caption("Queues the same run again from a terminal (copy button at the right):")
+            st.code(submit_command(job.config), language="bash", wrap_lines=True)
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -704,11 +794,15 @@ def jobs_view() -> None:
         return
     if "_job_error" in ss:
         st.error(md_escape(ss.pop("_job_error")), icon=":material/error:")
-    counts = Counter(j.status for j in jobs)
-    top = st.columns([3, 1], vertical_alignment="bottom")
+    top = st.columns([3, 1, 1], vertical_alignment="bottom")
     with top[0]:
         st.segmented_control("Show", list(FILTERS), key="job_filter", default="All", required=True)
     with top[1]:
+        mine_only = st.toggle("Only my jobs", key="my_jobs", help=f"Jobs submitted by {user.name}.")
+    if mine_only:
+        jobs = [j for j in jobs if j.owner == user.name]
+    counts = Counter(j.status for j in jobs)
+    with top[2]:
         if "max_concurrent" not in ss:
             ss["max_concurrent"] = max_concurrent
         st.number_input("Max concurrent jobs", min_value=1, max_value=16, step=1, key="max_concurrent",
@@ -721,6 +815,9 @@ def jobs_view() -> None:
     st.caption((summary or "No jobs yet") + f" · updated {time.strftime('%H:%M:%S')}")
     wanted = FILTERS[ss.get("job_filter") or "All"]
     shown = [j for j in jobs if wanted is None or j.status in wanted]
+    if not jobs and mine_only:
+        st.info("You have no training jobs yet.", icon=":material/model_training:")
+        return
     if not jobs:
         st.info("No training jobs yet. Set one up under **New training** and press **Launch**.",
                 icon=":material/model_training:")

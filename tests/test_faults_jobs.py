@@ -319,7 +319,8 @@ def running_job(queue: JobQueue, script: str, owner: User = ALICE) -> tuple[int,
     return job_id, proc
 
 
-def test_a_cancel_finishes_the_write_in_progress_then_stops(runs_dir, tmp_path):
+def test_a_cancel_finishes_the_write_in_progress_then_stops(runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Q, "CANCEL_SETTLE_SECONDS", 0.0)  # cancel returns at once; the reaper settles it
     queue = JobQueue(RunStore(runs_dir))
     out = tmp_path / "out.txt"
     job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=1.5))
@@ -334,9 +335,23 @@ def test_a_cancel_finishes_the_write_in_progress_then_stops(runs_dir, tmp_path):
     assert queue.get(job_id).status == "cancelled"
 
 
+def test_a_cancel_settles_at_once_when_the_process_stops_within_seconds(runs_dir, tmp_path):
+    """The usual cancel: the process finishes its write and goes within CANCEL_SETTLE_SECONDS, and cancel()
+    itself records "cancelled" (the page shows it on its next redraw, no tick needed)."""
+    queue = JobQueue(RunStore(runs_dir))
+    out = tmp_path / "out.txt"
+    job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=0.3))
+    while not out.is_file() or "started" not in out.read_text():
+        time.sleep(0.05)
+    queue.cancel(job_id, ALICE)
+    assert proc.poll() is not None and queue.get(job_id).status == "cancelled"
+    assert out.read_text() == "started\nwrite finished\n"
+
+
 def test_the_grace_counts_from_the_cancel_and_the_slot_is_held_until_the_process_is_gone(runs_dir, tmp_path,
                                                                                          monkeypatch):
     monkeypatch.setattr(Q, "CANCEL_GRACE_SECONDS", 1.5)
+    monkeypatch.setattr(Q, "CANCEL_SETTLE_SECONDS", 0.0)
     queue = JobQueue(RunStore(runs_dir))
     out = tmp_path / "out.txt"
     job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=600))
@@ -556,7 +571,7 @@ def test_every_page_shows_one_message_for_a_damaged_store(monkeypatch, tmp_path,
 
 def test_a_damaged_history_is_one_message_on_results_and_on_its_job_card(monkeypatch, tmp_path, trained_run):
     from conftest import mirror_run
-    from page_helpers import page
+    from page_helpers import APP, page
     from streamlit.testing.v1 import AppTest
 
     run_dir = mirror_run(trained_run, tmp_path / "artifacts")
@@ -572,9 +587,13 @@ def test_a_damaged_history_is_one_message_on_results_and_on_its_job_card(monkeyp
     monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(run_dir.parent.parent))
     monkeypatch.setenv("CELLSCOPE_SETTINGS", str(tmp_path / "no-settings.toml"))
     for name in ("results", "train"):
-        at = AppTest.from_file(page(name), default_timeout=60)
-        if name == "train":
+        if name == "train":  # through app.py, as served: the job card links to other pages of its navigation
+            at = AppTest.from_file(APP, default_timeout=60)
+            at.run()
+            at.switch_page("pages/train.py")
             at.session_state["tab"] = at.query_params["tab"] = "Jobs"
+        else:
+            at = AppTest.from_file(page(name), default_timeout=60)
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         assert ["training history" in e.value for e in at.error] == [True], [e.value for e in at.error]

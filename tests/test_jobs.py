@@ -11,8 +11,11 @@ import pytest
 
 from core.access.roles import LOCAL_ADMIN
 from core.config import RunConfig
-from core.jobs import liveness
+from core.inference import precompute
+from core.jobs import jobdb, liveness
 from core.jobs.queue import JobError, JobQueue
+from core.jobs.sweeps import times_key
+from core.progress import PhaseTimes
 from core.store.runs import RunStore, open_run
 
 pytestmark = pytest.mark.slow
@@ -57,6 +60,16 @@ def test_queue_survives_restart_and_runs_one_at_a_time(tmp_path, tiny_npz):
         assert run.run_id == job.run_id and run.metrics["epochs_run"] == 1
     assert {r["run_id"] for r in store.list_runs()} == {j.run_id for j in jobs}
     assert "run complete" in (store.runs_dir / jobs[0].run_id / "train.log").read_text()
+    # the job's last phase prepared what the run's pages need, and its phase times were measured
+    for job in jobs:
+        assert job.phase == "done" and job.progress.text() == "Done"
+        assert all(precompute.ready(job.run_path, step) for step in ("test_predictions", "ood_stats"))
+        assert set(open_run(job.run_path).metrics["phase_seconds"]) == {"loading", "training", "validating",
+                                                                        "testing"}
+    times = PhaseTimes.in_artifacts(store.runs_dir.parent)
+    key = times_key(jobs[0].config)
+    assert all(times.expected(key, phase) > 0 for phase in ("loading", "training", "validating", "testing",
+                                                            "publishing", "precomputing"))
 
 
 def test_cancel_then_resume_from_saved_epoch(tmp_path, tiny_npz):
@@ -125,3 +138,39 @@ def test_queue_commands_validate(tmp_path, tiny_npz):
         queue.set_max_concurrent(0, LOCAL_ADMIN)
     queue.set_max_concurrent(2, LOCAL_ADMIN)
     assert JobQueue(RunStore(tmp_path / "runs")).max_concurrent == 2
+
+
+OLD_JOBS_TABLE = """CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL, owner TEXT NOT NULL, config_json TEXT NOT NULL,
+    created REAL NOT NULL, sweep TEXT, run_id TEXT, run_path TEXT, pid INTEGER, pid_start REAL, started REAL,
+    finished REAL, heartbeat REAL, epoch INTEGER NOT NULL DEFAULT 0, epochs INTEGER NOT NULL DEFAULT 0,
+    batch INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0, fraction REAL NOT NULL DEFAULT 0,
+    images_per_second REAL, eta_seconds REAL, error TEXT, log_tail TEXT, cancel_requested_at REAL)"""
+
+
+def test_an_older_jobs_database_gains_the_phase_columns_and_keeps_its_jobs(tmp_path, tiny_npz):
+    import sqlite3
+
+    store = RunStore(tmp_path / "runs")
+    path = jobdb.jobs_path(tmp_path)
+    with sqlite3.connect(path) as db:  # a queue written before jobs had phases, with a job half-way
+        db.execute(OLD_JOBS_TABLE)
+        db.execute(jobdb.SETTINGS_TABLE_SQL)
+        db.execute("INSERT INTO settings VALUES (?, '1')", (jobdb.MIGRATED_KEY,))
+        db.execute("INSERT INTO jobs (status, owner, config_json, created, epoch, epochs, batch, batches, fraction,"
+                   " eta_seconds, run_id) VALUES ('failed', 'local', ?, 1.0, 2, 3, 4, 8, 0.5, 120.0, "
+                   "'20250101-000000-abcdef')", (tiny_config(tiny_npz).to_json(),))
+    queue = JobQueue(store)
+    with sqlite3.connect(path) as db:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    assert {"phase", "detail"} <= columns
+    job = queue.get(1)
+    assert (job.status, job.phase, job.batch, job.config) == ("failed", None, 4, tiny_config(tiny_npz))
+    JobQueue(store)  # opening it again adds nothing twice
+    # resumed: it starts again from "loading", the previous attempt's batch 4/8 and time left cleared
+    queue.resume(1, LOCAL_ADMIN)
+    assert queue._claim_next() == 1
+    job = queue.get(1)
+    assert (job.phase, job.detail, job.epoch, job.batch, job.batches, job.fraction, job.eta_seconds) == (
+        "loading", "", 0, 0, 0, 0.0, None)
+    assert job.progress.text() == "Loading"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from conftest import mirror_run
 from page_helpers import APP, ok, texts
 from streamlit.testing.v1 import AppTest
 
@@ -21,8 +22,8 @@ from core.config import SETTINGS, RunConfig
 from core.data import registry
 from core.data.dataset import class_counts
 from core.jobs.presets import PRESETS_BY_KEY
-from core.jobs.queue import ACTIVE, JobQueue
-from core.store.runs import RunStore
+from core.jobs.queue import JobQueue
+from core.store.runs import RunStore, open_run
 from ui.session import USER_KEY
 
 TIMEOUT = 120  # seconds per script run; the machine may be busy training
@@ -112,27 +113,28 @@ def test_every_setting_has_an_input_with_its_help_and_the_study_defaults(artifac
     assert found["f_weights"].value == "auto"  # ImageNet for ResNet-50, none for ResNet-18
 
 
-@pytest.mark.parametrize("key, value, message", [("f_lr", 0.0, "must be in (0, 1]"),
-                                                 ("f_dropout", 1.0, "must be in [0, 1)")])
-def test_an_invalid_value_is_shown_next_to_its_field_and_nothing_is_queued(artifacts, tiny_npz, key, value,
-                                                                            message):
+def test_every_invalid_value_is_shown_next_to_its_field_at_once_and_goes_when_corrected(artifacts, tiny_npz):
     at = use_file(open_train(), tiny_npz)
-    at.number_input(key=key).set_value(value)
+    at.number_input(key="f_lr").set_value(0.0)
+    ok(at.number_input(key="f_dropout").set_value(1.0).run())
+    # no form to send: both errors are there after the change itself, each next to its field
+    assert [m.replace("\\", "") for m in errors_next_to(at, "f_lr")] == ["must be in (0, 1]"]
+    assert [m.replace("\\", "") for m in errors_next_to(at, "f_dropout")] == ["must be in [0, 1)"]
+    assert "Fix the 2 settings marked in red" in texts(at)
     ok(at.button(key="launch").click().run())
-    next_to = [m.replace("\\", "") for m in errors_next_to(at, key)]
-    assert next_to == [message]
     assert any("Nothing was launched" in e.value for e in at.error)
     assert queue_at(artifacts).list() == []
-    # fixing it clears the message
-    at.number_input(key=key).set_value(0.001 if key == "f_lr" else 0.3)
-    ok(at.button(key="preview").click().run())
-    assert errors_next_to(at, key) == []
+    # correcting one clears its message at once; the other stays until it is corrected too
+    ok(at.number_input(key="f_lr").set_value(0.001).run())
+    assert errors_next_to(at, "f_lr") == []
+    assert errors_next_to(at, "f_dropout")
+    ok(at.number_input(key="f_dropout").set_value(0.3).run())
+    assert errors_next_to(at, "f_dropout") == [] and at.button(key="launch").label == "Launch 1 job"
 
 
 def test_settings_survive_switching_tabs_and_pages(artifacts, tiny_npz):
     at = use_file(open_train(), tiny_npz)
-    at.number_input(key="f_epochs").set_value(3)
-    ok(at.button(key="preview").click().run())
+    ok(at.number_input(key="f_epochs").set_value(3).run())
     ok(at.multiselect(key="sweep_fields").select("lr").run())
     ok(at.text_input(key="sweep_lr").input("0.001, 0.0001").run())
     show_tab(at, "Jobs")
@@ -334,9 +336,16 @@ def test_job_controls(artifacts, monkeypatch, tiny_npz):
     assert "Job 1" in shown and "Job 2" in shown and "1 queued · 1 failed · updated" in shown
     assert any("ended without reporting" in e.value for e in at.error)
     assert at.progress[0].text.startswith("Queued")
-    assert {b.key for b in at.button} >= {"cancel_1", "resume_2", "delete_2"}
+    assert {b.key for b in at.button} >= {"ask_cancel_1", "resume_2", "delete_2"}
+    # cancel asks first; "Keep it" changes nothing
+    ok(at.button(key="ask_cancel_1").click().run())
+    assert "Cancel job 1?" in texts(at) and "nothing is lost" in texts(at)
+    ok(at.button(key="keep_1").click().run())
+    assert queue.get(waiting).status == "queued" and not [b for b in at.button if b.key == "cancel_1"]
+    ok(at.button(key="ask_cancel_1").click().run())
     ok(at.button(key="cancel_1").click().run())
     assert queue.get(waiting).status == "cancelled"
+    assert "Cancel job 1?" not in texts(at)
     ok(at.button(key="resume_2").click().run())
     assert queue.get(broken).status == "queued"
     ok(at.segmented_control(key="job_filter").set_value("Active").run())
@@ -372,16 +381,21 @@ def test_a_user_cannot_act_on_another_users_job_from_the_page(artifacts, monkeyp
         return at
 
     at = jobs_tab_as(User("bob", ("trainer",)))
-    assert not [b for b in at.button if b.key == f"cancel_{job_id}"]
+    assert not [b for b in at.button if "cancel" in b.key]
     assert "alice" in str([m.value for m in at.markdown])
     assert at.number_input(key="max_concurrent").disabled  # the admin's; the queue refuses it too
+    # "Only my jobs": bob has none
+    ok(at.toggle(key="my_jobs").set_value(True).run())
+    assert "You have no training jobs yet" in texts(at) and "Job 1" not in texts(at)
     at = jobs_tab_as(User("alice", ("trainer",)))
+    ok(at.button(key=f"ask_cancel_{job_id}").click().run())
     ok(at.button(key=f"cancel_{job_id}").click().run())
     assert queue.get(job_id).status == "cancelled"
 
 
-@pytest.mark.slow
-def test_launch_a_tiny_run_and_see_it_succeed(artifacts, tiny_npz):
+def test_launch_queues_exactly_the_run_shown(artifacts, monkeypatch, tiny_npz):
+    """Launch queues the values the inputs hold (a real job trains in tests/test_browser_train.py)."""
+    monkeypatch.setattr(JobQueue, "tick", lambda self: [])
     at = use_file(open_train(), tiny_npz)
     at.selectbox(key="f_arch").set_value("resnet18")
     at.selectbox(key="f_weights").set_value("none")
@@ -391,27 +405,49 @@ def test_launch_a_tiny_run_and_see_it_succeed(artifacts, tiny_npz):
     ok(at.button(key="launch").click().run())
     assert not at.error, [e.value for e in at.error]
     assert "Queued 1 job" in at.success[0].value
-    queue = queue_at(artifacts)
-    jobs = queue.list()
+    jobs = queue_at(artifacts).list()
     assert len(jobs) == 1
     job = jobs[0]
     assert (job.config.arch, job.config.weights, job.config.epochs, job.config.limit_train,
             job.config.batch_size, job.config.size) == ("resnet18", "none", 1, 64, 32, 28)
     assert Path(job.config.data) == tiny_npz.resolve()
-    assert job.status in ACTIVE  # the page's tick already started it (a real training process)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        queue.tick()
-        job = queue.get(job.id)
-        if job.status not in ACTIVE:
-            break
-        time.sleep(1)
-    assert job.status == "succeeded", job.error or queue.log_tail(job.id)
-    ok(at.run())  # the page stays on the Jobs tab after launching
+    assert at.progress[0].text.startswith("Queued")  # the page is on the Jobs tab
+
+
+def test_job_cards_show_the_phase_the_score_tags_links_and_command(artifacts, monkeypatch, trained_run):
+    monkeypatch.setattr(JobQueue, "tick", lambda self: [])
+    run = mirror_run(trained_run, artifacts)
+    queue = queue_at(artifacts)
+    config = open_run(run).config
+    done = queue.submit(config, LOCAL_ADMIN)
+    now = time.time()
+    assert queue._transition(done, "queued", "succeeded", run_id=run.name, run_path=str(run), started=now - 300,
+                             finished=now - 120, phase="done")
+    running = queue.submit(config.replace(seed=5, tags=("week 3",)), LOCAL_ADMIN)
+    assert queue._claim_next() == running
+    assert queue.get(running).phase == "loading"  # a (re)claimed job starts from loading
+    queue._update(running, phase="validating", detail="epoch 2/2", fraction=0.8, eta_seconds=65.0, epoch=2,
+                  epochs=2, batch=8, batches=8)
+    at = open_train(jobs_tab=True)
     shown = texts(at)
-    assert ":green-badge[:material/check_circle: succeeded]" in shown
-    assert f"Run saved in `{job.run_path}`" in shown
-    assert Path(job.run_path).is_dir()
+    # the running job: its phase, detail and time left
+    assert [p.text for p in at.progress] == ["Validating · epoch 2/2 · about 1 min left"]
+    assert ":blue-badge[:material/sell: week 3]" in shown
+    # the finished one: its score, tags, when, and one click to its run on Results and Confusions
+    metrics = open_run(run).metrics
+    assert (f"Validation accuracy **{metrics['val']['accuracy']:.3f}** · test accuracy "
+            f"**{metrics['test']['accuracy']:.3f}** · best epoch 1 of 1") in shown
+    assert ":blue-badge[:material/sell: fixture]" in shown
+    assert "succeeded 2 min ago after 3 min" in shown
+    links = {e.proto.label: (e.proto.page, e.proto.query_string) for e in at.get("page_link")}
+    assert links["Open on Results"] == ("results", f"run={run.name}"), links
+    assert links["Confusions"][0].startswith("confusion") and links["Confusions"][1] == f"run={run.name}", links
+    commands = [c.value for c in at.code if c.value.startswith("python -m core submit")]
+    assert any("--tag fixture" in c and "--arch resnet18" in c for c in commands), commands
+    # a cancel shows at once
+    queue._update(running, cancel_requested_at=time.time())
+    ok(at.run())
+    assert at.progress[0].text.startswith("Cancelling…")
 
 
 def test_data_and_weights_files_outside_the_data_roots_are_refused(artifacts, tiny_npz):

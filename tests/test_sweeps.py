@@ -107,6 +107,11 @@ def test_plan_auto_weights_follow_each_swept_network():
 def test_plan_puts_each_error_in_its_slot():
     p = plan(PlanRequest(values={"epochs": 0}))
     assert not p.ok and p.errors["epochs"].message == "must be 1..1000"
+    # every invalid field at once, each in its slot (RunConfig itself stops at the first)
+    p = plan(PlanRequest(values={"epochs": 0, "lr": 0.0, "dropout": 1.0, "size": 99}))
+    assert {slot: e.message for slot, e in p.errors.items()} == {
+        "epochs": "must be 1..1000", "lr": "must be in (0, 1]", "dropout": "must be in [0, 1)",
+        "data": "must be one of (28, 64, 128, 224)"}
     p = plan(PlanRequest(values={}, sweep={"lr": "fast", "dropout": "0.1"}))
     assert list(p.errors) == [sweep_slot("lr")] and p.errors[sweep_slot("lr")].field == "lr"
     assert list(plan(PlanRequest(values={}, sweep={"seed": "1, 2"})).errors) == [sweep_slot("seed")]
@@ -122,3 +127,21 @@ def test_plan_blocks_on_bloodmnist_sizes_not_downloaded():
     assert p.ok and p.blockers == ["BloodMNIST 64 px is not downloaded yet: download it (Train page, section 1, "
                                    "or python -m core download --size N), or train on your own file."]
     assert plan(PlanRequest(values={}, sweep={"size": "28, 64"}), available=[28, 64]).blockers == []
+
+
+def test_submit_command_queues_the_same_run_again(tiny_npz):
+    import shlex
+
+    from core.cli import build_parser, config_from_args
+    from core.config import SETTINGS
+    from core.jobs.plans import submit_command
+
+    switches = [s for s in SETTINGS.values() if s.kind is bool]
+    flipped = {s.name: not s.default for s in switches[:2]}  # one or two switches turned over
+    config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=3, lr=1.5e-4,
+                       tags=("week 3", "demo"), **flipped)
+    command = submit_command(config)
+    assert command.startswith("python -m core submit ") and "'week 3'" in command
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert config_from_args(args) == config
+    assert submit_command(RunConfig()) == f"python -m core submit --weights {RunConfig().weights}"

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.config import RunConfig
+from core.evaluation import confusion, predictions
 from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics
+from core.jobs.sweeps import phase_plan, times_key
+from core.progress import PhaseTimes, Tracker
 from core.store import checkpoints
 from core.store.runs import RunStore, open_run, read_history
 from core.training import threads
@@ -43,17 +47,23 @@ def small_config(tiny_npz: Path, **changes) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_npz, tmp_path_factory):
-    """ResNet-18, 28 px, 2 epochs, batch 32 on 256 real images; with the progress reports it made."""
+    """ResNet-18, 28 px, 2 epochs, batch 32 on 256 real images; with the progress reports it made, and the
+    phases it walked on a tracker planned as a job's is (core.jobs.sweeps.phase_plan, no precomputing)."""
     store = RunStore(tmp_path_factory.mktemp("train-artifacts") / "runs")
     reports: list[Progress] = []
     epochs: list[dict] = []
-    run = train(small_config(tiny_npz), store, progress=reports.append, on_epoch=epochs.append, echo=None)
-    return run, store, reports, epochs
+    config = small_config(tiny_npz)
+    plan, _ = phase_plan(config, 256, 128, 128, [], PhaseTimes.in_artifacts(store.runs_dir.parent))
+    phases = []
+    tracker = Tracker([p for p in plan if p[0] != "precomputing"], phases.append)
+    tracker.start("loading")
+    run = train(config, store, progress=reports.append, on_epoch=epochs.append, echo=None, tracker=tracker)
+    return run, store, reports, epochs, phases
 
 
 @pytest.mark.slow
 def test_a_run_publishes_a_complete_directory(tiny_run):
-    run, store, _, _ = tiny_run
+    run, store, _, _, _ = tiny_run
     assert run.path.parent == store.runs_dir
     names = {p.name for p in run.path.iterdir()}
     assert {"config.json", "history.csv", "metrics.json", "model.keras", "train.log"} <= names
@@ -67,7 +77,7 @@ def test_a_run_publishes_a_complete_directory(tiny_run):
 
 @pytest.mark.slow
 def test_metrics_layout_and_label_names(tiny_run):
-    run, _, _, _ = tiny_run
+    run, _, _, _, _ = tiny_run
     m = json.loads((run.path / "metrics.json").read_text())
     assert {"test", "val", "best_epoch", "epochs_run", "train_seconds", "train_images_per_second"} <= set(m)
     assert m["schema_version"] == SCHEMA_VERSION
@@ -100,7 +110,7 @@ def test_metrics_layout_and_label_names(tiny_run):
 
 @pytest.mark.slow
 def test_best_epoch_is_the_best_validation_epoch(tiny_run):
-    run, _, _, on_epoch_rows = tiny_run
+    run, _, _, on_epoch_rows, _ = tiny_run
     history = read_history(run.path)
     m = run.metrics
     assert [int(r["epoch"]) for r in history] == [1, 2]
@@ -115,7 +125,7 @@ def test_best_epoch_is_the_best_validation_epoch(tiny_run):
 
 @pytest.mark.slow
 def test_progress_fractions_increase_to_one(tiny_run):
-    _, _, reports, _ = tiny_run
+    _, _, reports, _, _ = tiny_run
     assert len(reports) == 2 * 8  # one report per batch
     fractions = [p.fraction for p in reports]
     assert all(b > a for a, b in zip(fractions, fractions[1:]))
@@ -123,6 +133,39 @@ def test_progress_fractions_increase_to_one(tiny_run):
     assert [(p.epoch, p.batch) for p in reports[7:9]] == [(1, 8), (2, 1)]
     assert all(p.epochs == 2 and p.batches == 8 and p.images_per_second > 0 for p in reports)
     assert reports[-1].eta_seconds == pytest.approx(0.0)
+
+
+@pytest.mark.slow
+def test_a_run_walks_its_phases_and_records_their_times(tiny_run):
+    run, store, _, _, reports = tiny_run
+    walked = [p.phase for i, p in enumerate(reports) if i == 0 or p.phase != reports[i - 1].phase]
+    assert walked == ["loading", "training", "validating", "training", "validating", "testing", "publishing"]
+    assert all(p.eta_seconds is not None and p.eta_seconds >= 0 for p in reports)
+    n = run.metrics["dataset"]
+    details = {p.phase: p.detail for p in reports}  # the last detail of each phase
+    assert details["testing"] == f"{n['n_test']} of {n['n_test']} images"
+    assert details["validating"] == f"epoch 2/2 · {n['n_val']}/{n['n_val']} images"
+    assert re.fullmatch(r"epoch 2/2 · batch 8/8 · [\d,]+ images/s", details["training"])
+    # the test pass is expected from the validation pass's pace, by image count, before it starts
+    first_test = next(p for p in reports if p.phase == "testing")
+    assert first_test.eta_seconds > 0
+    seconds = run.metrics["phase_seconds"]
+    assert set(seconds) == {"loading", "training", "validating", "testing"} and all(v > 0 for v in seconds.values())
+    times = PhaseTimes.in_artifacts(store.runs_dir.parent)
+    key = times_key(run.config)
+    # per image for the passes that scale with images (2 epochs of 256, 2 validations of 128 with the
+    # BatchNorm re-estimate, the test pass of 128), seconds for the rest
+    assert times.expected(key, "testing") == pytest.approx(seconds["testing"] / n["n_test"], rel=1e-3)
+    assert times.expected(key, "training") == pytest.approx(seconds["training"] / (2 * n["n_train"]), rel=1e-3)
+    assert times.expected(key, "loading") == pytest.approx(seconds["loading"], rel=1e-3)
+    assert times.expected(key, "publishing") > 0
+    # the test pass is kept for Confusions (no page predicts it again), and it is the one the metrics report
+    kept = predictions.cached(run.path)
+    assert kept is not None and len(kept) == n["n_test"]
+    assert (confusion.from_predictions(kept.y_true, kept.y_pred, 8) == confusion.from_metrics(run.metrics)[0]).all()
+    # and the next estimate of a run like it uses them
+    plan, _ = phase_plan(run.config, n["n_train"], n["n_val"], n["n_test"], [], times)
+    assert dict(plan)["testing"] == pytest.approx(n["n_test"] * times.expected(key, "testing"))
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,13 @@ def compute(run_dir: str | Path, classifier: "Classifier | None" = None,
         if progress:
             progress(min(1.0, (start + BATCH) / len(images)))
     probabilities = np.concatenate(parts) if parts else np.zeros((0, len(classifier.labels)), np.float32)
+    return save(run_dir, labels, probabilities)
+
+
+def save(run_dir: str | Path, labels: np.ndarray, probabilities: np.ndarray) -> TestPredictions:
+    """Cache predictions of the run's test split in its folder (`compute`'s, or the training job's own test
+    pass, so that no page predicts it again)."""
+    labels, probabilities = np.asarray(labels, np.int64), np.asarray(probabilities, np.float32)
     buf = io.BytesIO()
     np.savez_compressed(buf, y_true=labels, probabilities=probabilities)
     add_to_finished_run(run_dir, PREDICTIONS_FILE, buf.getvalue())

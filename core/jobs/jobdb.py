@@ -30,7 +30,9 @@ JOBS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS jobs (
                     epoch INTEGER NOT NULL DEFAULT 0, epochs INTEGER NOT NULL DEFAULT 0,
                     batch INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
                     fraction REAL NOT NULL DEFAULT 0, images_per_second REAL, eta_seconds REAL,
-                    error TEXT, log_tail TEXT, cancel_requested_at REAL)"""
+                    error TEXT, log_tail TEXT, cancel_requested_at REAL, phase TEXT, detail TEXT)"""
+# columns added after the table first shipped: (name, SQL type), added to an existing file by `create`
+ADDED_COLUMNS = (("phase", "TEXT"), ("detail", "TEXT"))
 SETTINGS_TABLE_SQL = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 # columns an old index's jobs table shares with this one, copied as they are
 _KEPT = ("id", "status", "config_json", "created", "sweep", "run_id", "run_path", "pid", "started", "finished",
@@ -73,9 +75,19 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def create(path: Path) -> None:
+    """The tables, and on a file from an older version the columns it lacks (ALTER TABLE ... ADD COLUMN: old
+    rows read NULL there; two processes adding one at once: the loser finds it there)."""
     with closing(connect(path)) as db:
         db.execute(JOBS_TABLE_SQL)
         db.execute(SETTINGS_TABLE_SQL)
+        have = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in ADDED_COLUMNS:
+            if name not in have:
+                try:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError as e:
+                    if "duplicate column" not in str(e):
+                        raise
 
 
 def _tables(db: sqlite3.Connection) -> set[str]:

@@ -11,6 +11,7 @@ No TensorFlow, no streamlit.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from core.config import SETTINGS, ConfigError, RunConfig
 from core.jobs import presets
 from core.jobs.sweeps import estimate_seconds, grid, parse_values
+from core.progress import PhaseTimes
 from core.store.runs import RunStore
 
 AUTO = "auto"  # weights: each network's own default (ImageNet where Keras has it, else from scratch)
@@ -76,6 +78,24 @@ def format_value(v: Any) -> str:
     return format(v, "g") if isinstance(v, float) else str(v)
 
 
+def submit_command(config: RunConfig) -> str:
+    """The command line that queues this run again (`python -m core submit` with a flag for each setting that
+    is not its default; the weights always, since their default depends on the network)."""
+    parts = ["python -m core submit"]
+    d, defaults = config.to_dict(), RunConfig().to_dict()
+    for name, s in SETTINGS.items():
+        value = d[name]
+        if value == defaults[name] and name != "weights":
+            continue
+        if s.kind is bool:
+            parts.append(s.cli_flag)  # a switch's flag turns its default over
+        elif s.kind is tuple:
+            parts += [f"{s.cli_flag} {shlex.quote(str(v))}" for v in value]
+        else:
+            parts.append(f"{s.cli_flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
 def preset_request(key: str, repeats: int = 1, overrides: Mapping[str, Any] | None = None) -> PlanRequest:
     """A preset as a request, as the Train page loads it: its base values with `overrides` on top (the
     command line's flags), its grid as typed values. A swept field cannot also be overridden."""
@@ -101,6 +121,22 @@ def resolve_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def all_errors(values: Mapping[str, Any]) -> list[ConfigError]:
+    """Every invalid field of `values` at once (RunConfig names the first it meets): each one found is set
+    aside at its default and the rest checked again, so a form shows all its errors together."""
+    values, found = dict(values), []
+    defaults = {s.name: s.default for s in SETTINGS.values()}
+    while True:
+        try:
+            RunConfig(**values)
+            return found
+        except ConfigError as e:
+            if any(f.field == e.field for f in found) or e.field not in defaults:
+                return [*found, e] if all(f.field != e.field for f in found) else found
+            found.append(e)
+            values[e.field] = defaults[e.field]
+
+
 def plan(request: PlanRequest, *, data_error: str | None = None, available: Sequence[int] | None = None,
          split_sizes: tuple[int, int, int] | None = None, store: RunStore | None = None) -> Plan:
     """The jobs `request` would queue, or the errors that stop it, each in its slot.
@@ -114,11 +150,12 @@ def plan(request: PlanRequest, *, data_error: str | None = None, available: Sequ
     if data_error:
         out.errors[DATA_SLOT] = ConfigError(DATA_SLOT, data_error)
     values = resolve_values(request.values)
-    try:
-        base = RunConfig(**values)
-    except ConfigError as e:
-        out.errors[e.field if e.field not in ("data", "size") else DATA_SLOT] = e
+    config_errors = all_errors(values)
+    if config_errors:
+        for e in config_errors:
+            out.errors.setdefault(e.field if e.field not in ("data", "size") else DATA_SLOT, e)
         return out
+    base = RunConfig(**values)
     sweep: dict[str, list[Any]] = {}
     for name, text in request.sweep.items():
         try:
@@ -152,9 +189,10 @@ def plan(request: PlanRequest, *, data_error: str | None = None, available: Sequ
                                 f"python -m core download --size N), or train on your own file.")
     if split_sizes is not None and store is not None:
         history = store.list_runs()
+        times = PhaseTimes.in_artifacts(store.runs_dir.parent)
         out.history_runs = len(history)
         for c in out.configs:
-            seconds, speed = estimate_seconds(c, *split_sizes, history)
+            seconds, speed = estimate_seconds(c, *split_sizes, history, times)
             out.seconds.append(seconds)
             out.speed_sources[speed.source] += 1
             out.images_per_second.append(speed.images_per_second)

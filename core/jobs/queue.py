@@ -11,6 +11,11 @@ starts queued jobs in order while fewer than `max_concurrent` run. Liveness is t
 creation time (core.jobs.liveness, psutil). The queue survives restarts of the app, and no job stays
 "running" after its process is gone.
 
+A job reports its progress through core.progress: its phase (loading, training, validating, testing,
+publishing, precomputing), a detail line ("epoch 2/5 · batch 4/16 · 820 images/s"), the fraction done and the
+time left, from the plan of core.jobs.sweeps.phase_plan (the preview's estimate) revised by its own measured
+pace. Every (re)start of a job's process starts from "loading" with the previous attempt's progress cleared.
+
 Jobs belong to the user who submitted them (core.access.roles): submitting needs the train role and, except
 for admins, at most ACTIVE_JOBS_PER_USER queued or running jobs; cancel, resume and delete need the train
 role on one's own job (admins: any); the concurrent-job limit is the admin's.
@@ -19,7 +24,8 @@ Cancel records when it was asked and sends SIGTERM to the job's process group; t
 Python instruction, except inside a checkpoint or publish write, which it finishes first (core.store.io
 .uninterrupted). It keeps its last completed epoch's checkpoint (so it can be resumed). The job stays
 "running" (cancel requested) and holds its slot until its process is gone; a process still there
-CANCEL_GRACE_SECONDS after the cancel is killed.
+CANCEL_GRACE_SECONDS after the cancel is killed. `cancel` itself waits up to CANCEL_SETTLE_SECONDS for the
+process to go and settles it at once when it has, so the usual cancel reads "cancelled" within seconds.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from core.access.roles import ACTIVE_JOBS_PER_USER, AccessDenied, User, require
 from core.config import RunConfig
 from core.errors import UserFacingError
 from core.jobs import jobdb, liveness
+from core.progress import Progress, Tracker
 from core.store.io import RUN_ID_PATTERN, interrupt_or_defer
 from core.store.runs import INCOMPLETE, PROJECT_ROOT, RunStore
 
@@ -52,6 +59,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 # publish, during which no heartbeat comes; a process still there after it is killed.
 CANCEL_GRACE_SECONDS = 60.0
 KILL_WAIT_SECONDS = 2.0  # after SIGKILL, how long a tick waits to see the process gone
+CANCEL_SETTLE_SECONDS = 3.0  # how long `cancel` waits for the process to stop before it returns
 SPAWN_GRACE_SECONDS = 30.0
 PROGRESS_INTERVAL = 1.0
 LOG_TAIL_LINES = 30
@@ -89,6 +97,15 @@ class Job:
     error: str | None
     log_tail: str | None
     cancel_requested_at: float | None
+    phase: str | None = None  # core.progress phase of a running job (None: a job from before phases)
+    detail: str | None = None
+
+    @property
+    def progress(self) -> Progress:
+        """Where a queued or running job stands, as core.progress draws it."""
+        if self.status == "queued":
+            return Progress("queued", 0.0, None, "")
+        return Progress(self.phase or "loading", self.fraction, self.eta_seconds, self.detail or "")
 
     @property
     def cancel_requested(self) -> bool:
@@ -108,6 +125,11 @@ class Job:
         d = dict(row)
         d["config"] = RunConfig.from_dict(json.loads(d.pop("config_json")))
         return cls(**d)
+
+
+# what a job's progress columns hold before its process reports: each (re)start begins here
+FRESH_PROGRESS: dict[str, Any] = {"phase": "loading", "detail": "", "epoch": 0, "batch": 0, "batches": 0,
+                                  "fraction": 0.0, "images_per_second": None, "eta_seconds": None}
 
 
 class JobQueue:
@@ -206,7 +228,10 @@ class JobQueue:
         if job.run_path:
             return read_history(Path(job.run_path))
         work = self.work_dir(job)
-        return read_history(work) if work else []
+        if work is None:
+            return []
+        # once published (while it precomputes, before the job records its run) the history is in the run
+        return read_history(work) or read_history(self.store.runs_dir / work.name)
 
     # -- commands ---------------------------------------------------------------------------------------
     def submit(self, config: RunConfig, user: User, sweep: str | None = None) -> int:
@@ -261,6 +286,9 @@ class JobQueue:
                 os.killpg(job.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+            # most jobs stop within a second or two: settle it now rather than at the next tick
+            if liveness.wait_gone(job.pid, job.pid_start, CANCEL_SETTLE_SECONDS):
+                self._reap()
 
     def resume(self, job_id: int, user: User) -> None:
         job = self._owned(job_id, user)
@@ -271,7 +299,7 @@ class JobQueue:
         if self._recover_published(job, ("failed", "cancelled")):
             return
         self._transition(job_id, ("failed", "cancelled"), "queued", error=None, finished=None,
-                         cancel_requested_at=None, pid=None, pid_start=None)
+                         cancel_requested_at=None, pid=None, pid_start=None, **FRESH_PROGRESS)
 
     def delete(self, job_id: int, user: User) -> None:
         """Remove a finished job, its log and (unless its run was published) its run's work folder."""
@@ -348,7 +376,7 @@ class JobQueue:
                     return None
                 now = time.time()
                 claimed = self._transition(int(row[0]), "queued", "running", db=db, started=now, heartbeat=now,
-                                           pid=None, pid_start=None, cancel_requested_at=None)
+                                           pid=None, pid_start=None, cancel_requested_at=None, **FRESH_PROGRESS)
                 db.execute("COMMIT")
                 return int(row[0]) if claimed else None
             except BaseException:
@@ -411,13 +439,41 @@ class JobQueue:
         return bool(row and row[0] is not None)
 
 
+def job_plan(config: RunConfig, store: RunStore, run_id: str | None) -> list[tuple[str, float]]:
+    """The phases a job's process is about to walk and their expected seconds (core.jobs.sweeps.phase_plan:
+    the preview's estimate), for the epochs its checkpoint has not done yet. Reads only the data file's labels
+    and the checkpoint's state, before TensorFlow is imported."""
+    from core.data.dataset import SPLITS, class_counts, resolve  # noqa: PLC0415
+    from core.jobs.sweeps import phase_plan  # noqa: PLC0415
+    from core.progress import PhaseTimes  # noqa: PLC0415
+    from core.store import checkpoints  # noqa: PLC0415
+
+    try:
+        counts = class_counts(resolve(config.data, config.size))
+        sizes = [sum(counts[s]) for s in SPLITS]
+    except UserFacingError:  # the trainer says what is wrong with the data in a moment
+        sizes = [0, 0, 0]
+    epochs_done = 0
+    if run_id and RUN_ID_PATTERN.match(run_id):
+        try:
+            checkpoint = checkpoints.load(store.runs_dir / INCOMPLETE / run_id)
+            epochs_done = int(checkpoint.state.get("epochs_done", 0)) if checkpoint else 0
+        except UserFacingError:
+            pass
+    try:
+        history = store.list_runs()
+    except UserFacingError:  # a damaged run index: estimate from defaults; training itself does not need it
+        history = []
+    plan, _ = phase_plan(config, *sizes, history, PhaseTimes.in_artifacts(store.runs_dir.parent), epochs_done)
+    return plan
+
+
 def execute(job_id: int, store: RunStore) -> int:
-    """Body of a job process (`python -m core job-exec ID`): train, record the outcome, start the next job.
+    """Body of a job process (`python -m core job-exec ID`): train, precompute what the run's pages need,
+    record the outcome, start the next job.
 
     A cancelled job records nothing itself: it exits, and the next tick that sees its process gone marks it
     cancelled, so its slot is free only once the process is."""
-    from core.training.trainer import Progress, Trainer, TrainingCancelled  # noqa: PLC0415 - heavy import, job process only
-
     queue = JobQueue(store)
     job = queue.get(job_id)
     if job.status != "running":
@@ -428,15 +484,26 @@ def execute(job_id: int, store: RunStore) -> int:
         queue.tick()
         return 0
     signal.signal(signal.SIGTERM, interrupt_or_defer)  # a cancel: stop now, or after the write in progress
-    last = [0.0]
+    last: dict[str, Any] = {"progress": 0.0, "report": 0.0, "phase": None}
 
-    def progress(p: Progress) -> None:
+    def report(p: Progress) -> None:  # the card's phase, detail, fraction and time left
         now = time.time()
-        if now - last[0] >= PROGRESS_INTERVAL or p.batch == p.batches:
-            last[0] = now
-            queue._update(job_id, heartbeat=now, epoch=p.epoch, epochs=p.epochs, batch=p.batch,
-                          batches=p.batches, fraction=p.fraction, images_per_second=p.images_per_second,
+        if p.phase != last["phase"] or now - last["report"] >= PROGRESS_INTERVAL:
+            last.update(report=now, phase=p.phase)
+            queue._update(job_id, heartbeat=now, phase=p.phase, detail=p.detail, fraction=p.fraction,
                           eta_seconds=p.eta_seconds)
+
+    tracker = Tracker(job_plan(job.config, store, job.run_id), report)
+    tracker.start("loading", "TensorFlow, the data and the model")
+    from core.training.trainer import Progress as BatchProgress  # noqa: PLC0415 - heavy import, job process only
+    from core.training.trainer import Trainer, TrainingCancelled  # noqa: PLC0415
+
+    def progress(p: BatchProgress) -> None:  # epoch and batch, for the card's curves and the command line
+        now = time.time()
+        if now - last["progress"] >= PROGRESS_INTERVAL or p.batch == p.batches:
+            last["progress"] = now
+            queue._update(job_id, heartbeat=now, epoch=p.epoch, epochs=p.epochs, batch=p.batch,
+                          batches=p.batches, images_per_second=p.images_per_second)
 
     def should_cancel() -> bool:
         return queue.cancel_requested(job_id)
@@ -444,10 +511,13 @@ def execute(job_id: int, store: RunStore) -> int:
     status, extra = "failed", {}
     try:
         trainer = Trainer(job.config, store, progress=progress, should_cancel=should_cancel,
-                          echo=lambda m: print(m, flush=True), run_id=job.run_id)
+                          echo=lambda m: print(m, flush=True), run_id=job.run_id, tracker=tracker)
         queue._update(job_id, run_id=trainer.run_id)
         run = trainer.run()
-        status, extra = "succeeded", {"run_path": str(run.path), "fraction": 1.0, "eta_seconds": 0.0}
+        precompute(run.path, tracker, store, job.config)
+        tracker.finish()
+        status, extra = "succeeded", {"run_path": str(run.path), "fraction": 1.0, "eta_seconds": 0.0,
+                                      "phase": "done", "detail": ""}
     except (TrainingCancelled, KeyboardInterrupt):
         print("cancelled", flush=True)
         status = "cancelled"
@@ -468,6 +538,22 @@ def execute(job_id: int, store: RunStore) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the jobs it starts must not inherit an ignored SIGTERM
     queue.tick()  # start whatever waits, even when nobody has the page open
     return 0 if status == "succeeded" else 1
+
+
+def precompute(run_path: Path, tracker: Tracker, store: RunStore, config: RunConfig) -> None:
+    """The job's last phase: what the run's pages need (core.inference.precompute), so none of them blocks on
+    first use. A step that fails is logged and skipped; the run is already published and the job succeeds."""
+    from core.inference.precompute import precompute_all  # noqa: PLC0415
+    from core.jobs.sweeps import times_key  # noqa: PLC0415
+    from core.progress import PhaseTimes  # noqa: PLC0415
+
+    tracker.start("precomputing")  # each step's title follows as the detail
+    start = time.monotonic()
+    skipped = precompute_all(run_path, lambda title, fraction: tracker.advance(fraction, title.lower()))
+    for step, message in skipped.items():
+        print(f"precomputing {step} skipped: {message}", flush=True)
+    PhaseTimes.in_artifacts(store.runs_dir.parent).record(times_key(config),
+                                                          {"precomputing": time.monotonic() - start})
 
 
 def worker(store: RunStore, poll_seconds: float = 2.0, once: bool = False) -> None:

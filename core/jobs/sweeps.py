@@ -1,6 +1,13 @@
-"""Sweeps (a grid over any RunConfig fields, with repeats over seeds) and duration estimates from the speed
-this machine measured in earlier runs. Named starting points (recipes, the study's experiments) are in
+"""Sweeps (a grid over any RunConfig fields, with repeats over seeds) and duration estimates from what this
+machine measured in earlier runs. Named starting points (recipes, the study's experiments) are in
 core.jobs.presets.
+
+The one duration model of a training job, used by the preview before launch and by the job's live time left
+(core.progress.Tracker walks the same plan): loading, then per epoch training and validating, then one
+testing pass, publishing and precomputing (`phase_plan`). Training speed comes from earlier runs of the same
+network at the same cost (the run index); the other phases from core.progress.PhaseTimes under `times_key`,
+per image where they scale with the images they see (`phase_units`: what the trainer records and what the
+plan multiplies), else defaults scaled from the training speed.
 """
 
 from __future__ import annotations
@@ -14,11 +21,17 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from core.config import SETTINGS, ConfigError, RunConfig
 from core.models import architectures
+from core.progress import PhaseTimes
 
 # Measured on this project's 2-core development machine (ResNet-50, 64 px, batch 32, from scratch).
 FALLBACK_RESNET50_64_IPS = 55.0
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
 JOB_OVERHEAD_SECONDS = 30.0  # process start, TensorFlow import, data load and model build, per job
+PUBLISH_SECONDS = 5.0  # saving the model and the run folder, before anything was measured
+PRECOMPUTE_MODEL_SECONDS = 15.0  # the run's pages' precompute step loading the saved model
+TTA_PASSES = 8  # test-time augmentation: each of val and test predicted under 8 flips/turns
+OOD_IMAGES = 3000  # core.inference.ood embeds at most 2,000 training and 1,000 validation images
+PER_IMAGE = ("training", "validating", "testing")  # recorded as seconds per image; the rest as seconds
 
 
 def relative_cost(arch: str, size: int, settings: Mapping[str, Any] | None = None) -> float:
@@ -89,16 +102,54 @@ def training_speed(config: RunConfig, history: Iterable[Mapping[str, Any]]) -> S
     return Speed(FALLBACK_RESNET50_64_IPS * relative_cost("resnet50", 64) / cost, "default")
 
 
-def estimate_seconds(config: RunConfig, n_train: int, n_val: int, n_test: int,
-                     history: Iterable[Mapping[str, Any]]) -> tuple[float, Speed]:
-    """Wall time for one run: start-up, its epochs of training, a validation pass per epoch, one test pass."""
+def times_key(config: RunConfig) -> str:
+    """The core.progress.PhaseTimes key a run's phase times are recorded and read under."""
+    return f"train/{config.arch}/{config.size}"
+
+
+def phase_units(config: RunConfig, n_train: int, n_val: int, n_test: int) -> dict[str, int]:
+    """Images each pass of a phase handles: one training epoch, one validation (with its BatchNorm re-estimate)
+    and the test pass (with test-time augmentation's passes over val and test). `n_train` after limit_train."""
+    validation = n_val + (min(n_train, config.bn_recalibration_batches * config.batch_size)
+                          if config.recalibrate_bn else 0)
+    test = n_test + (TTA_PASSES * (n_val + n_test) if config.tta else 0)
+    return {"training": n_train, "validating": validation, "testing": test}
+
+
+def phase_plan(config: RunConfig, n_train: int, n_val: int, n_test: int, history: Iterable[Mapping[str, Any]],
+               times: PhaseTimes | None = None, epochs_done: int = 0) -> tuple[list[tuple[str, float]], Speed]:
+    """The job's phases in order with the seconds each is expected to take, and the training speed used:
+    loading, (training, validating) for each epoch still to run, testing, publishing, precomputing."""
     speed = training_speed(config, list(history))
+    # precomputing predicts the test split and embeds up to OOD_IMAGES of the training and validation images
+    precomputed = n_test + min(n_train + n_val, OOD_IMAGES)
     n_train = min(n_train, config.limit_train) if config.limit_train else n_train
-    ips = speed.images_per_second
-    per_epoch = n_train / ips + n_val / (ips * EVAL_SPEEDUP)
-    if config.recalibrate_bn:
-        per_epoch += min(n_train, config.bn_recalibration_batches * config.batch_size) / (ips * EVAL_SPEEDUP)
-    return JOB_OVERHEAD_SECONDS + config.epochs * per_epoch + n_test / (ips * EVAL_SPEEDUP), speed
+    units = phase_units(config, n_train, n_val, n_test)
+    key = times_key(config)
+
+    def measured(phase: str, default: float) -> float:
+        value = times.expected(key, phase) if times is not None else None
+        return default if value is None else value
+
+    train_per_image = 1.0 / speed.images_per_second
+    val_per_image = measured("validating", train_per_image / EVAL_SPEEDUP)
+    test_per_image = measured("testing", val_per_image)
+    plan = [("loading", measured("loading", JOB_OVERHEAD_SECONDS))]
+    for _ in range(max(config.epochs - epochs_done, 0)):
+        plan += [("training", units["training"] * train_per_image),
+                 ("validating", units["validating"] * val_per_image)]
+    plan += [("testing", units["testing"] * test_per_image),
+             ("publishing", measured("publishing", PUBLISH_SECONDS)),
+             ("precomputing", measured("precomputing", PRECOMPUTE_MODEL_SECONDS
+                                       + precomputed * val_per_image))]
+    return plan, speed
+
+
+def estimate_seconds(config: RunConfig, n_train: int, n_val: int, n_test: int,
+                     history: Iterable[Mapping[str, Any]], times: PhaseTimes | None = None) -> tuple[float, Speed]:
+    """Wall time for one run: the sum of its `phase_plan`."""
+    plan, speed = phase_plan(config, n_train, n_val, n_test, history, times)
+    return sum(seconds for _, seconds in plan), speed
 
 
 def format_duration(seconds: float) -> str:

@@ -12,6 +12,13 @@ Settings with their own modules: the learning-rate schedule (core.training.sched
 statistics re-estimated on it), so the kept epoch, the test pass and the stored model are the averaged
 weights, and training continues from the raw ones.
 
+The run walks the phases of core.progress (loading, then training and validating for each epoch, testing,
+publishing) on a `Tracker`: a training job passes its own, whose plan is core.jobs.sweeps.phase_plan and
+whose reports become the job card's phase and time left; without one (the command line, tests) the trainer
+keeps a silent one. Either way the run's phase times end up in metrics.json ("phase_seconds", this attempt's)
+and in core.progress.PhaseTimes (per image where a phase scales with images: core.jobs.sweeps.phase_units),
+so the next estimate is measured.
+
 Each epoch also leaves a checkpoint (model with optimizer state, best weights, history) in the run's work
 directory as one atomic unit (core.store.checkpoints), so a failed or cancelled run can be resumed from its
 last completed epoch. Checkpoint and publish writes finish before a cancel takes effect.
@@ -35,10 +42,13 @@ import tensorflow as tf
 
 from core.config import RunConfig
 from core.data.dataset import Dataset, load_for_config
+from core.evaluation import predictions
 from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics, evaluate
 from core.inference import tta
+from core.jobs import sweeps
 from core.models import batchnorm
 from core.models.build import build_model
+from core.progress import PhaseTimes, Tracker
 from core.store import checkpoints
 from core.store.runs import Run, RunStore, RunWriter
 from core.training import pipeline, precision, schedules, threads
@@ -118,9 +128,21 @@ def compile_model(model: keras.Model, config: RunConfig, n_classes: int, steps_p
     )
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray, arch: str) -> np.ndarray:
+class _PredictProgress(keras.callbacks.Callback):
+    def __init__(self, on_batch: Callable[[int, int], None], n: int):
+        super().__init__()
+        self.on_batch, self.n = on_batch, n
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.on_batch(min((batch + 1) * EVAL_BATCH, self.n), self.n)
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, arch: str,
+                          on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Class probabilities; `on_batch(images done, images)` after each batch when given."""
     ds = pipeline.inference_dataset(images, arch, EVAL_BATCH)
-    return model.predict(ds, verbose=0)
+    callbacks = [_PredictProgress(on_batch, len(images))] if on_batch else None
+    return model.predict(ds, verbose=0, callbacks=callbacks)
 
 
 def tta_probabilities(model: keras.Model, images: np.ndarray, arch: str) -> np.ndarray:
@@ -139,6 +161,7 @@ class _EpochEnd(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
         self._epoch = epoch
+        self.t.tracker.start("training", f"epoch {epoch + 1}/{self.t.config.epochs}")
 
     def on_train_batch_end(self, batch, logs=None):
         t = self.t
@@ -147,6 +170,8 @@ class _EpochEnd(keras.callbacks.Callback):
         ips = done * t.config.batch_size / elapsed if elapsed > 0 else 0.0
         remaining_batches = (t.config.epochs - self._epoch - 1) * t.steps + (t.steps - done)
         eta = remaining_batches * (elapsed / done)
+        t.tracker.advance(done / t.steps, f"epoch {self._epoch + 1}/{t.config.epochs} · batch {done}/{t.steps}"
+                                          f" · {ips:,.0f} images/s")
         if t.progress:
             t.progress(Progress(self._epoch + 1, t.config.epochs, done, t.steps, ips, eta,
                                 {k: float(v) for k, v in (logs or {}).items()}))
@@ -161,6 +186,8 @@ class _EpochEnd(keras.callbacks.Callback):
             return  # an interrupted epoch is not a completed epoch
         t.train_seconds += train_seconds
         t.images_trained += t.steps * t.config.batch_size
+        t.epochs_this_attempt += 1
+        t.tracker.expect("training", train_seconds)  # the next epochs: this one's pace
         row = t.validate_epoch(epoch + 1, logs or {}, train_seconds)
         if t.on_epoch:
             t.on_epoch(row)
@@ -172,7 +199,8 @@ class _EpochEnd(keras.callbacks.Callback):
 class Trainer:
     def __init__(self, config: RunConfig, store: RunStore, progress: ProgressFn | None = None,
                  should_cancel: CancelFn | None = None, on_epoch: EpochFn | None = None,
-                 echo: Callable[[str], None] | None = print, run_id: str | None = None):
+                 echo: Callable[[str], None] | None = print, run_id: str | None = None,
+                 tracker: Tracker | None = None):
         self.config = config
         self.store = store
         self.progress = progress
@@ -189,6 +217,15 @@ class Trainer:
         self.best_weights: list[np.ndarray] | None = None
         self.train_seconds = 0.0
         self.images_trained = 0
+        self.epochs_this_attempt = 0
+        self.validations = 0  # validation passes in this attempt
+        self.best_val_probabilities: np.ndarray | None = None  # the kept epoch's, reused by the final report
+        # a job's tracker (its plan from core.jobs.sweeps.phase_plan, its reports on the job card), else a
+        # silent one that only measures the phases
+        self.own_tracker = tracker is None
+        self.tracker = tracker or Tracker([("loading", 0.0), *[(p, 0.0) for _ in range(config.epochs)
+                                                               for p in ("training", "validating")],
+                                           ("testing", 0.0), ("publishing", 0.0)])
 
     @property
     def run_id(self) -> str:
@@ -210,6 +247,7 @@ class Trainer:
         return raw
 
     def validate_epoch(self, epoch: int, train_logs: dict[str, Any], train_seconds: float) -> dict[str, float]:
+        self.tracker.start("validating", f"epoch {epoch}/{self.config.epochs}")
         start = time.perf_counter()
         raw = self._swap_in_average()
         try:
@@ -219,6 +257,11 @@ class Trainer:
                 self.model.set_weights(raw)  # training goes on from the raw weights
         # the validation's own cost (with the BatchNorm re-estimate): with train_seconds, the epoch's wall time
         row["val_seconds"] = time.perf_counter() - start
+        self.validations += 1
+        units = self.units()
+        per_image = row["val_seconds"] / max(units["validating"], 1)
+        self.tracker.expect("validating", row["val_seconds"])  # the next validations, and the test pass by
+        self.tracker.expect("testing", per_image * units["testing"])  # its image count
         self._checkpoint(epoch)  # first: a history row on disk always has its checkpoint to resume from
         self.writer.write_history(self.history)
         c = self.config
@@ -233,7 +276,17 @@ class Trainer:
         if c.recalibrate_bn:
             batchnorm.recalibrate(self.model, pipeline.bn_statistics_dataset(
                 data.train.images, c.arch, c.batch_size, c.seed + epoch), c.bn_recalibration_batches)
-        probabilities = predict_probabilities(self.model, data.val.images, c.arch)
+        detail = f"epoch {epoch}/{c.epochs}"
+        units = self.units()["validating"]
+        re_estimated = units - len(data.val)  # the BatchNorm re-estimate's images, done before predicting
+        # predict is traced on its first call in a process: the first pass's pace would promise far too long
+        # a wait, so it says how far it is and leaves the time left to the expectation
+        paced = self.validations > 0
+
+        def on_batch(done: int, n: int) -> None:
+            self.tracker.advance((re_estimated + done) / units if paced else 0.0, f"{detail} · {done:,}/{n:,} images")
+
+        probabilities = predict_probabilities(self.model, data.val.images, c.arch, on_batch)
         val = evaluate(data.val.labels, probabilities, data.labels)
         row = {
             "epoch": epoch,
@@ -249,6 +302,7 @@ class Trainer:
         if key > self.best_key:
             self.best_key, self.best_epoch = key, epoch
             self.best_weights = [w.copy() for w in self.model.get_weights()]  # saved with the checkpoint unit
+            self.best_val_probabilities = probabilities
         return row
 
     def _checkpoint(self, epoch: int) -> None:
@@ -281,6 +335,8 @@ class Trainer:
     # -- the run ------------------------------------------------------------------------------------
     def run(self) -> Run:
         c = self.config
+        if self.own_tracker:
+            self.tracker.start("loading", "data and model")
         try:
             gpu = bool(tf.config.list_physical_devices("GPU"))
             self.precision = precision.resolve(c.precision, c.arch, gpu=gpu)
@@ -332,9 +388,17 @@ class Trainer:
         c, data = self.config, self.data
         if self.best_weights is None:
             raise RuntimeError("no epoch completed")
+        n_test = len(data.test)
+        self.tracker.start("testing", f"{n_test:,} images")
         self.model.set_weights(self.best_weights)
-        val = evaluate(data.val.labels, predict_probabilities(self.model, data.val.images, c.arch), data.labels)
-        test = evaluate(data.test.labels, predict_probabilities(self.model, data.test.images, c.arch), data.labels)
+        val_probabilities = self.best_val_probabilities  # None after a resume: predicted again
+        if val_probabilities is None:
+            val_probabilities = predict_probabilities(self.model, data.val.images, c.arch)
+        val = evaluate(data.val.labels, val_probabilities, data.labels)
+        test_probabilities = predict_probabilities(
+            self.model, data.test.images, c.arch,
+            lambda done, n: self.tracker.advance(done / n, f"{done:,} of {n:,} images"))
+        test = evaluate(data.test.labels, test_probabilities, data.labels)
         metrics = {
             "schema_version": SCHEMA_VERSION,
             "val": val.to_dict(), "test": test.to_dict(),
@@ -357,8 +421,33 @@ class Trainer:
             metrics["tta"] = {split: m.to_dict() for split, m in augmented.items()}
             self.log(f"with test-time augmentation (8 flips/turns, reported beside): val acc "
                      f"{augmented['val'].accuracy:.4f}; test acc {augmented['test'].accuracy:.4f}")
+        self.tracker.start("publishing", "saving the model and the run")
+        publish_start = time.monotonic()
+        metrics["phase_seconds"] = {p: round(s, 6) for p, s in self.tracker.seconds_in.items()}
         run = self.writer.publish(metrics, self.model.save)
+        try:  # the test pass just made is what Confusions needs: kept, so no page predicts it again
+            predictions.save(run.path, data.test.labels, test_probabilities)
+        except OSError as e:  # a nicety: the page predicts it on first use instead
+            self.log(f"could not keep the test predictions ({e}); Confusions will predict them once")
+        self.record_phase_times(time.monotonic() - publish_start)
         return run
+
+    def units(self) -> dict[str, int]:
+        data = self.data
+        return sweeps.phase_units(self.config, len(data.train), len(data.val), len(data.test))
+
+    def record_phase_times(self, publish_seconds: float) -> None:
+        """This attempt's phase times for the next estimates: per image where the phase scales with images."""
+        seconds, units = self.tracker.seconds_in, self.units()
+        per_pass = {"training": self.epochs_this_attempt, "validating": self.validations, "testing": 1}
+        measured = {"publishing": publish_seconds}
+        if "loading" in seconds:
+            measured["loading"] = seconds["loading"]
+        for phase in sweeps.PER_IMAGE:
+            images = units[phase] * per_pass[phase]
+            if phase in seconds and images:
+                measured[phase] = seconds[phase] / images
+        PhaseTimes.in_artifacts(self.store.runs_dir.parent).record(sweeps.times_key(self.config), measured)
 
     def _tta_metrics(self) -> dict[str, SplitMetrics]:
         c, data = self.config, self.data
