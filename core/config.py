@@ -215,7 +215,7 @@ class RunConfig:
     # Training images and augmentation (applied to training batches only)
     limit_train: int = setting(  # use only the first N (stratified) training images; 0 = all
         0, label="Training images", form_label="Training images (0 = all)", group=AUGMENTATION, metavar="N",
-        main=12, preview=True,
+        main=12, preview=True, value_names={"0": "all"}, level="{name} training images",
         help="Train on only this many training images (same class mix) for quick runs; 0 uses all.")
     aug_shear: float = setting(  # radians, +-; the study's text says radians (its code used degrees)
         0.2, label="Shear (radians)", group=AUGMENTATION,
