@@ -181,14 +181,16 @@ def _record(run_dir: Path, phase_key: str, seconds: float) -> None:
     times.record(f"{phase_key}/{shape}", {"seconds": seconds})
 
 
-def run_step(run_dir: str | Path, step: str, tracker: Tracker | None = None) -> Any:
+def run_step(run_dir: str | Path, step: str, tracker: Tracker | None = None, model: "Classifier | None" = None
+             ) -> Any:
     """Do one step now in this thread, reporting to `tracker` when given, and return its value. The model is
     loaded first (phase "loading") only when the step needs it and its file is not there yet; a step whose
-    file is there reads it without a model."""
+    file is there reads it without a model. `model`: the run's model already in memory (a training job's own,
+    just trained), used instead of loading it from the run folder."""
     run_dir = Path(run_dir)
     s = STEPS[step]
     fresh = not ready(run_dir, step)
-    if s.needs_model and fresh and loaded(run_dir) is None:
+    if s.needs_model and fresh and model is None and loaded(run_dir) is None:
         open_run(run_dir).training_data()  # its data gone: say so before loading a model for nothing
         if tracker:
             tracker.start("loading", "the run's model")
@@ -197,7 +199,8 @@ def run_step(run_dir: str | Path, step: str, tracker: Tracker | None = None) -> 
         verb, _, rest = s.title.partition(" ")
         tracker.start(s.phase, rest if verb.lower() == phase_title(s.phase).lower() else s.title.lower())
     start = time.monotonic()
-    value = s.compute(run_dir, lambda: classifier(run_dir), tracker.advance if tracker else lambda f: None)
+    value = s.compute(run_dir, (lambda: model) if model is not None else (lambda: classifier(run_dir)),
+                      tracker.advance if tracker else lambda f: None)
     if fresh:  # a file read back is no measurement of the step
         _record(run_dir, step, time.monotonic() - start)
     return value
@@ -238,7 +241,8 @@ def model_task(run_dir: str | Path, retry: bool = True) -> tasks.Task:
                        retry=retry)
 
 
-def precompute_all(run_dir: str | Path, report: Callable[[str, float], None] | None = None) -> dict[str, str]:
+def precompute_all(run_dir: str | Path, report: Callable[[str, float], None] | None = None,
+                   model: "Classifier | None" = None) -> dict[str, str]:
     """Every step the run lacks, one after the other (a training job's last phase). `report(step title,
     fraction done)` after each. A step that cannot be done here (its data file is gone, say) is skipped with its
     message, never failing the caller; returns {step: message} for those."""
@@ -249,7 +253,7 @@ def precompute_all(run_dir: str | Path, report: Callable[[str, float], None] | N
         if report:
             report(STEPS[name].title, i / max(len(todo), 1))
         try:
-            run_step(run_dir, name)
+            run_step(run_dir, name, model=model)
         except UserFacingError as e:
             skipped[name] = str(e)
         except Exception as e:  # a bug in one step must not fail a finished training job

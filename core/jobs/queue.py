@@ -514,7 +514,7 @@ def execute(job_id: int, store: RunStore) -> int:
                           echo=lambda m: print(m, flush=True), run_id=job.run_id, tracker=tracker)
         queue._update(job_id, run_id=trainer.run_id)
         run = trainer.run()
-        precompute(run.path, tracker, store, job.config)
+        precompute(run.path, tracker, store, job.config, trainer.classifier())
         tracker.finish()
         status, extra = "succeeded", {"run_path": str(run.path), "fraction": 1.0, "eta_seconds": 0.0,
                                       "phase": "done", "detail": ""}
@@ -540,16 +540,18 @@ def execute(job_id: int, store: RunStore) -> int:
     return 0 if status == "succeeded" else 1
 
 
-def precompute(run_path: Path, tracker: Tracker, store: RunStore, config: RunConfig) -> None:
+def precompute(run_path: Path, tracker: Tracker, store: RunStore, config: RunConfig, model: Any = None) -> None:
     """The job's last phase: what the run's pages need (core.inference.precompute), so none of them blocks on
-    first use. A step that fails is logged and skipped; the run is already published and the job succeeds."""
+    first use. A step that fails is logged and skipped; the run is already published and the job succeeds.
+    `model`: the trainer's model as a Classifier (its kept weights, as published), so the job neither loads it
+    again nor traces Grad-CAM, which no step needs."""
     from core.inference.precompute import precompute_all  # noqa: PLC0415
     from core.jobs.sweeps import times_key  # noqa: PLC0415
     from core.progress import PhaseTimes  # noqa: PLC0415
 
     tracker.start("precomputing")  # each step's title follows as the detail
     start = time.monotonic()
-    skipped = precompute_all(run_path, lambda title, fraction: tracker.advance(fraction, title.lower()))
+    skipped = precompute_all(run_path, lambda title, fraction: tracker.advance(fraction, title.lower()), model)
     for step, message in skipped.items():
         print(f"precomputing {step} skipped: {message}", flush=True)
     PhaseTimes.in_artifacts(store.runs_dir.parent).record(times_key(config),

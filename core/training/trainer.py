@@ -432,6 +432,13 @@ class Trainer:
         self.record_phase_times(time.monotonic() - publish_start)
         return run
 
+    def classifier(self):
+        """The trained model (its kept weights, as published) as a core.inference Classifier, for work on the
+        finished run in this process without loading it from disk again (a job's precomputing)."""
+        from core.inference.classifier import Classifier  # noqa: PLC0415
+
+        return Classifier.from_model(self.model, self.config, list(self.data.labels))
+
     def units(self) -> dict[str, int]:
         data = self.data
         return sweeps.phase_units(self.config, len(data.train), len(data.val), len(data.test))
