@@ -35,7 +35,7 @@ from core.config import RunConfig
 from core.data.dataset import SPLITS, class_counts
 from core.jobs.plans import PlanRequest, plan, preset_request
 from core.jobs.queue import ACTIVE, JobQueue
-from core.store.runs import RunStore
+from core.store.runs import RunStore, open_run
 
 DATA = PROJECT.parent / "shared" / "data" / "pbc_bloodmnist_28.npz"
 CHECKPOINTS = (0.10, 0.25, 0.50, 0.75)
@@ -62,7 +62,9 @@ def one_job(store: RunStore, config: RunConfig, sizes: tuple[int, int, int]) -> 
         time.sleep(POLL_SECONDS)
     if job.status != "succeeded":
         raise SystemExit(f"job {job_id} {job.status}: {job.error}\n{job.log_tail}")
-    return {"preview": preview.seconds[0], "total": now, "samples": samples, "source": preview.speed_sources}
+    measured = open_run(job.run_path).metrics.get("phase_seconds", {})
+    return {"preview": preview.seconds[0], "total": now, "samples": samples, "source": preview.speed_sources,
+            "measured": measured}
 
 
 def report(name: str, result: dict) -> list[float]:
@@ -70,6 +72,8 @@ def report(name: str, result: dict) -> list[float]:
     ratios = [result["preview"] / total]
     print(f"\n{name}: took {total:.0f} s (submit to succeeded); speed source {dict(result['source'])}")
     print(f"  preview estimate     {result['preview']:7.0f} s   ratio {ratios[0]:.2f}")
+    print("  its phases, measured by the trainer: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds
+                                                             in result["measured"].items()))
     print("  at   phase        fraction   card's time left   really left   ratio")
     for share in CHECKPOINTS:
         at = share * total
