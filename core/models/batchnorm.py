@@ -16,6 +16,7 @@ from typing import Iterable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -34,13 +35,16 @@ def recalibrate(model: keras.Model, batches: Iterable, max_batches: int) -> int:
     saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
     sums = [[np.zeros_like(m), np.zeros_like(v)] for m, v in saved]
     used = 0
+    # one traced forward pass in training mode, not eager calls: eager ones cost several times more and varied
+    # 3x between identical runs (a job's time left could not be trusted); traced after momentum is set to 0
+    forward = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
     try:
         for layer in layers:
             layer.momentum = 0.0  # moving stats := this batch's stats, read back after each batch
         for x in batches:
             if used >= max_batches:
                 break
-            model(x, training=True)
+            forward(x)
             for layer, acc in zip(layers, sums):
                 acc[0] += layer.moving_mean.numpy()
                 acc[1] += layer.moving_variance.numpy()
