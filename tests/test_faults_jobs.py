@@ -319,13 +319,20 @@ def running_job(queue: JobQueue, script: str, owner: User = ALICE) -> tuple[int,
     return job_id, proc
 
 
+def writing_job(queue: JobQueue, tmp_path, seconds: float):
+    """A running job whose process is inside an uninterrupted write of `seconds` (WRITER_SCRIPT), once it has
+    started that write: (job id, process, the file it reports to)."""
+    out = tmp_path / "out.txt"
+    job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=seconds))
+    while not out.is_file() or "started" not in out.read_text():
+        time.sleep(0.05)
+    return job_id, proc, out
+
+
 def test_a_cancel_finishes_the_write_in_progress_then_stops(runs_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Q, "CANCEL_SETTLE_SECONDS", 0.0)  # cancel returns at once; the reaper settles it
     queue = JobQueue(RunStore(runs_dir))
-    out = tmp_path / "out.txt"
-    job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=1.5))
-    while not out.is_file() or "started" not in out.read_text():
-        time.sleep(0.05)
+    job_id, proc, out = writing_job(queue, tmp_path, seconds=1.5)
     queue.cancel(job_id, ALICE)
     queue._reap()  # the last heartbeat is an hour old: the grace is counted from the cancel, not from it
     assert proc.poll() is None and queue.get(job_id).status == "running"
@@ -339,10 +346,7 @@ def test_a_cancel_settles_at_once_when_the_process_stops_within_seconds(runs_dir
     """The usual cancel: the process finishes its write and goes within CANCEL_SETTLE_SECONDS, and cancel()
     itself records "cancelled" (the page shows it on its next redraw, no tick needed)."""
     queue = JobQueue(RunStore(runs_dir))
-    out = tmp_path / "out.txt"
-    job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=0.3))
-    while not out.is_file() or "started" not in out.read_text():
-        time.sleep(0.05)
+    job_id, proc, out = writing_job(queue, tmp_path, seconds=0.3)
     queue.cancel(job_id, ALICE)
     assert proc.poll() is not None and queue.get(job_id).status == "cancelled"
     assert out.read_text() == "started\nwrite finished\n"
@@ -353,11 +357,8 @@ def test_the_grace_counts_from_the_cancel_and_the_slot_is_held_until_the_process
     monkeypatch.setattr(Q, "CANCEL_GRACE_SECONDS", 1.5)
     monkeypatch.setattr(Q, "CANCEL_SETTLE_SECONDS", 0.0)
     queue = JobQueue(RunStore(runs_dir))
-    out = tmp_path / "out.txt"
-    job_id, proc = running_job(queue, WRITER_SCRIPT.format(root=str(PROJECT_ROOT), out=str(out), seconds=600))
+    job_id, proc, _ = writing_job(queue, tmp_path, seconds=600)
     waiting = queue.submit(config(seed=4), BOB)
-    while not out.is_file():
-        time.sleep(0.05)
     cancelled_at = time.time()
     queue.cancel(job_id, ALICE)
     queue._reap()
