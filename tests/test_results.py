@@ -87,6 +87,8 @@ def test_search_runs_by_id_tag_or_setting_words(grid):
     one = table["run_id"].iloc[0]
     assert list(results.search_runs(table, one[-6:].upper())["run_id"]) == [one]
     assert results.search_runs(table, "no such thing").empty
+    made_at_16h = table.assign(run_id=[f"20261130-160916-{i:06x}" for i in range(len(table))])
+    assert len(results.search_runs(made_at_16h, "resnet50 batch 16")) == 1  # a number is a whole word
 
 
 def test_settings_diff_lists_only_what_differs(grid):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -183,21 +184,28 @@ def display_columns(df: pd.DataFrame) -> list[str]:
     return order + [c for c in dict.fromkeys(settings) if c not in order]
 
 
+_WORD_BREAKS = re.compile(r"[\s,;·()/\-]+")  # between the words of a run's text and of a query ("ResNet-101")
+
+
 def search_runs(df: pd.DataFrame, text: str) -> pd.DataFrame:
     """Rows where every word of `text` (case-insensitive) appears in the run's id, status, tags or a setting
-    (its value or its description: "resnet50", "ResNet-50", "64 px", "adam"): a search box over the runs."""
-    words = [w for w in str(text).lower().split() if w]
+    (its value or its description: "resnet50", "ResNet-50", "64 px", "adam"): a search box over the runs. A
+    word is found inside a longer word ("resn", the end of a run id), except a number, which must be a whole
+    word: "16" finds batch 16, not every run made at 16:xx."""
+    words = [w for w in _WORD_BREAKS.split(str(text).lower()) if w]
     if not words or df.empty:
         return df
     fields = [f for f in ("run_id", "status", "tags", *CONFIG_FIELDS) if f in df.columns]
 
-    def haystack(row: pd.Series) -> str:
+    def run_words(row: pd.Series) -> set[str]:
         parts = [str(row[f]) for f in fields if row[f] is not None]
         parts += [describe_value(f, row[f]) for f in CONFIG_FIELDS if f in row and _present(row[f])]
-        return " ".join(parts).lower()
+        return {w for w in _WORD_BREAKS.split(" ".join(parts).lower()) if w}
 
-    text_of = df.apply(haystack, axis=1)
-    keep = text_of.map(lambda t: all(w in t for w in words))
+    def found(word: str, have: set[str]) -> bool:
+        return word in have if word.isdigit() else any(word in w for w in have)
+
+    keep = df.apply(run_words, axis=1).map(lambda have: all(found(w, have) for w in words))
     return df[keep.astype(bool)]
 
 
