@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from core.config import SETTINGS, ConfigError, RunConfig
 from core.models import architectures
-from core.progress import PhaseTimes
+from core.progress import PhaseTimes, format_seconds
 
 # Measured on this project's 2-core development machine (ResNet-50, 64 px, batch 32, from scratch).
 FALLBACK_RESNET50_64_IPS = 55.0
@@ -153,15 +153,10 @@ def estimate_seconds(config: RunConfig, n_train: int, n_val: int, n_test: int,
 
 
 def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "unknown"
-    minutes = seconds / 60
-    if minutes < 1:
+    """A plan's duration: whole seconds under a minute ("12 s"), else as core.progress.format_seconds says it."""
+    if math.isfinite(seconds) and seconds < 60:
         return f"{seconds:.0f} s"
-    if minutes < 90:
-        return f"{minutes:.0f} min"
-    hours = minutes / 60
-    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+    return format_seconds(seconds)
 
 
 def field_type(name: str) -> type:
