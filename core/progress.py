@@ -6,7 +6,10 @@ measured earlier on this machine (`PhaseTimes`, one small JSON file in the artif
 default. A `Tracker` walks the phases and reports a `Progress`: the phase now running, the fraction of the
 whole task and the seconds left. While a phase runs, its own pace replaces the expectation as soon as it can
 be measured (after a few percent), and a phase that overruns its expectation is never shown as "0 s left":
-its remaining time is re-estimated from how long it has taken so far.
+its remaining time is re-estimated from how long it has taken so far. A planned phase that nobody has measured
+yet follows the pace of the phase it is derived from (`follows`): when a job's first epoch trains twice as fast
+as its plan guessed, its validations, test pass and later epochs are expected to as well, until they are
+measured themselves.
 
 Nothing here imports TensorFlow or Streamlit; the Train page, the job processes and the background tasks of
 core.tasks all use it.
@@ -20,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from core.store.io import write_atomic
 
@@ -86,14 +89,22 @@ class Tracker:
     (the ones before it count as done), `advance(done_fraction, detail)` moves within it, `expect(phase,
     seconds)` revises the expectation of the phase's entries not yet finished from a measurement (e.g. the test
     pass from the validation pass),
-    `finish()` ends the task. `seconds_in` says how long each finished phase took (for PhaseTimes)."""
+    `finish()` ends the task. `seconds_in` says how long each finished phase took (for PhaseTimes).
+
+    Pace: an entry still at its planned expectation (not revised by `expect`) is scaled by its phase's pace, the
+    ratio of measured to planned time of that phase's entries so far (the running one once MEASURED_AFTER of it
+    is done), or else by the pace of the phase it `follows` ({"validating": "training"}: a phase whose plan
+    was derived from another's speed)."""
 
     def __init__(self, plan: Sequence[tuple[str, float]], report: Callable[[Progress], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, follows: Mapping[str, str] | None = None):
         if not plan:
             raise ValueError("a task has at least one phase")
         self._order = [p for p, _ in plan]
         self._expected = [max(0.0, float(s)) for _, s in plan]
+        self._revised = [False] * len(self._order)  # expectation replaced by a measurement (`expect`)
+        self._pace: dict[str, float] = {}  # phase -> measured / planned seconds
+        self._follows = dict(follows or {})
         self._report = report
         self._clock = clock
         self._index = -1
@@ -111,6 +122,7 @@ class Tracker:
         for i, p in enumerate(self._order):
             if p == phase and i >= self._index:
                 self._expected[i] = max(0.0, float(seconds))
+                self._revised[i] = True
 
     def start(self, phase: str, detail: str = "") -> Progress:
         here = min(max(self._index, 0), len(self._order) - 1)
@@ -124,6 +136,7 @@ class Tracker:
         if 0 <= self._index < len(self._order) and self._index != index:
             current = self._order[self._index]
             self.seconds_in[current] = self.seconds_in.get(current, 0.0) + now - self._phase_start
+            self._learn_pace(self._index, now - self._phase_start)
         self._index, self._phase_start, self._done, self._detail = index, now, 0.0, detail
         return self._emit()
 
@@ -143,12 +156,31 @@ class Tracker:
             self._report(self.progress)
         return self.progress
 
+    def _learn_pace(self, index: int, seconds: float) -> None:
+        """An entry still at its planned expectation took (or is on course to take) `seconds`."""
+        planned = self._expected[index]
+        if not self._revised[index] and planned > 0 and seconds > 0:
+            self._pace[self._order[index]] = seconds / planned
+
+    def _pace_of(self, phase: str) -> float:
+        seen = set()
+        while phase not in self._pace and phase in self._follows and phase not in seen:
+            seen.add(phase)
+            phase = self._follows[phase]
+        return self._pace.get(phase, 1.0)
+
+    def _expected_of(self, index: int) -> float:
+        """Seconds an entry not yet running is expected to take: a measurement, or its plan at its phase's pace."""
+        planned = self._expected[index]
+        return planned if self._revised[index] else planned * self._pace_of(self._order[index])
+
     def _current_left(self) -> tuple[float, float]:
         """(expected seconds of the current phase, seconds left in it)."""
         elapsed = self._clock() - self._phase_start
-        expected = self._expected[self._index]
+        expected = self._expected_of(self._index)
         if self._done >= MEASURED_AFTER:  # its own pace
             total = elapsed / self._done
+            self._learn_pace(self._index, total)
         elif elapsed > expected:  # overran its expectation without saying how far it is
             total = elapsed * 1.5
         else:
@@ -165,8 +197,8 @@ class Tracker:
     def _emit(self, report: bool = True) -> Progress:
         phase = self._order[self._index]
         total_now, left_now = self._current_left()
-        before = sum(self._expected[:self._index])
-        after = sum(self._expected[self._index + 1:])
+        before = sum(self._expected_of(i) for i in range(self._index))
+        after = sum(self._expected_of(i) for i in range(self._index + 1, len(self._order)))
         whole = before + total_now + after
         fraction = (before + total_now - left_now) / whole if whole > 0 else 0.0
         progress = Progress(phase, min(max(fraction, 0.0), 0.999), left_now + after, self._detail)

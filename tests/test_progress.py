@@ -51,6 +51,30 @@ def test_a_measured_later_phase_revises_the_estimate() -> None:
     assert t.advance(0.0).eta_seconds == pytest.approx(55)
 
 
+def test_unmeasured_phases_follow_the_measured_pace_of_the_phase_they_derive_from() -> None:
+    """A first job planned from default speeds: its first epoch trains 2.5x faster than planned, so its later
+    epoch, its validations and its test pass (planned from the same guessed speed) are expected to as well,
+    until a validation is measured (`expect`), which then stands as measured."""
+    clock = Clock()
+    plan = [("training", 10), ("validating", 5), ("training", 10), ("validating", 5), ("testing", 5)]
+    follows = {"validating": "training", "testing": "validating"}
+    t = Tracker(plan, clock=clock, follows=follows)
+    t.start("training")
+    clock.now = 2
+    p = t.advance(0.5)  # on course for 4 s instead of 10: pace 0.4
+    assert p.eta_seconds == pytest.approx(2 + 0.4 * (5 + 10 + 5 + 5))
+    alone = Tracker(plan, clock=clock)  # without `follows` only the later epoch takes the pace
+    alone.start("training")
+    clock.now = 4
+    p = alone.advance(0.5)
+    assert p.eta_seconds == pytest.approx(2 + 5 + 0.4 * 10 + 5 + 5)
+    t.start("validating")  # training took 4 s of 10 planned
+    t.expect("validating", 3)  # measured: the next validation takes 3 s, whatever training's pace
+    clock.now = 5
+    t.start("training")
+    assert t.advance(0.0).eta_seconds == pytest.approx(4 + 3 + 0.4 * 5)
+
+
 def test_format_seconds() -> None:
     assert format_seconds(2) == "a few s"
     assert format_seconds(42) == "40 s"

@@ -493,7 +493,9 @@ def execute(job_id: int, store: RunStore) -> int:
             queue._update(job_id, heartbeat=now, phase=p.phase, detail=p.detail, fraction=p.fraction,
                           eta_seconds=p.eta_seconds)
 
-    tracker = Tracker(job_plan(job.config, store, job.run_id), report)
+    from core.jobs.sweeps import PACE_FOLLOWS  # noqa: PLC0415
+
+    tracker = Tracker(job_plan(job.config, store, job.run_id), report, follows=PACE_FOLLOWS)
     tracker.start("loading", "TensorFlow, the data and the model")
     from core.training.trainer import Progress as BatchProgress  # noqa: PLC0415 - heavy import, job process only
     from core.training.trainer import Trainer, TrainingCancelled  # noqa: PLC0415

@@ -23,15 +23,26 @@ from core.config import SETTINGS, ConfigError, RunConfig
 from core.models import architectures
 from core.progress import PhaseTimes, format_seconds
 
-# Measured on this project's 2-core development machine (ResNet-50, 64 px, batch 32, from scratch).
-FALLBACK_RESNET50_64_IPS = 55.0
+# Training speeds measured on this project's 2-core development machine, for a first run before this machine
+# measured any: (architecture, image size, its other settings) -> images/s. Other sizes and widths of the same
+# network are scaled by cost; networks without a reference are scaled from ResNet-50's.
+#   compactresnet: the quick-28 preset's figures (4 epochs of 11,962 images in 123-130 s, idle machine)
+#   resnet50: ResNet-50, 64 px, batch 32, from scratch (a busy machine)
+REFERENCE_SPEEDS: tuple[tuple[str, int, dict[str, Any], float], ...] = (
+    ("compactresnet", 28, {"width": 32, "depth": 2}, 377.0),
+    ("resnet50", 64, {}, 55.0),
+)
+FALLBACK_ARCH = "resnet50"
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
-JOB_OVERHEAD_SECONDS = 30.0  # process start, TensorFlow import, data load and model build, per job
+JOB_OVERHEAD_SECONDS = 15.0  # process start, TensorFlow import, data load and model build, per job (idle: 10-15 s)
 PUBLISH_SECONDS = 5.0  # saving the model and the run folder, before anything was measured
 PRECOMPUTE_SECONDS = 3.0  # measuring the training cells' size and colours (the job's model is in memory)
 TTA_PASSES = 8  # test-time augmentation: each of val and test predicted under 8 flips/turns
 OOD_IMAGES = 3000  # core.inference.ood embeds at most 2,000 training and 1,000 validation images
 PER_IMAGE = ("training", "validating", "testing")  # recorded as seconds per image; the rest as seconds
+# Phases whose planned time derives from another's speed follow its measured pace until measured themselves
+# (core.progress.Tracker `follows`): a job whose first epoch runs faster than planned expects the same of the rest.
+PACE_FOLLOWS = {"validating": "training", "testing": "validating", "precomputing": "validating"}
 
 
 def relative_cost(arch: str, size: int, settings: Mapping[str, Any] | None = None) -> float:
@@ -88,8 +99,9 @@ def training_speed(config: RunConfig, history: Iterable[Mapping[str, Any]]) -> S
 
     Same architecture at the same cost (size, stem, width, depth): the median measured speed. Same
     architecture at another cost: scaled by the cost. Otherwise the reference speed measured on this
-    project's machine, scaled by cost; FLOP ratios do not carry across architecture families on a CPU
-    (MobileNet is memory-bound), so a MobileNet run says nothing about a ResNet's speed.
+    project's machine (REFERENCE_SPEEDS: the same network's where there is one), scaled by cost; FLOP ratios
+    do not carry across architecture families on a CPU (MobileNet is memory-bound), so a MobileNet run says
+    nothing about a ResNet's speed.
     """
     cost = _cost(config.to_dict())
     rows = [(r["images_per_second"], _cost(_row_settings(r)))
@@ -99,7 +111,10 @@ def training_speed(config: RunConfig, history: Iterable[Mapping[str, Any]]) -> S
         return Speed(statistics.median(same), "measured")
     if rows:
         return Speed(statistics.median(ips * row_cost / cost for ips, row_cost in rows), "scaled")
-    return Speed(FALLBACK_RESNET50_64_IPS * relative_cost("resnet50", 64) / cost, "default")
+    references = {arch: (size, settings, ips) for arch, size, settings, ips in REFERENCE_SPEEDS}
+    size, settings, ips = references.get(config.arch, references[FALLBACK_ARCH])
+    arch = config.arch if config.arch in references else FALLBACK_ARCH
+    return Speed(ips * relative_cost(arch, size, settings) / cost, "default")
 
 
 def times_key(config: RunConfig) -> str:
