@@ -72,6 +72,7 @@ from core.validation.external import finetune, flow, loading, mapping, report, s
 from ui.figures import confusion_heatmap  # noqa: E402
 from ui.guard import show_error  # noqa: E402
 from ui.images import enlarge  # noqa: E402
+from ui.model import model_when_ready  # noqa: E402
 from ui.progress import await_task, task_result  # noqa: E402
 from ui.runs import run_label  # noqa: E402
 from ui.text import RESIZE_HELP, RESIZE_TITLES, md_escape, plural  # noqa: E402
@@ -368,7 +369,9 @@ def results_section(run_path: str, settings: dict | None) -> None:
     st.caption(f"Evaluation {main['id']} · computed with: {md_escape(settings_text(computed_with))} · "
                f"stored in {Path(run_path).name}/external/")
     show_metrics(main, "ext_main", own_accuracy(run_path))
-    clf = precompute.classifier(run_path)
+    clf = model_when_ready(run_path)  # after a restart: loads in the background, its bar here
+    if clf is None:
+        return
     held = st.session_state.get("ext_data")
     if held and held[0] == main["id"]:
         data = held[1]
