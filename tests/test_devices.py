@@ -194,3 +194,28 @@ def test_each_job_process_gets_its_gpu_in_cuda_visible_devices(tmp_path, tiny_np
         time.sleep(0.2)
     assert all(queue.get(i).status == "cancelled" for i in ids), [queue.get(i).status for i in ids]
     assert os.environ.get("CUDA_VISIBLE_DEVICES") is None  # the test process itself was never pinned
+
+
+def test_the_train_page_shows_the_gpus_offers_mixed_float16_and_each_job_card_its_gpu(monkeypatch, tmp_path,
+                                                                                     tiny_npz, fake_gpus):
+    from page_helpers import APP, ok, texts
+    from streamlit.testing.v1 import AppTest
+
+    fake_gpus(2)
+    (tmp_path / "no-data").mkdir()
+    monkeypatch.setenv("CELLSCOPE_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("CELLSCOPE_DATA_DIR", str(tmp_path / "no-data"))
+    queue = JobQueue(RunStore(tmp_path / "artifacts" / "runs"))
+    job_id = queue.submit(tiny(tiny_npz, 1), LOCAL_ADMIN)
+    queue._claim_next()  # running on a GPU, without a process (the card is what is tested)
+    at = ok(AppTest.from_file(APP, default_timeout=120).run())
+    ok(at.switch_page("pages/train.py").run())
+    assert "2 simulated GPUs (CELLSCOPE_FAKE_GPUS): jobs are placed one per GPU" in texts(at)
+    assert at.selectbox(key="f_precision").options == ["auto (fastest here)", "float32", "mixed bfloat16",
+                                                       "mixed float16"]
+    at.session_state["tab"] = "Jobs"
+    at.query_params["tab"] = "Jobs"
+    ok(at.run())
+    gpu = queue.get(job_id).gpu
+    assert f":green-badge[:material/memory: GPU {gpu}]" in "\n".join(m.value for m in at.markdown)
+    queue._finish(job_id, "running", "failed", error="test")  # nothing was started: no process to stop
