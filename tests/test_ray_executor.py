@@ -61,7 +61,7 @@ def test_a_remote_job_is_not_reaped_by_pid_and_is_settled_once_nobody_vouches_fo
     remote.set_executor_lease(None)  # the worker is gone: its lease lapses
     app._reap()
     job = app.get(first)
-    assert (job.status, job.error) == ("failed", REMOTE_DIED)
+    assert (job.status, job.error, job.alive) == ("failed", REMOTE_DIED, False)
     assert app.executor_lease() is None and app._claim_next() == second  # the app's queue takes over
 
 

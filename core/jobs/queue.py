@@ -136,9 +136,11 @@ class Job:
 
     @property
     def alive(self) -> bool:
-        """Whether this job's process is still there (a remote job: whether its executor vouched for it lately)."""
+        """Whether this job's process is still there (a remote job: while running, whether its executor vouched for
+        it lately; its executor settles it once its task has ended)."""
         if self.executor is not None:
-            return self.heartbeat is not None and time.time() - self.heartbeat < REMOTE_STALE_SECONDS
+            return self.status == "running" and self.heartbeat is not None and \
+                time.time() - self.heartbeat < REMOTE_STALE_SECONDS
         return liveness.alive(self.pid, self.pid_start)
 
     @classmethod
@@ -325,7 +327,8 @@ class JobQueue:
         if self._recover_published(job, ("failed", "cancelled")):
             return
         self._transition(job_id, ("failed", "cancelled"), "queued", error=None, finished=None,
-                         cancel_requested_at=None, pid=None, pid_start=None, **FRESH_PROGRESS)
+                         cancel_requested_at=None, pid=None, pid_start=None, gpu=None, executor=None,
+                         **FRESH_PROGRESS)
 
     def delete(self, job_id: int, user: User) -> None:
         """Remove a finished job, its log and (unless its run was published) its run's work folder."""
