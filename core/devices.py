@@ -12,7 +12,9 @@ comma list of indices, in nvidia-smi's PCI bus order, or of GPU UUIDs), so a ser
 
 The queue pins each job to one GPU through `job_environment(gpu)`: `CUDA_VISIBLE_DEVICES` set to that GPU
 (its UUID when known, else its index with `CUDA_DEVICE_ORDER=PCI_BUS_ID`, so CUDA numbers them as nvidia-smi
-does) and `TF_FORCE_GPU_ALLOW_GROWTH=true`; the trainer also turns memory growth on (`tensorflow_gpus`).
+does) and `TF_FORCE_GPU_ALLOW_GROWTH=true`; the trainer also turns memory growth on (`tensorflow_gpus`). It
+also passes on the list the queue places from (`CELLSCOPE_JOB_GPUS`), so that a job process that starts the
+next job when it ends places it among all the GPUs, not only the one it was given.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from core.errors import UserFacingError
 
 FAKE_GPUS_ENV = "CELLSCOPE_FAKE_GPUS"
+PLACEMENT_ENV = "CELLSCOPE_JOB_GPUS"  # the CUDA_VISIBLE_DEVICES the queue places from ("*": all), for job processes
 NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 NVIDIA_SMI_TIMEOUT = 10.0
 MAX_FAKE_GPUS = 64
@@ -163,9 +166,13 @@ def _listed(fake: str | None, visible: str | None) -> tuple[Gpu, ...]:
     return tuple(narrow(found, visible))
 
 
-def gpus() -> list[Gpu]:
-    """The GPUs this process may place jobs on (read once per environment: nvidia-smi takes a moment)."""
-    return list(_listed(os.environ.get(FAKE_GPUS_ENV), os.environ.get("CUDA_VISIBLE_DEVICES")))
+def gpus(for_placement: bool = False) -> list[Gpu]:
+    """The GPUs this process sees (read once per environment: nvidia-smi takes a moment); `for_placement`:
+    those the queue places jobs on, which in a job process are all of the queue's, not only its own."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if for_placement and PLACEMENT_ENV in os.environ:
+        visible = None if os.environ[PLACEMENT_ENV] == "*" else os.environ[PLACEMENT_ENV]
+    return list(_listed(os.environ.get(FAKE_GPUS_ENV), visible))
 
 
 # -- the TensorFlow build -----------------------------------------------------------------------------------
@@ -192,7 +199,7 @@ def tensorflow_build() -> tuple[str, str | None]:
 def placement_gpus() -> list[Gpu]:
     """The GPUs the local queue pins jobs to: the listed ones when TensorFlow can use them (its CUDA build) or
     when they are simulated; none with the CPU build (jobs would train on the CPU whatever their GPU)."""
-    found = gpus()
+    found = gpus(for_placement=True)
     if found and not found[0].simulated and tensorflow_build()[0] != "CUDA":
         return []
     return found
@@ -202,7 +209,8 @@ def job_environment(gpu: Gpu | None) -> dict[str, str]:
     """What a job's process adds to its environment to train on `gpu` alone (None: a CPU job, nothing)."""
     if gpu is None:
         return {}
-    env = {"CUDA_VISIBLE_DEVICES": gpu.visible_id, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    placing_from = os.environ.get(PLACEMENT_ENV, os.environ.get("CUDA_VISIBLE_DEVICES", "*"))
+    env = {"CUDA_VISIBLE_DEVICES": gpu.visible_id, "TF_FORCE_GPU_ALLOW_GROWTH": "true", PLACEMENT_ENV: placing_from}
     if gpu.uuid is None:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # the index is nvidia-smi's, in PCI bus order
     return env

@@ -65,13 +65,22 @@ def test_simulated_gpus_come_from_the_environment_and_a_bad_value_says_what_it_t
         devices.gpus()
 
 
-def test_a_job_environment_pins_one_gpu_with_memory_growth():
+def test_a_job_environment_pins_one_gpu_with_memory_growth(fake_gpus, monkeypatch):
+    fake_gpus(4)
     by_uuid = devices.Gpu(3, "A100", uuid="GPU-abc")
-    assert devices.job_environment(by_uuid) == {"CUDA_VISIBLE_DEVICES": "GPU-abc", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    assert devices.job_environment(by_uuid) == {"CUDA_VISIBLE_DEVICES": "GPU-abc", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                                                "CELLSCOPE_JOB_GPUS": "*"}
     by_index = devices.job_environment(devices.Gpu(2, "simulated GPU 2", simulated=True))
-    assert by_index == {"CUDA_VISIBLE_DEVICES": "2", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+    assert by_index == {"CUDA_VISIBLE_DEVICES": "2", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "CELLSCOPE_JOB_GPUS": "*",
                         "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # nvidia-smi's numbering is the PCI bus order
     assert devices.job_environment(None) == {}
+    for name, value in by_index.items():  # inside that job's process: it sees its GPU, and places among all
+        monkeypatch.setenv(name, value)
+    assert [g.index for g in devices.gpus()] == [2]
+    assert [g.index for g in devices.placement_gpus()] == [0, 1, 2, 3]
+    fake_gpus(4, "1,3")  # a server started with CUDA_VISIBLE_DEVICES=1,3 passes that list on
+    monkeypatch.delenv("CELLSCOPE_JOB_GPUS")
+    assert devices.job_environment(devices.gpus()[0])["CELLSCOPE_JOB_GPUS"] == "1,3"
 
 
 def test_gpu_precisions_are_offered_and_auto_follows_the_compute_capability(fake_gpus):
