@@ -158,7 +158,7 @@ def test_with_four_gpus_four_jobs_run_each_on_its_own_gpu_and_a_freed_gpu_is_reu
     for i in (ids[0], ids[2]):
         queue._finish(i, "running", "failed", error="test")
     assert queue._claim_next() is None, "the admin's limit still counts: two run (GPUs 3 and the reused one)"
-    fake_gpus(None)
+    fake_gpus(0)
     assert JobQueue(RunStore(tmp_path / "cpu" / "runs")).max_concurrent == 1  # CPU-only: unchanged
 
 
@@ -228,3 +228,21 @@ def test_the_train_page_shows_the_gpus_offers_mixed_float16_and_each_job_card_it
     gpu = queue.get(job_id).gpu
     assert f":green-badge[:material/memory: GPU {gpu}]" in "\n".join(m.value for m in at.markdown)
     queue._finish(job_id, "running", "failed", error="test")  # nothing was started: no process to stop
+
+
+def test_info_prints_the_build_the_gpus_and_the_precisions(fake_gpus, capsys):
+    import json
+
+    from core.cli import main
+
+    fake_gpus(4)
+    assert main(["info", "--no-tensorflow", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tensorflow"]["build"] == devices.tensorflow_build()[0] in ("CPU", "CUDA")
+    assert [g["index"] for g in info["gpus"]] == [0, 1, 2, 3] and all(g["simulated"] for g in info["gpus"])
+    assert info["precisions"] == ["float32", "mixed_bfloat16", "mixed_float16"]
+    fake_gpus(0)  # none, even on a machine that has some
+    assert main(["info", "--no-tensorflow"]) == 0
+    out = capsys.readouterr().out
+    assert f"({devices.tensorflow_build()[0]} build)" in out and "GPUs listed: 0" in out
+    assert "Jobs train on the CPU" in out and "supports: float32" in out
