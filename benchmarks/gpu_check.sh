@@ -92,7 +92,7 @@ for size in $SIZES; do
     log="$OUT/train_${size}.log"
     start=$(date +%s%N)
     if ! "$PY" -m core train --arch resnet50 --weights none --size "$size" --data "$npz" --epochs 1 \
-            --batch-size "$BATCH" --precision "$PRECISION" --seed 0 --tags gpu-check \
+            --batch-size "$BATCH" --precision "$PRECISION" --seed 0 --tag gpu-check \
             ${LIMIT:+--limit-train "$LIMIT"} --runs-dir "$OUT/runs" >"$log.out" 2>"$log"; then
         echo "gpu_check: training at $size px failed; the end of its log ($log):" >&2
         tail -20 "$log" >&2
@@ -109,7 +109,7 @@ run, size, wall = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) / 1000
 m = json.loads((run / "metrics.json").read_text())
 seconds = m["train_seconds"]
 images = round(m["train_images_per_second"] * seconds)
-print(f"{size:<6} {images:<10} {m.get('precision', '?'):<15} {m['train_images_per_second']:>12.0f} "
+print(f"{size:<6} {images:<10} {m.get('precision', '?'):<15} {m['train_images_per_second']:>12.1f} "
       f"{seconds:>14.1f} {wall:>12.1f}")
 EOF
 )
