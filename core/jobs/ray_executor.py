@@ -102,6 +102,9 @@ class RayExecutor:
         import ray  # noqa: PLC0415  (only when the Ray executor is chosen)
 
         self.ray = ray
+        # `supervise` travels by value (it needs only the standard library), so a Ray worker need not have the
+        # project on its import path to start it; the job's own process runs in the project folder
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
         if cpus_per_job < 1:
             raise ValueError("cpus_per_job must be at least 1")
         if not ray.is_initialized():
