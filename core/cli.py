@@ -1,5 +1,5 @@
 """Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,robustness,
-download,runs,users}`.
+download,runs,users,info}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it. The command line
@@ -226,8 +226,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from core.jobs.queue import worker  # noqa: PLC0415
     from core.store.runs import RunStore  # noqa: PLC0415
 
-    print("worker: running the job queue; Ctrl-C to stop (running jobs go on)", file=sys.stderr)
-    worker(RunStore(args.runs_dir), poll_seconds=args.poll, once=args.once)
+    executor = None
+    if args.ray:
+        try:
+            from core.jobs.ray_executor import RayExecutor  # noqa: PLC0415  (Ray only when asked for)
+
+            executor = RayExecutor(None if args.ray == "local" else args.ray, cpus_per_job=args.cpus_per_job,
+                                   gpus_per_job=args.gpus_per_job)
+        except ImportError as e:
+            raise UserError(f"--ray needs Ray installed (pip install 'ray>=2.40,<3'): {e}") from e
+        except ConnectionError as e:
+            raise UserError(f"could not reach the Ray cluster at {args.ray}: {e}") from e
+        print(f"worker: {executor.describe()}; Ctrl-C stops the worker and the jobs it runs (they can be "
+              f"resumed)", file=sys.stderr)
+    else:
+        print("worker: running the job queue; Ctrl-C to stop (running jobs go on)", file=sys.stderr)
+    worker(RunStore(args.runs_dir), poll_seconds=args.poll, once=args.once, executor=executor)
     return 0
 
 
@@ -235,7 +249,47 @@ def cmd_job_exec(args: argparse.Namespace) -> int:
     from core.jobs.queue import execute  # noqa: PLC0415
     from core.store.runs import RunStore  # noqa: PLC0415
 
-    return execute(args.job_id, RunStore(args.runs_dir))
+    return execute(args.job_id, RunStore(args.runs_dir), start_next=not args.no_next)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """The TensorFlow build, the devices (as listed without TensorFlow, then as TensorFlow sees them) and the
+    precisions this machine runs."""
+    from core import devices  # noqa: PLC0415
+    from core.training import precision  # noqa: PLC0415
+
+    build, version = devices.tensorflow_build()
+    listed = devices.gpus()
+    info: dict[str, Any] = {"tensorflow": {"build": build, "version": version},
+                            "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid, "memory_mib": g.memory_mib,
+                                      "compute_capability": ".".join(map(str, g.capability)) if g.capability
+                                      else None, "simulated": g.simulated} for g in listed],
+                            "cpu_cores": os.cpu_count(), "device": devices.describe_gpus(listed)}
+    if build != "missing" and not args.no_tensorflow:
+        tf_gpus = devices.tensorflow_gpus()  # imports TensorFlow
+        import tensorflow as tf  # noqa: PLC0415
+
+        info["tensorflow"].update(cuda=tf.test.is_built_with_cuda(),
+                                  devices=[d.name for d in tf.config.list_physical_devices()],
+                                  gpus=[g.describe() for g in tf_gpus])
+        gpu, capability = bool(tf_gpus), devices.min_capability(tf_gpus)
+    else:
+        gpu, capability = precision.gpu_present(), precision.gpu_capability()
+    info["precisions"] = list(precision.supported(gpu))
+    info["auto_precision"] = precision.resolve("auto", None, gpu=gpu, capability=capability)  # for any network
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    tf_info = info["tensorflow"]
+    print(f"TensorFlow: {tf_info['version'] or 'not installed'} ({build} build"
+          + (f"; built with CUDA: {tf_info['cuda']}" if "cuda" in tf_info else "") + ")")
+    if "devices" in tf_info:
+        print(f"TensorFlow sees: {', '.join(tf_info['devices'])}")
+    print(f"GPUs listed: {len(listed)}" + "".join(f"\n  {g.describe()}" + (" [simulated]" if g.simulated else "")
+                                                  for g in listed))
+    print(info["device"])
+    print(precision.describe_support(gpu, capability=capability))
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -507,13 +561,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the job queue headless (for a server without a browser)")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the queue")
     p.add_argument("--once", action="store_true", help="exit when no job is queued or running")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run each job as a task on this Ray cluster (auto, ray://host:10001, host:6379; local: "
+                        "start one on this machine); the runs dir must be on a filesystem every node sees "
+                        "(README: A cluster through Ray)")
+    p.add_argument("--cpus-per-job", type=int, default=1, metavar="N", help="with --ray: CPUs each job asks for")
+    p.add_argument("--gpus-per-job", type=int, default=None, metavar="N",
+                   help="with --ray: GPUs each job asks for (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--runs-dir", default=runs_dir)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("job-exec", help=argparse.SUPPRESS)
     p.add_argument("job_id", type=int)
     p.add_argument("--runs-dir", default=runs_dir)
+    p.add_argument("--no-next", action="store_true", help="do not start the next job (an executor does)")
     p.set_defaults(func=cmd_job_exec)
+
+    p = sub.add_parser("info", help="the TensorFlow build, the GPUs and the precisions this machine runs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-tensorflow", action="store_true",
+                   help="do not import TensorFlow (GPUs as nvidia-smi lists them; $CELLSCOPE_FAKE_GPUS simulates)")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("evaluate", help="score a run's model on val and test of its (or another) npz")
     p.add_argument("--run", required=True, metavar="DIR")

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from core import devices
 from core.access.paths import confine
 from core.config import DATA, SETTINGS, SIZES, ConfigError, RunConfig, groups
 from core.data import registry
@@ -33,6 +34,8 @@ from core.jobs.sweeps import field_type, format_duration
 from core.progress import format_seconds
 from core.store.overview import human_bytes, weights_label
 from core.store.runs import RunStore, open_run
+from core.training.precision import AUTO as AUTO_PRECISION
+from core.training.precision import choices as precision_choices
 from core.training.precision import describe_support
 from ui.guard import show_error
 from ui.palette import ACCENT, LIGHT_ACCENT, SECONDARY
@@ -495,7 +498,12 @@ def field_input(name: str) -> None:
     if setting.widget == "weights":
         st.selectbox(label, WEIGHT_CHOICES, key=key, help=help_, format_func=WEIGHT_NAMES.get)
     elif setting.choices:
-        st.selectbox(label, setting.choices, key=key, help=help_, format_func=setting.value_name)
+        options = setting.choices
+        if name == "precision":  # what this machine runs (a GPU adds mixed float16)
+            options = precision_choices()
+            if ss.get(key) not in options:
+                ss[key] = AUTO_PRECISION
+        st.selectbox(label, options, key=key, help=help_, format_func=setting.value_name)
         if name == "precision":
             st.caption(describe_support())
     elif setting.widget == "tags":
@@ -739,6 +747,10 @@ def job_card(queue: JobQueue, job: Job, max_concurrent: int) -> None:
                     st.badge(tag, icon=":material/sell:", color="blue")
                 if job.owner:
                     st.badge(job.owner, icon=":material/person:", color="gray")
+                if job.gpu is not None:  # the GPU its process was pinned to (core.devices)
+                    st.badge(f"GPU {job.gpu}", icon=":material/memory:", color="green")
+                if job.executor:
+                    st.badge(job.executor.capitalize(), icon=":material/hub:", color="orange")
             st.caption(md_escape(config_summary(job.config)) + " · " + timing(job),
                        help=f"Queued {clock(job.created)}" + (f", started {clock(job.started)}" if job.started
                                                               else "")
@@ -812,6 +824,9 @@ def jobs_view() -> None:
                              + ("" if user.is_admin else " Only an admin changes it."))
     summary = " · ".join(f"{counts[s]} {s}" for s in ("running", "queued", "succeeded", "failed", "cancelled")
                          if counts[s])
+    lease = queue.executor_lease()
+    if lease:  # python -m core worker --ray runs the queue
+        summary += f" · jobs start on {str(lease.get('name', '')).capitalize()} at {lease.get('address', '')}"
     st.caption((summary or "No jobs yet") + f" · updated {time.strftime('%H:%M:%S')}")
     wanted = FILTERS[ss.get("job_filter") or "All"]
     shown = [j for j in jobs if wanted is None or j.status in wanted]
@@ -836,6 +851,11 @@ st.title("Train", anchor=False)
 st.markdown("Train a network on BloodMNIST or your own file: one run, a sweep over settings, or an experiment "
             "of the study. Jobs train in the background, one process each, so you can leave this page and "
             "come back to find them running or done.")
+try:
+    st.caption(devices.describe_gpus(), help="`python -m core info` says more; `make app GPU=1` sets "
+                                                       "up TensorFlow with CUDA on a machine with an NVIDIA GPU.")
+except UserFacingError as e:
+    show_error(e)
 new_tab, jobs_tab = st.tabs(TABS, key="tab", bind="query-params")
 if new_tab.open:
     restore_settings()

@@ -30,9 +30,11 @@ JOBS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS jobs (
                     epoch INTEGER NOT NULL DEFAULT 0, epochs INTEGER NOT NULL DEFAULT 0,
                     batch INTEGER NOT NULL DEFAULT 0, batches INTEGER NOT NULL DEFAULT 0,
                     fraction REAL NOT NULL DEFAULT 0, images_per_second REAL, eta_seconds REAL,
-                    error TEXT, log_tail TEXT, cancel_requested_at REAL, phase TEXT, detail TEXT)"""
+                    error TEXT, log_tail TEXT, cancel_requested_at REAL, phase TEXT, detail TEXT,
+                    gpu INTEGER, executor TEXT)"""
 # columns added after the table first shipped: (name, SQL type), added to an existing file by `create`
-ADDED_COLUMNS = (("phase", "TEXT"), ("detail", "TEXT"))
+# gpu: the GPU (core.devices index) a local job is pinned to; executor: NULL for a local process, "ray" for a Ray task
+ADDED_COLUMNS = (("phase", "TEXT"), ("detail", "TEXT"), ("gpu", "INTEGER"), ("executor", "TEXT"))
 SETTINGS_TABLE_SQL = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 # columns an old index's jobs table shares with this one, copied as they are
 _KEPT = ("id", "status", "config_json", "created", "sweep", "run_id", "run_path", "pid", "started", "finished",

@@ -26,6 +26,18 @@ Python instruction, except inside a checkpoint or publish write, which it finish
 "running" (cancel requested) and holds its slot until its process is gone; a process still there
 CANCEL_GRACE_SECONDS after the cancel is killed. `cancel` itself waits up to CANCEL_SETTLE_SECONDS for the
 process to go and settles it at once when it has, so the usual cancel reads "cancelled" within seconds.
+
+GPUs (core.devices): on a machine with N GPUs the local queue runs up to N jobs at once (fewer when the admin's
+limit says so), each pinned to a GPU no other running job has (`gpu` column; CUDA_VISIBLE_DEVICES in its
+process's environment). CPU-only machines are unchanged.
+
+Executors: the default runs each job as a local process. `JobQueue(store, executor)` hands each claimed job
+to another engine instead (core.jobs.ray_executor: a Ray task running the same `job-exec` body on a node of
+the cluster). Such a job's row says so (`executor`), it has no local pid, and its liveness is its heartbeat:
+the executor that holds the task refreshes it every tick while the task is pending or running, and settles
+the job as soon as the task ends; when nobody refreshes it for REMOTE_STALE_SECONDS (that executor stopped),
+any tick settles it like a job whose process died. While an executor holds the queue's lease
+(`settings.executor_lease`, refreshed every tick), local tickers (the app, job processes) start no jobs.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from core import devices
 from core.access.roles import ACTIVE_JOBS_PER_USER, AccessDenied, User, require
 from core.config import RunConfig
 from core.errors import UserFacingError
@@ -65,6 +78,10 @@ PROGRESS_INTERVAL = 1.0
 LOG_TAIL_LINES = 30
 DIED = ("the training process ended without reporting (killed, out of memory, or the machine restarted); "
         "see the log tail")
+REMOTE_STALE_SECONDS = 60.0  # a remote job nobody has vouched for this long is settled as gone
+EXECUTOR_LEASE_SECONDS = 30.0  # how long an executor's claim on the queue lasts without a tick
+REMOTE_DIED = ("its executor stopped vouching for it (the `worker --ray` that ran it stopped, or its node was "
+               "lost); see the log tail")
 _COLUMN = re.compile(r"^[a-z_]+\Z")
 
 
@@ -99,6 +116,8 @@ class Job:
     cancel_requested_at: float | None
     phase: str | None = None  # core.progress phase of a running job (None: a job from before phases)
     detail: str | None = None
+    gpu: int | None = None  # the GPU (core.devices index) a local job was pinned to; None: the CPU, or remote
+    executor: str | None = None  # None: a local process; "ray": a Ray task (liveness by heartbeat)
 
     @property
     def progress(self) -> Progress:
@@ -117,7 +136,11 @@ class Job:
 
     @property
     def alive(self) -> bool:
-        """Whether this job's process is still there."""
+        """Whether this job's process is still there (a remote job: while running, whether its executor vouched for
+        it lately; its executor settles it once its task has ended)."""
+        if self.executor is not None:
+            return self.status == "running" and self.heartbeat is not None and \
+                time.time() - self.heartbeat < REMOTE_STALE_SECONDS
         return liveness.alive(self.pid, self.pid_start)
 
     @classmethod
@@ -136,8 +159,9 @@ class JobQueue:
     """The jobs database beside the run index. Every failure to use it is a JobStoreError (a StoreError) naming
     the file, with its own recovery."""
 
-    def __init__(self, store: RunStore | None = None):
+    def __init__(self, store: RunStore | None = None, executor: Any = None):
         self.store = store or RunStore()
+        self.executor = executor  # None: local processes; else e.g. core.jobs.ray_executor.RayExecutor
         artifacts = self.store.runs_dir.parent
         self.db_path = jobdb.jobs_path(artifacts)
         self.log_dir = artifacts / "jobs"
@@ -173,7 +197,11 @@ class JobQueue:
     def max_concurrent(self) -> int:
         with self._db() as db:
             row = db.execute("SELECT value FROM settings WHERE key='max_concurrent'").fetchone()
-        return int(row[0]) if row else 1
+        if row:
+            return int(row[0])
+        if self.executor is not None:
+            return self.executor.default_concurrency()
+        return max(1, len(devices.placement_gpus()))  # one job per GPU, else one at a time
 
     def set_max_concurrent(self, n: int, user: User) -> None:
         require(user, "admin", what="set the concurrent-job limit")
@@ -281,7 +309,7 @@ class JobQueue:
         with self._db() as db:  # the grace is counted from the first cancel; a second one changes nothing
             first = db.execute("UPDATE jobs SET cancel_requested_at=? WHERE id=? AND status='running' "
                                "AND cancel_requested_at IS NULL", (time.time(), job_id)).rowcount == 1
-        if first and job.alive:
+        if first and job.alive and job.executor is None:  # a remote job's executor forwards the cancel
             try:
                 os.killpg(job.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -299,7 +327,8 @@ class JobQueue:
         if self._recover_published(job, ("failed", "cancelled")):
             return
         self._transition(job_id, ("failed", "cancelled"), "queued", error=None, finished=None,
-                         cancel_requested_at=None, pid=None, pid_start=None, **FRESH_PROGRESS)
+                         cancel_requested_at=None, pid=None, pid_start=None, gpu=None, executor=None,
+                         **FRESH_PROGRESS)
 
     def delete(self, job_id: int, user: User) -> None:
         """Remove a finished job, its log and (unless its run was published) its run's work folder."""
@@ -322,22 +351,49 @@ class JobQueue:
         """Settle jobs whose process is gone, enforce overdue cancels, start queued jobs. Returns the ids
         started."""
         self._reap()
+        if self.executor is None and self.executor_lease() is not None:
+            return []  # an executor (python -m core worker --ray) starts the jobs
         started = []
         while True:
             job_id = self._claim_next()
             if job_id is None:
                 break
-            self._spawn(job_id)
+            if self.executor is not None:
+                self.executor.submit(self, job_id)
+            else:
+                self._spawn(job_id)
             started.append(job_id)
         return started
 
+    def executor_lease(self) -> dict[str, Any] | None:
+        """The executor that holds the queue now ({"name", "address", "until"}), or None."""
+        with self._db() as db:
+            row = db.execute("SELECT value FROM settings WHERE key='executor_lease'").fetchone()
+        try:
+            lease = json.loads(row[0]) if row else None
+        except ValueError:
+            return None
+        return lease if isinstance(lease, dict) and float(lease.get("until", 0)) > time.time() else None
+
+    def set_executor_lease(self, name: str | None, address: str = "") -> None:
+        """Hold the queue for executor `name` for EXECUTOR_LEASE_SECONDS (None: give it back)."""
+        with self._db() as db:
+            if name is None:
+                db.execute("DELETE FROM settings WHERE key='executor_lease'")
+                return
+            value = json.dumps({"name": name, "address": address, "until": time.time() + EXECUTOR_LEASE_SECONDS})
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('executor_lease', ?)", (value,))
+
     def _reap(self) -> None:
+        if self.executor is not None:
+            self.executor.reap(self)  # its tasks: settle the ended ones, forward cancels, vouch for the rest
         now = time.time()
         for job in self.list(["running"]):
-            if job.pid is None and now - (job.started or 0) < SPAWN_GRACE_SECONDS:
+            if job.pid is None and job.executor is None and now - (job.started or 0) < SPAWN_GRACE_SECONDS:
                 continue  # claimed by another ticker a moment ago; its pid is on the way
             alive = job.alive
-            if alive and job.cancel_requested and now - job.cancel_requested_at > CANCEL_GRACE_SECONDS:
+            if alive and job.executor is None and job.cancel_requested and \
+                    now - job.cancel_requested_at > CANCEL_GRACE_SECONDS:
                 try:
                     os.killpg(job.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -351,7 +407,7 @@ class JobQueue:
             if job.cancel_requested:
                 self._finish(job.id, "running", "cancelled", log_tail=tail)
             else:
-                self._finish(job.id, "running", "failed", log_tail=tail, error=DIED)
+                self._finish(job.id, "running", "failed", log_tail=tail, error=REMOTE_DIED if job.executor else DIED)
 
     def _recover_published(self, job: Job, expected: tuple[str, ...]) -> bool:
         """A job whose run is already published (its process died after the rename) is succeeded."""
@@ -364,19 +420,24 @@ class JobQueue:
 
     def _claim_next(self) -> int | None:
         """Atomically move the oldest queued job to running if a slot is free (a job being cancelled holds its
-        slot until its process is gone)."""
+        slot until its process is gone) and, on a machine with GPUs, pin it to one no running job has."""
         limit = self.max_concurrent
+        gpus = devices.placement_gpus() if self.executor is None else []  # a remote engine places its own
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                running = db.execute("SELECT COUNT(*) FROM jobs WHERE status='running'").fetchone()[0]
+                used = [r[0] for r in db.execute("SELECT gpu FROM jobs WHERE status='running'")]
                 row = db.execute("SELECT id FROM jobs WHERE status='queued' ORDER BY id LIMIT 1").fetchone()
-                if running >= limit or row is None:
+                free = [g.index for g in gpus if g.index not in used]
+                if len(used) >= limit or row is None or (gpus and not free):
                     db.execute("ROLLBACK")
                     return None
                 now = time.time()
                 claimed = self._transition(int(row[0]), "queued", "running", db=db, started=now, heartbeat=now,
-                                           pid=None, pid_start=None, cancel_requested_at=None, **FRESH_PROGRESS)
+                                           pid=None, pid_start=None, cancel_requested_at=None,
+                                           gpu=free[0] if gpus else None,
+                                           executor=self.executor.name if self.executor else None,
+                                           **FRESH_PROGRESS)
                 db.execute("COMMIT")
                 return int(row[0]) if claimed else None
             except BaseException:
@@ -387,6 +448,10 @@ class JobQueue:
         env = dict(os.environ)
         env["CELLSCOPE_ARTIFACTS"] = str(self.store.runs_dir.parent)
         env["PYTHONUNBUFFERED"] = "1"
+        pinned = self.get(job_id).gpu
+        if pinned is not None:  # this GPU alone, with memory growth (core.devices)
+            env.update(devices.job_environment(next((g for g in devices.placement_gpus() if g.index == pinned),
+                                                    devices.Gpu(pinned, f"GPU {pinned}"))))
         try:
             with open(self.log_path(job_id), "ab") as log:
                 proc = subprocess.Popen(
@@ -468,20 +533,23 @@ def job_plan(config: RunConfig, store: RunStore, run_id: str | None) -> list[tup
     return plan
 
 
-def execute(job_id: int, store: RunStore) -> int:
+def execute(job_id: int, store: RunStore, start_next: bool = True) -> int:
     """Body of a job process (`python -m core job-exec ID`): train, precompute what the run's pages need,
-    record the outcome, start the next job.
+    record the outcome, start the next job (not with `start_next=False`: a job an executor runs, whose
+    executor starts the next).
 
     A cancelled job records nothing itself: it exits, and the next tick that sees its process gone marks it
     cancelled, so its slot is free only once the process is."""
     queue = JobQueue(store)
     job = queue.get(job_id)
+    print(devices.job_device_line(), flush=True)  # the GPU this process was given, before TensorFlow loads
     if job.status != "running":
         print(f"job {job_id} is {job.status}, not running: nothing to do", flush=True)
         return 1
     if queue._recover_published(job, ("running",)):  # published before its process died: never train again
         print(f"run {job.run_id} was already published", flush=True)
-        queue.tick()
+        if start_next:
+            queue.tick()
         return 0
     signal.signal(signal.SIGTERM, interrupt_or_defer)  # a cancel: stop now, or after the write in progress
     last: dict[str, Any] = {"progress": 0.0, "report": 0.0, "phase": None}
@@ -538,7 +606,8 @@ def execute(job_id: int, store: RunStore) -> int:
         return 1  # settled as cancelled (or succeeded, if the cancel came after publishing) once this is gone
     queue._finish(job_id, "running", status, log_tail=queue.log_tail(job_id), heartbeat=time.time(), **extra)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the jobs it starts must not inherit an ignored SIGTERM
-    queue.tick()  # start whatever waits, even when nobody has the page open
+    if start_next:
+        queue.tick()  # start whatever waits, even when nobody has the page open
     return 0 if status == "succeeded" else 1
 
 
@@ -560,11 +629,16 @@ def precompute(run_path: Path, tracker: Tracker, store: RunStore, config: RunCon
                                                           {"precomputing": time.monotonic() - start})
 
 
-def worker(store: RunStore, poll_seconds: float = 2.0, once: bool = False) -> None:
-    """Run the queue headless: keep ticking until interrupted (or until idle, with once=True)."""
-    queue = JobQueue(store)
-    while True:
-        queue.tick()
-        if once and not queue.list(ACTIVE):
-            return
-        time.sleep(poll_seconds)
+def worker(store: RunStore, poll_seconds: float = 2.0, once: bool = False, executor: Any = None) -> None:
+    """Run the queue headless: keep ticking until interrupted (or until idle, with once=True); with an
+    `executor` (core.jobs.ray_executor) each job runs there, and the queue's lease is given back at the end."""
+    queue = JobQueue(store, executor)
+    try:
+        while True:
+            queue.tick()
+            if once and not queue.list(ACTIVE):
+                return
+            time.sleep(poll_seconds)
+    finally:
+        if executor is not None:
+            executor.close(queue)

@@ -1,14 +1,16 @@
 """The numeric precision policy of a run: float32, or mixed precision (bfloat16 / float16 compute, float32
 weights), and which of them this machine runs well.
 
-TensorFlow-free at module level (the Train page reads `supported()` to say what this machine offers):
+TensorFlow-free at module level (the Train page reads `supported()` / `choices()` to offer what this machine
+runs; the GPUs are core.devices'):
 - mixed_float16 needs a GPU (CPUs emulate float16 slowly);
 - mixed_bfloat16 runs natively where the CPU has bfloat16 instructions (AVX512_BF16 or AMX, read from
-  /proc/cpuinfo) or on a GPU.
-"auto" (the default) is the faster of float32 and mixed bfloat16 for the run's network on this machine:
-mixed bfloat16 on a GPU, or on a CPU with bfloat16 instructions for the networks the registry marks as
-faster in it (core.models.architectures `cpu_bfloat16_faster`), else float32. `resolve()` picks it when a
-run starts, and the run records the precision it used.
+  /proc/cpuinfo) or on a GPU (natively from compute capability 8.0, Ampere).
+"auto" (the default) is the fastest this machine runs: on a GPU mixed bfloat16 (no loss scaling needed),
+except mixed float16 on GPUs known to be older than compute capability 8.0 (float16 tensor cores since 7.0,
+bfloat16 emulated); on a CPU with bfloat16 instructions mixed bfloat16 for the networks the registry marks as
+faster in it (core.models.architectures `cpu_bfloat16_faster`), else float32. `resolve()` picks it when a run
+starts, and the run records the precision it used.
 `policy(name)` sets Keras' global policy for the run (Keras keeps it per thread) and puts the previous one
 back afterwards, also when the run fails or is cancelled.
 """
@@ -19,13 +21,14 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
+from core import devices
 from core.config import PRECISIONS
 from core.errors import UserFacingError
 from core.models import architectures
 
 AUTO = "auto"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+BF16_GPU_CAPABILITY = (8, 0)  # Ampere: bfloat16 tensor cores
 
 
 class PrecisionUnsupported(UserFacingError, RuntimeError):
@@ -41,11 +44,13 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
 
 
 def gpu_present() -> bool:
-    """An NVIDIA GPU with its driver loaded (TensorFlow-free; the trainer asks TensorFlow instead)."""
-    try:
-        return NVIDIA_GPUS.is_dir() and any(NVIDIA_GPUS.iterdir())
-    except OSError:
-        return False
+    """A GPU jobs can train on (core.devices.placement_gpus: TensorFlow-free; the trainer asks TensorFlow)."""
+    return bool(devices.placement_gpus())
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """The lowest compute capability of this machine's GPUs (None: no GPU, or not known)."""
+    return devices.min_capability(devices.placement_gpus())
 
 
 def supported(gpu: bool | None = None, flags: set[str] | None = None) -> tuple[str, ...]:
@@ -60,28 +65,46 @@ def supported(gpu: bool | None = None, flags: set[str] | None = None) -> tuple[s
     return tuple(out)
 
 
-def resolve(name: str, arch: str | None = None, gpu: bool | None = None, flags: set[str] | None = None) -> str:
-    """The policy a run of `arch` uses: `name` itself, or for "auto" mixed bfloat16 on a GPU, or on a CPU with
-    bfloat16 instructions when the registry marks `arch` as faster in it (any network, when `arch` is None),
-    else float32."""
+def choices(gpu: bool | None = None, flags: set[str] | None = None) -> tuple[str, ...]:
+    """The precisions the Train page offers here: auto and what this machine runs natively."""
+    return (AUTO, *supported(gpu, flags))
+
+
+def gpu_auto(capability: tuple[int, int] | None) -> str:
+    """What "auto" runs on a GPU of this compute capability (None: not known, as for any recent GPU)."""
+    return "mixed_float16" if capability is not None and capability < BF16_GPU_CAPABILITY else "mixed_bfloat16"
+
+
+def resolve(name: str, arch: str | None = None, gpu: bool | None = None, flags: set[str] | None = None,
+            capability: tuple[int, int] | None = None) -> str:
+    """The policy a run of `arch` uses: `name` itself, or for "auto" on a GPU mixed bfloat16, or mixed float16
+    when `capability` is known to be below 8.0; on a CPU with bfloat16
+    instructions mixed bfloat16 when the registry marks `arch` as faster in it (any network, when `arch` is
+    None), else float32."""
     if name != AUTO:
         return name
-    gpu = gpu_present() if gpu is None else gpu
+    if gpu is None:
+        gpu, capability = gpu_present(), gpu_capability()
+    if gpu:
+        return gpu_auto(capability)
     if "mixed_bfloat16" not in supported(gpu, flags):
         return "float32"
-    return "mixed_bfloat16" if gpu or arch is None or architectures.get(arch).cpu_bfloat16_faster else "float32"
+    return "mixed_bfloat16" if arch is None or architectures.get(arch).cpu_bfloat16_faster else "float32"
 
 
-def describe_support(gpu: bool | None = None, flags: set[str] | None = None) -> str:
+def describe_support(gpu: bool | None = None, flags: set[str] | None = None,
+                     capability: tuple[int, int] | None = None) -> str:
     """One sentence for the Train page: what this machine offers, and what auto picks."""
-    gpu = gpu_present() if gpu is None else gpu
+    if gpu is None:
+        gpu, capability = gpu_present(), gpu_capability()
     ok = supported(gpu, flags)
     where = "a GPU" if gpu else ("a CPU with bfloat16 instructions" if "mixed_bfloat16" in ok
                                  else "a CPU without bfloat16 instructions")
-    if "mixed_bfloat16" not in ok:
+    if gpu:
+        auto = gpu_auto(capability) + ("" if capability else " (mixed_float16 on GPUs older than compute "
+                                                             "capability 8.0)")
+    elif "mixed_bfloat16" not in ok:
         auto = "float32"
-    elif gpu:
-        auto = "mixed_bfloat16"
     else:
         faster = [a.name for a in architectures.ARCHITECTURES if a.cpu_bfloat16_faster]
         auto = f"mixed_bfloat16 for {', '.join(faster)} (faster in it here), float32 for the others"

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core import devices
 from core.config import RunConfig
 from core.data.dataset import Dataset, load_for_config
 from core.evaluation import predictions
@@ -338,8 +339,9 @@ class Trainer:
         if self.own_tracker:
             self.tracker.start("loading", "data and model")
         try:
-            gpu = bool(tf.config.list_physical_devices("GPU"))
-            self.precision = precision.resolve(c.precision, c.arch, gpu=gpu)
+            gpus = devices.tensorflow_gpus()  # memory growth on; a queued job sees its own GPU only
+            gpu = bool(gpus)
+            self.precision = precision.resolve(c.precision, c.arch, gpu=gpu, capability=devices.min_capability(gpus))
             precision.check(self.precision, gpu=gpu)
             # before TensorFlow runs its first operation in this process (else the pools it has are kept)
             self.threads = threads.apply(threads.plan(c.arch, c.size, c.batch_size, c.to_dict(), gpu=gpu))
