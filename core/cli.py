@@ -1,5 +1,5 @@
 """Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,robustness,
-download,runs,users}`.
+calibrate,download,runs,users}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it. The command line
@@ -249,7 +249,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data.image_size != clf.image_size:
         raise UserError(f"the run's model takes {clf.image_size} px images; {data.source} holds "
                         f"{data.image_size} px")
-    out = {"run": str(clf.run.path), "data": data.source}
+    from core.evaluation.calibration import describe  # noqa: PLC0415
+
+    # probabilities as every page shows them: through the run's temperature (its loss and AUC can differ from
+    # metrics.json's, which are the model's own; the accuracy cannot)
+    out = {"run": str(clf.run.path), "data": data.source, "temperature": clf.temperature,
+           "probabilities": describe(clf.temperature)}
     augmented = {}
     for split in ("val", "test"):
         s = data.split(split)
@@ -279,13 +284,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 classify.cell_fraction(clf, args.resize))
     ood = classify.ood_stats(clf) if args.ood else None
     threshold = args.threshold if args.threshold is not None else 0.0
+    temperature = clf.temperature
+    from core.evaluation.calibration import describe  # noqa: PLC0415
+
+    print(f"probabilities: {describe(temperature)}", file=sys.stderr)
     ok = 0
     for r in classify.classify(clf, prepared, threshold, ood):
         if not r.ok:
             print(json.dumps({"file": r.name, "error": r.error}), flush=True)
             continue
         line = {"file": r.name, "label": r.label, "confidence": round(r.confidence, 6),
-                "probabilities": {k: round(float(v), 6) for k, v in zip(clf.labels, r.probabilities)}}
+                "probabilities": {k: round(float(v), 6) for k, v in zip(clf.labels, r.probabilities)},
+                "temperature": temperature}  # None: uncalibrated
         if r.note:
             line["note"] = r.note
         if args.threshold is not None or args.ood:
@@ -375,6 +385,31 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         print(f"\nstored in {report_path(args.run)}")
     else:
         print("\nnot stored: the run's stored report is its test split's (validation scores are for choosing)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from core.evaluation import calibration  # noqa: PLC0415
+    from core.store.runs import open_run  # noqa: PLC0415
+
+    if args.target is not None and not 0.0 < args.target <= 1.0:
+        raise UserError(f"--target is an accuracy in (0, 1], e.g. 0.99; got {args.target}")
+    run_dir = open_run(args.run).path  # a missing or incomplete run: one message
+    clf = []
+
+    def model():  # loaded (TensorFlow) only when a split's predictions are not cached in the run yet
+        if not clf:
+            from core.inference.classifier import Classifier  # noqa: PLC0415
+
+            clf.append(Classifier(run_dir))
+        return clf[0]
+
+    def progress(fraction: float) -> None:
+        print(f"\r  predicting {fraction:6.1%}", end="", file=sys.stderr, flush=True)
+
+    result = calibration.fit_run(run_dir, model, progress if sys.stderr.isatty() else None, args.target)
+    print(("\n" if sys.stderr.isatty() else "") + result.summary(), file=sys.stderr)
+    print(json.dumps({"run": str(run_dir), "calibration": result.to_dict()}, indent=2))
     return 0
 
 
@@ -515,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=runs_dir)
     p.set_defaults(func=cmd_job_exec)
 
-    p = sub.add_parser("evaluate", help="score a run's model on val and test of its (or another) npz")
+    p = sub.add_parser("evaluate", help="score a run's model on val and test of its (or another) npz, with its "
+                                        "probabilities calibrated as shown everywhere (loss and AUC may differ "
+                                        "from metrics.json's raw ones; accuracy does not)")
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--data", default="", metavar="PATH")
     p.add_argument("--tta", action="store_true",
@@ -584,6 +621,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val: score the validation split instead, to choose a recipe without touching test "
                         "(printed, not stored)")
     p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("calibrate", help="fit a run's temperature on its validation split, choose its "
+                                         "'unidentified' threshold and store both in its metrics.json")
+    p.add_argument("run", metavar="RUN", help="the run's folder")
+    p.add_argument("--target", type=float, default=None, metavar="ACC",
+                   help="accuracy the cells above the threshold must reach on validation (default: the run's "
+                        "stored target, else 0.99)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("download", help="download BloodMNIST at a size (MD5-checked)")
     p.add_argument("--size", type=int, choices=SIZES, required=True)
