@@ -275,6 +275,24 @@ def _batched(clf, images, batch: int = 256):
     return np.concatenate([clf.probabilities(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
+def _threshold(text: str, run_dir: Path) -> float:
+    """--threshold P (a probability) or "run" (the run's calibrated threshold, chosen on validation)."""
+    if text.strip().lower() == "run":
+        from core.inference.classify import default_threshold  # noqa: PLC0415
+
+        value, found = default_threshold(run_dir)
+        if found is None:
+            raise UserError(f"run {run_dir.name} has no calibrated threshold yet: python -m core calibrate {run_dir}")
+        return value
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--threshold takes a probability (0 to 1) or 'run', not {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--threshold takes a probability from 0 to 1, not {value:g}")
+    return value
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.data.uploads import iter_paths  # noqa: PLC0415
     from core.inference import classify  # noqa: PLC0415
@@ -283,7 +301,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     prepared = classify.prepare(iter_paths(args.images), clf.image_size, args.resize,  # a zip gives its members
                                 classify.cell_fraction(clf, args.resize))
     ood = classify.ood_stats(clf) if args.ood else None
-    threshold = args.threshold if args.threshold is not None else 0.0
+    threshold = _threshold(args.threshold, clf.run.path) if args.threshold is not None else 0.0
     temperature = clf.temperature
     from core.evaluation.calibration import describe  # noqa: PLC0415
 
@@ -566,8 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resize", choices=RESIZE_MODES, default="medmnist", help=RESIZE_HELP)
         if name == "predict":
             p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or zips of them")
-            p.add_argument("--threshold", type=float, default=None, metavar="P",
-                           help="flag predictions below this confidence 'unidentified' (adds \"flags\")")
+            p.add_argument("--threshold", default=None, metavar="P|run",
+                           help="flag predictions below this (calibrated) confidence 'unidentified' (adds "
+                                "\"flags\"); 'run': the run's own threshold, chosen on validation from its target")
             p.add_argument("--ood", action="store_true",
                            help="also flag images unlike the training data (needs the run's dataset; computed "
                                 "once per run)")

@@ -204,6 +204,14 @@ def test_an_old_run_is_calibrated_by_its_precompute_step_without_touching_the_re
     assert cal.stored(old_run).unidentified.target == 0.5
     assert main(["calibrate", str(old_run), "--target", "2"]) == 2  # a clear message, not a traceback
     assert "--target" in capsys.readouterr().err
+    # `predict --threshold run` flags below the run's own threshold
+    from core.cli import UserError, _threshold
+
+    assert _threshold("run", old_run) == cal.stored(old_run).unidentified.threshold
+    assert _threshold("0.25", old_run) == 0.25
+    for bad in ("1.5", "often"):
+        with pytest.raises(UserError):
+            _threshold(bad, old_run)
 
 
 def test_the_review_queue_takes_exactly_the_cells_below_the_runs_threshold(trained_run):
