@@ -302,18 +302,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 classify.cell_fraction(clf, args.resize))
     ood = classify.ood_stats(clf) if args.ood else None
     threshold = _threshold(args.threshold, clf.run.path) if args.threshold is not None else 0.0
-    temperature = clf.temperature
     from core.evaluation.calibration import describe  # noqa: PLC0415
 
-    print(f"probabilities: {describe(temperature)}", file=sys.stderr)
+    print(f"probabilities: {describe(clf.temperature)}", file=sys.stderr)  # "uncalibrated" for a run without T
     ok = 0
     for r in classify.classify(clf, prepared, threshold, ood):
         if not r.ok:
             print(json.dumps({"file": r.name, "error": r.error}), flush=True)
             continue
         line = {"file": r.name, "label": r.label, "confidence": round(r.confidence, 6),
-                "probabilities": {k: round(float(v), 6) for k, v in zip(clf.labels, r.probabilities)},
-                "temperature": temperature}  # None: uncalibrated
+                "probabilities": {k: round(float(v), 6) for k, v in zip(clf.labels, r.probabilities)}}
         if r.note:
             line["note"] = r.note
         if args.threshold is not None or args.ood:
