@@ -173,19 +173,20 @@ SPLIT_TITLES = {"val": "validation", "test": "test"}
 
 def reliability_diagram(curves: Sequence, title: str = "Reliability") -> go.Figure:
     """Accuracy against mean confidence per confidence bin (core.evaluation.calibration.SplitCurves), before
-    (dotted, grey) and after temperature scaling (solid; validation in the accent, test in blue); the diagonal is
-    perfect calibration. Hover: the bin, its cells, its confidence and accuracy."""
-    from ui.palette import ACCENT, MUTED, SECONDARY  # noqa: PLC0415
+    (dotted, faded) and after temperature scaling (solid; validation in the accent, test in blue); the diagonal
+    is perfect calibration; a marker's size grows with its bin's cells. Hover: the bin, its cells, its confidence
+    and accuracy."""
+    from ui.palette import ACCENT, SECONDARY  # noqa: PLC0415
 
     colours = {"val": ACCENT, "test": SECONDARY}
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#999", dash="dash", width=1),
                                hoverinfo="skip", showlegend=False))
     for c in curves:
-        for which, bins, dash, colour in (("before", c.before, "dot", MUTED),
-                                          ("after", c.after, "solid", colours.get(c.split, ACCENT))):
+        colour = colours.get(c.split, ACCENT)
+        for which, bins, dash, opacity in (("before", c.before, "dot", 0.45), ("after", c.after, "solid", 1.0)):
             kept = [b for b in bins if b.count]
             fig.add_trace(go.Scatter(
-                x=[b.confidence for b in kept], y=[b.accuracy for b in kept], mode="lines+markers",
+                x=[b.confidence for b in kept], y=[b.accuracy for b in kept], mode="lines+markers", opacity=opacity,
                 name=f"{SPLIT_TITLES.get(c.split, c.split)} {which}", line=dict(color=colour, dash=dash),
                 marker=dict(size=[4 + min(10, b.count ** 0.5) for b in kept]),
                 customdata=[[f"{b.lower:.2f}-{b.upper:.2f}", b.count] for b in kept],
@@ -227,7 +228,7 @@ def risk_coverage_plot(curves: Sequence, threshold: float | None = None, target:
         fig.add_hline(y=target, line=dict(color="#666", dash="dash", width=1),
                       annotation_text=f"target {target:.0%}", annotation_position="bottom left")
     fig.update_xaxes(title="coverage (fraction of cells kept, the rest to review)", range=[0, 1.02], tickformat=".0%")
-    fig.update_yaxes(title="accuracy of the cells kept", tickformat=".0%")
+    fig.update_yaxes(title="accuracy of the cells kept", tickformat=".1%")
     fig.update_layout(title=dict(text=title, font=dict(size=14)), height=360, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(font=dict(size=11)), plot_bgcolor="#ffffff")
     return fig
