@@ -239,8 +239,8 @@ with chart:
     st.caption("Next most likely: " + " · ".join(f"{labels[i]} {r.probabilities[i]:.1%}" for i in runners)
                + f" · probabilities {describe(clf.temperature)}")
     if svc.UNIDENTIFIED in r.flags:
-        st.warning(f"**Unidentified**: the model's confidence {r.confidence:.1%} is below the threshold "
-                   f"{threshold:.1%}; a person should classify this cell.", icon=":material/help:")
+        st.warning(f"**Unidentified**: the model's confidence {r.confidence:.0%} is below your threshold "
+                   f"{threshold:.0%}; a person should classify this cell.", icon=":material/help:")
     if svc.UNLIKE in r.flags:
         rate = f" (it flags {ood.test_rate:.1%} of this run's own test cells)" if ood.test_rate is not None else ""
         st.warning(f"**Unlike the training data**: its features lie {r.distance:.1f} from the nearest class centre "

@@ -85,10 +85,8 @@ def calibration_section(run_path: str | Path, key: str, start: bool = False) -> 
     st.caption(f"Temperature **T = {cal.temperature:.3f}**, fitted on the validation split only (T > 1: the model "
                f"was over-confident). Probabilities everywhere in the dashboard are shown through it; accuracy "
                f"and the run's stored metrics do not change.")
-    number = lambda fmt="%.4f": st.column_config.NumberColumn(format=fmt)  # noqa: E731
-    table = figures_table(cal)
-    st.dataframe(table, hide_index=True, key=f"{key}_table",
-                 column_config={c: number() for c in table.columns if c not in ("split", "cells")})
+    table = figures_table(cal)  # a static table: a handful of numbers, nothing to sort or scroll
+    st.table(table.set_index("split").style.format({c: "{:.4f}" for c in table.columns if c not in ("split", "cells")}))
     st.markdown(threshold_sentence(cal))
     curves = calibration.curves(run_path, cal) if drawable else []
     if not curves:
