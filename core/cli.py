@@ -1,5 +1,5 @@
 """Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,robustness,
-download,runs,users,info}`.
+calibrate,download,runs,users,info}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it. The command line
@@ -303,7 +303,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data.image_size != clf.image_size:
         raise UserError(f"the run's model takes {clf.image_size} px images; {data.source} holds "
                         f"{data.image_size} px")
-    out = {"run": str(clf.run.path), "data": data.source}
+    from core.evaluation.calibration import describe  # noqa: PLC0415
+
+    # probabilities as every page shows them: through the run's temperature (its loss and AUC can differ from
+    # metrics.json's, which are the model's own; the accuracy cannot)
+    out = {"run": str(clf.run.path), "data": data.source, "temperature": clf.temperature,
+           "probabilities": describe(clf.temperature)}
     augmented = {}
     for split in ("val", "test"):
         s = data.split(split)
@@ -324,6 +329,24 @@ def _batched(clf, images, batch: int = 256):
     return np.concatenate([clf.probabilities(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
+def _threshold(text: str, run_dir: Path) -> float:
+    """--threshold P (a probability) or "run" (the run's calibrated threshold, chosen on validation)."""
+    if text.strip().lower() == "run":
+        from core.inference.classify import default_threshold  # noqa: PLC0415
+
+        value, found = default_threshold(run_dir)
+        if found is None:
+            raise UserError(f"run {run_dir.name} has no calibrated threshold yet: python -m core calibrate {run_dir}")
+        return value
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--threshold takes a probability (0 to 1) or 'run', not {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--threshold takes a probability from 0 to 1, not {value:g}")
+    return value
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.data.uploads import iter_paths  # noqa: PLC0415
     from core.inference import classify  # noqa: PLC0415
@@ -332,7 +355,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     prepared = classify.prepare(iter_paths(args.images), clf.image_size, args.resize,  # a zip gives its members
                                 classify.cell_fraction(clf, args.resize))
     ood = classify.ood_stats(clf) if args.ood else None
-    threshold = args.threshold if args.threshold is not None else 0.0
+    threshold = _threshold(args.threshold, clf.run.path) if args.threshold is not None else 0.0
+    from core.evaluation.calibration import describe  # noqa: PLC0415
+
+    print(f"probabilities: {describe(clf.temperature)}", file=sys.stderr)  # "uncalibrated" for a run without T
     ok = 0
     for r in classify.classify(clf, prepared, threshold, ood):
         if not r.ok:
@@ -429,6 +455,31 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         print(f"\nstored in {report_path(args.run)}")
     else:
         print("\nnot stored: the run's stored report is its test split's (validation scores are for choosing)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from core.evaluation import calibration  # noqa: PLC0415
+    from core.store.runs import open_run  # noqa: PLC0415
+
+    if args.target is not None and not 0.0 < args.target <= 1.0:
+        raise UserError(f"--target is an accuracy in (0, 1], e.g. 0.99; got {args.target}")
+    run_dir = open_run(args.run).path  # a missing or incomplete run: one message
+    clf = []
+
+    def model():  # loaded (TensorFlow) only when a split's predictions are not cached in the run yet
+        if not clf:
+            from core.inference.classifier import Classifier  # noqa: PLC0415
+
+            clf.append(Classifier(run_dir))
+        return clf[0]
+
+    def progress(fraction: float) -> None:
+        print(f"\r  predicting {fraction:6.1%}", end="", file=sys.stderr, flush=True)
+
+    result = calibration.fit_run(run_dir, model, progress if sys.stderr.isatty() else None, args.target)
+    print(("\n" if sys.stderr.isatty() else "") + result.summary(), file=sys.stderr)
+    print(json.dumps({"run": str(run_dir), "calibration": result.to_dict()}, indent=2))
     return 0
 
 
@@ -583,7 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not import TensorFlow (GPUs as nvidia-smi lists them; $CELLSCOPE_FAKE_GPUS simulates)")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("evaluate", help="score a run's model on val and test of its (or another) npz")
+    p = sub.add_parser("evaluate", help="score a run's model on val and test of its (or another) npz, with its "
+                                        "probabilities calibrated as shown everywhere (loss and AUC may differ "
+                                        "from metrics.json's raw ones; accuracy does not)")
     p.add_argument("--run", required=True, metavar="DIR")
     p.add_argument("--data", default="", metavar="PATH")
     p.add_argument("--tta", action="store_true",
@@ -597,8 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resize", choices=RESIZE_MODES, default="medmnist", help=RESIZE_HELP)
         if name == "predict":
             p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or zips of them")
-            p.add_argument("--threshold", type=float, default=None, metavar="P",
-                           help="flag predictions below this confidence 'unidentified' (adds \"flags\")")
+            p.add_argument("--threshold", default=None, metavar="P|run",
+                           help="flag predictions below this (calibrated) confidence 'unidentified' (adds "
+                                "\"flags\"); 'run': the run's own threshold, chosen on validation from its target")
             p.add_argument("--ood", action="store_true",
                            help="also flag images unlike the training data (needs the run's dataset; computed "
                                 "once per run)")
@@ -652,6 +706,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val: score the validation split instead, to choose a recipe without touching test "
                         "(printed, not stored)")
     p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("calibrate", help="fit a run's temperature on its validation split, choose its "
+                                         "'unidentified' threshold and store both in its metrics.json")
+    p.add_argument("run", metavar="RUN", help="the run's folder")
+    p.add_argument("--target", type=float, default=None, metavar="ACC",
+                   help="accuracy the cells above the threshold must reach on validation (default: the run's "
+                        "stored target, else 0.99)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("download", help="download BloodMNIST at a size (MD5-checked)")
     p.add_argument("--size", type=int, choices=SIZES, required=True)

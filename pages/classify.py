@@ -24,6 +24,7 @@ from core.data.uploads import (
     iter_uploads,
 )
 from core.errors import UserFacingError
+from core.evaluation.calibration import describe
 from core.explain.cam import METHOD_NAMES, METHOD_TITLES, SAME_AS_GRADCAM_NOTE
 from core.explain.overlay import COLORMAPS, panels
 from core.inference import classify as svc
@@ -76,9 +77,21 @@ with st.sidebar:
                        help="Default: the best by validation accuracy.")
     mode = st.radio("Resize", RESIZE_MODES, format_func=RESIZE_TITLES.get, help=RESIZE_HELP)
     st.subheader("Flags", anchor=False)
-    threshold = st.slider("Unidentified below confidence", 0.0, 1.0, svc.DEFAULT_THRESHOLD, 0.05,
-                          help="Predictions whose top-class probability is below this are flagged "
-                               "'unidentified', as digital morphology analysers leave such cells to a person.")
+    run_threshold, run_cal = svc.default_threshold(run["path"])  # the run's, chosen on validation (no model)
+    threshold = st.slider("Unidentified below confidence", 0.0, 1.0, run_threshold, 0.005, format="%.3f",
+                          key=f"classify_threshold_{run['run_id']}_{run_threshold:.6f}",  # follows the run's
+                          help="Predictions whose top-class probability (calibrated) is below this are flagged "
+                               "'unidentified', as digital morphology analysers leave such cells to a person. "
+                               "Default: the run's threshold, the lowest at which the validation cells it "
+                               "accepts reach its target accuracy.")
+    if run_cal is not None:
+        u = run_cal.unidentified
+        st.caption(f"Run's threshold {u.threshold:.3f} for {u.target:.0%} accuracy on validation: "
+                   f"{u.val_review_fraction:.1%} of validation" + (f" and {u.test_review_fraction:.1%} of test"
+                   if u.test_review_fraction is not None else "") + " cells go to review.")
+    else:
+        st.caption(f"This run is not calibrated yet: probabilities are uncalibrated and the threshold is a fixed "
+                   f"{svc.DEFAULT_THRESHOLD:.2f} until it is (prepared below once the model is loaded).")
     check_ood = st.toggle("Flag images unlike the training data", value=True, help=OOD_HELP)
     ood_note = st.empty()  # what the flag costs on this run's own cells, once measured
 
@@ -148,6 +161,13 @@ if check_ood:
     if ood is not None:
         ood_note.caption(md_escape(ood.explanation()))
 
+from ui.calibration import calibration_section  # noqa: E402
+
+with st.expander("How far to trust the confidence: calibration, reliability and risk–coverage",
+                 icon=":material/tune:", expanded=False):
+    with guard(stop=False):
+        calibration_section(run["path"], "classify_cal", start=True)
+
 results: list = []
 if files:
     key = (tuple(f.file_id for f in files), mode, run["path"])
@@ -216,7 +236,8 @@ with chart:
     runners = svc.runners_up(r.probabilities)
     st.metric("Prediction", labels[r.index], f"{r.confidence:.1%} confident", delta_color="off", delta_arrow="off",
               help="Next most likely: " + ", ".join(f"{labels[i]} {r.probabilities[i]:.1%}" for i in runners))
-    st.caption("Next most likely: " + " · ".join(f"{labels[i]} {r.probabilities[i]:.1%}" for i in runners))
+    st.caption("Next most likely: " + " · ".join(f"{labels[i]} {r.probabilities[i]:.1%}" for i in runners)
+               + f" · probabilities {describe(clf.temperature)}")
     if svc.UNIDENTIFIED in r.flags:
         st.warning(f"**Unidentified**: the model's confidence {r.confidence:.0%} is below your threshold "
                    f"{threshold:.0%}; a person should classify this cell.", icon=":material/help:")

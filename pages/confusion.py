@@ -216,6 +216,9 @@ def cell_explorer() -> None:
     st.markdown(f"**{len(members)}** {true_cls} image{'s' * (len(members) != 1)} predicted as **{pred_cls}** "
                 f"({kind}){f'; the {len(shown)} most confident shown' if len(members) > len(shown) else ''}. "
                 "Click Grad-CAM under an image to see what the model looked at, beside the images.")
+    from core.evaluation.calibration import describe  # noqa: PLC0415
+
+    st.caption(f"p: the probability of the predicted class, {describe(found.temperature)}.")
     picked_key = f"cf_cam_{run_id}"
     picked = st.session_state.get(picked_key)  # (true, predicted, image index) of the image clicked
     picked = picked[2] if picked and picked[:2] == (ti, pi) and picked[2] < len(images) else None

@@ -321,6 +321,19 @@ if selected:
     st.markdown("**Corruption robustness** (MedMNIST-C's blood-cell corruptions at five severities, on the test "
                 "split; stored by `python -m core robustness`)")
     robustness_section({r: results.run_path(store, r) for r in selected_complete})
+
+    # calibrated confidence (ui.calibration: temperature fitted on validation, threshold, reliability, risk-coverage)
+    from ui.calibration import calibration_section
+
+    st.markdown("**Calibrated confidence** (temperature scaling fitted on validation; the 'unidentified' threshold "
+                "chosen from a target accuracy)")
+    if selected_complete:
+        cal_run = selected_complete[0] if len(selected_complete) == 1 else st.selectbox(
+            "Run", selected_complete, key="cal_run", format_func=lambda r: labels.get(r, r))
+        with guard(stop=False):
+            calibration_section(results.run_path(store, cal_run), "cal")
+    else:
+        st.caption("Select a complete run to see its calibration.")
 else:
     st.caption("Select runs above to see their per-class metrics and training curves.")
 

@@ -115,6 +115,20 @@ def waiting_for(run_path: str, resize: str) -> tasks.Task | None:
     return None
 
 
+def unidentified_note(run_path: str) -> str:
+    """What the 'unidentified' order takes from this run."""
+    from core.evaluation.calibration import stored  # noqa: PLC0415
+
+    found = stored(run_path)
+    if found is None:
+        return ("Every cell below the run's threshold; the run is calibrated first (its model predicts its "
+                "validation and test splits once).")
+    u = found.unidentified
+    share = f" ({u.test_review_fraction:.1%} of its test cells)" if u.test_review_fraction is not None else ""
+    return (f"Every cell whose calibrated confidence is below the run's threshold {u.threshold:.3f} (target "
+            f"{u.target:.0%} accuracy on validation){share}, however many.")
+
+
 def agreement_sentence(summary: dict) -> str:
     """'Agreement 12 of 14 cells given a class (85.7%); 3 unsure or not a cell are left out of it.'"""
     left_out = summary["decisions"]["unsure"] + summary["decisions"]["not_cell"]
@@ -169,7 +183,8 @@ def cells_task(request: dict) -> tasks.Task:
         if kind == "external":
             return rv.cells_from_external(clf, request["folder"], resize=request["resize"], limit=request["limit"],
                                           order=request["order"], roots=data_roots())
-        return rv.cells_from_files(clf, request["paths"], request["resize"], request["order"])[:request["limit"]]
+        cells = rv.cells_from_files(clf, request["paths"], request["resize"], request["order"])
+        return cells[:request["limit"] or None]  # 0: all (the 'unidentified' order)
 
     plan = [("predicting", precompute.DEFAULT_SECONDS["predicting"])]
     if precompute.loaded(run_path) is None:
@@ -179,6 +194,13 @@ def cells_task(request: dict) -> tasks.Task:
 
 def build_session(request: dict) -> None:
     """Draw the progress of the session being built; create and open it once its cells are ready."""
+    unidentified = request["order"] == "unidentified"
+    if unidentified and not precompute.ready(request["run_path"], "calibration"):
+        task = precompute.step_task(request["run_path"], "calibration")  # the run's threshold (and predictions)
+        if task.running:
+            await_task(task, "Calibrating the run's confidence once, to find the cells its threshold leaves "
+                             "unidentified…")
+            return
     if request["kind"] == "test":
         task = None if precompute.ready(request["run_path"], "test_predictions") else \
             precompute.step_task(request["run_path"], "test_predictions")
@@ -194,12 +216,13 @@ def build_session(request: dict) -> None:
         if request["kind"] == "test":
             from core.evaluation import predictions  # noqa: PLC0415
 
-            stored = result if result is not None else predictions.cached(request["run_path"])
+            stored = predictions.cached(request["run_path"])  # calibrated, as every page shows them
             if stored is None:
                 raise rv.ReviewError("The run's test predictions could not be read; start the session again")
+            threshold = rv.unidentified_threshold(request["run_path"]) if unidentified else None
             cells = rv.cells_from_predictions(open_run(request["run_path"]).training_data(), request["labels"],
                                               stored.y_true, stored.probabilities, request["limit"],
-                                              request["order"])
+                                              request["order"], threshold)
             source = "test split"
         else:
             cells = result
@@ -247,7 +270,9 @@ with start_tab:
         c1, c2, c3 = st.columns(3)
         order = c1.radio("Order", rv.ORDERS, format_func=rv.ORDER_TITLES.get, key="review_order")
         limit = c2.number_input("Cells in the session", 1, 5000, DEFAULT_CELLS, key="review_limit",
-                                help="The first cells in the chosen order.")
+                                help="The first cells in the chosen order.", disabled=order == "unidentified")
+        if order == "unidentified":
+            c2.caption(unidentified_note(run["path"]))
         resize = c3.radio("Resize (image files)", RESIZE_MODES, key="review_resize", format_func=RESIZE_TITLES.get,
                           help=RESIZE_HELP)
         folder, files = "", []
@@ -264,7 +289,8 @@ with start_tab:
                      disabled=building is not None):
             try:
                 request = {"nonce": secrets.token_hex(8), "run_id": run["run_id"], "run_path": run["path"],
-                           "kind": kind, "order": order, "limit": int(limit), "resize": resize,
+                           "kind": kind, "order": order, "limit": 0 if order == "unidentified" else int(limit),
+                           "resize": resize,
                            "labels": list(open_run(run["path"]).metrics["test"]["labels"])}
                 if kind == "external":
                     if not folder.strip():

@@ -16,13 +16,14 @@ from PIL import Image
 
 from core.config import RunConfig
 from core.data import registry
-from core.evaluation.predictions import PREDICTIONS_FILE
+from core.evaluation.predictions import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 from core.jobs.presets import PRESETS, PRESETS_BY_KEY
 from core.store.io import RUN_ID_PATTERN
 from core.store.runs import RunStore, open_run
 
 RUN_FILES = {"config.json", "history.csv", "metrics.json", "model.keras", "train.log",
-             PREDICTIONS_FILE}  # the test pass, kept for Confusions
+             PREDICTIONS_FILE,  # the test pass, kept for Confusions
+             VAL_PREDICTIONS_FILE}  # the validation pass, kept for calibration's plots
 TIMEOUT = 600  # the machine is shared; TensorFlow start-up alone can take a while under load
 JPEGS = [PBC_SAMPLES / "neutrophil", PBC_SAMPLES / "platelet"]
 

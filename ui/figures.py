@@ -165,3 +165,70 @@ def _scale_colours(positions: Sequence[float]) -> list[str]:
     from plotly.colors import sample_colorscale  # noqa: PLC0415
 
     return sample_colorscale(SCALE, list(positions))
+
+
+# -- calibrated confidence (core.evaluation.calibration) ---------------------------------------------------------
+SPLIT_TITLES = {"val": "validation", "test": "test"}
+
+
+def reliability_diagram(curves: Sequence, title: str = "Reliability") -> go.Figure:
+    """Accuracy against mean confidence per confidence bin (core.evaluation.calibration.SplitCurves), before
+    (dotted, faded) and after temperature scaling (solid; validation in the accent, test in blue); the diagonal
+    is perfect calibration; a marker's size grows with its bin's cells. Hover: the bin, its cells, its confidence
+    and accuracy."""
+    from ui.palette import ACCENT, SECONDARY  # noqa: PLC0415
+
+    colours = {"val": ACCENT, "test": SECONDARY}
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#999", dash="dash", width=1),
+                               hoverinfo="skip", showlegend=False))
+    for c in curves:
+        colour = colours.get(c.split, ACCENT)
+        for which, bins, dash, opacity in (("before", c.before, "dot", 0.45), ("after", c.after, "solid", 1.0)):
+            kept = [b for b in bins if b.count]
+            fig.add_trace(go.Scatter(
+                x=[b.confidence for b in kept], y=[b.accuracy for b in kept], mode="lines+markers", opacity=opacity,
+                name=f"{SPLIT_TITLES.get(c.split, c.split)} {which}", line=dict(color=colour, dash=dash),
+                marker=dict(size=[4 + min(10, b.count ** 0.5) for b in kept]),
+                customdata=[[f"{b.lower:.2f}-{b.upper:.2f}", b.count] for b in kept],
+                hovertemplate="confidence %{customdata[0]} (%{customdata[1]} cells)<br>mean confidence %{x:.3f}"
+                              "<br>accuracy %{y:.3f}<extra>%{fullData.name}</extra>"))
+    fig.update_xaxes(title="confidence (top-class probability)", range=[0, 1.02], tickformat=".0%")
+    fig.update_yaxes(title="accuracy", range=[0, 1.02], tickformat=".0%")
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=360, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(font=dict(size=11)), plot_bgcolor="#ffffff")
+    return fig
+
+
+def risk_coverage_plot(curves: Sequence, threshold: float | None = None, target: float | None = None,
+                       title: str = "Risk–coverage") -> go.Figure:
+    """Accuracy of the cells kept against the fraction kept, most confident first, per split; with the chosen
+    'unidentified' threshold marked where it cuts each curve (and the target accuracy as a dashed line)."""
+    from ui.palette import ACCENT, SECONDARY  # noqa: PLC0415
+
+    colours = {"val": ACCENT, "test": SECONDARY}
+    fig = go.Figure()
+    for c in curves:
+        rc = c.risk_coverage
+        name = SPLIT_TITLES.get(c.split, c.split)
+        fig.add_trace(go.Scatter(
+            x=rc.coverage, y=rc.accuracy, mode="lines", name=name, line=dict(color=colours.get(c.split, ACCENT)),
+            customdata=rc.confidence,
+            hovertemplate="keeping %{x:.1%} (confidence ≥ %{customdata:.3f})<br>accuracy %{y:.2%}<extra>"
+                          + name + "</extra>"))
+        if threshold is not None:
+            coverage, accuracy = rc.at_threshold(threshold)
+            if accuracy is not None:
+                fig.add_trace(go.Scatter(
+                    x=[coverage], y=[accuracy], mode="markers", showlegend=False,
+                    marker=dict(size=11, symbol="diamond", color=colours.get(c.split, ACCENT),
+                                line=dict(color="#111", width=1)),
+                    hovertemplate=f"threshold {threshold:.3f}: keeps %{{x:.1%}} of {name}, accuracy "
+                                  f"%{{y:.2%}}; {1 - coverage:.1%} to review<extra></extra>"))
+    if target is not None:
+        fig.add_hline(y=target, line=dict(color="#666", dash="dash", width=1),
+                      annotation_text=f"target {target:.0%}", annotation_position="bottom left")
+    fig.update_xaxes(title="coverage (fraction of cells kept, the rest to review)", range=[0, 1.02], tickformat=".0%")
+    fig.update_yaxes(title="accuracy of the cells kept", tickformat=".1%")
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=360, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(font=dict(size=11)), plot_bgcolor="#ffffff")
+    return fig

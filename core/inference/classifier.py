@@ -4,13 +4,18 @@ The model is loaded once; prediction and each (CAM method, layer) explanation ar
 fixed input signature, traced once and reused for every later image (the page keeps one `Classifier`
 per run in `st.cache_resource`). An explanation returns the probabilities too, from the same forward pass,
 so showing a prediction with its heatmap costs one call.
+
+Probabilities leave through the run's temperature (core.evaluation.calibration.apply_temperature, T fitted on
+validation and stored in metrics.json; read again whenever that file changes, so a run calibrated meanwhile
+is shown calibrated at once): `probabilities*`, `predict` and `explain` give them as shown; `raw_probabilities*`
+give the model's own (what is cached and what calibration is fitted on). The argmax is the same either way.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,6 +26,7 @@ import tensorflow as tf
 
 from core.config import RunConfig
 from core.data.registry import short_label
+from core.evaluation import calibration
 from core.explain.cam import method as cam_method
 from core.explain.cam.base import BaseCAM, Explanation
 from core.models.build import CamLayer, cam_layers, last_conv_block
@@ -48,14 +54,18 @@ class Classifier:
         self._setup(model, run.config, list(run.metrics["test"]["labels"]), run)
 
     @classmethod
-    def from_model(cls, model: keras.Model, config: RunConfig, labels: list[str]) -> "Classifier":
-        """A classifier over an in-memory model (benchmarks, tests); it has no run folder."""
+    def from_model(cls, model: keras.Model, config: RunConfig, labels: list[str],
+                   temperature: float | None = None) -> "Classifier":
+        """A classifier over an in-memory model (benchmarks, tests); it has no run folder, so its temperature is
+        the one given (None: uncalibrated)."""
         self = cls.__new__(cls)
         self._setup(model, config, list(labels), None)
+        self._temperature = temperature
         return self
 
     def _setup(self, model: keras.Model, config: RunConfig, labels: list[str], run: Run | None) -> None:
         self.run = run
+        self._temperature: float | None = None
         self.config = config
         self.labels = labels
         self.short_labels: list[str] = [short_label(label) for label in self.labels]
@@ -91,8 +101,23 @@ class Classifier:
             raise ValueError(f"expected (N, {s}, {s}, 3) images, got {images.shape}")
         return images.astype(np.uint8, copy=False)
 
+    @property
+    def temperature(self) -> float | None:
+        """The run's temperature (None: not calibrated yet; probabilities are shown as the model gives them)."""
+        return self._temperature if self.run is None else calibration.temperature_of(self.run.path)
+
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """Raw probabilities -> as shown (through the run's temperature)."""
+        return calibration.apply_temperature(probabilities, self.temperature)
+
     def probabilities_and_embeddings(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, S, S, 3) uint8 -> probabilities (N, n_classes) and pooled embeddings (N, d), in batches."""
+        """(N, S, S, 3) uint8 -> calibrated probabilities (N, n_classes) and pooled embeddings (N, d)."""
+        probabilities, embeddings = self.raw_probabilities_and_embeddings(images)
+        return self.calibrate(probabilities), embeddings
+
+    def raw_probabilities_and_embeddings(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) uint8 -> the model's own probabilities (N, n_classes) and pooled embeddings (N, d), in
+        batches."""
         images = self._check(images)
         probs, embs = [], []
         for start in range(0, len(images), BATCH):
@@ -104,8 +129,12 @@ class Classifier:
         return np.concatenate(probs), np.concatenate(embs)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, n_classes) probabilities."""
+        """(N, S, S, 3) uint8 -> (N, n_classes) probabilities, calibrated."""
         return self.probabilities_and_embeddings(images)[0]
+
+    def raw_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, n_classes) probabilities as the model gives them."""
+        return self.raw_probabilities_and_embeddings(images)[0]
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         return [self.prediction(p) for p in self.probabilities(images)]
@@ -131,8 +160,10 @@ class Classifier:
 
     def explain(self, images: np.ndarray, method: str = "gradcam", layer: str | None = None,
                 class_index: int | None = None) -> Explanation:
-        """uint8 (N, S, S, 3) -> probabilities, heatmaps (N, S, S) and the explained classes, in one call."""
-        return self.explainer(method, layer).explain(self._check(images), class_index)
+        """uint8 (N, S, S, 3) -> probabilities (calibrated), heatmaps (N, S, S) and the explained classes, in one
+        call."""
+        result = self.explainer(method, layer).explain(self._check(images), class_index)
+        return replace(result, probabilities=self.calibrate(result.probabilities))
 
     def warm_up(self, method: str = "gradcam", layer: str | None = None) -> None:
         """Trace prediction and the default explanation now, so the first user request is fast."""

@@ -4,8 +4,9 @@ The page (pages/classify.py) is a thin view over these functions, and benchmarks
 runs the same path on the 160 CellaVision samples, so what is measured is what users get.
 
 Flags:
-- "unidentified": the top class's probability is below a threshold the user sets (digital morphology
-  analysers leave such cells for a person to classify);
+- "unidentified": the top class's (calibrated) probability is below a threshold, by default the run's own,
+  chosen on validation from a target accuracy (core.evaluation.calibration; digital morphology analysers leave
+  such cells for a person to classify);
 - "unlike the training data": the image's pooled embedding is farther from every class centre than 99% of
   validation images are (see core.inference.ood).
 
@@ -29,6 +30,7 @@ from core.data.images import ImageInputError, to_model_input
 from core.data.registry import short_label
 from core.data.uploads import UploadItem
 from core.errors import UserFacingError
+from core.evaluation import calibration
 from core.explain.cam import METHOD_TITLES
 from core.explain.faithfulness import Faithfulness, faithfulness
 from core.explain.overlay import with_caption
@@ -37,6 +39,7 @@ from core.store.csv_safe import safe_dict
 from core.store.runs import open_run
 
 if TYPE_CHECKING:
+    from core.evaluation.calibration import Calibration
     from core.explain.cam.base import Explanation
     from core.inference.classifier import Classifier
 
@@ -74,6 +77,13 @@ class ImageResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def default_threshold(run_dir: str | Path) -> tuple[float, "Calibration | None"]:
+    """The 'unidentified' threshold to start from: the run's, chosen on validation from its target accuracy, or
+    DEFAULT_THRESHOLD while the run is not calibrated (then returned with None)."""
+    found = calibration.stored(run_dir)
+    return (found.unidentified.threshold, found) if found is not None else (DEFAULT_THRESHOLD, None)
 
 
 def load_classifier(run_dir: str | Path) -> "Classifier":

@@ -59,6 +59,7 @@ CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, LOG_FILE = (
 
 
 REINDEX_HINT = "python -m core runs --reindex"
+CALIBRATION_KEY = "calibration"  # metrics.json's block of core.evaluation.calibration.Calibration.to_dict()
 
 
 class RunStoreError(StoreError):
@@ -133,6 +134,13 @@ class Run:
         return json.loads((self.path / METRICS_FILE).read_text())
 
     @property
+    def calibration(self) -> dict[str, Any] | None:
+        """metrics.json's "calibration" block (temperature fitted on validation, before/after figures, the
+        unidentified threshold; core.evaluation.calibration reads it), or None for a run not calibrated yet."""
+        block = self.metrics.get(CALIBRATION_KEY)
+        return block if isinstance(block, dict) else None
+
+    @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
 
@@ -188,6 +196,15 @@ class Run:
             raise DatasetError(f"{path.name} does not hold the {name} split this run was evaluated on "
                                f"({len(labels)} images, the run had {expected})")
         return images, labels
+
+
+def store_calibration(run_dir: str | Path, block: dict[str, Any]) -> None:
+    """Put (or replace) the "calibration" block in a finished run's metrics.json, atomically, every other key as
+    it was, the folder's time kept (the index has no column of it: nothing to reindex)."""
+    run = open_run(run_dir)
+    metrics = run.metrics
+    metrics[CALIBRATION_KEY] = block
+    add_to_finished_run(run.path, METRICS_FILE, json_text(metrics))
 
 
 def open_run(path: str | Path) -> Run:

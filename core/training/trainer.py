@@ -43,7 +43,7 @@ import tensorflow as tf
 from core import devices
 from core.config import RunConfig
 from core.data.dataset import Dataset, load_for_config
-from core.evaluation import predictions
+from core.evaluation import calibration, predictions
 from core.evaluation.metrics import SCHEMA_VERSION, SplitMetrics, evaluate
 from core.inference import tta
 from core.jobs import sweeps
@@ -51,7 +51,7 @@ from core.models import batchnorm
 from core.models.build import build_model
 from core.progress import PhaseTimes, Tracker
 from core.store import checkpoints
-from core.store.runs import Run, RunStore, RunWriter
+from core.store.runs import CALIBRATION_KEY, Run, RunStore, RunWriter
 from core.training import pipeline, precision, schedules, threads
 
 EVAL_BATCH = 128
@@ -418,6 +418,10 @@ class Trainer:
         auc = "n/a (one class)" if test.auc is None else f"{test.auc:.4f}"
         self.log(f"best epoch {self.best_epoch}: val acc {val.accuracy:.4f}; "
                  f"test acc {test.accuracy:.4f} auc {auc} (evaluated once)")
+        # temperature scaling fitted on validation, reported on both splits (the metrics above stay raw)
+        calibrated = calibration.calibrate(data.val.labels, val_probabilities, data.test.labels, test_probabilities)
+        metrics[CALIBRATION_KEY] = calibrated.to_dict()
+        self.log(f"calibration: {calibrated.summary()}")
         if c.tta:
             augmented = self._tta_metrics()
             metrics["tta"] = {split: m.to_dict() for split, m in augmented.items()}
@@ -429,6 +433,7 @@ class Trainer:
         run = self.writer.publish(metrics, self.model.save)
         try:  # the test pass just made is what Confusions needs: kept, so no page predicts it again
             predictions.save(run.path, data.test.labels, test_probabilities)
+            predictions.save(run.path, data.val.labels, val_probabilities, split="val")  # calibration's
         except OSError as e:  # a nicety: the page predicts it on first use instead
             self.log(f"could not keep the test predictions ({e}); Confusions will predict them once")
         self.record_phase_times(time.monotonic() - publish_start)

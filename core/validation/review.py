@@ -7,8 +7,11 @@ cell, with an optional note. Everything lives in SQLite (`artifacts/reviews.sqli
 index), so sessions survive restarts and resume at the first cell not yet reviewed.
 
 Order: lowest model confidence first, or the morphologically ambiguous classes (monocyte, immature
-granulocyte; the study's weak spots) first, each by confidence. Two reviewers who start sessions over the
-same run, source, order and size get the same cells, so their agreement (Cohen's kappa) can be measured.
+granulocyte; the study's weak spots) first, each by confidence; or exactly the cells the run's 'unidentified'
+threshold leaves for a person (calibrated confidence below the threshold chosen on validation from a target
+accuracy, core.evaluation.calibration), lowest first. Confidences are calibrated (the run's temperature).
+Two reviewers who start sessions over the same run, source, order and size get the same cells, so their
+agreement (Cohen's kappa) can be measured.
 
 Who reviews is the logged-in user (`core.access.roles.User`), never a typed name: starting a session needs the
 "review" permission, and a decision can be recorded or cleared only in the user's own session (an admin may
@@ -58,9 +61,10 @@ UPLOAD_ORPHAN_AGE_S = 3600.0  # uploads no session uses are removed after this (
 DECISIONS = ("agree", "reclassify", "unsure", "not_cell")
 DECISION_TITLES = {"agree": "Agree", "reclassify": "Reclassify", "unsure": "Unsure", "not_cell": "Not a cell"}
 UNSURE, NOT_CELL = "unsure", "not a cell"  # reviewer categories besides the 8 classes
-ORDERS = ("confidence", "ambiguous")
+ORDERS = ("confidence", "ambiguous", "unidentified")
 ORDER_TITLES = {"confidence": "Lowest confidence first",
-                "ambiguous": f"Ambiguous classes first ({', '.join(ambiguous_labels())})"}
+                "ambiguous": f"Ambiguous classes first ({', '.join(ambiguous_labels())})",
+                "unidentified": "Unidentified by the run's threshold (every cell below it, lowest first)"}
 SOURCES = ("test", "external", "uploads")
 SOURCE_TITLES = {"test": "Test split of the run", "external": "External dataset", "uploads": "Uploaded images"}
 MAX_NOTE = 2000
@@ -508,11 +512,28 @@ def kappa_between(cells_a: Iterable[dict[str, Any]], cells_b: Iterable[dict[str,
 
 # -- building sessions (runs the model) ------------------------------------------------------------------
 
-def order_cells(cells: Sequence[CellSpec], order: str, labels: Sequence[str]) -> list[CellSpec]:
-    """Lowest confidence first; or cells the model calls an ambiguous class first, each group by confidence."""
+def unidentified_threshold(run_dir: str | Path) -> float:
+    """The run's 'unidentified' threshold (chosen on validation); ReviewError while the run has none."""
+    from core.evaluation.calibration import stored  # noqa: PLC0415
+
+    found = stored(run_dir)
+    if found is None:
+        raise ReviewError(f"Run {Path(run_dir).name} has no calibrated threshold yet: calibrate it first (Results "
+                          f"page, or python -m core calibrate {run_dir})")
+    return found.unidentified.threshold
+
+
+def order_cells(cells: Sequence[CellSpec], order: str, labels: Sequence[str],
+                threshold: float | None = None) -> list[CellSpec]:
+    """Lowest confidence first; or cells the model calls an ambiguous class first, each group by confidence; or
+    ("unidentified") only the cells whose confidence is below `threshold` (the run's), lowest first."""
     if order not in ORDERS:
         raise ReviewError(f"order must be one of {', '.join(ORDERS)}")
     ambiguous = set(ambiguous_labels(labels))
+    if order == "unidentified":
+        if threshold is None:
+            raise ReviewError("'Unidentified by the run's threshold' needs the run's threshold")
+        return sorted((c for c in cells if c.confidence < threshold), key=lambda c: (c.confidence, c.key))
     if order == "confidence":
         return sorted(cells, key=lambda c: (c.confidence, c.key))
     return sorted(cells, key=lambda c: (c.model_label not in ambiguous, c.confidence, c.key))
@@ -532,22 +553,28 @@ def _specs(clf, images: np.ndarray, keys: Sequence[str], refs: Sequence[str],
 
 
 def cells_from_predictions(data_file: str | Path, labels: Sequence[str], y_true: np.ndarray,
-                           probabilities: np.ndarray, limit: int = 100, order: str = "confidence") -> list[CellSpec]:
-    """A run's test split from its stored predictions (core.evaluation.predictions: no model needed), ordered
-    and cut to the first `limit` cells (0: all). `data_file`: the npz the split is read from."""
+                           probabilities: np.ndarray, limit: int = 100, order: str = "confidence",
+                           threshold: float | None = None) -> list[CellSpec]:
+    """A run's test split from its stored predictions (core.evaluation.predictions: no model needed; calibrated
+    as shown), ordered and cut to the first `limit` cells (0: all). `data_file`: the npz the split is read from;
+    `threshold`: the run's, for the "unidentified" order."""
     short = [short_label(x) for x in labels]
     n = len(y_true)
     specs = _specs_from(np.asarray(probabilities), labels, [f"test:{i}" for i in range(n)],
                         [f"npz:{data_file}#test:{i}" for i in range(n)], [short[int(t)] for t in y_true])
-    ordered = order_cells(specs, order, labels)
+    ordered = order_cells(specs, order, labels, threshold)
     return ordered[:limit] if limit else ordered
+
+
+def _threshold_for(clf, order: str) -> float | None:
+    return unidentified_threshold(clf.run.path) if order == "unidentified" else None
 
 
 def cells_from_test_split(clf, limit: int = 100, order: str = "confidence") -> list[CellSpec]:
     """The run's test split, predicted, ordered, and cut to the first `limit` cells (0: all)."""
     images, truth = clf.run.test_split()
     return cells_from_predictions(clf.run.training_data(), clf.labels, truth, clf.probabilities(images), limit,
-                                  order)
+                                  order, _threshold_for(clf, order))
 
 
 def cells_from_external(clf, folder: str | None = None, csv_file: str | None = None,
@@ -562,7 +589,7 @@ def cells_from_external(clf, folder: str | None = None, csv_file: str | None = N
                        cell_fraction=run_fraction(clf.run.path, resize), roots=roots)
     truths = [mapping.get(s) for s in data.source_classes]
     specs = _specs(clf, data.images, data.paths, data.paths, truths)
-    ordered = order_cells(specs, order, clf.labels)
+    ordered = order_cells(specs, order, clf.labels, _threshold_for(clf, order))
     return ordered[:limit] if limit else ordered
 
 
@@ -606,7 +633,7 @@ def cells_from_files(clf, paths: Sequence[str], resize: str = "medmnist", order:
     if not kept:
         return []
     specs = _specs(clf, np.stack(images), kept, kept, [None] * len(kept))
-    return order_cells(specs, order, clf.labels)
+    return order_cells(specs, order, clf.labels, _threshold_for(clf, order))
 
 
 # -- pixels of a cell -----------------------------------------------------------------------------------
