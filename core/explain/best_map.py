@@ -18,7 +18,7 @@ with the highest `road`; it is said whether it beats the random baseline.
 
 Affordable by construction (it runs at the end of every training job and, for older runs, once in the
 background): SAMPLE images and the removal FRACTIONS below (see the module's measurements in the report of
-benchmarks/road.py). TensorFlow is used only through the Classifier handed in.
+benchmarks/road.py). Importing this module is light (numpy); TensorFlow and scipy load when a run is measured.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import numpy as np
 
 from core.explain.cam import METHOD_NAMES, METHOD_TITLES
 from core.explain.faithfulness import faithfulness_many
-from core.explain.road import NOISE, random_maps, road, sobel_maps
 
 if TYPE_CHECKING:
     from core.inference.classifier import Classifier
@@ -132,6 +131,7 @@ def measure(clf: "Classifier", images: np.ndarray, fractions: Sequence[float] = 
             seed: int = SEED) -> FaithfulMaps:
     """Score every (method, layer) and both baselines on `images` (uint8, the model's size) and choose."""
     from core.explain.cam import method as cam_method  # noqa: PLC0415 - TensorFlow
+    from core.explain.road import NOISE, random_maps, road, sobel_maps  # noqa: PLC0415 - scipy
 
     start = time.monotonic()
     images = np.asarray(images, np.uint8)
