@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from core.explain.cam import METHOD_NAMES, METHOD_TITLES
-from core.explain.faithfulness import faithfulness_many
+from core.explain.faithfulness import faithfulness_many, reference
 
 if TYPE_CHECKING:
     from core.inference.classifier import Classifier
@@ -43,6 +43,7 @@ VERSION = 1
 SAMPLE = 32  # validation images, stratified by class
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # every other percentile of pytorch-grad-cam's 10..90
 SEED = 0
+METHODS = METHOD_NAMES  # every CAM method is a candidate
 FALLBACK_METHOD = "gradcam"  # before a run is measured: Grad-CAM at the last block, as in the study
 BASELINES = {"random": "Random blobs", "sobel": "Sobel edges"}
 CHUNK = 32  # images per CAM call (Score-CAM runs 64 masked copies of each)
@@ -127,7 +128,7 @@ def sample_indices(labels: np.ndarray, n: int = SAMPLE, seed: int = SEED) -> np.
 
 
 def measure(clf: "Classifier", images: np.ndarray, fractions: Sequence[float] = FRACTIONS,
-            progress: Callable[[float], None] | None = None, methods: Sequence[str] = METHOD_NAMES,
+            progress: Callable[[float], None] | None = None, methods: Sequence[str] = METHODS,
             seed: int = SEED) -> FaithfulMaps:
     """Score every (method, layer) and both baselines on `images` (uint8, the model's size) and choose."""
     from core.explain.cam import method as cam_method  # noqa: PLC0415 - TensorFlow
@@ -137,6 +138,7 @@ def measure(clf: "Classifier", images: np.ndarray, fractions: Sequence[float] = 
     images = np.asarray(images, np.uint8)
     predict = clf.probabilities
     targets = predict(images).argmax(axis=1)
+    shared = reference(predict, images, targets, seed=seed)  # the same for every map of these images
     layers = [c.name for c in clf.cam_layers()]
     todo = len(BASELINES) + len(methods) * len(layers)
     done = 0
@@ -144,8 +146,8 @@ def measure(clf: "Classifier", images: np.ndarray, fractions: Sequence[float] = 
 
     def score(name: str, layer: str | None, heat: np.ndarray) -> Score:
         nonlocal done
-        r = road(predict, images, heat, targets, fractions, NOISE, seed)
-        masked = faithfulness_many(predict, images, heat, targets, seed=seed)
+        r = road(predict, images, heat, targets, fractions, NOISE, seed, shared.probability)
+        masked = faithfulness_many(predict, images, heat, targets, seed=seed, reference=shared)
         done += 1
         if progress:
             progress(done / todo)
@@ -166,18 +168,19 @@ def measure(clf: "Classifier", images: np.ndarray, fractions: Sequence[float] = 
 
 
 def load_or_measure(run_dir: str | Path, model: Callable[[], "Classifier"],
-                    progress: Callable[[float], None] | None = None, sample: int = SAMPLE) -> FaithfulMaps:
+                    progress: Callable[[float], None] | None = None, sample: int | None = None) -> FaithfulMaps:
     """The run's choice from its folder, measuring it (on its validation sample) and keeping it the first time.
-    `sample` other than SAMPLE measures anew and keeps nothing (the run's default stays the standard one)."""
+    A `sample` other than SAMPLE measures anew and keeps nothing (the run's default stays the standard one)."""
     from core.store.runs import open_run  # noqa: PLC0415
 
     run = open_run(run_dir)
+    n = SAMPLE if sample is None else sample
 
     def compute() -> FaithfulMaps:
         images, labels = run.split("val")
-        return measure(model(), images[sample_indices(labels, sample)], progress=progress)
+        return measure(model(), images[sample_indices(labels, n)], FRACTIONS, progress, METHODS)
 
-    if sample != SAMPLE:
+    if n != SAMPLE:
         return compute()
     return run.derived(FILE, FaithfulMaps.from_file, compute, FaithfulMaps.to_json)
 

@@ -91,9 +91,13 @@ def faithfulness(predict: PredictFn, image: np.ndarray, heatmap: np.ndarray, cla
 
 
 def faithfulness_many(predict: PredictFn, images: np.ndarray, heatmaps: np.ndarray, class_indices,
-                      fraction: float = FRACTION, n_random: int = N_RANDOM, seed: int = SEED) -> list[Faithfulness]:
+                      fraction: float = FRACTION, n_random: int = N_RANDOM, seed: int = SEED,
+                      reference: "Reference | None" = None) -> list[Faithfulness]:
     """`faithfulness` of N maps (N, H, W) of N uint8 images (N, H, W, 3), each for its class, with one call of
-    `predict` for every masked version of every image (the same seeded random masks for each image)."""
+    `predict` for every masked version of every image (the same seeded random masks for each image).
+
+    `reference`: the unmasked and random-masked probabilities of these images (`reference`), when several maps
+    of the same images are scored: then only the top-masked images are predicted."""
     images, heatmaps = np.asarray(images), np.asarray(heatmaps)
     if heatmaps.shape != images.shape[:3]:
         raise ValueError(f"heatmap {heatmaps.shape[1:]} does not match image {images.shape[1:3]}")
@@ -101,16 +105,36 @@ def faithfulness_many(predict: PredictFn, images: np.ndarray, heatmaps: np.ndarr
         raise ValueError("fraction must be in (0, 1)")
     if not len(images):
         return []
-    shape = heatmaps.shape[1:]
-    randoms = random_masks(shape, fraction, n_random, seed)
-    batch = np.stack([version for image, heatmap in zip(images, heatmaps)
-                      for version in (image, apply_mask(image, top_mask(heatmap, fraction)),
-                                      *(apply_mask(image, m) for m in randoms))])
-    per_image = 2 + n_random
-    out = []
-    for p, c in zip(np.asarray(predict(batch)).reshape(len(images), per_image, -1), class_indices):
-        p = p[:, int(c)]
-        top_drop = float(p[0] - p[1])
-        random_drop = float(np.mean(p[0] - p[2:]))
-        out.append(Faithfulness(float(p[0]), top_drop, random_drop, top_drop - random_drop, fraction))
-    return out
+    targets = np.asarray(class_indices, np.int64).reshape(-1)
+    top = [apply_mask(image, top_mask(heatmap, fraction)) for image, heatmap in zip(images, heatmaps)]
+    if reference is None:
+        randoms = random_masks(heatmaps.shape[1:], fraction, n_random, seed)
+        batch = np.stack([version for image, masked in zip(images, top)
+                          for version in (image, masked, *(apply_mask(image, m) for m in randoms))])
+        p = np.asarray(predict(batch)).reshape(len(images), 2 + n_random, -1)[np.arange(len(images)), :, targets]
+        probability, top_p, random_drop = p[:, 0], p[:, 1], np.mean(p[:, :1] - p[:, 2:], axis=1)
+    else:
+        probability, random_drop = reference.probability, reference.random_drop
+        top_p = np.asarray(predict(np.stack(top)))[np.arange(len(images)), targets]
+    return [Faithfulness(float(p0), float(p0 - pt), float(rd), float(p0 - pt - rd), fraction)
+            for p0, pt, rd in zip(probability, top_p, random_drop)]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What every map of the same images shares: each image's probability unmasked and its mean drop under
+    the seeded random masks."""
+
+    probability: np.ndarray  # (N,)
+    random_drop: np.ndarray  # (N,)
+
+
+def reference(predict: PredictFn, images: np.ndarray, class_indices, fraction: float = FRACTION,
+              n_random: int = N_RANDOM, seed: int = SEED) -> Reference:
+    """The unmasked and random-masked probabilities of N images for their classes, in one `predict` call."""
+    images = np.asarray(images)
+    targets = np.asarray(class_indices, np.int64).reshape(-1)
+    randoms = random_masks(images.shape[1:3], fraction, n_random, seed)
+    batch = np.stack([version for image in images for version in (image, *(apply_mask(image, m) for m in randoms))])
+    p = np.asarray(predict(batch)).reshape(len(images), 1 + n_random, -1)[np.arange(len(images)), :, targets]
+    return Reference(p[:, 0], np.mean(p[:, :1] - p[:, 1:], axis=1))

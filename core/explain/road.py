@@ -19,7 +19,7 @@ paper itself reports the MoRF and LeRF curves (and their areas); the combined di
 maps by, which is what choosing a default needs.
 
 Pixels are ranked by the map with a stable sort, so a constant map removes the same pixels in both orders and
-scores exactly 0. Noise is seeded by fraction and order, so two maps are compared on the same noise.
+scores exactly 0. Noise is seeded by fraction alone, so two maps (and both orders) are compared on the same noise.
 
 Batch-friendly: each fraction is one call of `predict` for every image in both orders (the imputation is one
 small sparse system per image and order). Numpy and scipy only (no TensorFlow): `predict` is given.
@@ -132,10 +132,13 @@ class Road:
 
 
 def road(predict: PredictFn, images: np.ndarray, heatmaps: np.ndarray, targets: np.ndarray,
-         fractions: tuple[float, ...] = FRACTIONS, noise: float = NOISE, seed: int = SEED) -> Road:
+         fractions: tuple[float, ...] = FRACTIONS, noise: float = NOISE, seed: int = SEED,
+         probability: np.ndarray | None = None) -> Road:
     """ROAD of `heatmaps` (N, H, W) for uint8 `images` (N, H, W, 3) and the classes `targets` (N,) they explain.
 
-    One `predict` call for the originals, then one per fraction with the MoRF and LeRF images of every map."""
+    One `predict` call for the originals (unless their `probability` (N,) for the targets is given, as when
+    several maps of the same images are scored), then one per fraction with the MoRF and LeRF images of every
+    map."""
     images = np.asarray(images)
     heatmaps = np.asarray(heatmaps)
     targets = np.asarray(targets, np.int64).reshape(-1)
@@ -147,12 +150,13 @@ def road(predict: PredictFn, images: np.ndarray, heatmaps: np.ndarray, targets: 
     if not fractions or not all(0.0 < f < 1.0 for f in fractions):
         raise ValueError("removal fractions must be in (0, 1)")
     rows = np.arange(n)
-    probability = np.asarray(predict(images))[rows, targets] if n else np.zeros(0)
+    if probability is None:
+        probability = np.asarray(predict(images))[rows, targets] if n else np.zeros(0)
     morf, lerf = [], []
     for i, fraction in enumerate(fractions):
         both = np.concatenate([
-            impute(images, removal_masks(heatmaps, fraction, True), noise, seed=_seed(seed, i, 0)),
-            impute(images, removal_masks(heatmaps, fraction, False), noise, seed=_seed(seed, i, 1))])
+            impute(images, removal_masks(heatmaps, fraction, True), noise, seed=_seed(seed, i)),
+            impute(images, removal_masks(heatmaps, fraction, False), noise, seed=_seed(seed, i))])
         p = np.asarray(predict(np.round(both).astype(np.uint8))) if n else np.zeros((0, 1))
         morf.append(p[:n][rows, targets])
         lerf.append(p[n:][rows, targets])
@@ -161,8 +165,9 @@ def road(predict: PredictFn, images: np.ndarray, heatmaps: np.ndarray, targets: 
                 np.asarray(lerf, np.float64).reshape(len(fractions), n))
 
 
-def _seed(seed: int, fraction_index: int, order: int) -> int:
-    return int(np.random.SeedSequence([seed, fraction_index, order]).generate_state(1)[0])
+def _seed(seed: int, fraction_index: int) -> int:
+    """The noise of one fraction: the same for both orders and every map, so equal removals give equal images."""
+    return int(np.random.SeedSequence([seed, fraction_index]).generate_state(1)[0])
 
 
 # -- baselines (as pytorch-grad-cam's CAM-metrics tutorial compares against) --------------------------------
