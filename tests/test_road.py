@@ -24,6 +24,7 @@ from page_helpers import open_page, page, texts
 from core.explain import best_map
 from core.explain.road import FRACTIONS, impute, random_maps, removal_masks, road, sobel_maps
 from core.inference import precompute
+from core.store.runs import Run
 
 S = 24
 PATCH = (slice(4, 12), slice(12, 20))  # the pixels class 0's logit reads
@@ -179,6 +180,23 @@ def test_a_damaged_or_old_file_is_measured_again(tmp_path, measured_run):
         found = best_map.load_or_measure(run, model)
     assert calls and found.version == best_map.VERSION and found.fractions == (0.5,)
     assert best_map.FaithfulMaps.from_file(run / best_map.FILE) == found
+
+
+def test_one_pass_gives_each_method_its_own_map(measured_run):
+    """The measurement's single traced pass over every gradient method and layer equals each method's own
+    `explain`, which the pages draw."""
+    from core.explain.cam import method
+    from core.explain.cam.base import gradient_maps
+
+    clf = precompute.classifier(measured_run)
+    images = Run(measured_run).split("val")[0][:5]
+    targets = np.array([0, 3, 5, 6, 7])
+    layers = [c.name for c in clf.cam_layers()][:2]
+    maps = gradient_maps(clf.model, best_map.METHODS, layers, images, targets, clf.preprocess, batch=3)
+    assert set(maps) == {(m, la) for m in best_map.METHODS for la in layers}
+    for name, layer in (("gradcampp", layers[0]), ("hirescam", layers[1])):  # two traces, not six
+        with method(name)(clf.model, layer, preprocess=clf.preprocess) as cam:
+            assert np.allclose(maps[(name, layer)], cam.explain(images, targets).heatmaps, atol=1e-4), (name, layer)
 
 
 def test_default_choice_falls_back_to_grad_cam_at_the_last_block(measured_run):
