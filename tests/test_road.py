@@ -166,6 +166,10 @@ def test_the_choice_is_measured_on_validation_kept_and_read_back_without_a_model
 
 def test_a_damaged_or_old_file_is_measured_again(tmp_path, measured_run):
     run = mirror_run(measured_run, tmp_path / "artifacts")
+    kept = json.loads((measured_run / best_map.FILE).read_text())
+    with pytest.raises(ValueError, match="missing"):  # a table without its choice is damaged
+        (run / best_map.FILE).write_text(json.dumps({**kept, "method": "scorecam"}))
+        best_map.FaithfulMaps.from_file(run / best_map.FILE)
     (run / best_map.FILE).write_text(json.dumps({"version": 0}))
     calls = []
 
@@ -238,5 +242,5 @@ def test_classify_preselects_the_chosen_method_and_layer(monkeypatch, measured_r
     assert method.value == "gradcampp" and layer.value.name == layers[0].name
     shown = texts(at)
     assert "Chosen because Grad-CAM++" in shown and "+50.0 points" in shown
-    table = next(d.value for d in at.dataframe if "ROAD" in d.value.columns)
-    assert table.iloc[0]["ROAD"] == 50.0 and table.iloc[0]["chosen"]
+    table = next(t.value for t in at.table if "ROAD" in t.value.columns)
+    assert table.iloc[0]["ROAD"] == "+50.0" and table.iloc[0]["default"] == "✓" and len(table) == len(choice.scores)

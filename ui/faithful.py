@@ -16,24 +16,14 @@ from ui.model import step_when_ready
 from ui.text import md_escape
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from core.models.build import CamLayer
 
-COLUMNS = {
-    "ROAD": st.column_config.NumberColumn(
-        "ROAD", format="%+.1f", help="Points (x100): mean over removal fractions of (confidence with the least "
-                                     "relevant pixels removed - with the most relevant removed) / 2. Above 0: the "
-                                     "map points at what the model uses; compare with the random blobs."),
-    "MoRF p": st.column_config.NumberColumn("MoRF p", format="%.3f",
-                                            help="Mean confidence once the most relevant pixels are removed "
-                                                 "(lower is more faithful)"),
-    "LeRF p": st.column_config.NumberColumn("LeRF p", format="%.3f",
-                                            help="Mean confidence once the least relevant pixels are removed "
-                                                 "(higher is more faithful)"),
-    "masked-mean": st.column_config.NumberColumn("masked-mean", format="%+.1f",
-                                                 help="The masking score below, in points: top 20% painted in the "
-                                                      "image's mean colour against random blobs of that size"),
-    "chosen": st.column_config.CheckboxColumn("default"),
-}
+HELP = ("ROAD in points (x100): mean over removal fractions of (confidence with the least relevant pixels removed "
+        "- with the most relevant removed) / 2; above 0 the map points at what the model uses; compare with the "
+        "random blobs. MoRF p / LeRF p: mean confidence once the most / least relevant pixels are removed. "
+        "masked-mean: the masking score below, in points.")
 NOTE = ("ROAD (Rong et al. 2022) removes pixels by noisy linear imputation, filling each from its neighbours, so "
         "the model cannot see where pixels were removed. Measured once per run on a fixed, stratified sample of "
         "its validation images, never its test split; each map explains the predicted class.")
@@ -53,11 +43,20 @@ def default_heatmap(run_dir: str | Path, layers: Sequence["CamLayer"]
     return (found, *best_map.default_choice(found, layers))
 
 
+def table(found: best_map.FaithfulMaps) -> "pd.DataFrame":
+    import pandas as pd  # noqa: PLC0415
+
+    return pd.DataFrame([{"method": r["method"], "layer": r["layer"], "ROAD": f"{r['ROAD']:+.1f}",
+                          "MoRF p": f"{r['MoRF p']:.3f}", "LeRF p": f"{r['LeRF p']:.3f}",
+                          "masked-mean": f"{r['masked-mean']:+.1f}", "default": "✓" if r["chosen"] else ""}
+                         for r in found.rows()]).set_index("method")
+
+
 def chosen_because(found: best_map.FaithfulMaps | None) -> None:
     """The default's reason and the table of scores it was chosen from, in a closed expander."""
     if found is None:
         return
     with st.expander(f"Default heatmap: {found.chosen.title} at {found.layer}, chosen because …"):
         st.markdown(found.reason())
-        st.dataframe(found.rows(), hide_index=True, column_config=COLUMNS)
-        st.caption(NOTE)
+        st.table(table(found))  # a static table: small, and no batch-results grid to mistake it for
+        st.caption(HELP + " " + NOTE)

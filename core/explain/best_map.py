@@ -116,7 +116,9 @@ class FaithfulMaps:
         scores = tuple(Score(**s) for s in data.pop("scores"))
         data["fractions"] = tuple(data["fractions"])
         found = cls(scores=scores, **data)
-        found.chosen  # noqa: B018 - raises StopIteration (caught as damaged) when the choice is not in the table
+        if not any((s.method, s.layer) == (found.method, found.layer) for s in scores) or \
+                not {"random", "sobel"} <= {s.method for s in scores}:
+            raise ValueError("the choice or a baseline is missing from the table")
         return found
 
 
