@@ -226,13 +226,21 @@ def test_cli_prints_the_table(measured_run, capsys):
     assert main(["faithfulness", str(measured_run), "--sample", "3"]) == 2  # fewer than one image per class
 
 
+def plant_choice(run: Path) -> best_map.FaithfulMaps:
+    """A kept choice that is not today's default: Grad-CAM++ at the first layer, at +50 points."""
+    found = best_map.FaithfulMaps.from_file(run / best_map.FILE)
+    first = precompute.classifier(run).cam_layers()[0].name
+    planted = best_map.Score("gradcampp", first, 0.5, 0.1, 0.9, 0.3)
+    scores = tuple(s for s in found.scores if (s.method, s.layer) != ("gradcampp", first)) + (planted,)
+    choice = best_map.FaithfulMaps("gradcampp", first, scores, 8, (0.3, 0.7), 1.0)
+    (run / best_map.FILE).write_text(choice.to_json())
+    return choice
+
+
 def test_classify_preselects_the_chosen_method_and_layer(monkeypatch, measured_run):
-    """A choice that is not today's default (Grad-CAM++ at the first layer) is what the page preselects."""
-    found = best_map.FaithfulMaps.from_file(measured_run / best_map.FILE)
+    """A choice that is not today's default is what the page preselects, with the table it was chosen from."""
+    choice = plant_choice(measured_run)
     layers = precompute.classifier(measured_run).cam_layers()
-    planted = best_map.Score("gradcampp", layers[0].name, 0.5, 0.1, 0.9, 0.3)
-    choice = best_map.FaithfulMaps("gradcampp", layers[0].name, (*found.scores, planted), 8, (0.3, 0.7), 1.0)
-    (measured_run / best_map.FILE).write_text(choice.to_json())
     at = open_page(monkeypatch, page("classify"), measured_run.parent.parent, 300)
     at.toggle[0].set_value(False)  # no 'unlike the training data' statistics: not what this test is about
     at.segmented_control[0].set_value("Test-set gallery")
@@ -244,3 +252,17 @@ def test_classify_preselects_the_chosen_method_and_layer(monkeypatch, measured_r
     assert "Chosen because Grad-CAM++" in shown and "+50.0 points" in shown
     table = next(t.value for t in at.table if "ROAD" in t.value.columns)
     assert table.iloc[0]["ROAD"] == "+50.0" and table.iloc[0]["default"] == "✓" and len(table) == len(choice.scores)
+
+
+def test_confusions_preselects_the_chosen_method_and_layer(monkeypatch, measured_run):
+    plant_choice(measured_run)
+    at = open_page(monkeypatch, page("confusion"), measured_run.parent.parent, 300)
+    settled(at)  # the test split predicted once in the background
+    next(b for b in at.button if b.label == "Grad-CAM").click()
+    settled(at)
+    run_id = measured_run.name
+    assert at.selectbox(key=f"cf_method_{run_id}_measured").value == "gradcampp"
+    assert at.selectbox(key=f"cf_layer_{run_id}_measured").value.name == precompute.classifier(
+        measured_run).cam_layers()[0].name
+    assert any("Grad-CAM++ at" in str(i.proto) for i in at.get("image"))  # the heatmaps say which map they are
+    assert "Chosen because Grad-CAM++" in texts(at)
