@@ -1,5 +1,5 @@
 """Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,robustness,
-calibrate,download,runs,users,info}`.
+calibrate,faithfulness,download,runs,users,info}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it. The command line
@@ -408,6 +408,24 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_faithfulness(args: argparse.Namespace) -> int:
+    from core.explain import best_map  # noqa: PLC0415
+    from core.inference import precompute  # noqa: PLC0415
+
+    if args.sample < 8:
+        raise UserError("--sample must be at least 8 (one image per class)")
+    found = best_map.load_or_measure(args.run, lambda: precompute.classifier(args.run), sample=args.sample)
+    print(f"{'method':<14}{'layer':<26}{'ROAD':>8}{'MoRF p':>9}{'LeRF p':>9}{'masked-mean':>13}")
+    for row in found.rows():
+        print(f"{row['method']:<14}{row['layer']:<26}{row['ROAD']:>+8.1f}{row['MoRF p']:>9.3f}"
+              f"{row['LeRF p']:>9.3f}{row['masked-mean']:>+13.1f}{'  <- default' * row['chosen']}")
+    print(found.reason().replace("`", ""))
+    kept = "kept in the run folder" if args.sample == best_map.SAMPLE else "not kept (the run's default uses " \
+        f"--sample {best_map.SAMPLE})"
+    print(f"ROAD and masked-mean in points (x100); {found.sample} validation images, {found.seconds:.0f} s; {kept}")
+    return 0
+
+
 def _label_index(labels: Sequence[str], target: str) -> int:
     for i, label in enumerate(labels):
         if target in (label, str(i)) or label.startswith(target):
@@ -714,6 +732,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy the cells above the threshold must reach on validation (default: the run's "
                         "stored target, else 0.99)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("faithfulness", help="score every heatmap method and layer of a run on ROAD (validation "
+                                            "sample) and print the table its default heatmap was chosen from")
+    p.add_argument("run", metavar="RUN", help="the run folder")
+    from core.explain.best_map import SAMPLE  # noqa: PLC0415
+
+    p.add_argument("--sample", type=int, default=SAMPLE, metavar="N",
+                   help=f"validation images, stratified (default {SAMPLE}: the measurement kept as the run's default)")
+    p.set_defaults(func=cmd_faithfulness)
 
     p = sub.add_parser("download", help="download BloodMNIST at a size (MD5-checked)")
     p.add_argument("--size", type=int, choices=SIZES, required=True)

@@ -30,6 +30,7 @@ from core.explain.overlay import COLORMAPS, panels
 from core.inference import classify as svc
 from core.inference import ood as ood_model
 from core.store.runs import RunStore
+from ui.faithful import chosen_because, default_heatmap
 from ui.guard import guard
 from ui.model import model_when_ready, step_when_ready
 from ui.palette import ACCENT, MUTED
@@ -260,9 +261,9 @@ with chart:
 # -- the explanation ---------------------------------------------------------------------------------------
 st.subheader("Where the evidence is", anchor=False)
 layers = clf.cam_layers()
-default_layer = next(i for i, c in enumerate(layers) if c.default)
+faithful, default_method, default_layer = default_heatmap(run["path"], layers)  # the run's most faithful
 c1, c2, c3, c4, c5 = st.columns([1.2, 1.6, 1.4, 1, 1])
-method = c1.selectbox("Method", METHOD_NAMES, format_func=lambda m: METHOD_TITLES[m],
+method = c1.selectbox("Method", METHOD_NAMES, index=default_method, format_func=lambda m: METHOD_TITLES[m],
                       help="Grad-CAM (as in the study); Grad-CAM++ (several regions); HiResCAM (exact "
                            "per-position contributions; the same map as Grad-CAM at the last block, which feeds "
                            "global average pooling); Score-CAM (no gradients: masks the image, slower).")
@@ -275,6 +276,7 @@ colormap = c5.selectbox("Colours", list(COLORMAPS))
 from core.models.build import coarse_map_note  # noqa: E402  (Keras: loaded with the model by now)
 
 st.caption(coarse_map_note(clf.image_size, layer))
+chosen_because(faithful)
 
 with st.spinner("Explaining…"):
     ex = svc.explain(clf, r.model_input, method, layer.name, target)

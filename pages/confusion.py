@@ -58,8 +58,11 @@ if table.empty:  # drawn before the figure libraries load: the empty page says s
 import plotly.graph_objects as go  # noqa: E402 - after the empty state, which needs none of these
 
 from core.evaluation import predictions  # noqa: E402
+from core.explain import best_map  # noqa: E402
+from core.explain.cam import METHOD_NAMES, METHOD_TITLES  # noqa: E402
 from core.inference import precompute  # noqa: E402
 from core.store.csv_safe import safe_frame  # noqa: E402
+from ui.faithful import chosen_because, default_heatmap  # noqa: E402
 from ui.figures import bold_if, clickable_cells, confusion_heatmap, difference_heatmap  # noqa: E402
 from ui.images import enlarge  # noqa: E402
 from ui.palette import SERIES  # noqa: E402
@@ -255,14 +258,24 @@ def cam_of(found: predictions.TestPredictions, images: np.ndarray, picked: int |
                 return
             from core.explain.overlay import triptych  # noqa: PLC0415 - OpenCV only when a heatmap is drawn
 
-            with st.spinner("Grad-CAM…"):
-                heats = predictions.gradcam(clf, images[picked], [c for c, _ in explain])
+            layers = clf.cam_layers()  # the run's most faithful method and layer by default (ui.faithful)
+            faithful, default_method, default_layer = default_heatmap(run_dir, layers)
+            method_col, layer_col = st.columns(2)
+            measured = "measured" if faithful is not None else "fallback"  # once measured, start at its choice
+            method = method_col.selectbox("Method", METHOD_NAMES, index=default_method, format_func=METHOD_TITLES.get,
+                                          key=f"cf_method_{run_id}_{measured}")
+            layer = layer_col.selectbox("Layer", layers, index=default_layer, format_func=lambda c: c.label,
+                                        key=f"cf_layer_{run_id}_{measured}")
+            with st.spinner(f"{METHOD_TITLES[method]}…"):
+                heats = best_map.heatmaps(clf, images[picked], [c for c, _ in explain], method, layer.name)
         except (UserFacingError, ValueError) as e:
-            st.warning(f"Grad-CAM is not available for this run: {e}")
+            st.warning(f"Heatmaps are not available for this run: {e}")
             return
         for (c, what), heat in zip(explain, heats):
             st.image(triptych(images[picked], heat, display=CAM_PX), width="stretch",
-                     caption=f"Evidence for “{labels[c]}” ({what}): image · heatmap · overlay")
+                     caption=f"Evidence for “{labels[c]}” ({what}), {METHOD_TITLES[method]} at {layer.name}: "
+                             "image · heatmap · overlay")
+        chosen_because(faithful)
 
 
 cell_explorer()

@@ -141,7 +141,8 @@ def test_batch_upload_with_bad_files(monkeypatch, artifacts):
     assert m["Prediction"] == good["prediction"].iloc[0]
     assert {"Top 20% masked", "Random 20% masked", "Difference"} <= set(m)
     assert len(at.image) >= 8 + 1 + 3  # gallery, as uploaded, model view | heatmap | overlay
-    assert "conv5_block2_out gives a 4×4 map" in texts(at).replace("`", "")
+    layer = selectbox(at, "Layer").value  # the run's most faithful layer, preselected (core.explain.best_map)
+    assert f"{layer.name} gives a {layer.height}×{layer.width} map" in texts(at).replace("`", "")
     # no keyboard needed: clicking under an image in the gallery explains that image
     third = good["file"].iloc[2]
     gallery_buttons = [b for b in at.button if b.key and b.key.startswith("classify_explain_")]
@@ -173,6 +174,8 @@ def test_explanation_controls(monkeypatch, artifacts):
     at.file_uploader[0].set_value([jpeg(ONE_PER_CLASS[1])])
     settled(at)
     assert not at.dataframe  # one image: no batch table
+    last = selectbox(at, "Layer")
+    last.select_index(len(last.options) - 1)  # the last block (the run's measured default may be another)
     captions = lambda: [c for i in at.image for c in i.captions if c]  # noqa: E731
     same = lambda: [i.value for i in at.info if "HiResCAM gives exactly Grad-CAM's map" in i.value]  # noqa: E731
     overlay_file = lambda: next(d.proto.help for d in at.get("download_button")  # noqa: E731

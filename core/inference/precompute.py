@@ -8,6 +8,7 @@ Steps, each cached in the run folder by its own module (`Run.derived` or `add_to
   stain_target      the colours of the run's training images (colour normalisation of other labs' cells)
   calibration       temperature scaling fitted on the validation split, stored in metrics.json (a run trained
                     before calibration existed); its file is the cached validation predictions, written last
+  faithful_maps     the most faithful (CAM method, layer) on a validation sample (Classify, Confusions defaults)
 
 Models are loaded once per process (`classifier`, at most MODELS_KEPT at a time) and shared by every page
 and background task; the call that really loads one records how long it took. `step_task` runs one step
@@ -89,14 +90,21 @@ def _calibration(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
                                                                                                  progress)
 
 
+def _faithful_maps(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
+    from core.explain.best_map import load_or_measure  # noqa: PLC0415
+
+    return load_or_measure(run_dir, model, progress)
+
+
 def _step_files() -> dict[str, str]:
     from core.data.cell_framing import FRAMING_FILE  # noqa: PLC0415
     from core.evaluation.predictions import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE  # noqa: PLC0415
+    from core.explain.best_map import FILE as FAITHFUL_FILE  # noqa: PLC0415
     from core.inference.ood import STATS_FILE as OOD_FILE  # noqa: PLC0415
     from core.validation.stain import STATS_FILE as STAIN_FILE  # noqa: PLC0415
 
     return {"test_predictions": PREDICTIONS_FILE, "ood_stats": OOD_FILE, "cell_framing": FRAMING_FILE,
-            "stain_target": STAIN_FILE, "calibration": VAL_PREDICTIONS_FILE}
+            "stain_target": STAIN_FILE, "calibration": VAL_PREDICTIONS_FILE, "faithful_maps": FAITHFUL_FILE}
 
 
 _FILES = _step_files()
@@ -111,6 +119,8 @@ STEPS: dict[str, Step] = {s.name: s for s in (
          _FILES["stain_target"], False, _stain_target),
     Step("calibration", "predicting", "Predicting the run's validation and test splits to calibrate its "
          "confidence", _FILES["calibration"], True, _calibration),
+    Step("faithful_maps", "measuring", "Measuring which heatmap method and layer are most faithful for the run",
+         _FILES["faithful_maps"], True, _faithful_maps),
 )}
 
 
