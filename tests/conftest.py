@@ -46,6 +46,19 @@ def data_roots(tmp_path_factory) -> tuple[Path, ...]:
         yield roots
 
 
+# What a training job prepares at its end in tests (core.inference.precompute.job_steps): every step but the
+# heatmap-faithfulness measurement, which alone costs more than a tiny test job; test_precompute and test_road
+# run it (and precompute_all with every step) themselves, and `trained_run` carries its result.
+JOB_STEPS_IN_TESTS = "test_predictions,ood_stats,cell_framing,stain_target,calibration"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def job_precompute_steps() -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CELLSCOPE_JOB_PRECOMPUTE", JOB_STEPS_IN_TESTS)  # job processes inherit it
+        yield
+
+
 def write_subset(source: Path, target: Path, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Path:
     """A stratified slice of a real MedMNIST npz, in the same layout."""
     from core.data.dataset import stratified_subset
@@ -97,10 +110,23 @@ def trained_run(tmp_path_factory, tiny_npz) -> Path:
     """One real, tiny ResNet-18 run (1 epoch on 256 images) shared by CLI, CAM and page tests. It keeps the
     full-resolution stem (28/14/7/4 px block maps), which the CAM and Classify page tests read."""
     from core.config import RunConfig
+    from core.inference import precompute
     from core.store.runs import RunStore
     from core.training.trainer import train
 
     runs = tmp_path_factory.mktemp("shared-artifacts") / "runs"
     config = RunConfig(data=str(tiny_npz), size=28, arch="resnet18", weights="none", epochs=1,
                        batch_size=32, seed=1, tags=("fixture",), resnet18_stem="full")
-    return train(config, RunStore(runs), echo=None).path
+    run = train(config, RunStore(runs), echo=None).path
+    # measured once here, so the pages' default heatmap is ready in every mirror (a .json file) instead of
+    # being measured again in the background of each page test; on a small sample (the mechanism, not the
+    # numbers: test_road measures with its own settings)
+    from core.explain import best_map
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(best_map, "SAMPLE", 8)
+        mp.setattr(best_map, "FRACTIONS", (0.3, 0.7))
+        mp.setattr(best_map, "METHODS", ("gradcam", "hirescam"))
+        precompute.run_step(run, "faithful_maps")
+    precompute.forget_model(run)
+    return run

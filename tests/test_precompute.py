@@ -94,3 +94,19 @@ def test_a_run_whose_data_is_gone_is_skipped_with_its_message(tmp_path, trained_
     assert precompute.step_task(run, "ood_stats", retry=False) is task  # kept, with its message
     again = precompute.step_task(run, "ood_stats")  # "Try again": a new task
     assert again is not task and tasks.wait(again, timeout=60).failed
+
+
+def test_a_job_prepares_the_steps_its_server_names(monkeypatch):
+    """$CELLSCOPE_JOB_PRECOMPUTE: every step by default, a named subset, none, and a typo is an error that
+    names the real steps (a job then prepares every step: core.jobs.queue.precompute)."""
+    from core.errors import UserFacingError
+
+    monkeypatch.delenv(precompute.JOB_STEPS_ENV, raising=False)
+    assert precompute.job_steps() == tuple(precompute.STEPS)
+    monkeypatch.setenv(precompute.JOB_STEPS_ENV, " ood_stats, calibration ")
+    assert precompute.job_steps() == ("ood_stats", "calibration")
+    monkeypatch.setenv(precompute.JOB_STEPS_ENV, "none")
+    assert precompute.job_steps() == ()
+    monkeypatch.setenv(precompute.JOB_STEPS_ENV, "ood_stats,faithfull_maps")
+    with pytest.raises(UserFacingError, match="faithfull_maps.*faithful_maps"):
+        precompute.job_steps()

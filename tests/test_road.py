@@ -140,6 +140,7 @@ def measured_run(tmp_path_factory, trained_run) -> Path:
     """A mirror of the tiny run, measured once through the precompute step with small settings (8 validation
     images, two fractions, two methods: the mechanism, not the numbers)."""
     run = mirror_run(Path(trained_run), tmp_path_factory.mktemp("road-artifacts"))
+    (run / best_map.FILE).unlink(missing_ok=True)  # the fixture run's own measurement (conftest), not this one
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(best_map, "SAMPLE", 8)
         mp.setattr(best_map, "FRACTIONS", (0.3, 0.7))

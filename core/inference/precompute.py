@@ -23,13 +23,14 @@ TensorFlow is imported only by the steps that need a model.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from core import tasks
 from core.errors import UserFacingError
@@ -263,14 +264,33 @@ def model_task(run_dir: str | Path, retry: bool = True) -> tasks.Task:
                        retry=retry)
 
 
+JOB_STEPS_ENV = "CELLSCOPE_JOB_PRECOMPUTE"
+
+
+def job_steps() -> tuple[str, ...]:
+    """The steps a training job prepares at its end: every step, or those named in $CELLSCOPE_JOB_PRECOMPUTE
+    (comma-separated; "none" for none). A busy shared server (or a test suite) may leave the slower steps to
+    first use, where a page prepares them in the background with a progress bar. Unknown names are an error,
+    so a typo never silently skips a step."""
+    text = os.environ.get(JOB_STEPS_ENV)
+    if text is None:
+        return tuple(STEPS)
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        raise UserFacingError(f"${JOB_STEPS_ENV} names unknown steps {', '.join(unknown)}; the steps are "
+                              f"{', '.join(STEPS)}")
+    return names
+
+
 def precompute_all(run_dir: str | Path, report: Callable[[str, float], None] | None = None,
-                   model: "Classifier | None" = None) -> dict[str, str]:
-    """Every step the run lacks, one after the other (a training job's last phase). `report(step title,
-    fraction done)` after each. A step that cannot be done here (its data file is gone, say) is skipped with its
-    message, never failing the caller; returns {step: message} for those."""
+                   model: "Classifier | None" = None, steps: Sequence[str] | None = None) -> dict[str, str]:
+    """Every step the run lacks (of `steps`, default all), one after the other (a training job's last phase).
+    `report(step title, fraction done)` after each. A step that cannot be done here (its data file is gone,
+    say) is skipped with its message, never failing the caller; returns {step: message} for those."""
     run_dir = Path(run_dir)
     skipped: dict[str, str] = {}
-    todo = [name for name in STEPS if not ready(run_dir, name)]
+    todo = [name for name in (STEPS if steps is None else steps) if not ready(run_dir, name)]
     for i, name in enumerate(todo):
         if report:
             report(STEPS[name].title, i / max(len(todo), 1))

@@ -616,13 +616,19 @@ def precompute(run_path: Path, tracker: Tracker, store: RunStore, config: RunCon
     first use. A step that fails is logged and skipped; the run is already published and the job succeeds.
     `model`: the trainer's model as a Classifier (its kept weights, as published), so the job neither loads it
     again nor traces Grad-CAM, which no step needs."""
-    from core.inference.precompute import precompute_all  # noqa: PLC0415
+    from core.inference.precompute import job_steps, precompute_all  # noqa: PLC0415
     from core.jobs.sweeps import times_key  # noqa: PLC0415
     from core.progress import PhaseTimes  # noqa: PLC0415
 
     tracker.start("precomputing")  # each step's title follows as the detail
     start = time.monotonic()
-    skipped = precompute_all(run_path, lambda title, fraction: tracker.advance(fraction, title.lower()), model)
+    try:
+        steps = job_steps()
+    except UserFacingError as e:  # a mistyped server setting: say so, and prepare everything
+        print(f"precomputing every step: {e}", flush=True)
+        steps = None
+    skipped = precompute_all(run_path, lambda title, fraction: tracker.advance(fraction, title.lower()), model,
+                             steps)
     for step, message in skipped.items():
         print(f"precomputing {step} skipped: {message}", flush=True)
     PhaseTimes.in_artifacts(store.runs_dir.parent).record(times_key(config),
