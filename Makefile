@@ -8,6 +8,10 @@ BIN    := $(VENV)/bin
 # GPU path existed, is "cpu"). GPU=1 asks for the CUDA build, GPU=0 for the CPU build; without GPU= the build
 # already installed is kept (so `make app` after `make setup GPU=1` stays on the GPU), cpu on a new venv.
 STAMP  := $(VENV)/.installed
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test module per process at a time, so a module's
+# fixtures are built once; while one process trains (TensorFlow's threads) the other runs page tests.
+TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 HAVE_BUILD := $(if $(wildcard $(STAMP)),$(or $(strip $(shell cat $(STAMP))),cpu))
 BUILD  := $(if $(filter 1 yes true,$(GPU)),gpu,$(if $(filter 0 no false,$(GPU)),cpu,$(or $(HAVE_BUILD),cpu)))
 
@@ -45,11 +49,11 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup browser-deps lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 # Everything but the real-browser test, for a quick loop while editing.
 test-fast: setup lint
-	$(BIN)/python -m pytest -m "not browser"
+	$(BIN)/python -m pytest $(PARALLEL) -m "not browser"
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output
