@@ -6,6 +6,8 @@ Steps, each cached in the run folder by its own module (`Run.derived` or `add_to
   ood_stats         class centres of the training features (Classify, Review: "unlike the training data")
   cell_framing      the size of the run's training cells (cell-centred framing of uploads and other labs)
   stain_target      the colours of the run's training images (colour normalisation of other labs' cells)
+  embedding_map     the test split's features drawn in 2-D, and training features (Feature map; Classify's
+                    nearest training images of an upload)
 
 Models are loaded once per process (`classifier`, at most MODELS_KEPT at a time) and shared by every page
 and background task; the call that really loads one records how long it took. `step_task` runs one step
@@ -79,14 +81,23 @@ def _stain_target(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
     return run_target(run_dir)
 
 
+def _embedding_map(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
+    from core.evaluation import predictions  # noqa: PLC0415
+    from core.explain.embedding import load_or_compute  # noqa: PLC0415
+
+    return load_or_compute(run_dir, lambda images: model().probabilities_and_embeddings(images)[1],
+                           lambda: predictions.load_or_compute(run_dir, model()), progress)
+
+
 def _step_files() -> dict[str, str]:
     from core.data.cell_framing import FRAMING_FILE  # noqa: PLC0415
     from core.evaluation.predictions import PREDICTIONS_FILE  # noqa: PLC0415
+    from core.explain.embedding import MAP_FILE  # noqa: PLC0415
     from core.inference.ood import STATS_FILE as OOD_FILE  # noqa: PLC0415
     from core.validation.stain import STATS_FILE as STAIN_FILE  # noqa: PLC0415
 
     return {"test_predictions": PREDICTIONS_FILE, "ood_stats": OOD_FILE, "cell_framing": FRAMING_FILE,
-            "stain_target": STAIN_FILE}
+            "stain_target": STAIN_FILE, "embedding_map": MAP_FILE}
 
 
 _FILES = _step_files()
@@ -99,6 +110,8 @@ STEPS: dict[str, Step] = {s.name: s for s in (
          False, _cell_framing),
     Step("stain_target", "measuring", "Measuring the colours of the run's training images",
          _FILES["stain_target"], False, _stain_target),
+    Step("embedding_map", "measuring", "Measuring the features of the run's test images for the feature map",
+         _FILES["embedding_map"], True, _embedding_map),
 )}
 
 
