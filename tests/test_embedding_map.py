@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mirror_run
+from conftest import PBC_SAMPLES, mirror_run
 from page_helpers import open_page, page, texts
 from PIL import Image
 
@@ -24,6 +24,7 @@ from core.inference import precompute
 
 PAGE = page("embedding_map")
 TIMEOUT = 240  # the first visit may load TensorFlow and a model; the machine may be busy
+SAMPLES = PBC_SAMPLES / "monocyte"  # real uploads (JPEGs of the PBC test split)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,7 @@ def test_the_file_is_reused_and_a_damaged_one_is_computed_again(run, emap):
 def test_an_uploads_nearest_training_images_are_real_and_nearest(run, emap, tiny_npz):
     train_images, train_labels = data_split(tiny_npz, "train")
     clf = precompute.classifier(run)
-    sample = np.asarray(Image.open(sorted((Path(__file__).parent.parent.parent / "shared" / "data" / "pbc_samples"
-                                           / "monocyte").glob("*.jpg"))[0]).convert("RGB").resize((28, 28)))
+    sample = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB").resize((28, 28)))
     queries = np.stack([sample, train_images[5]])
     features = clf.probabilities_and_embeddings(queries)[1].astype(np.float32)  # the model may give bfloat16
     found = emap.neighbours(features, k=4)
@@ -160,3 +160,33 @@ def test_the_page_shows_every_point_filters_and_explains_a_click(monkeypatch, ru
     assert f"**Test image #{wrong}**" in texts(at) and "a wrong call" in texts(at)
     cams = [i for i in at.get("image") if "image · heatmap · overlay" in str(i.proto)]
     assert len(cams) == 2  # evidence for the predicted and the true class
+
+
+def _upload_script(run_dir: str, sample: str) -> None:
+    """Classify's call, on one uploaded cell (AppTest runs this function's source as the page)."""
+    import numpy as np
+    from PIL import Image
+
+    from core.inference import precompute
+    from ui.embedding_map import show_upload
+
+    image = np.asarray(Image.open(sample).convert("RGB").resize((28, 28)))
+    show_upload(run_dir, precompute.classifier(run_dir), image, "my cell.jpg")
+
+
+def test_an_upload_appears_on_the_map_beside_its_nearest_training_images(run, emap):
+    from streamlit.testing.v1 import AppTest
+
+    sample = sorted(SAMPLES.glob("*.jpg"))[0]
+    at = AppTest.from_function(_upload_script, args=(str(run), str(sample)), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    rows = chart_data(at)
+    assert [r["name"] for r in rows if "name" in r and r["name"]] == ["my cell.jpg"]  # the diamond
+    image = np.asarray(Image.open(sample).convert("RGB").resize((28, 28)))
+    features = precompute.classifier(run).probabilities_and_embeddings(image[None])[1].astype(np.float32)
+    expected = emap.neighbours(features).train_index[0]
+    captions = [str(i.proto) for i in at.get("image")]
+    assert len(expected) == embedding.NEIGHBOURS and len(captions) == len(expected)
+    shown = {int(c.split("training #")[1].split(" ")[0]) for c in captions}  # drawn in columns, row by row
+    assert shown == set(expected.tolist())
+    assert "nearest test images in the feature space" in texts(at)

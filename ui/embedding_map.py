@@ -138,9 +138,10 @@ def chart(shown: pd.DataFrame, emap: embedding.EmbeddingMap, upload: pd.DataFram
                         legend=alt.Legend(title="Call", orient="right")),
         size=alt.Size("result:N", scale=alt.Scale(domain=list(RESULTS), range=list(SIZES)), legend=None),
         opacity=alt.Opacity("result:N", scale=alt.Scale(domain=list(RESULTS), range=list(OPACITY)), legend=None),
-        tooltip=[alt.Tooltip("image:N", title="image"), alt.Tooltip("index:Q", title="test image #"),
-                 alt.Tooltip("true:N", title="true"), alt.Tooltip("predicted:N", title="predicted"),
-                 alt.Tooltip("confidence:Q", title="confidence", format=".0%")])
+        tooltip=([alt.Tooltip("image:N", title="image")] if "image" in shown.columns else []) + [
+            alt.Tooltip("index:Q", title="test image #"), alt.Tooltip("true:N", title="true"),
+            alt.Tooltip("predicted:N", title="predicted"),
+            alt.Tooltip("confidence:Q", title="confidence", format=".0%")])
     if pick:
         base = base.add_params(alt.selection_point(name="pick", fields=["index"], on="click", clear="dblclick"))
     layers: list[Any] = [base]
@@ -197,7 +198,8 @@ def show_upload(run_dir: str | Path, clf: "Classifier", image: np.ndarray, name:
     upload = pd.DataFrame({"x": placed.xy[:, 0], "y": placed.xy[:, 1], "name": [name], "image": [data_url(jpeg)]})
     map_col, near_col = st.columns([3, 2], gap="large")
     with map_col:
-        st.altair_chart(chart(points(emap), emap, upload, pick=False), key=f"fm_upload_{name}")
+        # the test images' thumbnails stay on the Feature map page: this page reruns often, and light
+        st.altair_chart(chart(points(emap).drop(columns="image"), emap, upload, pick=False), key="fm_upload")
         st.caption(f"The black diamond is {md_escape(name)}, {placed.how}. " + explanation(emap.method)
                    .split(" Hover")[0])
     with near_col:
