@@ -85,8 +85,8 @@ def show_classes(chosen: list[str]) -> None:
 
 
 st.caption(md_escape(fm.explanation(emap.method)))
-pick_col, hard_col, all_col, wrong_col = st.columns([5, 2, 1.2, 1.6], vertical_alignment="bottom")
-shown_classes = pick_col.multiselect("Classes shown", labels, key=CLASSES_KEY)
+shown_classes = st.multiselect("Classes shown", labels, key=CLASSES_KEY)
+hard_col, all_col, wrong_col = st.columns([3, 1.2, 2.4], vertical_alignment="center")
 hard_col.button(f"Only {' + '.join(hard)}", on_click=show_classes, args=(hard,), disabled=not hard,
                 help="Show only the two classes the network (and the study) confuses most", width="stretch")
 all_col.button("All classes", on_click=show_classes, args=(labels,), width="stretch")
