@@ -104,7 +104,8 @@ def picked_on_map() -> None:
         st.session_state[PICK_KEY] = index
 
 
-st.altair_chart(fm.chart(shown, emap), key=f"fm_chart_{run_id}", on_select=picked_on_map, selection_mode="pick")
+st.vega_lite_chart(shown, fm.chart(emap), key=f"fm_chart_{run_id}", on_select=picked_on_map,
+                   selection_mode="pick")
 wrong = int((~emap.correct).sum())
 st.caption(f"{len(shown):,} of {len(emap):,} test images shown · {wrong:,} wrong calls in all · map: "
            f"{emap.method_title}. Double-click the map to clear the pick.")

@@ -126,13 +126,15 @@ def test_a_pca_map_places_new_points_by_its_own_projection():
 
 
 def chart_data(at) -> list[dict]:
-    """The rows of the map's chart as the page sends them (Streamlit ships the chart's datasets as Arrow)."""
+    """The rows of the map's chart as the page sends them: its data (Arrow), then rows written in its spec."""
+    import json
+
     import pyarrow as pa
 
     chart = at.get("vega_lite_chart")[0].proto
-    rows: list[dict] = []
-    for dataset in chart.datasets:
-        rows += pa.ipc.open_stream(dataset.data.data).read_all().to_pylist()
+    rows = pa.ipc.open_stream(chart.data.data).read_all().to_pylist() if chart.HasField("data") else []
+    for layer in json.loads(chart.spec).get("layer", []):
+        rows += layer.get("data", {}).get("values", [])
     return rows
 
 
