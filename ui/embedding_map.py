@@ -146,10 +146,11 @@ def chart(emap: embedding.EmbeddingMap, upload: pd.DataFrame | None = None, pick
                             scale={"domain": short_labels(emap), "scheme": "tableau10"}, legend={"orient": "right"}),
             "shape": _field("result", "nominal", "Call", scale={"domain": list(RESULTS), "range": list(SHAPES)},
                             legend={"orient": "right"}),
+            # one legend "Call" for the three channels of the same field (a null legend on one hides it)
             "size": _field("result", "nominal", "Call", scale={"domain": list(RESULTS), "range": list(SIZES)},
-                           legend=None),
+                           legend={"orient": "right"}),
             "opacity": _field("result", "nominal", "Call",
-                              scale={"domain": list(RESULTS), "range": list(OPACITY)}, legend=None),
+                              scale={"domain": list(RESULTS), "range": list(OPACITY)}, legend={"orient": "right"}),
             "tooltip": tooltip}}
     if pick:
         base["params"] = [{"name": "pick", "select": {"type": "point", "fields": ["index"], "on": "click",
