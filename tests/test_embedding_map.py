@@ -192,3 +192,19 @@ def test_an_upload_appears_on_the_map_beside_its_nearest_training_images(run, em
     shown = {int(c.split("training #")[1].split(" ")[0]) for c in captions}  # drawn in columns, row by row
     assert shown == set(expected.tolist())
     assert "nearest test images in the feature space" in texts(at)
+
+
+def test_a_run_without_its_map_makes_it_only_when_asked(tmp_path, trained_run):
+    from streamlit.testing.v1 import AppTest
+
+    bare = mirror_run(Path(trained_run), tmp_path / "artifacts")  # no map yet
+    at = AppTest.from_function(_upload_script, args=(str(bare), str(sorted(SAMPLES.glob("*.jpg"))[0])),
+                               default_timeout=TIMEOUT).run()
+    assert not at.exception and "has no feature map yet" in texts(at)
+    assert tasks.get(precompute.task_key("embedding_map", bare)) is None  # nothing started unasked
+    assert not at.get("vega_lite_chart")
+    at.button(key="fm_make").click().run()
+    task = tasks.get(precompute.task_key("embedding_map", bare))
+    assert task is not None and tasks.wait(task, timeout=TIMEOUT).done
+    at.run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 1 and (bare / embedding.MAP_FILE).is_file()

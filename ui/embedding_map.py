@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core import tasks
 from core.data.registry import short_label
 from core.errors import UserFacingError
 from core.explain import embedding
@@ -184,9 +185,17 @@ def picked_index(event: Any) -> int | None:
 def show_upload(run_dir: str | Path, clf: "Classifier", image: np.ndarray, name: str,
                 display: np.ndarray | None = None) -> None:
     """Where an uploaded cell (the model's input `image`) lies on the run's feature map, and its nearest
-    training images (in the feature space, not on the map) with their classes. The map is made in the
-    background the first time (its progress shown here meanwhile)."""
+    training images (in the feature space, not on the map) with their classes. A run without its map gets a
+    button that makes it in the background (its progress shown here meanwhile), so classifying never starts
+    that work unasked."""
     st.subheader("On the feature map", anchor=False)
+    if not precompute.ready(run_dir, STEP) and tasks.get(precompute.task_key(STEP, run_dir)) is None:
+        # an older run without its map: made only when asked (a minute or more of this server's CPU)
+        st.caption("This run has no feature map yet (runs trained since it exists get one with their training "
+                   "job). Make it once to see where this cell lies among the test images, and its nearest "
+                   "training images.")
+        if not st.button("Make this run's feature map", key="fm_make", icon=":material/scatter_plot:"):
+            return
     try:
         emap = map_when_ready(run_dir)
     except UserFacingError as e:
