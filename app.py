@@ -17,6 +17,7 @@ PAGES = [  # (file, permission key, title, icon, URL: the title's words, so the 
     ("pages/train.py", "train", "Train", ":material/model_training:", "train"),
     ("pages/results.py", "results", "Results", ":material/table_chart:", "results"),
     ("pages/confusion.py", "confusion", "Confusions", ":material/grid_on:", "confusions"),
+    ("pages/embedding_map.py", "feature_map", "Feature map", ":material/scatter_plot:", "feature-map"),
     ("pages/classify.py", "classify", "Classify", ":material/biotech:", "classify"),
     ("pages/external.py", "external", "External validation", ":material/public:", "external-validation"),
     ("pages/review.py", "review", "Review", ":material/rate_review:", "review"),

@@ -30,6 +30,7 @@ from core.explain.overlay import COLORMAPS, panels
 from core.inference import classify as svc
 from core.inference import ood as ood_model
 from core.store.runs import RunStore
+from ui.embedding_map import show_upload
 from ui.faithful import chosen_because, default_heatmap
 from ui.guard import guard
 from ui.model import model_when_ready, step_when_ready
@@ -313,3 +314,5 @@ if f.difference > 0.02:
 else:
     st.caption("Hiding the highlighted pixels costs no more confidence than hiding random ones: do not read too "
                "much into this map (try another method or an earlier layer).")
+
+show_upload(run["path"], clf, r.model_input, r.name, r.display)  # the cell on the feature map, and its neighbours

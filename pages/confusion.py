@@ -21,6 +21,7 @@ from core.errors import UserFacingError
 from core.evaluation import confusion
 from core.store.runs import Run, RunStore
 from ui.guard import guard
+from ui.links import page_link
 from ui.runs import run_labels, runs_table
 from ui.session import page_user
 
@@ -162,6 +163,7 @@ with rank_col:
                        lambda: safe_frame(pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=labels))
                        .to_csv().encode(), file_name=f"confusion-{run_id}.csv", mime="text/csv",
                        on_click="ignore", icon=":material/download:")
+    page_link("feature_map", "See the classes on the feature map", ":material/scatter_plot:", {"run": run_id})
 
 
 # -- the images behind one cell, and the Grad-CAM of the one clicked beside them ----------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT
 
-LIGHT_PAGES = ["home.py", "train.py", "results.py", "confusion.py", "external.py", "review.py"]
+LIGHT_PAGES = ["home.py", "train.py", "results.py", "confusion.py", "external.py", "review.py", "embedding_map.py"]
 
 
 def page_imports(page: Path) -> list[str]:

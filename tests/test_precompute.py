@@ -97,12 +97,13 @@ def test_a_run_whose_data_is_gone_is_skipped_with_its_message(tmp_path, trained_
 
 
 def test_a_job_prepares_the_steps_its_server_names(monkeypatch):
-    """$CELLSCOPE_JOB_PRECOMPUTE: every step by default, a named subset, none, and a typo is an error that
-    names the real steps (a job then prepares every step: core.jobs.queue.precompute)."""
+    """$CELLSCOPE_JOB_PRECOMPUTE: every step but the feature map by default, a named subset, none, and a typo
+    is an error that names the real steps (a job then prepares the default ones: core.jobs.queue.precompute)."""
     from core.errors import UserFacingError
 
     monkeypatch.delenv(precompute.JOB_STEPS_ENV, raising=False)
-    assert precompute.job_steps() == tuple(precompute.STEPS)
+    assert precompute.job_steps() == precompute.default_job_steps()
+    assert precompute.default_job_steps() == tuple(n for n in precompute.STEPS if n != "embedding_map")
     monkeypatch.setenv(precompute.JOB_STEPS_ENV, " ood_stats, calibration ")
     assert precompute.job_steps() == ("ood_stats", "calibration")
     monkeypatch.setenv(precompute.JOB_STEPS_ENV, "none")

@@ -13,7 +13,7 @@ from ui.session import PAGE_PERMISSIONS, current_user
 
 PAGE_FILES = {"home": "pages/home.py", "train": "pages/train.py", "results": "pages/results.py",
               "confusion": "pages/confusion.py", "classify": "pages/classify.py", "external": "pages/external.py",
-              "review": "pages/review.py"}
+              "review": "pages/review.py", "feature_map": "pages/embedding_map.py"}
 
 
 def page_link(page: str, label: str, icon: str | None = None, query: dict[str, str] | None = None) -> bool:

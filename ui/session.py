@@ -26,6 +26,7 @@ PAGE_PERMISSIONS = {
     "train": "train",
     "results": "browse",
     "confusion": "browse",
+    "feature_map": "browse",
     "classify": "classify",
     "external": "classify",
     "review": "review",

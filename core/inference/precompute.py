@@ -9,6 +9,8 @@ Steps, each cached in the run folder by its own module (`Run.derived` or `add_to
   calibration       temperature scaling fitted on the validation split, stored in metrics.json (a run trained
                     before calibration existed); its file is the cached validation predictions, written last
   faithful_maps     the most faithful (CAM method, layer) on a validation sample (Classify, Confusions defaults)
+  embedding_map     the test split's features drawn in 2-D, and training features (Feature map; Classify's
+                    nearest training images of an upload)
 
 Models are loaded once per process (`classifier`, at most MODELS_KEPT at a time) and shared by every page
 and background task; the call that really loads one records how long it took. `step_task` runs one step
@@ -52,6 +54,7 @@ class Step:
     file: str  # the run-folder file that holds it
     needs_model: bool
     compute: Callable[[Path, "ModelFn", "Fraction"], Any]  # (run folder, its model on demand, fraction done)
+    at_job_end: bool = True  # prepared by every training job; else only when a page first asks for it
 
 
 ModelFn = Callable[[], "Classifier"]  # the run's model, loaded only when a step really needs it
@@ -97,15 +100,25 @@ def _faithful_maps(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
     return load_or_measure(run_dir, model, progress)
 
 
+def _embedding_map(run_dir: Path, model: ModelFn, progress: Fraction) -> Any:
+    from core.evaluation import predictions  # noqa: PLC0415
+    from core.explain.embedding import load_or_compute  # noqa: PLC0415
+
+    return load_or_compute(run_dir, lambda images: model().probabilities_and_embeddings(images)[1],
+                           lambda: predictions.load_or_compute(run_dir, model()), progress)
+
+
 def _step_files() -> dict[str, str]:
     from core.data.cell_framing import FRAMING_FILE  # noqa: PLC0415
     from core.evaluation.predictions import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE  # noqa: PLC0415
     from core.explain.best_map import FILE as FAITHFUL_FILE  # noqa: PLC0415
+    from core.explain.embedding import MAP_FILE  # noqa: PLC0415
     from core.inference.ood import STATS_FILE as OOD_FILE  # noqa: PLC0415
     from core.validation.stain import STATS_FILE as STAIN_FILE  # noqa: PLC0415
 
     return {"test_predictions": PREDICTIONS_FILE, "ood_stats": OOD_FILE, "cell_framing": FRAMING_FILE,
-            "stain_target": STAIN_FILE, "calibration": VAL_PREDICTIONS_FILE, "faithful_maps": FAITHFUL_FILE}
+            "stain_target": STAIN_FILE, "calibration": VAL_PREDICTIONS_FILE, "faithful_maps": FAITHFUL_FILE,
+            "embedding_map": MAP_FILE}
 
 
 _FILES = _step_files()
@@ -122,6 +135,9 @@ STEPS: dict[str, Step] = {s.name: s for s in (
          "confidence", _FILES["calibration"], True, _calibration),
     Step("faithful_maps", "measuring", "Measuring which heatmap method and layer are most faithful for the run",
          _FILES["faithful_maps"], True, _faithful_maps),
+    # t-SNE of the whole test split takes as long as a quick run trains: made when the Feature map first opens
+    Step("embedding_map", "measuring", "Measuring the features of the run's test images for the feature map",
+         _FILES["embedding_map"], True, _embedding_map, at_job_end=False),
 )}
 
 
@@ -267,14 +283,18 @@ def model_task(run_dir: str | Path, retry: bool = True) -> tasks.Task:
 JOB_STEPS_ENV = "CELLSCOPE_JOB_PRECOMPUTE"
 
 
+def default_job_steps() -> tuple[str, ...]:
+    return tuple(name for name, step in STEPS.items() if step.at_job_end)
+
+
 def job_steps() -> tuple[str, ...]:
-    """The steps a training job prepares at its end: every step, or those named in $CELLSCOPE_JOB_PRECOMPUTE
-    (comma-separated; "none" for none). A busy shared server (or a test suite) may leave the slower steps to
-    first use, where a page prepares them in the background with a progress bar. Unknown names are an error,
-    so a typo never silently skips a step."""
+    """The steps a training job prepares at its end: those marked `at_job_end`, or those named in
+    $CELLSCOPE_JOB_PRECOMPUTE (comma-separated; "none" for none). A busy shared server (or a test suite) may
+    leave the slower steps to first use, where a page prepares them in the background with a progress bar.
+    Unknown names are an error, so a typo never silently skips a step."""
     text = os.environ.get(JOB_STEPS_ENV)
     if text is None:
-        return tuple(STEPS)
+        return default_job_steps()
     names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
     unknown = [n for n in names if n not in STEPS]
     if unknown:

@@ -616,7 +616,7 @@ def precompute(run_path: Path, tracker: Tracker, store: RunStore, config: RunCon
     first use. A step that fails is logged and skipped; the run is already published and the job succeeds.
     `model`: the trainer's model as a Classifier (its kept weights, as published), so the job neither loads it
     again nor traces Grad-CAM, which no step needs."""
-    from core.inference.precompute import job_steps, precompute_all  # noqa: PLC0415
+    from core.inference.precompute import default_job_steps, job_steps, precompute_all  # noqa: PLC0415
     from core.jobs.sweeps import times_key  # noqa: PLC0415
     from core.progress import PhaseTimes  # noqa: PLC0415
 
@@ -624,9 +624,9 @@ def precompute(run_path: Path, tracker: Tracker, store: RunStore, config: RunCon
     start = time.monotonic()
     try:
         steps = job_steps()
-    except UserFacingError as e:  # a mistyped server setting: say so, and prepare everything
-        print(f"precomputing every step: {e}", flush=True)
-        steps = None
+    except UserFacingError as e:  # a mistyped server setting: say so, and prepare what a job does by default
+        print(f"precomputing the default steps: {e}", flush=True)
+        steps = default_job_steps()
     skipped = precompute_all(run_path, lambda title, fraction: tracker.advance(fraction, title.lower()), model,
                              steps)
     for step, message in skipped.items():
