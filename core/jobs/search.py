@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 
 PRUNERS = {"median": "median: stop a trial whose best accuracy so far is below the median of earlier trials "
                      "at the same epoch",
-           "halving": "successive halving: at epochs 1, 3, 9, ... keep only the best third of trials"}
+           "halving": "successive halving: at epochs k, 3k, 9k, ... (k = prune-after + 1) keep only the best "
+                      "third of the trials that reached it"}
 STORAGE_FILE = "search.sqlite3"
 MAX_TRIALS = 500
 LEASE_SECONDS = 60.0  # one driver per search at a time; a driver that died frees it after this
@@ -236,20 +237,20 @@ class SearchSpec:
     hours: float | None = None  # no new trial is started after this many hours (running ones finish)
     pruner: str = "median"
     startup_trials: int = 2
-    warmup_epochs: int = 1  # epochs every trial completes before it may be pruned
+    prune_after: int = 1  # epochs every trial completes before it may be pruned
     first: tuple[Mapping[str, Any], ...] = ()  # points to try first (Optuna's enqueue_trial), e.g. a known recipe
 
     def settings(self) -> dict[str, Any]:
         """What a study keeps in its user attributes (everything but name and storage)."""
         return {"base": self.base.to_dict(), "space": [d.text for d in self.space], "trials": self.trials,
                 "hours": self.hours, "pruner": self.pruner, "startup_trials": self.startup_trials,
-                "warmup_epochs": self.warmup_epochs}
+                "prune_after": self.prune_after}
 
     @classmethod
     def from_settings(cls, name: str, storage: str, d: Mapping[str, Any]) -> "SearchSpec":
         base = RunConfig.from_dict(dict(d["base"]))
         return cls(name, base, parse_space(d["space"], base), int(d["trials"]), storage, d.get("hours"),
-                   d.get("pruner", "median"), int(d.get("startup_trials", 2)), int(d.get("warmup_epochs", 1)))
+                   d.get("pruner", "median"), int(d.get("startup_trials", 2)), int(d.get("prune_after", 1)))
 
 
 @dataclass
@@ -273,7 +274,7 @@ class SearchPlan:
 
 def plan_search(base: RunConfig, space: Iterable[str] | Mapping[str, str], trials: int, *, store: "RunStore",
                 hours: float | None = None, pruner: str = "median", name: str | None = None,
-                storage: str | None = None, startup_trials: int | None = None, warmup_epochs: int = 1,
+                storage: str | None = None, startup_trials: int | None = None, prune_after: int = 1,
                 first: Iterable[str] = (), split_sizes: tuple[int, int, int] | None = None) -> SearchPlan:
     """The search these inputs describe, or every error at once (each in its slot), and the preview's estimate.
     `first`: points to try first, 'lr=0.001,dropout=0.3' each (within the space)."""
@@ -296,8 +297,8 @@ def plan_search(base: RunConfig, space: Iterable[str] | Mapping[str, str], trial
     startup = default_startup(trials if isinstance(trials, int) else 1) if startup_trials is None else startup_trials
     if not isinstance(startup, int) or startup < 1:
         out.errors["search_trials"] = ConfigError("startup_trials", "must be at least 1")
-    if not isinstance(warmup_epochs, int) or not 0 <= warmup_epochs < base.epochs:
-        out.errors["search_pruner"] = ConfigError("warmup_epochs", f"must be 0..{base.epochs - 1} (fewer than the "
+    if not isinstance(prune_after, int) or not 0 <= prune_after < base.epochs:
+        out.errors["search_pruner"] = ConfigError("prune_after", f"must be 0..{base.epochs - 1} (fewer than the "
                                                                    f"epochs of each trial)")
     points = []
     for text in first:
@@ -309,7 +310,7 @@ def plan_search(base: RunConfig, space: Iterable[str] | Mapping[str, str], trial
         return out
     artifacts = store.runs_dir.parent
     out.spec = SearchSpec(name, base, dims, trials, (storage or "").strip() or default_storage(artifacts),
-                          float(hours) if hours else None, pruner, startup, warmup_epochs, tuple(points))
+                          float(hours) if hours else None, pruner, startup, prune_after, tuple(points))
     if split_sizes is not None:
         out.seconds_per_trial, _ = estimate_seconds(base, *split_sizes, store.list_runs())
     return out
@@ -344,12 +345,12 @@ def _optuna() -> Any:
 
 
 def make_pruner(spec: SearchSpec) -> Any:
-    """Epoch k is step k; a trial completes `warmup_epochs` epochs before it may be stopped."""
+    """Epoch k is step k; a trial completes `prune_after` epochs before it may be stopped."""
     optuna = _optuna()
     if spec.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.warmup_epochs + 1,
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.prune_after + 1,
                                                       reduction_factor=HALVING_FACTOR)
-    return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1)
+    return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.prune_after + 1)
 
 
 def make_sampler(spec: SearchSpec, asked: int) -> Any:
