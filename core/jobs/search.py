@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
-from core.access.roles import User, require
+from core.access.roles import ACTIVE_JOBS_PER_USER, User, require
 from core.config import SETTINGS, ConfigError, RunConfig
 from core.errors import StoreError, UserFacingError
 from core.jobs import jobdb
@@ -104,14 +104,14 @@ class Dimension:
     def text(self) -> str:
         """The spec it was parsed from, normalised: 'lr=0.0001:0.01:log', 'batch_size=32,64'."""
         if self.is_range:
-            return f"{self.name}={_fmt(self.low)}:{_fmt(self.high)}{':log' if self.log else ''}"
-        return f"{self.name}=" + ",".join(_fmt(c) for c in self.choices)
+            return f"{self.name}={fmt_value(self.low)}:{fmt_value(self.high)}{':log' if self.log else ''}"
+        return f"{self.name}=" + ",".join(fmt_value(c) for c in self.choices)
 
     def describe(self) -> str:
         label = SETTINGS[self.name].label
         if self.is_range:
-            return f"{label}: {_fmt(self.low)} to {_fmt(self.high)}" + (" (log scale)" if self.log else "")
-        return f"{label}: one of " + ", ".join(SETTINGS[self.name].value_name(_fmt(c)) for c in self.choices)
+            return f"{label}: {fmt_value(self.low)} to {fmt_value(self.high)}" + (" (log scale)" if self.log else "")
+        return f"{label}: one of " + ", ".join(SETTINGS[self.name].value_name(fmt_value(c)) for c in self.choices)
 
     def distribution(self) -> Any:
         import optuna  # noqa: PLC0415
@@ -128,7 +128,7 @@ class Dimension:
         return isinstance(value, (int, float)) and self.low <= value <= self.high
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     return format(value, "g") if isinstance(value, float) else str(value).lower() if isinstance(value, bool) \
         else str(value)
 
@@ -158,7 +158,7 @@ def parse_dimension(name: str, text: str, base: RunConfig | None = None) -> Dime
     base = base or RunConfig()
     if ":" in text:
         if s.kind not in (int, float) or s.choices:
-            allowed = f" ({', '.join(map(_fmt, s.choices))})" if s.choices else ""
+            allowed = f" ({', '.join(map(fmt_value, s.choices))})" if s.choices else ""
             raise ConfigError(name, f"takes a list of values a,b{allowed}, not a range")
         parts = [p.strip() for p in text.split(":")]
         log = len(parts) == 3 and parts[2].lower() == "log"
@@ -185,7 +185,7 @@ def parse_dimension(name: str, text: str, base: RunConfig | None = None) -> Dime
         try:
             trial_config(base, {name: value})
         except ConfigError as e:
-            raise ConfigError(name, f"{_fmt(value)} is not allowed: {e.message}") from None
+            raise ConfigError(name, f"{fmt_value(value)} is not allowed: {e.message}") from None
     return dimension
 
 
@@ -527,6 +527,12 @@ def _in_flight(db: sqlite3.Connection, name: str) -> tuple[int, int, int]:
     return asked, len(rows), ended
 
 
+def _active_jobs(queue: "JobQueue", owner: str) -> int:
+    from core.jobs.queue import ACTIVE  # noqa: PLC0415
+
+    return sum(1 for j in queue.list(ACTIVE) if j.owner == owner)
+
+
 def _needs_study(queue: "JobQueue", name: str) -> bool:
     """Whether `_drive_one` has anything to do, from the two tables and the jobs alone (no Optuna)."""
     with _db(queue) as db:
@@ -581,6 +587,8 @@ def _drive_one(queue: "JobQueue", name: str) -> None:
             current["deadline"] is None or time.time() < current["deadline"])
         if not budget or in_flight >= queue.max_concurrent:
             break
+        if not search.user.is_admin and _active_jobs(queue, search.owner) >= ACTIVE_JOBS_PER_USER:
+            break  # the owner's other jobs fill their allowance: the next trial waits for one to end
         with storage_errors(search.storage):
             study.sampler = make_sampler(spec, len(study.trials))
             trial = study.ask(dimensions)
@@ -592,7 +600,16 @@ def _drive_one(queue: "JobQueue", name: str) -> None:
                 trial.set_user_attr("error", str(e))
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
-            job_id = queue.submit(config, search.user, sweep=f"search {name}")
+            try:
+                job_id = queue.submit(config, search.user, sweep=f"search {name}")
+            except UserFacingError as e:  # the owner lost the train role, or the queue failed: told, then said
+                with storage_errors(search.storage):
+                    trial.set_user_attr("error", f"could not queue its job: {e}")
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                with _db(queue) as db:
+                    db.execute("INSERT INTO search_trials (search, trial, job_id, settled) VALUES (?,?,NULL,1)",
+                               (name, trial.number))
+                raise
             with storage_errors(search.storage):
                 trial.set_user_attr("job_id", job_id)
         with _db(queue) as db:
@@ -638,15 +655,16 @@ class TrialReporter:
     """The job process's end of a trial: `__call__(row)` after each epoch's validation reports its accuracy
     and returns True when the pruner says stop (the trainer then stops after this epoch)."""
 
-    def __init__(self, study: Any, trial: Any, echo: Callable[[str], None]):
-        self.study, self.trial, self.echo = study, trial, echo
+    def __init__(self, study: Any, trial: Any, epochs: int, echo: Callable[[str], None]):
+        self.study, self.trial, self.epochs, self.echo = study, trial, epochs, echo
         self.pruned_epoch: int | None = None
 
     def __call__(self, row: Mapping[str, float]) -> bool:
         epoch, accuracy = int(row["epoch"]), float(row["val_accuracy"])
         try:
             self.trial.report(accuracy, epoch)
-            if not self.trial.should_prune():
+            # the last epoch is never pruned: stopping saves nothing there, and a complete trial teaches TPE more
+            if epoch >= self.epochs or not self.trial.should_prune():
                 return False
             self.trial.set_user_attr("pruned_epoch", epoch)
         except Exception as e:  # the storage is away: the run goes on unpruned, and says so
@@ -682,7 +700,7 @@ def trial_reporter(queue: "JobQueue", job_id: int, echo: Callable[[str], None] =
         echo(f"search: this job trains without reporting to its study ({e})")
         return None
     echo(f"search {r['search']}: trial {r['trial']}")
-    return TrialReporter(study, trial, echo)
+    return TrialReporter(study, trial, queue.get(job_id).config.epochs, echo)
 
 
 # -- what the Results page and `--show` read -------------------------------------------------------------------
@@ -774,7 +792,7 @@ def format_view(view: SearchView) -> str:
                  f" {'pruned@':>7} {'job':>5}  run")
     for t in view.trials:
         value = f"{t.value:.4f}" if t.value is not None else ""
-        params = " ".join(f"{_fmt(t.params[n]) if n in t.params else '':>12}" for n in names)
+        params = " ".join(f"{fmt_value(t.params[n]) if n in t.params else '':>12}" for n in names)
         lines.append(f"{t.number:>5} {t.state.lower():<9} {value:>8} {params} {t.pruned_epoch or '':>7} "
                      f"{t.job_id or '':>5}  {t.run_id or t.error or ''}")
     best = view.best
@@ -782,7 +800,7 @@ def format_view(view: SearchView) -> str:
         lines.append("best: none yet (no trial has completed)")
     else:
         lines.append(f"best: trial {best.number}, validation accuracy {best.value:.4f}, " +
-                     ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()) +
+                     ", ".join(f"{k}={fmt_value(v)}" for k, v in best.params.items()) +
                      (f" (run {best.run_id})" if best.run_id else ""))
     if view.importances:
         lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in view.importances.items()) +
