@@ -696,8 +696,8 @@ def trial_reporter(queue: "JobQueue", job_id: int, echo: Callable[[str], None] =
         if frozen.state != _optuna().trial.TrialState.RUNNING:
             return None
         trial = _optuna().trial.Trial(study, frozen._trial_id)
-    except (UserFacingError, StopIteration) as e:
-        echo(f"search: this job trains without reporting to its study ({e})")
+    except Exception as e:  # the storage away, the study deleted: the run itself need not fail for it
+        echo(f"search: this job trains without reporting to its study ({e.__class__.__name__}: {e})")
         return None
     echo(f"search {r['search']}: trial {r['trial']}")
     return TrialReporter(study, trial, queue.get(job_id).config.epochs, echo)
