@@ -195,8 +195,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     row = search.create_search(p.spec, queue, LOCAL_ADMIN)
     if not args.no_start:
         queue.tick()
-    print(f"search {row.name}: up to {row.trials} trials over " + "; ".join(d.describe() for d in p.spec.space) +
-          f"; storage {row.storage}")
+    space = "; ".join(d.describe() for d in p.spec.space)
+    print(f"search {row.name}: up to {row.trials} trial{'s' if row.trials > 1 else ''} over {space}; storage "
+          f"{row.storage}")
     if not args.wait:
         print(f"the queue runs it (the app, or python -m core worker); python -m core search --show {row.name}")
         return 0
