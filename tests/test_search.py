@@ -167,6 +167,14 @@ def test_cancel_stops_the_queued_trials_and_fails_them(tmp_path, tiny_npz):
         search.create_search(p.spec, queue, LOCAL_ADMIN)
 
 
+def test_no_trial_starts_after_the_hours(tmp_path, tiny_npz):
+    store = RunStore(tmp_path / "artifacts" / "runs")
+    queue = JobQueue(store)
+    p = search.plan_search(tiny_base(tiny_npz), SPACE, trials=4, store=store, name="late", hours=1e-7)
+    row = search.create_search(p.spec, queue, LOCAL_ADMIN)  # its deadline passed before the first ask
+    assert row.status == "done" and queue.list() == [] and search.show(queue, "late").trials == []
+
+
 # -- the command line -----------------------------------------------------------------------------------------------
 def test_cli_parses_a_search_and_reports_errors(tmp_path, tiny_npz, capsys):
     args = cli.build_parser().parse_args(
