@@ -11,7 +11,7 @@ The space: `field=low:high` (a float or int range), `field=low:high:log` (sample
 against the field's RunConfig metadata and validation: an unknown field, a wrong type or a value the field
 does not allow is a ConfigError naming it.
 
-The study: a TPE sampler (its first `startup_trials` trials random; seeded with the base config's seed plus
+The study: a TPE sampler (its first `startup_trials` trials random; seeded from the base config's seed and
 the number of trials asked so far, so a study is reproducible however many processes drive it) and a median
 or successive-halving pruner. It maximises the validation accuracy of each trial's kept epoch (never test).
 Storage is Optuna's own: `artifacts/search.sqlite3` by default, or any database URL Optuna accepts (several
@@ -354,9 +354,13 @@ def make_pruner(spec: SearchSpec) -> Any:
 
 
 def make_sampler(spec: SearchSpec, asked: int) -> Any:
-    """TPE, seeded with the base seed plus the trials asked so far: reproducible, and never the same draw twice
-    though each ask may come from another process."""
-    return _optuna().samplers.TPESampler(n_startup_trials=spec.startup_trials, seed=spec.base.seed + asked)
+    """TPE, seeded from (the base seed, the trials asked so far): reproducible though each ask may come from
+    another process, never the same draw twice, and independent between studies of other seeds (seed + asked
+    would give seed 1's trial k seed 0's trial k+1)."""
+    import numpy as np  # noqa: PLC0415
+
+    seed = int(np.random.SeedSequence([spec.base.seed, asked]).generate_state(1)[0])
+    return _optuna().samplers.TPESampler(n_startup_trials=spec.startup_trials, seed=seed)
 
 
 @contextmanager
