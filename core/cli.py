@@ -1,5 +1,5 @@
-"""Command line: `python -m core {train,submit,presets,jobs,worker,evaluate,predict,gradcam,external,robustness,
-calibrate,faithfulness,download,runs,users,info}`.
+"""Command line: `python -m core {train,submit,search,presets,jobs,worker,evaluate,predict,gradcam,external,
+robustness,calibrate,faithfulness,download,runs,users,info}`.
 
 Every command reports user errors (bad files, missing data, offline) as one clear message on stderr and
 exit status 2, never a traceback. TensorFlow is imported only by the commands that need it. The command line
@@ -158,6 +158,53 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.no_start:
         queue.tick()
     print(f"queued {len(ids)} job(s): {', '.join(map(str, ids))}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """An Optuna study whose trials are queue jobs (core.jobs.search): start one, or show, list or cancel."""
+    import time  # noqa: PLC0415
+
+    from core.jobs import search  # noqa: PLC0415
+    from core.jobs.queue import JobQueue  # noqa: PLC0415
+    from core.store.runs import RunStore  # noqa: PLC0415
+
+    store = RunStore(args.runs_dir)
+    if args.list:
+        rows = search.list_searches(store.runs_dir.parent)
+        for r in rows:
+            print(f"{r.name}\t{r.status}\t{r.trials} trials\t{r.owner}\t{r.storage}")
+        if not rows:
+            print("(no searches yet: python -m core search --space FIELD=LOW:HIGH ...)")
+        return 0
+    queue = JobQueue(store)
+    if args.cancel:
+        search.cancel_search(queue, args.cancel, LOCAL_ADMIN)
+        print(f"cancelled search {args.cancel}: no more trials; its queued and running jobs are cancelled")
+        return 0
+    if args.show:
+        print(search.format_view(search.show(queue, args.show)))
+        return 0
+    if not args.space:
+        raise UserError("give the space to search (--space lr=1e-4:1e-2:log ...), or --show/--cancel NAME, or --list")
+    p = search.plan_search(config_from_args(args), args.space, args.trials, store=store, hours=args.hours,
+                           pruner=args.pruner, name=args.study, storage=args.storage,
+                           startup_trials=args.startup_trials, prune_after=args.prune_after, first=args.try_)
+    if not p.ok:
+        raise next(iter(p.errors.values()))
+    row = search.create_search(p.spec, queue, LOCAL_ADMIN)
+    if not args.no_start:
+        queue.tick()
+    space = "; ".join(d.describe() for d in p.spec.space)
+    print(f"search {row.name}: up to {row.trials} trial{'s' if row.trials > 1 else ''} over {space}; storage "
+          f"{row.storage}")
+    if not args.wait:
+        print(f"the queue runs it (the app, or python -m core worker); python -m core search --show {row.name}")
+        return 0
+    while search.get_search(queue, row.name).status == "running":
+        queue.tick()
+        time.sleep(args.poll)
+    print(search.format_view(search.show(queue, row.name)))
     return 0
 
 
@@ -613,6 +660,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-start", action="store_true", help="only queue; a worker or the app starts them")
     p.add_argument("--runs-dir", default=runs_dir)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("search", help="search settings with Optuna (TPE, pruning), each trial a queued job; "
+                                      "--show NAME prints its trials")
+    _add_train_flags(p)  # the base config of every trial
+    g = p.add_argument_group("search")
+    g.add_argument("--space", action="append", default=[], metavar="FIELD=LOW:HIGH[:log] | FIELD=A,B",
+                   help="a setting to search: a range (log scale with :log) or values; repeatable, e.g. --space "
+                        "lr=1e-4:1e-2:log --space dropout=0:0.5 --space batch_size=32,64,128")
+    g.add_argument("--trials", type=int, default=20, help="how many trials at most (default 20)")
+    g.add_argument("--hours", type=float, default=None, help="start no trial after this many hours")
+    from core.jobs.search import PRUNERS  # noqa: PLC0415  (light: Optuna is imported when a study opens)
+
+    g.add_argument("--pruner", choices=tuple(PRUNERS), default="median",
+                   help="; ".join(PRUNERS.values()) + " (default median)")
+    g.add_argument("--prune-after", type=int, default=1, metavar="EPOCHS",
+                   help="epochs every trial completes before it may be pruned (default 1)")
+    g.add_argument("--startup-trials", type=int, default=None,
+                   help="random trials before TPE models the results, and completed ones before pruning starts "
+                        "(default: a third of the trials, 2 to 10)")
+    g.add_argument("--try", dest="try_", action="append", default=[], metavar="FIELD=V,FIELD=V",
+                   help="a point to try first (e.g. a known recipe), within the space; repeatable")
+    g.add_argument("--study", default=None, metavar="NAME", help="the study's name (default: search-DATE-TIME)")
+    g.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage, any database URL it accepts (default: sqlite in the artifacts folder)")
+    g.add_argument("--wait", action="store_true",
+                   help="run the queue here until the search is done, then print its trials and best")
+    g.add_argument("--poll", type=float, default=2.0, help="with --wait: seconds between looks at the queue")
+    g.add_argument("--no-start", action="store_true", help="only queue; a worker or the app starts the trials")
+    g.add_argument("--show", metavar="NAME", help="print a search's trials, best so far and importances")
+    g.add_argument("--cancel", metavar="NAME", help="stop a search: no more trials, its jobs cancelled")
+    g.add_argument("--list", action="store_true", help="list the searches")
+    p.add_argument("--runs-dir", default=runs_dir)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("presets", help="list the presets, with what each reached when measured here")
     p.add_argument("--json", action="store_true")

@@ -25,6 +25,7 @@ from ui.guard import guard
 from ui.palette import SCALE, series_colours
 from ui.robustness import robustness_section
 from ui.runs import run_labels, runs_table
+from ui.search import searches_section
 from ui.session import current_user, page_user
 from ui.text import md_escape, plural
 
@@ -346,6 +347,9 @@ else:
     st.plotly_chart(parallel_coordinates(dims, "val acc"), key="parallel")
     st.caption("One line per run across its settings, coloured by validation accuracy (darker is better); hover "
                "a point for its value.")
+
+# -- searches (core.jobs.search): trials, best so far, parameter importances --------------------------------------
+searches_section(store)
 
 # -- tag and delete ------------------------------------------------------------------------------------------
 if not user.can("train"):  # tagging is a trainer's, deleting an admin's; a viewer's page ends here

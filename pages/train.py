@@ -26,7 +26,7 @@ from core.data import registry
 from core.data.dataset import SPLITS, class_counts, load_npz
 from core.data.download import download
 from core.errors import UserFacingError
-from core.jobs import plans
+from core.jobs import plans, search
 from core.jobs.plans import AUTO, Plan, PlanRequest, format_value, preset_request, submit_command, sweep_slot
 from core.jobs.presets import PRESETS, PRESETS_BY_KEY, RECIPE, Preset
 from core.jobs.queue import ACTIVE, Job, JobQueue
@@ -482,6 +482,93 @@ def sweep_section(plan: Plan) -> None:
             st.button("Clear sweep", key="clear_sweep", icon=":material/close:", on_click=clear_sweep)
 
 
+# -- search mode: an Optuna study over ranges, each trial a job (core.jobs.search) ----------------------------
+SEARCH_EXAMPLES = {"float": "e.g. 1e-4:1e-2:log or 0:0.5", "int": "e.g. 16:64 or 32,64,128", "bool": "true,false"}
+
+
+def search_key(name: str) -> str:
+    return f"srch_{name}"
+
+
+def search_plan(choice: DataChoice, plan: Plan) -> search.SearchPlan | None:
+    """The search the Search inputs describe over the form's one run (None until a field is picked)."""
+    fields_ = ss.get("srch_fields") or []
+    if not fields_ or not plan.ok or len(plan.configs) != 1:
+        return None
+    return search.plan_search(
+        plan.configs[0], {f: ss.get(search_key(f), "") for f in fields_}, int(ss.get("srch_trials", 20)),
+        store=RunStore(), hours=float(ss.get("srch_hours") or 0) or None, pruner=ss.get("srch_pruner", "median"),
+        name=ss.get("srch_name", ""), split_sizes=split_sizes(choice))
+
+
+def launch_search() -> None:
+    """Launch search's callback: the study, and its first trial queued."""
+    available = registry.available_sizes()
+    choice = data_choice(available)
+    sp = search_plan(choice, make_plan(choice, available))
+    if sp is None or not sp.ok:
+        ss["_launch"] = ("error", "Nothing was launched: fix the search's settings marked in red.")
+        return
+    try:
+        queue = open_queue()
+        row = search.create_search(sp.spec, queue, current_user())
+        queue.tick()
+    except UserFacingError as e:
+        ss["_launch"] = ("error", str(e))
+        return
+    ss["_launch"] = ("success", f"Started search “{row.name}”: up to {plural(row.trials, 'trial')}, queued one "
+                                f"after another as the jobs end. Its trials and best so far are on Results.")
+    ss["tab"] = "Jobs"
+
+
+def search_section(choice: DataChoice, plan: Plan) -> None:
+    with st.expander("Search: let Optuna choose values within ranges, and stop poor trials early",
+                     expanded=bool(ss.get("srch_fields")), icon=":material/travel_explore:"):
+        st.caption("Pick settings and give each a range (low:high, or low:high:log for rates) or values (a,b,c). "
+                   "Each trial is one job of the settings below with values chosen by TPE (Bayesian) from how "
+                   "earlier trials did; a trial behind the others at an epoch is stopped there (pruned). Trials are "
+                   "compared on validation accuracy only.")
+        st.multiselect("Settings to search", SWEEPABLE, key="srch_fields", format_func=lambda f: f"{LABELS[f]} ({f})",
+                       placeholder="none: no search")
+        fields_ = ss.get("srch_fields") or []
+        if not fields_:
+            return
+        sp = search_plan(choice, plan)
+        errors = sp.errors if sp else {}
+        cols = st.columns(min(len(fields_), 3))
+        for i, f in enumerate(fields_):
+            with cols[i % len(cols)]:
+                st.text_input(f"{LABELS[f]}: range or values", key=search_key(f), help=SETTINGS[f].help,
+                              placeholder=SEARCH_EXAMPLES.get(field_type(f).__name__, "a,b"))
+                if f in errors:
+                    st.error(md_escape(errors[f].message), icon=":material/error:")
+        cols = st.columns(4)
+        cols[0].number_input("Trials (at most)", min_value=1, max_value=search.MAX_TRIALS, value=20, step=1,
+                             key="srch_trials")
+        cols[1].number_input("Hours (0: no limit)", min_value=0.0, value=0.0, step=0.5, key="srch_hours",
+                             help="No trial starts after this; running ones finish.")
+        cols[2].selectbox("Pruner", list(search.PRUNERS), key="srch_pruner", help="; ".join(search.PRUNERS.values()))
+        cols[3].text_input("Study name", key="srch_name", placeholder="default: search-date-time")
+        for slot in ("search_space", "search_trials", "search_hours", "search_pruner", "search_name"):
+            if slot in errors:
+                st.error(md_escape(errors[slot].message), icon=":material/error:")
+        if sp is None:
+            st.warning("A search starts from one run's settings: clear the sweep and fix any setting marked in red.",
+                       icon=":material/edit:")
+            return
+        if sp.ok:
+            st.markdown("**What the search will run**")
+            st.dataframe([{"setting": LABELS[d.name], "searched over": d.describe().split(": ", 1)[1]}
+                          for d in sp.spec.space], hide_index=True, key="search_preview")
+            each = format_duration(sp.seconds_per_trial) if sp.seconds_per_trial is not None else "?"
+            st.caption(f"Up to {plural(sp.spec.trials, 'trial')} of about {each} each (the settings below), at "
+                       f"most about {format_duration(sp.max_seconds or 0)} one at a time; pruning usually cuts "
+                       f"that. The first {plural(sp.spec.startup_trials, 'trial')} draw at random; the results "
+                       f"go to Optuna's storage `{md_escape(sp.spec.storage)}`.")
+        st.button("Launch search", key="launch_search", type="primary", icon=":material/travel_explore:",
+                  on_click=launch_search, disabled=not sp.ok)
+
+
 def error_slot(slot: str, plan: Plan) -> None:
     if slot in plan.errors:
         st.error(md_escape(plan.errors[slot].message), icon=":material/error:")
@@ -544,6 +631,7 @@ def settings_section(choice: DataChoice, plan: Plan) -> None:
     st.subheader("2 · Settings", anchor=False)
     preset_section(choice)
     sweep_section(plan)
+    search_section(choice, plan)
     # Not an st.form: every change reruns the page, so the plan below, its estimate and every error next to its
     # field follow what the inputs hold now (all errors at once; a corrected one goes at once), and Launch
     # queues exactly that.
@@ -724,7 +812,7 @@ def finished_summary(job: Job) -> None:
             st.markdown(f":green[:material/check_circle:] Finished. Run saved in `{job.run_path}`")
         else:
             best = (f" · best epoch {figures['best_epoch']} of {figures['epochs_run']}"
-                    if figures["best_epoch"] else "")
+                    if figures["best_epoch"] else "") + (f" · {job.detail}" if job.detail else "")  # pruned at k
             st.markdown(f":green[:material/check_circle:] Validation accuracy **{figures['val']:.3f}** · "
                         f"test accuracy **{figures['test']:.3f}**{best}")
         if job.run_id:

@@ -351,6 +351,9 @@ class JobQueue:
         """Settle jobs whose process is gone, enforce overdue cancels, start queued jobs. Returns the ids
         started."""
         self._reap()
+        from core.jobs.search import drive  # noqa: PLC0415 - Optuna only once a search is running
+
+        drive(self)  # searches: tell the trials whose jobs ended, queue their next trials (core.jobs.search)
         if self.executor is None and self.executor_lease() is not None:
             return []  # an executor (python -m core worker --ray) starts the jobs
         started = []
@@ -578,16 +581,21 @@ def execute(job_id: int, store: RunStore, start_next: bool = True) -> int:
     def should_cancel() -> bool:
         return queue.cancel_requested(job_id)
 
+    from core.jobs.search import trial_reporter  # noqa: PLC0415
+
+    # a search's trial: each epoch's validation accuracy goes to its study, whose pruner may stop it there
+    reporter = trial_reporter(queue, job_id, lambda m: print(m, flush=True))
     status, extra = "failed", {}
     try:
         trainer = Trainer(job.config, store, progress=progress, should_cancel=should_cancel,
-                          echo=lambda m: print(m, flush=True), run_id=job.run_id, tracker=tracker)
+                          echo=lambda m: print(m, flush=True), run_id=job.run_id, tracker=tracker,
+                          on_epoch=reporter)
         queue._update(job_id, run_id=trainer.run_id)
         run = trainer.run()
         precompute(run.path, tracker, store, job.config, trainer.classifier())
         tracker.finish()
         status, extra = "succeeded", {"run_path": str(run.path), "fraction": 1.0, "eta_seconds": 0.0,
-                                      "phase": "done", "detail": ""}
+                                      "phase": "done", "detail": reporter.outcome if reporter else ""}
     except (TrainingCancelled, KeyboardInterrupt):
         print("cancelled", flush=True)
         status = "cancelled"

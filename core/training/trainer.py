@@ -83,7 +83,7 @@ class Progress:
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
-EpochFn = Callable[[dict[str, float]], None]
+EpochFn = Callable[[dict[str, float]], "bool | None"]  # after each epoch's validation; True stops training there
 
 
 def seed_everything(config: RunConfig) -> None:
@@ -190,8 +190,9 @@ class _EpochEnd(keras.callbacks.Callback):
         t.epochs_this_attempt += 1
         t.tracker.expect("training", train_seconds)  # the next epochs: this one's pace
         row = t.validate_epoch(epoch + 1, logs or {}, train_seconds)
-        if t.on_epoch:
-            t.on_epoch(row)
+        if t.on_epoch and t.on_epoch(row):  # True: stop after this epoch (a search's pruner), as early stopping
+            t.writer.log(f"stopped after epoch {epoch + 1} by its caller (a search pruned it)")
+            self.model.stop_training = True
         if t.config.patience and (epoch + 1) - t.best_epoch >= t.config.patience:
             t.writer.log(f"early stopping: no better validation accuracy for {t.config.patience} epochs")
             self.model.stop_training = True
