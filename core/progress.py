@@ -40,6 +40,7 @@ PHASE_TITLES = {
     "done": "Done",
 }
 MEASURED_AFTER = 0.03  # a phase's own pace replaces its expectation once this much of it is done
+STEADY_AFTER = 0.02  # ... and its steady pace, measured from there (past its warm-up), once this much more is
 TIMES_FILE = "phase_times.json"
 TIMES_KEPT = 8  # measurements kept per phase and key; the median is the expectation
 
@@ -110,6 +111,7 @@ class Tracker:
         self._index = -1
         self._phase_start = clock()
         self._done = 0.0
+        self._anchor: tuple[float, float] | None = None  # (time, done) when its pace was first measurable
         self._detail = ""
         self.seconds_in: dict[str, float] = {}
         self.progress = Progress(self._order[0], 0.0, sum(self._expected))
@@ -138,10 +140,13 @@ class Tracker:
             self.seconds_in[current] = self.seconds_in.get(current, 0.0) + now - self._phase_start
             self._learn_pace(self._index, now - self._phase_start)
         self._index, self._phase_start, self._done, self._detail = index, now, 0.0, detail
+        self._anchor = None
         return self._emit()
 
     def advance(self, done_fraction: float, detail: str | None = None) -> Progress:
         self._done = min(max(float(done_fraction), 0.0), 1.0)
+        if self._anchor is None and self._done >= MEASURED_AFTER:
+            self._anchor = (self._clock(), self._done)
         if detail is not None:
             self._detail = detail
         return self._emit()
@@ -174,11 +179,22 @@ class Tracker:
         planned = self._expected[index]
         return planned if self._revised[index] else planned * self._pace_of(self._order[index])
 
+    def steady_seconds(self) -> float | None:
+        """What the whole running phase takes at the pace measured since its first few percent (its warm-up,
+        such as TensorFlow tracing the first batches, left out); None until that pace is measurable."""
+        if self._anchor is None or self._done - self._anchor[1] < STEADY_AFTER:
+            return None
+        return (self._clock() - self._anchor[0]) / (self._done - self._anchor[1])
+
     def _current_left(self) -> tuple[float, float]:
         """(expected seconds of the current phase, seconds left in it)."""
         elapsed = self._clock() - self._phase_start
         expected = self._expected_of(self._index)
-        if self._done >= MEASURED_AFTER:  # its own pace
+        steady = self.steady_seconds()
+        if steady is not None:  # its own pace since its warm-up
+            total = elapsed + (1.0 - self._done) * steady
+            self._learn_pace(self._index, steady)
+        elif self._done >= MEASURED_AFTER:  # its own pace, warm-up included
             total = elapsed / self._done
             self._learn_pace(self._index, total)
         elif elapsed > expected:  # overran its expectation without saying how far it is

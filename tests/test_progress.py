@@ -75,6 +75,21 @@ def test_unmeasured_phases_follow_the_measured_pace_of_the_phase_they_derive_fro
     assert t.advance(0.0).eta_seconds == pytest.approx(4 + 3 + 0.4 * 5)
 
 
+def test_a_phase_warm_up_does_not_inflate_its_pace() -> None:
+    """The first batches of a training job are slow (TensorFlow traces the graph): the time left follows the
+    pace measured after the first few percent, and so does what the next epochs are expected to take."""
+    clock = Clock()
+    t = Tracker([("training", 100), ("training", 100)], clock=clock)
+    t.start("training")
+    clock.now = 10
+    t.advance(0.03)  # 10 s of warm-up for 3%: on its own it says 333 s per epoch
+    assert t.steady_seconds() is None
+    clock.now = 12
+    p = t.advance(0.05)  # then 2% in 2 s: 100 s per epoch
+    assert t.steady_seconds() == pytest.approx(100)
+    assert p.eta_seconds == pytest.approx(0.95 * 100 + 100)
+
+
 def test_format_seconds() -> None:
     assert format_seconds(2) == "a few s"
     assert format_seconds(42) == "40 s"

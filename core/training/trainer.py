@@ -188,7 +188,8 @@ class _EpochEnd(keras.callbacks.Callback):
         t.train_seconds += train_seconds
         t.images_trained += t.steps * t.config.batch_size
         t.epochs_this_attempt += 1
-        t.tracker.expect("training", train_seconds)  # the next epochs: this one's pace
+        # the next epochs: this one's pace past its first batches (the first epoch's include tracing the graph)
+        t.tracker.expect("training", t.tracker.steady_seconds() or train_seconds)
         row = t.validate_epoch(epoch + 1, logs or {}, train_seconds)
         if t.on_epoch and t.on_epoch(row):  # True: stop after this epoch (a search's pruner), as early stopping
             t.writer.log(f"stopped after epoch {epoch + 1} by its caller (a search pruned it)")
