@@ -198,7 +198,7 @@ def test_trains_through_the_trainer_and_reloads_from_the_run_store_with_the_same
         group_count(layer.input.shape[-1]) for layer in group_norm_layers(classifier.model)]
     assert last_conv_block(classifier.model) == "conv4_block1_out"  # depth 1
     data = load_npz(tiny_npz)
-    test = evaluate(data.test.labels, classifier.probabilities(data.test.images), data.labels)
+    test = evaluate(data.test.labels, classifier.raw_probabilities(data.test.images), data.labels)  # as stored: raw
     stored = run.metrics["test"]
     assert test.accuracy == stored["accuracy"] and test.confusion == stored["confusion"]
     assert test.loss == pytest.approx(stored["loss"], rel=1e-5)

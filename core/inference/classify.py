@@ -91,7 +91,17 @@ def load_classifier(run_dir: str | Path) -> "Classifier":
     from core.inference.classifier import Classifier  # noqa: PLC0415 - TensorFlow only when a model is loaded
 
     clf = Classifier(run_dir)
-    clf.warm_up()
+    try:
+        clf.warm_up()
+    except Exception:  # tracing ahead is a nicety: the first request traces what it needs
+        # Seen twice, never reproduced: a mixed-bfloat16 model's Grad-CAM trace failing in a background thread
+        # of the served app (a Conv2D given bfloat16 input with a float32 kernel). The model itself loaded; say
+        # so in the server log and let the page's first explanation trace it.
+        import sys  # noqa: PLC0415
+        import traceback  # noqa: PLC0415
+
+        print(f"warming up the model of {Path(run_dir).name} failed; it is traced on first use:", file=sys.stderr)
+        traceback.print_exc()
     return clf
 
 
