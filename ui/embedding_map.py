@@ -190,10 +190,11 @@ def show_upload(run_dir: str | Path, clf: "Classifier", image: np.ndarray, name:
     that work unasked."""
     st.subheader("On the feature map", anchor=False)
     if not precompute.ready(run_dir, STEP) and tasks.get(precompute.task_key(STEP, run_dir)) is None:
-        # an older run without its map: made only when asked (a minute or more of this server's CPU)
-        st.caption("This run has no feature map yet (runs trained since it exists get one with their training "
-                   "job). Make it once to see where this cell lies among the test images, and its nearest "
-                   "training images.")
+        # a run without its map (made when the Feature map page first opens): made here only when asked (a
+        # minute or more of this server's CPU for a full test split)
+        st.caption("This run has no feature map yet (it is made once, the first time the Feature map page shows "
+                   "the run, or here). Make it to see where this cell lies among the test images, and its "
+                   "nearest training images.")
         if not st.button("Make this run's feature map", key="fm_make", icon=":material/scatter_plot:"):
             return
     try:

@@ -16,12 +16,13 @@ PLACE_NEIGHBOURS nearest test images in the feature space, weighted by inverse d
 which. Their nearest TRAINING images are found in the full feature space (never on the 2-D map), among up to
 TRAIN_LIMIT training images (stratified, fixed seed; real indices into the run's training split).
 
-Computed once per run (a core.inference.precompute step: at the end of its training job, or in the background
-the first time a page asks) and cached as `embedding_map.npz` in the run folder, written atomically and
-versioned; a damaged or older file is computed again. The JPEG thumbnails (at most THUMB_PX a side) of the test
-images and of the training images kept are in it too, so neither drawing the map nor showing an upload's
-neighbours reads the data file (about 10 MiB for a 64 px run of the full PBC split). NumPy and scikit-learn; no
-TensorFlow here (the caller passes the model's embedding function).
+Computed once per run (a core.inference.precompute step, in the background the first time a page asks: not at
+the end of every training job, since its t-SNE takes as long as a quick run trains) and cached as
+`embedding_map.npz` in the run folder, written atomically and versioned; a damaged or older file is computed
+again. The JPEG thumbnails (at most THUMB_PX a side) of the test images and of the training images kept are in
+it too, so neither drawing the map nor showing an upload's neighbours reads the data file (about 10 MiB for a
+64 px run of the full PBC split). NumPy and scikit-learn; no TensorFlow here (the caller passes the model's
+embedding function).
 """
 
 from __future__ import annotations
