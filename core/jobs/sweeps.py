@@ -37,7 +37,9 @@ EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
 JOB_OVERHEAD_SECONDS = 15.0  # process start, TensorFlow import, data load and model build, per job (idle: 10-15 s)
 PUBLISH_SECONDS = 5.0  # saving the model and the run folder, before anything was measured
 PRECOMPUTE_SECONDS = 3.0  # measuring the training cells' size and colours (the job's model is in memory)
-FAITHFUL_SECONDS = 20.0  # scoring the run's heatmaps on ROAD (core.explain.best_map: ~25 CPU s on 28 or 64 px)
+# scoring the run's heatmaps on ROAD (core.explain.best_map): about 3,000 images through the model (28 images x
+# 11 maps x 5 fractions x 2 orders), each also imputed, which costs about as much again
+FAITHFUL_IMAGES = 6000
 TTA_PASSES = 8  # test-time augmentation: each of val and test predicted under 8 flips/turns
 OOD_IMAGES = 3000  # core.inference.ood embeds at most 2,000 training and 1,000 validation images
 PER_IMAGE = ("training", "validating", "testing")  # recorded as seconds per image; the rest as seconds
@@ -157,8 +159,8 @@ def phase_plan(config: RunConfig, n_train: int, n_val: int, n_test: int, history
                  ("validating", units["validating"] * val_per_image)]
     plan += [("testing", units["testing"] * test_per_image),
              ("publishing", measured("publishing", PUBLISH_SECONDS)),
-             ("precomputing", measured("precomputing", PRECOMPUTE_SECONDS + FAITHFUL_SECONDS
-                                       + precomputed * val_per_image))]
+             ("precomputing", measured("precomputing", PRECOMPUTE_SECONDS
+                                       + (precomputed + FAITHFUL_IMAGES) * val_per_image))]
     return plan, speed
 
 
