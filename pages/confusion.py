@@ -22,7 +22,7 @@ from core.evaluation import confusion
 from core.store.runs import Run, RunStore
 from ui.guard import guard
 from ui.links import page_link
-from ui.runs import run_labels, runs_table
+from ui.runs import linked_run_picker, runs_table
 from ui.session import page_user
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -68,28 +68,8 @@ from ui.figures import bold_if, clickable_cells, confusion_heatmap, difference_h
 from ui.images import enlarge  # noqa: E402
 from ui.palette import SERIES  # noqa: E402
 from ui.progress import await_task, task_result  # noqa: E402
-from ui.text import md_escape  # noqa: E402
 
-ranked_runs = table.sort_values("val_accuracy", ascending=False, kind="stable")
-labels_by_run = run_labels(ranked_runs)
-run_ids = list(labels_by_run)
-linked = st.query_params.get("run")  # a job card's link opens its run (once per link: the user may pick another)
-if linked is not None and linked not in run_ids:
-    st.warning(f"Run `{md_escape(linked)}` is not a complete run here (still training, deleted, or from "
-               "another store): showing the best run instead.", icon=":material/link_off:")
-elif linked is not None and st.session_state.get("cf_run_for") != linked:
-    st.session_state["cf_run_for"] = linked
-    st.session_state["cf_run"] = linked
-
-
-def share_run() -> None:
-    """The run picked into the address (?run=), so the page can be shared as the user sees it."""
-    st.query_params["run"] = st.session_state["cf_run"]
-    st.session_state["cf_run_for"] = st.session_state["cf_run"]
-
-
-run_id = st.selectbox("Run (best on validation first)", run_ids, key="cf_run", format_func=labels_by_run.get,
-                      on_change=share_run)
+run_id, labels_by_run = linked_run_picker(table, "cf_run")
 run_dir = str(store.runs_dir / run_id)
 try:
     metrics = load_metrics(run_dir)
@@ -284,7 +264,7 @@ cell_explorer()
 
 # -- recall with intervals, and a second run -----------------------------------------------------------------------
 st.subheader("Per-class recall with 95% intervals", anchor=False)
-others = [r for r in run_ids if r != run_id]
+others = [r for r in labels_by_run if r != run_id]
 NO_SECOND = "none"
 compare_id = st.selectbox("Compare with", [NO_SECOND, *others], key="cf_compare", index=1 if others else 0,
                           format_func=lambda r: "— no second run —" if r == NO_SECOND else labels_by_run[r])

@@ -20,7 +20,7 @@ import streamlit as st
 from core.errors import UserFacingError
 from core.store.runs import Run, RunStore
 from ui.guard import guard
-from ui.runs import run_labels, runs_table
+from ui.runs import linked_run_picker, runs_table
 from ui.session import page_user
 from ui.text import md_escape
 
@@ -45,25 +45,7 @@ from ui import embedding_map as fm  # noqa: E402 - after the empty state, which 
 from ui.images import enlarge  # noqa: E402
 from ui.model import model_when_ready  # noqa: E402
 
-ranked_runs = table.sort_values("val_accuracy", ascending=False, kind="stable")
-labels_by_run = run_labels(ranked_runs)
-run_ids = list(labels_by_run)
-linked = st.query_params.get("run")
-if linked is not None and linked not in run_ids:
-    st.warning(f"Run `{md_escape(linked)}` is not a complete run here (still training, deleted, or from another "
-               "store): showing the best run instead.", icon=":material/link_off:")
-elif linked is not None and st.session_state.get("fm_run_for") != linked:
-    st.session_state["fm_run_for"] = linked
-    st.session_state["fm_run"] = linked
-
-
-def share_run() -> None:
-    st.query_params["run"] = st.session_state["fm_run"]
-    st.session_state["fm_run_for"] = st.session_state["fm_run"]
-
-
-run_id = st.selectbox("Run (best on validation first)", run_ids, key="fm_run", format_func=labels_by_run.get,
-                      on_change=share_run)
+run_id, _ = linked_run_picker(table, "fm_run")
 run_dir = str(store.runs_dir / run_id)
 try:
     emap = fm.map_when_ready(run_dir)

@@ -11,6 +11,7 @@ import streamlit as st
 from core.models.architectures import display_name
 from core.store import results
 from core.store.runs import RunStore
+from ui.text import md_escape
 
 LABEL_FIELDS = ("run_id", "arch", "size", "batch_size", "val_accuracy")
 
@@ -43,3 +44,28 @@ def runs_table(store: RunStore, include_incomplete: bool = True) -> pd.DataFrame
     """core.store.results.runs_table, read from the index again only when the index has changed (its files'
     times and sizes are the cache key), so reruns of a page with 1,000 runs stay fast. Raises StoreError."""
     return _runs_table(str(store.runs_dir), results.index_signature(store), include_incomplete)
+
+
+def linked_run_picker(table: pd.DataFrame, key: str) -> tuple[str, dict[str, str]]:
+    """The page's run: a picker over the complete runs, best on validation first, that opens on the run the
+    address names (`?run=<id>`, a job card's or a colleague's link; once per link, so the user may pick another)
+    and writes the run picked back into the address, so the page can be shared as the user sees it.
+    `key`: the picker's session key (one per page). Returns the run's id and every run's label, in that order."""
+    ranked = table.sort_values("val_accuracy", ascending=False, kind="stable")
+    labels_by_run = run_labels(ranked)
+    run_ids = list(labels_by_run)
+    linked, seen = st.query_params.get("run"), f"{key}_for"
+    if linked is not None and linked not in run_ids:
+        st.warning(f"Run `{md_escape(linked)}` is not a complete run here (still training, deleted, or from "
+                   "another store): showing the best run instead.", icon=":material/link_off:")
+    elif linked is not None and st.session_state.get(seen) != linked:
+        st.session_state[seen] = linked
+        st.session_state[key] = linked
+
+    def share_run() -> None:
+        st.query_params["run"] = st.session_state[key]
+        st.session_state[seen] = st.session_state[key]
+
+    picked = st.selectbox("Run (best on validation first)", run_ids, key=key, format_func=labels_by_run.get,
+                          on_change=share_run)
+    return picked, labels_by_run
