@@ -40,7 +40,7 @@ PHASE_TITLES = {
     "done": "Done",
 }
 MEASURED_AFTER = 0.03  # a phase's own pace replaces its expectation once this much of it is done
-STEADY_AFTER = 0.02  # ... and its steady pace, measured from there (past its warm-up), once this much more is
+STEADY_AFTER = 0.02  # ... and its steady pace from there on (past its warm-up), once this much more is done
 TIMES_FILE = "phase_times.json"
 TIMES_KEPT = 8  # measurements kept per phase and key; the median is the expectation
 
