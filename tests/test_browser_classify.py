@@ -59,4 +59,7 @@ def test_first_use_upload_while_the_model_loads_then_the_prediction_and_its_over
     assert page.get_by_text("As the model sees it").count() >= 1
     assert page.get_by_text("Next most likely:").count() >= 1
     no_exception(page)
-    assert page.get_by_role("button", name="Download the overlay (PNG)").count() == 1
+    # the page reruns when the statistics measured meanwhile arrive: wait for the button, don't count at once
+    download = page.get_by_role("button", name="Download the overlay (PNG)")
+    download.wait_for(timeout=60_000)
+    assert download.count() == 1
