@@ -22,7 +22,7 @@ from conftest import NPZ_64
 
 from core.config import RunConfig
 from core.data.dataset import load_npz, stratified_subset
-from core.models.batchnorm import batchnorm_layers, recalibrate
+from core.models.batchnorm import _training_forward, batchnorm_layers, recalibrate
 from core.models.build import SCRATCH_BN_MOMENTUM, build_model
 from core.training.pipeline import bn_statistics_dataset, training_dataset
 from core.training.trainer import compile_model, predict_probabilities
@@ -109,6 +109,26 @@ def test_moving_stats_become_the_mean_of_per_batch_stats():
     out = np.asarray(model(batches[0], training=False))
     np.testing.assert_allclose(out, (batches[0] - expected_mean) / np.sqrt(expected_var + bn.epsilon),
                                rtol=1e-3, atol=1e-3)
+
+
+def test_repeated_reestimates_trace_once_report_each_batch_and_stay_exact():
+    """A trainer re-estimates before every validation: the traced pass is kept per model (a retrace each time
+    cost seconds a job's time left could not foresee), and the kept graph still averages the new batches."""
+    model = single_bn_model(momentum=0.9)
+    bn = model.get_layer("bn")
+    first, second = known_batches(6)[:3], known_batches(6)[3:]
+    reported: list[tuple[int, int]] = []
+    assert recalibrate(model, iter(first), max_batches=3, on_batch=lambda d, n: reported.append((d, n))) == 3
+    assert reported == [(1, 3), (2, 3), (3, 3)]
+    assert recalibrate(model, iter(second), max_batches=3) == 3
+    assert _training_forward(model).experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean(axis=(0, 1, 2)) for b in second], axis=0),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var(axis=(0, 1, 2)) for b in second], axis=0),
+                               rtol=1e-4, atol=1e-4)
+    assert bn.momentum == 0.9
+    other = single_bn_model()
+    assert _training_forward(other) is not _training_forward(model)  # one per model
 
 
 def test_momentum_and_statistics_are_restored_when_the_batches_fail():

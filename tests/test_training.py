@@ -145,6 +145,12 @@ def test_a_run_walks_its_phases_and_records_their_times(tiny_run):
     details = {p.phase: p.detail for p in reports}  # the last detail of each phase
     assert details["testing"] == f"{n['n_test']} of {n['n_test']} images"
     assert details["validating"] == f"epoch 2/2 · {n['n_val']}/{n['n_val']} images"
+    # each validation says how far it is through the BatchNorm re-estimate, then through the images, the first
+    # one too
+    for epoch in (1, 2):
+        said = [p.detail for p in reports if p.phase == "validating" and p.detail.startswith(f"epoch {epoch}/2 · ")]
+        recal = [d for d in said if "BatchNorm statistics, batch" in d]
+        assert recal and said.index(recal[-1]) < said.index(f"epoch {epoch}/2 · {n['n_val']}/{n['n_val']} images")
     assert re.fullmatch(r"epoch 2/2 · batch 8/8 · [\d,]+ images/s", details["training"])
     # the test pass is expected from the validation pass's pace, by image count, before it starts
     first_test = next(p for p in reports if p.phase == "testing")

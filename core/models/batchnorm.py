@@ -12,7 +12,8 @@ returns 0 for it without reading a batch.
 
 from __future__ import annotations
 
-from typing import Iterable
+import weakref
+from typing import Callable, Iterable
 
 import keras
 import numpy as np
@@ -23,8 +24,27 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def recalibrate(model: keras.Model, batches: Iterable, max_batches: int) -> int:
-    """Replace every BN layer's moving statistics by their mean over up to `max_batches` batches.
+# each model's traced training-mode forward pass, kept as long as the model lives
+_FORWARD: "weakref.WeakKeyDictionary[keras.Model, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _training_forward(model: keras.Model) -> Callable:
+    """One traced forward pass in training mode per model, not eager calls (they cost several times more and
+    varied 3x between identical runs). Traced once, on the first re-estimate, while every BN momentum is 0, and
+    kept: a new tf.function for every re-estimate traced the graph again before each validation, seconds that
+    varied from epoch to epoch and that a job's time left could not foresee. The closure holds the model weakly,
+    so the cache does not keep it alive."""
+    forward = _FORWARD.get(model)
+    if forward is None:
+        ref = weakref.ref(model)
+        forward = _FORWARD[model] = tf.function(lambda x: ref()(x, training=True), reduce_retracing=True)
+    return forward
+
+
+def recalibrate(model: keras.Model, batches: Iterable, max_batches: int,
+                on_batch: Callable[[int, int], None] | None = None) -> int:
+    """Replace every BN layer's moving statistics by their mean over up to `max_batches` batches;
+    `on_batch(done, max_batches)` after each one.
 
     Returns the number of batches used (0 leaves the model unchanged; always 0 for a model without BN layers).
     """
@@ -35,9 +55,7 @@ def recalibrate(model: keras.Model, batches: Iterable, max_batches: int) -> int:
     saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
     sums = [[np.zeros_like(m), np.zeros_like(v)] for m, v in saved]
     used = 0
-    # one traced forward pass in training mode, not eager calls: eager ones cost several times more and varied
-    # 3x between identical runs (a job's time left could not be trusted); traced after momentum is set to 0
-    forward = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
+    forward = _training_forward(model)
     try:
         for layer in layers:
             layer.momentum = 0.0  # moving stats := this batch's stats, read back after each batch
@@ -49,6 +67,8 @@ def recalibrate(model: keras.Model, batches: Iterable, max_batches: int) -> int:
                 acc[0] += layer.moving_mean.numpy()
                 acc[1] += layer.moving_variance.numpy()
             used += 1
+            if on_batch:
+                on_batch(used, max_batches)
     except BaseException:
         used = 0  # leave the model as it was
         raise

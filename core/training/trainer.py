@@ -261,12 +261,14 @@ class Trainer:
         # the validation's own cost (with the BatchNorm re-estimate): with train_seconds, the epoch's wall time
         row["val_seconds"] = time.perf_counter() - start
         self.validations += 1
-        units = self.units()
-        per_image = row["val_seconds"] / max(units["validating"], 1)
-        self.tracker.expect("validating", row["val_seconds"])  # the next validations, and the test pass by
-        self.tracker.expect("testing", per_image * units["testing"])  # its image count
         self._checkpoint(epoch)  # first: a history row on disk always has its checkpoint to resume from
         self.writer.write_history(self.history)
+        # the next validations take this one's pace past its warm-up (the first one traces its graphs), with the
+        # checkpoint: all of it is the phase's time; the test pass by its image count
+        units = self.units()
+        expected = self.tracker.steady_seconds() or (time.perf_counter() - start)
+        self.tracker.expect("validating", expected)
+        self.tracker.expect("testing", expected / max(units["validating"], 1) * units["testing"])
         c = self.config
         self.log(f"epoch {epoch}/{c.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} | "
                  f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} auc {row['val_auc']:.4f}"
@@ -276,18 +278,22 @@ class Trainer:
     def _score_epoch(self, epoch: int, train_logs: dict[str, Any], train_seconds: float) -> dict[str, float]:
         """Validation of the weights now in the model (the averaged ones with `ema`); keeps them if best."""
         c, data = self.config, self.data
-        if c.recalibrate_bn:
-            batchnorm.recalibrate(self.model, pipeline.bn_statistics_dataset(
-                data.train.images, c.arch, c.batch_size, c.seed + epoch), c.bn_recalibration_batches)
         detail = f"epoch {epoch}/{c.epochs}"
         units = self.units()["validating"]
         re_estimated = units - len(data.val)  # the BatchNorm re-estimate's images, done before predicting
-        # predict is traced on its first call in a process: the first pass's pace would promise far too long
-        # a wait, so it says how far it is and leaves the time left to the expectation
-        paced = self.validations > 0
+        # both parts report how far they are, the first pass too: the tracker leaves its first few percent
+        # (tracing the re-estimate's graph) out of the pace it measures
+        if c.recalibrate_bn:
+            def on_statistics_batch(done: int, n: int) -> None:
+                self.tracker.advance(min(done * c.batch_size, re_estimated) / units,
+                                     f"{detail} · BatchNorm statistics, batch {done}/{n}")
+
+            batchnorm.recalibrate(self.model, pipeline.bn_statistics_dataset(
+                data.train.images, c.arch, c.batch_size, c.seed + epoch), c.bn_recalibration_batches,
+                on_statistics_batch)
 
         def on_batch(done: int, n: int) -> None:
-            self.tracker.advance((re_estimated + done) / units if paced else 0.0, f"{detail} · {done:,}/{n:,} images")
+            self.tracker.advance((re_estimated + done) / units, f"{detail} · {done:,}/{n:,} images")
 
         probabilities = predict_probabilities(self.model, data.val.images, c.arch, on_batch)
         val = evaluate(data.val.labels, probabilities, data.labels)
