@@ -244,8 +244,9 @@ def test_inference_and_bn_statistics_datasets_are_unaugmented(tiny_npz):
 
 
 def test_batches_are_the_same_whether_prepared_for_a_cpu_or_a_gpu(tiny_npz, monkeypatch):
-    """On a CPU the map is left to tf.data's default rewrites, on a GPU it is explicitly parallel and prefetched
-    (core.training.pipeline._map_batches): only the speed may differ, never a pixel, a label or the order."""
+    """On a CPU the map is plain, one batch ahead, with tf.data's autotuner off (deleting an autotuned iterator
+    waited up to a minute); on a GPU it is explicitly parallel and autotuned (core.training.pipeline._map_batches):
+    only the speed may differ, never a pixel, a label or the order."""
     data = load_npz(tiny_npz)
     config = RunConfig(data=str(tiny_npz), arch="resnet18", weights="none", size=28, batch_size=32, seed=3,
                        aug_vflip=True, aug_rot90=True, aug_scale=0.2, aug_stain=0.2, aug_noise=0.02)
@@ -257,6 +258,11 @@ def test_batches_are_the_same_whether_prepared_for_a_cpu_or_a_gpu(tiny_npz, monk
 
     cpu, gpu = batches([]), batches(["a GPU"])
     assert len(cpu) == len(gpu) == 9
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    for ds in (training_dataset(data.train.images, data.train.labels, config, data.n_classes),
+               inference_dataset(data.val.images, "resnet18", 32), bn_statistics_dataset(data.train.images,
+                                                                                        "resnet18", 32, seed=1)):
+        assert ds.options().autotune.enabled is False
     for (x1, y1), (x2, y2) in zip(cpu, gpu):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
