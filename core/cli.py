@@ -677,8 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune-after", type=int, default=1, metavar="EPOCHS",
                    help="epochs every trial completes before it may be pruned (default 1)")
     g.add_argument("--startup-trials", type=int, default=None,
-                   help="random trials before TPE models the results, and completed ones before pruning starts "
-                        "(default: a third of the trials, 2 to 10)")
+                   help="trials spread evenly over the space (a scrambled Sobol sequence) before TPE models the "
+                        "results; pruning starts after half of them complete (default: 2 per searched field, at "
+                        "most half the trials, 2 to 10)")
     g.add_argument("--try", dest="try_", action="append", default=[], metavar="FIELD=V,FIELD=V",
                    help="a point to try first (e.g. a known recipe), within the space; repeatable")
     g.add_argument("--study", default=None, metavar="NAME", help="the study's name (default: search-DATE-TIME)")

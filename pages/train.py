@@ -107,15 +107,23 @@ def form_values(config: RunConfig, weights_auto: bool = True) -> dict[str, Any]:
     return out
 
 
+# the Search inputs past its field list, drawn only once a field is picked
+SEARCH_DEFAULTS = {"srch_trials": 20, "srch_hours": 0.0, "srch_pruner": "median", "srch_name": ""}
+
+
 def defaults() -> dict[str, Any]:
     return {**form_values(RunConfig()), "data_source": 64, "data_path": "", "sweep_fields": [],
-            "sweep_repeats": 1, "preset_choice": PRESETS[0].key}
+            "sweep_repeats": 1, "preset_choice": PRESETS[0].key, "srch_fields": [], **SEARCH_DEFAULTS}
 
 
 def drawn_keys() -> list[str]:
-    """The persisted widgets this run draws (the path input only for a custom file)."""
-    keys = [k for k in defaults() if k != "data_path" or ss.get("data_source") == CUSTOM]
-    return keys + [sweep_key(f) for f in ss.get("sweep_fields", [])]
+    """The persisted widgets this run draws (the path input only for a custom file, the Search inputs only with
+    a searched field)."""
+    searching = bool(ss.get("srch_fields"))
+    keys = [k for k in defaults() if (k != "data_path" or ss.get("data_source") == CUSTOM)
+            and (k not in SEARCH_DEFAULTS or searching)]
+    return (keys + [sweep_key(f) for f in ss.get("sweep_fields", [])]
+            + [search_key(f) for f in ss.get("srch_fields", [])])
 
 
 def restore_settings() -> None:
@@ -124,7 +132,7 @@ def restore_settings() -> None:
     if pending is not None:
         ss["data_source"] = pending
     everything = defaults()
-    for keys in (("data_source", "sweep_fields"), drawn_keys):  # the first two decide what else is drawn
+    for keys in (("data_source", "sweep_fields", "srch_fields"), drawn_keys):  # these decide what else is drawn
         for key in keys() if callable(keys) else keys:
             if key not in ss:
                 ss[key] = saved.get(key, everything.get(key, ""))
@@ -495,10 +503,11 @@ def search_plan(choice: DataChoice, plan: Plan) -> search.SearchPlan | None:
     fields_ = ss.get("srch_fields") or []
     if not fields_ or not plan.ok or len(plan.configs) != 1:
         return None
+    given = {**SEARCH_DEFAULTS, **{k: ss[k] for k in SEARCH_DEFAULTS if k in ss}}
     return search.plan_search(
-        plan.configs[0], {f: ss.get(search_key(f), "") for f in fields_}, int(ss.get("srch_trials", 20)),
-        store=RunStore(), hours=float(ss.get("srch_hours") or 0) or None, pruner=ss.get("srch_pruner", "median"),
-        name=ss.get("srch_name", ""), split_sizes=split_sizes(choice))
+        plan.configs[0], {f: ss.get(search_key(f), "") for f in fields_}, int(given["srch_trials"]),
+        store=RunStore(), hours=float(given["srch_hours"] or 0) or None, pruner=given["srch_pruner"],
+        name=given["srch_name"], split_sizes=split_sizes(choice))
 
 
 def launch_search() -> None:
@@ -543,9 +552,8 @@ def search_section(choice: DataChoice, plan: Plan) -> None:
                 if f in errors:
                     st.error(md_escape(errors[f].message), icon=":material/error:")
         cols = st.columns(4)
-        cols[0].number_input("Trials (at most)", min_value=1, max_value=search.MAX_TRIALS, value=20, step=1,
-                             key="srch_trials")
-        cols[1].number_input("Hours (0: no limit)", min_value=0.0, value=0.0, step=0.5, key="srch_hours",
+        cols[0].number_input("Trials (at most)", min_value=1, max_value=search.MAX_TRIALS, step=1, key="srch_trials")
+        cols[1].number_input("Hours (0: no limit)", min_value=0.0, step=0.5, key="srch_hours",
                              help="No trial starts after this; running ones finish.")
         cols[2].selectbox("Pruner", list(search.PRUNERS), key="srch_pruner", help="; ".join(search.PRUNERS.values()))
         cols[3].text_input("Study name", key="srch_name", placeholder="default: search-date-time")
@@ -563,8 +571,8 @@ def search_section(choice: DataChoice, plan: Plan) -> None:
             each = format_duration(sp.seconds_per_trial) if sp.seconds_per_trial is not None else "?"
             st.caption(f"Up to {plural(sp.spec.trials, 'trial')} of about {each} each (the settings below), at "
                        f"most about {format_duration(sp.max_seconds or 0)} one at a time; pruning usually cuts "
-                       f"that. The first {plural(sp.spec.startup_trials, 'trial')} draw at random; the results "
-                       f"go to Optuna's storage `{md_escape(sp.spec.storage)}`.")
+                       f"that. The first {plural(sp.spec.startup_trials, 'trial')} spread evenly over the ranges; "
+                       f"the results go to Optuna's storage `{md_escape(sp.spec.storage)}`.")
         st.button("Launch search", key="launch_search", type="primary", icon=":material/travel_explore:",
                   on_click=launch_search, disabled=not sp.ok)
 

@@ -4,6 +4,7 @@ the driver, cancel, the command line, and the Train page's Search mode and the R
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -83,6 +84,44 @@ def test_the_space_is_checked_with_the_base_config_and_every_error_is_collected(
     p = search.plan_search(base, SPACE, trials=5, store=store, split_sizes=(256, 128, 128), hours=2)
     assert p.ok and p.spec.storage == search.default_storage(store.runs_dir.parent)
     assert p.spec.startup_trials == 2 and p.seconds_per_trial > 0 and p.max_seconds == 5 * p.seconds_per_trial
+
+
+def test_the_start_spreads_evenly_over_the_space():
+    """A budget of 8 trials over 2 fields starts with 4 scrambled Sobol points: one in each quarter of every
+    range (on its log scale for the learning rate), where 4 random draws clump. Seeded: the same seed, the same
+    points."""
+    lr, dropout = search.parse_space(["lr=1e-4:1e-2:log", "dropout=0:0.5"])
+    assert search.default_startup(8, 2) == 4 and search.pruner_startup(4) == 2
+    for seed in range(5):
+        points = search.space_filling_points((lr, dropout), 4, seed)
+        assert sorted(int((math.log10(p["lr"]) + 4) / 2 * 4) for p in points) == [0, 1, 2, 3]
+        assert sorted(int(p["dropout"] / 0.5 * 4) for p in points) == [0, 1, 2, 3]
+        assert points == search.space_filling_points((lr, dropout), 4, seed)
+    assert search.space_filling_points((lr, dropout), 4, 0) != search.space_filling_points((lr, dropout), 4, 1)
+    # whole numbers and lists: every value one the field allows, each list value as often
+    batch, epochs = search.parse_space(["batch_size=16,32,64,128", "epochs=2:5"])
+    points = search.space_filling_points((batch, epochs), 8, 0)
+    assert sorted(p["batch_size"] for p in points) == [16, 16, 32, 32, 64, 64, 128, 128]
+    assert all(isinstance(p["epochs"], int) and 2 <= p["epochs"] <= 5 for p in points)
+    assert [lr.at(0.0), lr.at(1.0)] == pytest.approx([1e-4, 1e-2]) and epochs.at(0.999) == 5
+
+
+def test_a_new_study_queues_its_spread_start(tmp_path, tiny_npz):
+    """No training: the start's points are queued in the study when it is created, and the first is asked."""
+    store = RunStore(tmp_path / "artifacts" / "runs")
+    queue = JobQueue(store)
+    p = search.plan_search(tiny_base(tiny_npz, epochs=3), ["lr=1e-4:1e-2:log", "dropout=0:0.5"], trials=8,
+                           store=store, name="spread", first=["lr=0.001,dropout=0.2"])
+    assert p.spec.startup_trials == 4
+    start = search.start_points(p.spec)
+    assert start[0] == {"lr": 0.001, "dropout": 0.2} and len(start) == 4  # the asked-for point, then 3 spread
+    assert start[1:] == search.space_filling_points(p.spec.space, 3, 0)
+    search.create_search(p.spec, queue, LOCAL_ADMIN)
+    (job,) = queue.list()
+    assert (job.config.lr, job.config.dropout) == (0.001, 0.2)
+    study, _ = search.load_study("spread", p.spec.storage)
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == start[1:]
 
 
 def test_an_unusable_storage_is_one_clear_message(tmp_path, tiny_npz):
@@ -244,5 +283,12 @@ def test_train_page_search_mode_checks_previews_and_launches(monkeypatch, tmp_pa
         (job,) = queue.list()
         assert job.sweep == "search from-page" and job.config.arch == "compactresnet"
         assert 1e-4 <= job.config.lr <= 1e-2 and "Started search" in texts(at)
+        # the launch opened the Jobs tab; back on the form, the search's inputs are as they were
+        at.session_state["tab"] = "New training"
+        ok(at.run())
+        assert at.multiselect(key="srch_fields").value == ["lr", "dropout"]
+        assert (at.text_input(key="srch_lr").value, at.text_input(key="srch_dropout").value) == ("1e-4:1e-2:log",
+                                                                                               "0:0.5")
+        assert (at.number_input(key="srch_trials").value, at.text_input(key="srch_name").value) == (3, "from-page")
     finally:
         search.cancel_search(queue, "from-page", LOCAL_ADMIN)  # stops the trial's process the launch started

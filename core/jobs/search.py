@@ -11,9 +11,11 @@ The space: `field=low:high` (a float or int range), `field=low:high:log` (sample
 against the field's RunConfig metadata and validation: an unknown field, a wrong type or a value the field
 does not allow is a ConfigError naming it.
 
-The study: a TPE sampler (its first `startup_trials` trials random; seeded from the base config's seed and
-the number of trials asked so far, so a study is reproducible however many processes drive it) and a median
-or successive-halving pruner. It maximises the validation accuracy of each trial's kept epoch (never test).
+The study: its first `startup_trials` trials spread evenly over the space (scrambled Sobol points, queued when
+the study is created: with a budget of a few trials, random draws clump and leave regions untried), then a TPE
+sampler (seeded from the base config's seed and the number of trials asked so far, so a study is reproducible
+however many processes drive it), and a median or successive-halving pruner. It maximises the validation
+accuracy of each trial's kept epoch (never test).
 Storage is Optuna's own: `artifacts/search.sqlite3` by default, or any database URL Optuna accepts (several
 machines sharing one study). The study's settings travel in its user attributes, so whoever loads it (a
 driver after a restart, a trial's job process) rebuilds the same sampler and pruner.
@@ -122,6 +124,21 @@ class Dimension:
             return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
         return optuna.distributions.FloatDistribution(float(self.low), float(self.high), log=self.log)
 
+    def at(self, u: float) -> Any:
+        """The value at `u` in [0, 1) along this dimension: evenly on its scale (log or linear), ints and choices
+        as equal shares of it. Spread points in the unit cube become spread values."""
+        u = min(max(float(u), 0.0), 1.0 - 1e-12)
+        if not self.is_range:
+            return self.choices[int(u * len(self.choices))]
+        if SETTINGS[self.name].kind is int:
+            low, high = int(self.low), int(self.high)
+            if self.log:
+                return min(high, int(math.exp(math.log(low) + u * (math.log(high + 1) - math.log(low)))))
+            return low + int(u * (high - low + 1))
+        if self.log:
+            return float(math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))))
+        return float(self.low + u * (self.high - self.low))
+
     def contains(self, value: Any) -> bool:
         if not self.is_range:
             return value in self.choices
@@ -222,9 +239,27 @@ def default_storage(artifacts: Path) -> str:
     return f"sqlite:///{Path(artifacts).resolve() / STORAGE_FILE}"
 
 
-def default_startup(trials: int) -> int:
-    """Random trials before TPE models the results, and completed trials before the pruner may stop one."""
-    return max(2, min(10, trials // 3))
+def default_startup(trials: int, dimensions: int = 1) -> int:
+    """Trials spread over the space before TPE models the results (SMAC3 likewise starts from a scrambled Sobol
+    design): two per searched field, at most half the budget (TPE needs trials of its own), 2..10."""
+    return max(2, min(10, 2 * dimensions, trials // 2))
+
+
+def pruner_startup(startup_trials: int) -> int:
+    """Completed trials before the median pruner may stop one: half the spread-out start (at least one), so the
+    start's points that land in a poor region can be stopped too, the savings pruning is for."""
+    return max(1, startup_trials // 2)
+
+
+def space_filling_points(space: tuple[Dimension, ...], n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` points spread evenly over the space: a scrambled Sobol sequence (scipy.stats.qmc), seeded. Each of the
+    first 2^k points lies in its own 1/2^k of every field's range, where random draws clump and leave gaps."""
+    from scipy.stats import qmc  # noqa: PLC0415
+
+    if n <= 0 or not space:
+        return []
+    unit = qmc.Sobol(len(space), scramble=True, seed=seed).random_base2(math.ceil(math.log2(n)))[:n]
+    return [{d.name: d.at(u) for d, u in zip(space, row)} for row in unit]
 
 
 @dataclass(frozen=True)
@@ -294,7 +329,8 @@ def plan_search(base: RunConfig, space: Iterable[str] | Mapping[str, str], trial
     if not NAME_PATTERN.match(name):
         out.errors["search_name"] = ConfigError("name", "1 to 64 letters, digits, '.', '_' or '-', starting with "
                                                         "a letter or digit")
-    startup = default_startup(trials if isinstance(trials, int) else 1) if startup_trials is None else startup_trials
+    startup = (default_startup(trials if isinstance(trials, int) else 1, len(dims)) if startup_trials is None
+               else startup_trials)
     if not isinstance(startup, int) or startup < 1:
         out.errors["search_trials"] = ConfigError("startup_trials", "must be at least 1")
     if not isinstance(prune_after, int) or not 0 <= prune_after < base.epochs:
@@ -350,7 +386,8 @@ def make_pruner(spec: SearchSpec) -> Any:
     if spec.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.prune_after + 1,
                                                       reduction_factor=HALVING_FACTOR)
-    return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.prune_after + 1)
+    return optuna.pruners.MedianPruner(n_startup_trials=pruner_startup(spec.startup_trials),
+                                       n_warmup_steps=spec.prune_after + 1)
 
 
 def make_sampler(spec: SearchSpec, asked: int) -> Any:
@@ -440,6 +477,13 @@ def get_search(queue: "JobQueue", name: str) -> SearchRow:
     return _row(r)
 
 
+def start_points(spec: SearchSpec) -> list[dict[str, Any]]:
+    """The trials queued before TPE draws any: the points asked for (`first`), then space-filling points up to
+    the start's size, within the budget."""
+    n = min(spec.startup_trials, spec.trials) - len(spec.first)
+    return [dict(p) for p in spec.first] + space_filling_points(spec.space, n, spec.base.seed)
+
+
 # -- commands ---------------------------------------------------------------------------------------------------
 def create_search(spec: SearchSpec, queue: "JobQueue", user: User) -> SearchRow:
     """Create the study (an error if one of that name is in the storage) and queue its first trials."""
@@ -456,7 +500,7 @@ def create_search(spec: SearchSpec, queue: "JobQueue", user: User) -> SearchRow:
             raise ConfigError("search_name", f"the storage {spec.storage} holds a study named {spec.name} already; "
                                              f"choose another name") from None
         study.set_user_attr("cellscope", spec.settings())
-        for point in spec.first:
+        for point in start_points(spec):
             study.enqueue_trial(dict(point))
     now = time.time()
     with _db(queue) as db:
@@ -759,6 +803,8 @@ def show(queue_or_artifacts: "JobQueue | Path", name: str) -> SearchView:
     with storage_errors(search.storage):
         trials = study.get_trials(deepcopy=False)
     for t in trials:
+        if t.state == optuna.trial.TrialState.WAITING and search.status != "running":
+            continue  # a start point never asked: the search ended first (cancelled, or out of hours)
         rows.append(TrialRow(t.number, t.state.name, t.value if t.state == optuna.trial.TrialState.COMPLETE else
                              (t.value if t.state == optuna.trial.TrialState.PRUNED else None), dict(t.params),
                              t.user_attrs.get("pruned_epoch"), len(t.intermediate_values), t.user_attrs.get("job_id"),
