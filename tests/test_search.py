@@ -285,6 +285,7 @@ def test_train_page_search_mode_checks_previews_and_launches(monkeypatch, tmp_pa
         assert 1e-4 <= job.config.lr <= 1e-2 and "Started search" in texts(at)
         # the launch opened the Jobs tab; back on the form, the search's inputs are as they were
         at.session_state["tab"] = "New training"
+        at.query_params.pop("tab", None)
         ok(at.run())
         assert at.multiselect(key="srch_fields").value == ["lr", "dropout"]
         assert (at.text_input(key="srch_lr").value, at.text_input(key="srch_dropout").value) == ("1e-4:1e-2:log",
