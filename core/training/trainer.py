@@ -263,8 +263,8 @@ class Trainer:
         self.validations += 1
         self._checkpoint(epoch)  # first: a history row on disk always has its checkpoint to resume from
         self.writer.write_history(self.history)
-        # the next validations take this one's pace past its warm-up (the first one traces its graphs), with the
-        # checkpoint: all of it is the phase's time; the test pass by its image count
+        # the next validations take this one's pace past its warm-up (the first one, which traces its graphs,
+        # its whole time), with the checkpoint: all of it is the phase's time; the test pass by its image count
         units = self.units()
         expected = self.tracker.steady_seconds() or (time.perf_counter() - start)
         self.tracker.expect("validating", expected)
@@ -281,19 +281,23 @@ class Trainer:
         detail = f"epoch {epoch}/{c.epochs}"
         units = self.units()["validating"]
         re_estimated = units - len(data.val)  # the BatchNorm re-estimate's images, done before predicting
-        # both parts report how far they are, the first pass too: the tracker leaves its first few percent
-        # (tracing the re-estimate's graph) out of the pace it measures
+        # both parts say how far they are; the first pass in words only: it traces both graphs, and on a small
+        # run its first batch is a large share of the pass, so its pace would promise far too long a wait (the
+        # time left then comes from the expectation)
+        paced = self.validations > 0
         if c.recalibrate_bn:
+            batches = -(-re_estimated // c.batch_size)  # those the re-estimate reads
+
             def on_statistics_batch(done: int, n: int) -> None:
-                self.tracker.advance(min(done * c.batch_size, re_estimated) / units,
-                                     f"{detail} · BatchNorm statistics, batch {done}/{n}")
+                self.tracker.advance(min(done * c.batch_size, re_estimated) / units if paced else 0.0,
+                                     f"{detail} · BatchNorm statistics, batch {min(done, batches)}/{batches}")
 
             batchnorm.recalibrate(self.model, pipeline.bn_statistics_dataset(
                 data.train.images, c.arch, c.batch_size, c.seed + epoch), c.bn_recalibration_batches,
                 on_statistics_batch)
 
         def on_batch(done: int, n: int) -> None:
-            self.tracker.advance((re_estimated + done) / units, f"{detail} · {done:,}/{n:,} images")
+            self.tracker.advance((re_estimated + done) / units if paced else 0.0, f"{detail} · {done:,}/{n:,} images")
 
         probabilities = predict_probabilities(self.model, data.val.images, c.arch, on_batch)
         val = evaluate(data.val.labels, probabilities, data.labels)
