@@ -20,6 +20,7 @@ from typing import Iterator
 
 from core.errors import StoreError, UserFacingError
 from core.store.io import fsync_dir, fsync_file
+from core.store.sqlite_schema import add_missing_columns
 
 JOBS_FILE = "jobs.sqlite"
 MIGRATED_KEY = "index_migrated"  # set in `settings` once the index holds no old jobs table
@@ -77,19 +78,11 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def create(path: Path) -> None:
-    """The tables, and on a file from an older version the columns it lacks (ALTER TABLE ... ADD COLUMN: old
-    rows read NULL there; two processes adding one at once: the loser finds it there)."""
+    """The tables, and on a file from an older version the columns it lacks (core.store.sqlite_schema)."""
     with closing(connect(path)) as db:
         db.execute(JOBS_TABLE_SQL)
         db.execute(SETTINGS_TABLE_SQL)
-        have = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-        for name, kind in ADDED_COLUMNS:
-            if name not in have:
-                try:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-                except sqlite3.OperationalError as e:
-                    if "duplicate column" not in str(e):
-                        raise
+        add_missing_columns(db, "jobs", ADDED_COLUMNS)
 
 
 def _tables(db: sqlite3.Connection) -> set[str]:

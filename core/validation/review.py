@@ -50,6 +50,7 @@ from core.errors import StoreError, UserFacingError
 from core.evaluation.confusion import ambiguous_labels
 from core.evaluation.metrics import evaluate_calls
 from core.store.csv_safe import safe_row
+from core.store.sqlite_schema import add_missing_columns
 from core.validation.external.loading import load_images
 from core.validation.external.mapping import build_mapping
 from core.validation.external.scan import scan
@@ -178,9 +179,8 @@ class ReviewStore:
                        position INTEGER NOT NULL, decision TEXT NOT NULL, label TEXT, note TEXT NOT NULL,
                        reviewer TEXT NOT NULL, decided_at REAL NOT NULL, PRIMARY KEY (session_id, position));
                    CREATE INDEX IF NOT EXISTS review_sessions_set ON review_sessions(set_key);""")
-            columns = {r[1] for r in db.execute("PRAGMA table_info(review_cells)")}
-            if "top_json" not in columns:  # databases written before the model's top classes were kept
-                db.execute("ALTER TABLE review_cells ADD COLUMN top_json TEXT")
+            # databases written before the model's top classes were kept
+            add_missing_columns(db, "review_cells", (("top_json", "TEXT"),))
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=BUSY_SECONDS)  # SQLite retries a busy database this long
