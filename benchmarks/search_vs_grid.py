@@ -1,13 +1,14 @@
 """Search against grid on the same budget: an Optuna search of 8 trials with pruning over the learning rate and
 dropout (core.jobs.search) against a 2x2 grid of the same two settings (core.jobs.plans), on the real 28 px
 BloodMNIST with a limited training set and few epochs. The search starts from 4 points spread over the two
-ranges (scrambled Sobol), then TPE (core.jobs.search.default_startup).
+ranges (scrambled Sobol), then TPE (core.jobs.search.default_startup). Its 8 trials are a budget of 8 full trials
+(core.jobs.search, `refund`): the epochs pruned trials did not train fund further trials, so both sides spend at
+most 32 epochs (`--exact-trials`: exactly 8 trials, the epochs pruning saves left unspent).
 
 Both go through the real job queue, one job at a time, in a fresh artifacts folder (nothing of the project's
 is touched). Every job trains the same network for the same epochs; the grid's 4 settings each run with two
-seeds (8 jobs, 8 x epochs), so the grid gets at least the epochs the search uses (8 trials, fewer epochs
-where pruned). Selection on validation only: each side's best is its best run's kept-epoch validation
-accuracy; test is never read here.
+seeds (8 jobs, 8 x epochs), so the grid gets at least the epochs the search uses. Selection on validation
+only: each side's best is its best run's kept-epoch validation accuracy; test is never read here.
 
 Prints each trial (state, validation accuracy, lr, dropout, pruned epoch), how many were pruned, each grid
 run, both bests, the epochs and wall time each side used, and whether the done-when holds (at least one
@@ -16,6 +17,7 @@ seeds (how the project reports repeats) and the best of the 2x2 grid run with th
 
     python benchmarks/search_vs_grid.py                     # seed 0, 2,000 training images, 4 epochs
     python benchmarks/search_vs_grid.py --seed 1 --limit-train 1000 --epochs 3
+    python benchmarks/search_vs_grid.py --seed 2 --search-only      # the search side alone
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def main() -> int:
     parser.add_argument("--limit-train", type=int, default=2000)
     parser.add_argument("--width", type=int, default=16, help="compact ResNet width")
     parser.add_argument("--out", default=None, help="artifacts folder (default: a new temporary one)")
+    parser.add_argument("--exact-trials", action="store_true",
+                        help="exactly --trials trials: pruned trials' unused epochs are not spent on further ones")
+    parser.add_argument("--search-only", action="store_true", help="run the search side only (no grid, no verdict)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
     args = parser.parse_args()
     artifacts = Path(args.out or tempfile.mkdtemp(prefix="search-vs-grid-")) / "artifacts"
@@ -88,7 +93,8 @@ def main() -> int:
     # -- the search ----------------------------------------------------------------------------------------
     p = search.plan_search(base, [f"lr={LR_RANGE[0]:g}:{LR_RANGE[1]:g}:log",
                                   f"dropout={DROPOUT_RANGE[0]:g}:{DROPOUT_RANGE[1]:g}"],
-                           args.trials, store=store, pruner="median", name="bench", prune_after=1)
+                           args.trials, store=store, pruner="median", name="bench", prune_after=1,
+                           refund=not args.exact_trials)
     if not p.ok:
         raise SystemExit(f"search: {p.errors}")
     search.create_search(p.spec, queue, LOCAL_ADMIN)
@@ -98,6 +104,10 @@ def main() -> int:
     search_epochs = sum(t.epochs for t in view.trials)
     pruned = view.count("PRUNED")
     search_best = view.best.value if view.best else float("nan")
+    print(f"\nsearch: {len(view.trials)} trials, {pruned} pruned, {search_epochs} epochs, {search_seconds / 60:.1f} "
+          f"min; best validation accuracy {search_best:.4f}", flush=True)
+    if args.search_only:
+        return 0
 
     # -- the grid -------------------------------------------------------------------------------------------
     request = PlanRequest(values=base.to_dict(), sweep={"lr": ",".join(f"{v:g}" for v in GRID_LR),

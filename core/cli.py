@@ -173,7 +173,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.list:
         rows = search.list_searches(store.runs_dir.parent)
         for r in rows:
-            print(f"{r.name}\t{r.status}\t{r.trials} trials\t{r.owner}\t{r.storage}")
+            print(f"{r.name}\t{r.status}\t{r.asked} trials, budget {r.trials}\t{r.owner}\t{r.storage}")
         if not rows:
             print("(no searches yet: python -m core search --space FIELD=LOW:HIGH ...)")
         return 0
@@ -189,15 +189,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError("give the space to search (--space lr=1e-4:1e-2:log ...), or --show/--cancel NAME, or --list")
     p = search.plan_search(config_from_args(args), args.space, args.trials, store=store, hours=args.hours,
                            pruner=args.pruner, name=args.study, storage=args.storage,
-                           startup_trials=args.startup_trials, prune_after=args.prune_after, first=args.try_)
+                           startup_trials=args.startup_trials, prune_after=args.prune_after, first=args.try_,
+                           refund=not args.exact_trials)
     if not p.ok:
         raise next(iter(p.errors.values()))
     row = search.create_search(p.spec, queue, LOCAL_ADMIN)
     if not args.no_start:
         queue.tick()
     space = "; ".join(d.describe() for d in p.spec.space)
-    print(f"search {row.name}: up to {row.trials} trial{'s' if row.trials > 1 else ''} over {space}; storage "
-          f"{row.storage}")
+    print(f"search {row.name}: {p.spec.describe_budget()} over {space}; storage {row.storage}")
     if not args.wait:
         print(f"the queue runs it (the app, or python -m core worker); python -m core search --show {row.name}")
         return 0
@@ -668,7 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--space", action="append", default=[], metavar="FIELD=LOW:HIGH[:log] | FIELD=A,B",
                    help="a setting to search: a range (log scale with :log) or values; repeatable, e.g. --space "
                         "lr=1e-4:1e-2:log --space dropout=0:0.5 --space batch_size=32,64,128")
-    g.add_argument("--trials", type=int, default=20, help="how many trials at most (default 20)")
+    g.add_argument("--trials", type=int, default=20,
+                   help="the budget, in full trials (default 20): a trial that stops early (pruned, or early "
+                        "stopping) gives its unused epochs to further trials")
+    g.add_argument("--exact-trials", action="store_true",
+                   help="run exactly --trials trials, however short (the epochs pruning saves are not spent)")
     g.add_argument("--hours", type=float, default=None, help="start no trial after this many hours")
     from core.jobs.search import PRUNERS  # noqa: PLC0415  (light: Optuna is imported when a study opens)
 

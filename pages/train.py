@@ -108,7 +108,8 @@ def form_values(config: RunConfig, weights_auto: bool = True) -> dict[str, Any]:
 
 
 # the Search inputs past its field list, drawn only once a field is picked
-SEARCH_DEFAULTS = {"srch_trials": 20, "srch_hours": 0.0, "srch_pruner": "median", "srch_name": ""}
+SEARCH_DEFAULTS = {"srch_trials": 20, "srch_hours": 0.0, "srch_pruner": "median", "srch_name": "",
+                   "srch_refund": True}
 
 
 def defaults() -> dict[str, Any]:
@@ -507,7 +508,7 @@ def search_plan(choice: DataChoice, plan: Plan) -> search.SearchPlan | None:
     return search.plan_search(
         plan.configs[0], {f: ss.get(search_key(f), "") for f in fields_}, int(given["srch_trials"]),
         store=RunStore(), hours=float(given["srch_hours"] or 0) or None, pruner=given["srch_pruner"],
-        name=given["srch_name"], split_sizes=split_sizes(choice))
+        name=given["srch_name"], split_sizes=split_sizes(choice), refund=bool(given["srch_refund"]))
 
 
 def launch_search() -> None:
@@ -525,8 +526,8 @@ def launch_search() -> None:
     except UserFacingError as e:
         ss["_launch"] = ("error", str(e))
         return
-    ss["_launch"] = ("success", f"Started search “{row.name}”: up to {plural(row.trials, 'trial')}, queued one "
-                                f"after another as the jobs end. Its trials and best so far are on Results.")
+    ss["_launch"] = ("success", f"Started search “{row.name}”: {sp.spec.describe_budget()}, queued one after "
+                                f"another as the jobs end. Its trials and best so far are on Results.")
     ss["tab"] = "Jobs"
 
 
@@ -552,11 +553,16 @@ def search_section(choice: DataChoice, plan: Plan) -> None:
                 if f in errors:
                     st.error(md_escape(errors[f].message), icon=":material/error:")
         cols = st.columns(4)
-        cols[0].number_input("Trials (at most)", min_value=1, max_value=search.MAX_TRIALS, step=1, key="srch_trials")
+        cols[0].number_input("Trials", min_value=1, max_value=search.MAX_TRIALS, step=1, key="srch_trials",
+                             help="The budget, in full trials.")
         cols[1].number_input("Hours (0: no limit)", min_value=0.0, step=0.5, key="srch_hours",
                              help="No trial starts after this; running ones finish.")
         cols[2].selectbox("Pruner", list(search.PRUNERS), key="srch_pruner", help="; ".join(search.PRUNERS.values()))
         cols[3].text_input("Study name", key="srch_name", placeholder="default: search-date-time")
+        st.checkbox("Spend the epochs pruned trials leave on further trials", key="srch_refund",
+                    help="On: the trials are a budget of full trials, and a trial stopped early spends only the "
+                         "epochs it trained, so the search uses all the compute it was given. Off: exactly that "
+                         "many trials, however short.")
         for slot in ("search_space", "search_trials", "search_hours", "search_pruner", "search_name"):
             if slot in errors:
                 st.error(md_escape(errors[slot].message), icon=":material/error:")
@@ -569,10 +575,13 @@ def search_section(choice: DataChoice, plan: Plan) -> None:
             st.dataframe([{"setting": LABELS[d.name], "searched over": d.describe().split(": ", 1)[1]}
                           for d in sp.spec.space], hide_index=True, key="search_preview")
             each = format_duration(sp.seconds_per_trial) if sp.seconds_per_trial is not None else "?"
-            st.caption(f"Up to {plural(sp.spec.trials, 'trial')} of about {each} each (the settings below), at "
-                       f"most about {format_duration(sp.max_seconds or 0)} one at a time; pruning usually cuts "
-                       f"that. The first {plural(sp.spec.startup_trials, 'trial')} spread evenly over the ranges; "
-                       f"the results go to Optuna's storage `{md_escape(sp.spec.storage)}`.")
+            spend = ("pruned trials' unused epochs run further trials in that time" if sp.spec.refund else
+                     "pruning usually cuts that")
+            budget = sp.spec.budget_words
+            st.caption(f"{budget[0].upper() + budget[1:]} of about {each} each (the settings below), at most about "
+                       f"{format_duration(sp.max_seconds or 0)} one at a time; {spend}. The first "
+                       f"{plural(sp.spec.startup_trials, 'trial')} spread evenly over the ranges; the results go to "
+                       f"Optuna's storage `{md_escape(sp.spec.storage)}`.")
         st.button("Launch search", key="launch_search", type="primary", icon=":material/travel_explore:",
                   on_click=launch_search, disabled=not sp.ok)
 

@@ -4,8 +4,11 @@ the driver, cancel, the command line, and the Train page's Search mode and the R
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,8 @@ from core.jobs.queue import JobQueue
 from core.store.runs import RunStore, open_run
 
 SPACE = ["lr=1e-6:1e-1:log", "dropout=0:0.5"]
-GOOD, BAD = "lr=0.01,dropout=0.1", "lr=1e-6,dropout=0.1"  # tried first: the bad one must be pruned at epoch 1
+# tried first: the bad ones must be pruned at epoch 1
+GOOD, BAD, BAD2 = "lr=0.01,dropout=0.1", "lr=1e-6,dropout=0.1", "lr=2e-6,dropout=0.3"
 
 
 def tiny_base(npz: Path, **changes) -> RunConfig:
@@ -86,6 +90,45 @@ def test_the_space_is_checked_with_the_base_config_and_every_error_is_collected(
     assert p.spec.startup_trials == 2 and p.seconds_per_trial > 0 and p.max_seconds == 5 * p.seconds_per_trial
 
 
+def test_the_budget_counts_trials_or_the_share_of_epochs_each_trained():
+    row = search.SearchRow("s", "sqlite://", "local", ("admin",), 0.0, trials=3, deadline=None, status="running",
+                           error=None)
+    exact = lambda asked: dataclasses.replace(row, asked=asked, spent=float(asked))  # noqa: E731
+    assert exact(2).budget_left() and not exact(3).budget_left()
+    # refund: two trials pruned at half their epochs leave a whole trial's epochs, for a fourth trial
+    refund = dataclasses.replace(row, refund=True, asked=3, spent=2.0)
+    assert refund.budget_left() and refund.trials_summary() == "3 trials, 2 of a budget of 3 full trials spent"
+    assert not dataclasses.replace(refund, asked=4, spent=2.5).budget_left()  # half a trial left: not enough
+    assert not dataclasses.replace(refund, status="done").budget_left()
+    assert not dataclasses.replace(refund, deadline=time.time() - 1).budget_left()
+    assert not dataclasses.replace(refund, asked=search.MAX_TRIALS, trials=search.MAX_TRIALS + 1).budget_left()
+    assert exact(1).trials_summary() == "1 of 3 trials"
+    # a settled trial's share: the epochs it trained of its own; unknown counts whole (None)
+    assert search.trial_share(1, 4) == 0.25 and search.trial_share(4, 4) == 1.0
+    assert search.trial_share(None, 4) is search.trial_share(0, 4) is search.trial_share(5, 4) is None
+    assert search.trial_share(True, 4) is None
+
+
+def test_a_queue_from_before_the_budget_columns_is_read_and_grown(tmp_path):
+    """A jobs database written before `refund` and `used` existed: its searches list as exact budgets, and the
+    columns are added on first use."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    with closing(sqlite3.connect(artifacts / "jobs.sqlite")) as db, db:
+        db.execute("CREATE TABLE searches (name TEXT PRIMARY KEY, storage TEXT NOT NULL, owner TEXT NOT NULL, "
+                   "roles TEXT NOT NULL, created REAL NOT NULL, trials INTEGER NOT NULL, deadline REAL, "
+                   "status TEXT NOT NULL, lease REAL, error TEXT)")
+        db.execute("CREATE TABLE search_trials (search TEXT NOT NULL, trial INTEGER NOT NULL, job_id INTEGER, "
+                   "settled INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (search, trial))")
+        db.execute("INSERT INTO searches VALUES ('old', 'sqlite://', 'local', '[\"admin\"]', 1.0, 5, NULL, 'done', "
+                   "NULL, NULL)")
+        db.executemany("INSERT INTO search_trials VALUES ('old', ?, ?, 1)", [(0, 1), (1, 2)])
+    (old,) = search.list_searches(artifacts)
+    assert (old.refund, old.asked, old.spent, old.trials_summary()) == (False, 2, 2.0, "2 of 5 trials")
+    with closing(sqlite3.connect(artifacts / "jobs.sqlite")) as db:
+        assert {"used"} <= {r[1] for r in db.execute("PRAGMA table_info(search_trials)")}
+
+
 def test_the_start_spreads_evenly_over_the_space():
     """A budget of 8 trials over 2 fields starts with 4 scrambled Sobol points: one in each quarter of every
     range (on its log scale for the learning rate), where 4 random draws clump. Seeded: the same seed, the same
@@ -136,14 +179,15 @@ def test_an_unusable_storage_is_one_clear_message(tmp_path, tiny_npz):
 # -- a real study through the real queue -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory, tiny_npz) -> Path:
-    """Three trials of 2 epochs on 256 real images, one job at a time: a good and a planted bad point tried
-    first, then one TPE draw; the median pruner (from the first completed trial, from epoch 1) must stop the
-    bad one. Driven by a fresh JobQueue object at every tick, as after restarts of the app. Returns the
-    artifacts folder."""
+    """A budget of three trials of 2 epochs on 256 real images, one job at a time: a good and two planted bad
+    points tried first, the median pruner (from the first completed trial, from epoch 1) must stop the bad ones
+    after 1 epoch each; their unused epochs add up to a whole trial, so a fourth trial (TPE's draw) runs.
+    Driven by a fresh JobQueue object at every tick, as after restarts of the app. Returns the artifacts
+    folder."""
     artifacts = tmp_path_factory.mktemp("search") / "artifacts"
     store = RunStore(artifacts / "runs")
     p = search.plan_search(tiny_base(tiny_npz), SPACE, trials=3, store=store, name="tiny", startup_trials=1,
-                           prune_after=0, first=[GOOD, BAD])
+                           prune_after=0, first=[GOOD, BAD, BAD2])
     assert p.ok, p.errors
     row = search.create_search(p.spec, JobQueue(store), LOCAL_ADMIN)
     assert row.status == "running" and len(JobQueue(store).list()) == 1  # only one in flight: max_concurrent 1
@@ -156,18 +200,22 @@ def finished_study(tmp_path_factory, tiny_npz) -> Path:
 
 
 @pytest.mark.slow
-def test_a_study_runs_its_trials_as_jobs_and_prunes_the_planted_bad_one(finished_study):
+def test_a_study_runs_its_trials_as_jobs_and_prunes_the_planted_bad_ones(finished_study):
     queue = JobQueue(RunStore(finished_study / "runs"))
     view = search.show(queue, "tiny")
     assert view.search.status == "done" and view.search.error is None
-    assert [t.number for t in view.trials] == [0, 1, 2]
-    good, bad, drawn = view.trials
+    assert [t.number for t in view.trials] == [0, 1, 2, 3]
+    good, bad, bad2, drawn = view.trials
     assert good.params == {"lr": 0.01, "dropout": 0.1} and good.state == "COMPLETE"
-    assert bad.params["lr"] == 1e-6 and bad.state == "PRUNED" and bad.pruned_epoch == 1 and bad.epochs == 1
+    for t, lr in ((bad, 1e-6), (bad2, 2e-6)):
+        assert t.params["lr"] == lr and t.state == "PRUNED" and t.pruned_epoch == 1 and t.epochs == 1
     assert 1e-6 <= drawn.params["lr"] <= 1e-1 and 0 <= drawn.params["dropout"] <= 0.5  # TPE's draw, in range
     assert drawn.state in ("COMPLETE", "PRUNED")
+    # the budget: 1 + 1/2 + 1/2 left a whole trial for the fourth; after it, less than one is left
+    assert view.search.refund and view.search.asked == 4
+    assert view.search.spent == (3.0 if drawn.state == "COMPLETE" else 2.5)
     jobs = {j.id: j for j in queue.list()}
-    assert len(jobs) == 3 and all(j.status == "succeeded" and j.sweep == "search tiny" for j in jobs.values())
+    assert len(jobs) == 4 and all(j.status == "succeeded" and j.sweep == "search tiny" for j in jobs.values())
     assert jobs[bad.job_id].detail == "pruned at epoch 1" and jobs[good.job_id].detail == ""
     for t in view.trials:  # each trial told its run's kept-epoch validation accuracy, never test
         run = open_run(jobs[t.job_id].run_path)
@@ -182,7 +230,7 @@ def test_a_study_runs_its_trials_as_jobs_and_prunes_the_planted_bad_one(finished
     report = search.format_view(view)
     assert "pruned" in report and f"best: trial {view.best.number}" in report
     search.drive(queue)  # a finished search is left alone: nothing more is queued
-    assert len(queue.list()) == 3
+    assert len(queue.list()) == 4
 
 
 def test_cancel_stops_the_queued_trials_and_fails_them(tmp_path, tiny_npz):
@@ -219,11 +267,11 @@ def test_cli_parses_a_search_and_reports_errors(tmp_path, tiny_npz, capsys):
     args = cli.build_parser().parse_args(
         ["search", "--space", "lr=1e-4:1e-2:log", "--space", "dropout=0:0.5", "--trials", "8", "--hours", "1.5",
          "--pruner", "halving", "--study", "s1", "--storage", "sqlite:///x.db", "--arch", "compactresnet",
-         "--epochs", "3", "--prune-after", "2", "--try", "lr=0.001,dropout=0.3", "--wait"])
+         "--epochs", "3", "--prune-after", "2", "--try", "lr=0.001,dropout=0.3", "--wait", "--exact-trials"])
     assert args.space == ["lr=1e-4:1e-2:log", "dropout=0:0.5"] and args.trials == 8 and args.hours == 1.5
     assert (args.pruner, args.study, args.storage, args.prune_after, args.wait) == ("halving", "s1",
                                                                                     "sqlite:///x.db", 2, True)
-    assert args.try_ == ["lr=0.001,dropout=0.3"] and cli.config_from_args(args).epochs == 3
+    assert args.try_ == ["lr=0.001,dropout=0.3"] and cli.config_from_args(args).epochs == 3 and args.exact_trials
     runs = str(tmp_path / "artifacts" / "runs")
     assert cli.main(["search", "--space", "dropout=0:1", "--runs-dir", runs]) == cli.EXIT_USAGE
     assert "dropout: 1 is not allowed" in capsys.readouterr().err
@@ -234,11 +282,17 @@ def test_cli_parses_a_search_and_reports_errors(tmp_path, tiny_npz, capsys):
     assert "no searches yet" in capsys.readouterr().out
     assert cli.main(["search", "--space", "lr=1e-3:1e-2:log", "--trials", "2", "--study", "queued", "--no-start",
                      "--data", str(tiny_npz), "--arch", "compactresnet", "--runs-dir", runs]) == 0
-    assert "search queued: up to 2 trials over Learning rate" in capsys.readouterr().out
+    assert ("search queued: a budget of 2 full trials (trials that stop early give their unused epochs to further "
+            "trials) over Learning rate") in capsys.readouterr().out
     assert [j.status for j in JobQueue(RunStore(runs)).list()] == ["queued"]
     assert cli.main(["search", "--cancel", "queued", "--runs-dir", runs]) == 0
     assert cli.main(["search", "--show", "queued", "--runs-dir", runs]) == 0
-    assert "search queued: cancelled, 1 of 2 trials" in capsys.readouterr().out
+    assert "search queued: cancelled, 1 trial, 1 of a budget of 2 full trials spent" in capsys.readouterr().out
+    assert cli.main(["search", "--space", "lr=1e-3:1e-2:log", "--trials", "2", "--study", "exact", "--no-start",
+                     "--exact-trials", "--data", str(tiny_npz), "--arch", "compactresnet", "--runs-dir", runs]) == 0
+    assert "search exact: up to 2 trials over Learning rate" in capsys.readouterr().out
+    assert cli.main(["search", "--list", "--runs-dir", runs]) == 0
+    assert "exact\trunning\t1 trials, budget 2" in capsys.readouterr().out
 
 
 # -- the pages ---------------------------------------------------------------------------------------------------
@@ -248,10 +302,11 @@ def test_results_page_shows_the_study(monkeypatch, finished_study):
     at = ok(AppTest.from_file(APP, default_timeout=120).run())
     ok(at.switch_page("pages/results.py").run())  # through the app: the best run's link needs its navigation
     shown = texts(at)
-    assert "Searches" in shown and "tiny: 3 of 3 trials" in shown and "Pruned: 1" in shown or "Pruned: 2" in shown
+    assert "Searches" in shown and "tiny: 4 trials, " in shown and "of a budget of 3 full trials spent" in shown
+    assert "Pruned: 2" in shown or "Pruned: 3" in shown
     assert "Too few completed trials for importances" in shown
     trials = next(d.value for d in at.dataframe if "pruned_at_epoch" in d.value.columns)
-    assert list(trials["trial"]) == [0, 1, 2] and trials.loc[1, "pruned_at_epoch"] == 1
+    assert list(trials["trial"]) == [0, 1, 2, 3] and trials.loc[1, "pruned_at_epoch"] == 1
     assert "Best so far: trial" in shown
 
 
@@ -275,11 +330,14 @@ def test_train_page_search_mode_checks_previews_and_launches(monkeypatch, tmp_pa
     ok(at.text_input(key="srch_name").input("from-page").run())
     preview = next(d.value for d in at.dataframe if "searched over" in d.value.columns)
     assert list(preview["searched over"]) == ["0.0001 to 0.01 (log scale)", "0 to 0.5"]
+    assert "A budget of 3 full trials of about" in texts(at) and at.checkbox(key="srch_refund").value
+    ok(at.checkbox(key="srch_refund").uncheck().run())
     assert "Up to 3 trials of about" in texts(at)
     ok(at.button(key="launch_search").click().run())
     queue = JobQueue(RunStore(artifacts / "runs"))
     try:
-        assert [(r.name, r.trials, r.status) for r in search.list_searches(artifacts)] == [("from-page", 3, "running")]
+        assert [(r.name, r.trials, r.status, r.refund) for r in search.list_searches(artifacts)] == [
+            ("from-page", 3, "running", False)]
         (job,) = queue.list()
         assert job.sweep == "search from-page" and job.config.arch == "compactresnet"
         assert 1e-4 <= job.config.lr <= 1e-2 and "Started search" in texts(at)
@@ -291,5 +349,6 @@ def test_train_page_search_mode_checks_previews_and_launches(monkeypatch, tmp_pa
         assert (at.text_input(key="srch_lr").value, at.text_input(key="srch_dropout").value) == ("1e-4:1e-2:log",
                                                                                                "0:0.5")
         assert (at.number_input(key="srch_trials").value, at.text_input(key="srch_name").value) == (3, "from-page")
+        assert at.checkbox(key="srch_refund").value is False
     finally:
         search.cancel_search(queue, "from-page", LOCAL_ADMIN)  # stops the trial's process the launch started

@@ -54,7 +54,7 @@ def searches_section(store: RunStore) -> None:
         return
     names = {r.name: r for r in rows}
     name = st.selectbox("Search", list(names), key="search_pick",
-                        format_func=lambda n: f"{n} · {names[n].status} · up to {names[n].trials} trials")
+                        format_func=lambda n: f"{n} · {names[n].status} · {names[n].trials_summary()}")
     try:
         view = search.show(artifacts, name)
     except UserFacingError as e:
@@ -68,11 +68,17 @@ def searches_section(store: RunStore) -> None:
     best = view.best
     cols = st.columns(4)
     cols[0].metric("Status", view.search.status)
-    cols[1].metric("Trials", f"{len(view.trials)} of {view.spec.trials}")
+    row = view.search
+    if row.refund:
+        cols[1].metric("Budget spent", f"{row.spent_text} of {row.trials} trials",
+                       help=f"{plural(row.asked, 'trial')} so far. Trials that stop early (pruned) spend the share "
+                            f"of epochs they trained; the rest funds further trials.")
+    else:
+        cols[1].metric("Trials", f"{row.asked} of {row.trials}")
     cols[2].metric("Pruned", view.count("PRUNED"))
     cols[3].metric("Best validation accuracy", f"{best.value:.4f}" if best else "–")
-    st.caption(md_escape(f"{view.search.name}: {len(view.trials)} of {view.spec.trials} trials, "
-                         f"{view.count('COMPLETE')} complete, {view.count('PRUNED')} pruned, "
+    st.caption(md_escape(f"{view.search.name}: {row.trials_summary()}; {view.count('COMPLETE')} complete, "
+                         f"{view.count('PRUNED')} pruned, "
                          f"{view.count('FAIL')} failed. Searched: "
                          + "; ".join(d.describe() for d in view.spec.space)
                          + f". {search.PRUNERS[view.spec.pruner].capitalize()}. Each trial is told its run's "

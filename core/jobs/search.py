@@ -11,6 +11,11 @@ The space: `field=low:high` (a float or int range), `field=low:high:log` (sample
 against the field's RunConfig metadata and validation: an unknown field, a wrong type or a value the field
 does not allow is a ConfigError naming it.
 
+The budget: `trials`, and optionally `hours` (no trial starts after them). By default (`refund`) `trials` counts
+full trials: one that stops early (pruned, or early stopping) spends only the share of epochs it trained, and the
+rest funds further trials, so the search uses the compute it was given, as Hyperband counts its budget in epochs;
+without it, exactly `trials` trials run however short.
+
 The study: its first `startup_trials` trials spread evenly over the space (scrambled Sobol points, queued when
 the study is created: with a budget of a few trials, random draws clump and leave regions untried), then a TPE
 sampler (seeded from the base config's seed and the number of trials asked so far, so a study is reproducible
@@ -21,7 +26,8 @@ machines sharing one study). The study's settings travel in its user attributes,
 driver after a restart, a trial's job process) rebuilds the same sampler and pruner.
 
 Where it runs: nothing stays in memory. The jobs database (core.jobs.jobdb) holds two small tables of this
-module: `searches` (name, storage URL, owner, budget, status) and `search_trials` (study trial -> job).
+module: `searches` (name, storage URL, owner, budget, status) and `search_trials` (study trial -> job, the
+share of the budget it spent).
 `JobQueue.tick()` calls `drive(queue)`, so a search advances wherever the queue does (the Train page's live
 view, `python -m core worker` or `jobs`, and every job process as it ends), survives restarts of the app and
 needs no page open. `drive` first looks at the two tables only (no Optuna): it opens the study when a trial's
@@ -55,6 +61,7 @@ from core.config import SETTINGS, ConfigError, RunConfig
 from core.errors import StoreError, UserFacingError
 from core.jobs import jobdb
 from core.jobs.sweeps import estimate_seconds, grid, parse_values
+from core.store.sqlite_schema import add_missing_columns
 
 if TYPE_CHECKING:
     from core.jobs.queue import JobQueue
@@ -76,11 +83,20 @@ TABLES_SQL = (
     """CREATE TABLE IF NOT EXISTS searches (
        name TEXT PRIMARY KEY, storage TEXT NOT NULL, owner TEXT NOT NULL, roles TEXT NOT NULL,
        created REAL NOT NULL, trials INTEGER NOT NULL, deadline REAL, status TEXT NOT NULL,
-       lease REAL, error TEXT)""",
+       lease REAL, error TEXT, refund INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS search_trials (
        search TEXT NOT NULL, trial INTEGER NOT NULL, job_id INTEGER, settled INTEGER NOT NULL DEFAULT 0,
-       PRIMARY KEY (search, trial))""",
+       used REAL, PRIMARY KEY (search, trial))""",
 )
+# columns added after the tables first shipped (core.store.sqlite_schema): searches.refund, whether trials that
+# stop early give their unused epochs back to the budget; search_trials.used, the share of the budget's unit (one
+# full trial) a settled trial spent (NULL: in flight, or from before; counted as a whole trial)
+ADDED_COLUMNS = {"searches": (("refund", "INTEGER NOT NULL DEFAULT 0"),), "search_trials": (("used", "REAL"),)}
+# a search's row with what its trials have spent: trials asked, and the budget they hold (a whole trial each while
+# in flight, failed or from before `used`; with refund, a settled trial its share of the epochs it trained)
+SEARCH_SQL = ("SELECT s.*, (SELECT COUNT(*) FROM search_trials t WHERE t.search = s.name) AS asked, "
+              "(SELECT TOTAL(CASE WHEN s.refund THEN COALESCE(t.used, 1) ELSE 1 END) FROM search_trials t "
+              "WHERE t.search = s.name) AS spent FROM searches s")
 
 
 class SearchError(UserFacingError):
@@ -274,18 +290,33 @@ class SearchSpec:
     startup_trials: int = 2
     prune_after: int = 1  # epochs every trial completes before it may be pruned
     first: tuple[Mapping[str, Any], ...] = ()  # points to try first (Optuna's enqueue_trial), e.g. a known recipe
+    # `trials` as a budget of that many full trials: a trial that stops early (pruned, or early stopping) spends
+    # only its share of epochs, and what it leaves funds further trials (as Hyperband counts its budget in
+    # epochs). Off: exactly `trials` trials, however short. Studies from before it existed read False.
+    refund: bool = False
 
     def settings(self) -> dict[str, Any]:
         """What a study keeps in its user attributes (everything but name and storage)."""
         return {"base": self.base.to_dict(), "space": [d.text for d in self.space], "trials": self.trials,
                 "hours": self.hours, "pruner": self.pruner, "startup_trials": self.startup_trials,
-                "prune_after": self.prune_after}
+                "prune_after": self.prune_after, "refund": self.refund}
 
     @classmethod
     def from_settings(cls, name: str, storage: str, d: Mapping[str, Any]) -> "SearchSpec":
         base = RunConfig.from_dict(dict(d["base"]))
         return cls(name, base, parse_space(d["space"], base), int(d["trials"]), storage, d.get("hours"),
-                   d.get("pruner", "median"), int(d.get("startup_trials", 2)), int(d.get("prune_after", 1)))
+                   d.get("pruner", "median"), int(d.get("startup_trials", 2)), int(d.get("prune_after", 1)),
+                   refund=bool(d.get("refund", False)))
+
+    @property
+    def budget_words(self) -> str:
+        """'up to 8 trials', or 'a budget of 8 full trials'."""
+        trials = f"{self.trials} {'full ' if self.refund else ''}trial{'s' if self.trials != 1 else ''}"
+        return f"a budget of {trials}" if self.refund else f"up to {trials}"
+
+    def describe_budget(self) -> str:
+        return self.budget_words + (" (trials that stop early give their unused epochs to further trials)"
+                                    if self.refund else "")
 
 
 @dataclass
@@ -300,7 +331,8 @@ class SearchPlan:
 
     @property
     def max_seconds(self) -> float | None:
-        """Every trial run to its last epoch, one at a time (pruning only shortens it; `hours` caps it)."""
+        """Every trial run to its last epoch, one at a time (pruning only shortens it, or with `refund` funds
+        further trials within the same epochs; `hours` caps it)."""
         if self.spec is None or self.seconds_per_trial is None:
             return None
         total = self.spec.trials * self.seconds_per_trial
@@ -310,9 +342,11 @@ class SearchPlan:
 def plan_search(base: RunConfig, space: Iterable[str] | Mapping[str, str], trials: int, *, store: "RunStore",
                 hours: float | None = None, pruner: str = "median", name: str | None = None,
                 storage: str | None = None, startup_trials: int | None = None, prune_after: int = 1,
-                first: Iterable[str] = (), split_sizes: tuple[int, int, int] | None = None) -> SearchPlan:
+                first: Iterable[str] = (), split_sizes: tuple[int, int, int] | None = None,
+                refund: bool = True) -> SearchPlan:
     """The search these inputs describe, or every error at once (each in its slot), and the preview's estimate.
-    `first`: points to try first, 'lr=0.001,dropout=0.3' each (within the space)."""
+    `first`: points to try first, 'lr=0.001,dropout=0.3' each (within the space). `refund`: `trials` is a budget
+    of full trials, and epochs pruned trials did not train fund further trials (SearchSpec.refund)."""
     out = SearchPlan()
     dims: tuple[Dimension, ...] = ()
     try:
@@ -346,7 +380,8 @@ def plan_search(base: RunConfig, space: Iterable[str] | Mapping[str, str], trial
         return out
     artifacts = store.runs_dir.parent
     out.spec = SearchSpec(name, base, dims, trials, (storage or "").strip() or default_storage(artifacts),
-                          float(hours) if hours else None, pruner, startup, prune_after, tuple(points))
+                          float(hours) if hours else None, pruner, startup, prune_after, tuple(points),
+                          bool(refund))
     if split_sizes is not None:
         out.seconds_per_trial, _ = estimate_seconds(base, *split_sizes, store.list_runs())
     return out
@@ -429,8 +464,7 @@ def load_study(name: str, storage: str) -> tuple[Any, SearchSpec]:
 @contextmanager
 def _db(queue: "JobQueue") -> Iterator[sqlite3.Connection]:
     with jobdb.jobs_errors(queue.db_path), closing(jobdb.connect(queue.db_path)) as db:
-        for sql in TABLES_SQL:
-            db.execute(sql)
+        _ensure_tables(db)
         yield db
 
 
@@ -445,15 +479,45 @@ class SearchRow:
     deadline: float | None
     status: str  # running, done, cancelled
     error: str | None
+    refund: bool = False
+    asked: int = 0  # trials asked so far
+    spent: float = 0.0  # the budget they hold, in full trials (see SEARCH_SQL)
 
     @property
     def user(self) -> User:
         return User(self.owner, self.roles)
 
+    def budget_left(self, now: float | None = None) -> bool:
+        """Whether one more trial may be asked: running, before its deadline, below MAX_TRIALS, and a whole trial
+        left in its budget (trials counted whole; with refund, settled ones at the share they trained)."""
+        if self.status != "running" or self.asked >= MAX_TRIALS:
+            return False
+        if self.deadline is not None and (time.time() if now is None else now) >= self.deadline:
+            return False
+        return self.spent + 1 <= self.trials + 1e-9 if self.refund else self.asked < self.trials
+
+    @property
+    def spent_text(self) -> str:
+        return f"{round(self.spent, 2):g}"
+
+    def trials_summary(self) -> str:
+        """'3 of 8 trials' asked, or with a refunding budget '10 trials, 7.5 of a budget of 8 full trials spent'."""
+        if not self.refund:
+            return f"{self.asked} of {self.trials} trials"
+        return (f"{self.asked} trial{'s' if self.asked != 1 else ''}, {self.spent_text} of a budget of "
+                f"{self.trials} full trial{'s' if self.trials != 1 else ''} spent")
+
 
 def _row(r: sqlite3.Row) -> SearchRow:
     return SearchRow(r["name"], r["storage"], r["owner"], tuple(json.loads(r["roles"])), r["created"], r["trials"],
-                     r["deadline"], r["status"], r["error"])
+                     r["deadline"], r["status"], r["error"], bool(r["refund"]), int(r["asked"]), float(r["spent"]))
+
+
+def _ensure_tables(db: sqlite3.Connection) -> None:
+    for sql in TABLES_SQL:
+        db.execute(sql)
+    for table, columns in ADDED_COLUMNS.items():
+        add_missing_columns(db, table, columns)
 
 
 def list_searches(artifacts: Path) -> list[SearchRow]:
@@ -466,12 +530,13 @@ def list_searches(artifacts: Path) -> list[SearchRow]:
         db.row_factory = sqlite3.Row
         if db.execute("SELECT 1 FROM sqlite_master WHERE name='searches'").fetchone() is None:
             return []
-        return [_row(r) for r in db.execute("SELECT * FROM searches ORDER BY created DESC")]
+        _ensure_tables(db)  # a file from before the budget's columns
+        return [_row(r) for r in db.execute(f"{SEARCH_SQL} ORDER BY s.created DESC")]
 
 
 def get_search(queue: "JobQueue", name: str) -> SearchRow:
     with _db(queue) as db:
-        r = db.execute("SELECT * FROM searches WHERE name=?", (name,)).fetchone()
+        r = db.execute(f"{SEARCH_SQL} WHERE s.name=?", (name,)).fetchone()
     if r is None:
         raise SearchError(f"no search {name!r} in this queue (python -m core search --list names them)")
     return _row(r)
@@ -504,10 +569,10 @@ def create_search(spec: SearchSpec, queue: "JobQueue", user: User) -> SearchRow:
             study.enqueue_trial(dict(point))
     now = time.time()
     with _db(queue) as db:
-        db.execute("INSERT INTO searches (name, storage, owner, roles, created, trials, deadline, status) "
-                   "VALUES (?,?,?,?,?,?,?, 'running')",
+        db.execute("INSERT INTO searches (name, storage, owner, roles, created, trials, deadline, status, refund) "
+                   "VALUES (?,?,?,?,?,?,?, 'running', ?)",
                    (spec.name, spec.storage, user.name, json.dumps(list(user.roles)), now, spec.trials,
-                    now + spec.hours * 3600 if spec.hours else None))
+                    now + spec.hours * 3600 if spec.hours else None, int(spec.refund)))
     drive(queue, only=spec.name)
     return get_search(queue, spec.name)
 
@@ -566,13 +631,17 @@ def _take_lease(queue: "JobQueue", name: str) -> bool:
                           (now + LEASE_SECONDS, name, now)).rowcount == 1
 
 
-def _in_flight(db: sqlite3.Connection, name: str) -> tuple[int, int, int]:
-    """(trials asked, trials in flight, in-flight trials whose job has ended or is gone)."""
-    asked = db.execute("SELECT COUNT(*) FROM search_trials WHERE search=?", (name,)).fetchone()[0]
+def _in_flight(db: sqlite3.Connection, name: str) -> tuple[int, int]:
+    """(trials in flight, in-flight trials whose job has ended or is gone)."""
     rows = db.execute("SELECT t.job_id, j.status FROM search_trials t LEFT JOIN jobs j ON j.id = t.job_id "
                       "WHERE t.search=? AND t.settled=0", (name,)).fetchall()
     ended = sum(1 for _, status in rows if status not in ("queued", "running"))
-    return asked, len(rows), ended
+    return len(rows), ended
+
+
+def _current(db: sqlite3.Connection, name: str) -> SearchRow | None:
+    r = db.execute(f"{SEARCH_SQL} WHERE s.name=?", (name,)).fetchone()
+    return None if r is None else _row(r)
 
 
 def _active_jobs(queue: "JobQueue", owner: str) -> int:
@@ -584,17 +653,15 @@ def _active_jobs(queue: "JobQueue", owner: str) -> int:
 def _needs_study(queue: "JobQueue", name: str) -> bool:
     """Whether `_drive_one` has anything to do, from the two tables and the jobs alone (no Optuna)."""
     with _db(queue) as db:
-        r = db.execute("SELECT * FROM searches WHERE name=?", (name,)).fetchone()
+        r = _current(db, name)
         if r is None:
             return False
-        asked, in_flight, ended = _in_flight(db, name)
+        in_flight, ended = _in_flight(db, name)
         if ended:
             return True
-        budget = r["status"] == "running" and asked < r["trials"] and (r["deadline"] is None or
-                                                                        time.time() < r["deadline"])
-        if budget:
+        if r.budget_left():
             return in_flight < queue.max_concurrent
-        if r["status"] == "running" and in_flight == 0:
+        if r.status == "running" and in_flight == 0:
             db.execute("UPDATE searches SET status='done' WHERE name=? AND status='running'", (name,))
     return False
 
@@ -623,17 +690,16 @@ def _drive_one(queue: "JobQueue", name: str) -> None:
                 job = None
             if job is not None and job.status in ACTIVE:
                 continue
-            _settle(study, trials.get(number), job)
+            used = _settle(study, trials.get(number), job)
             with _db(queue) as db:
-                db.execute("UPDATE search_trials SET settled=1 WHERE search=? AND trial=?", (name, number))
+                db.execute("UPDATE search_trials SET settled=1, used=? WHERE search=? AND trial=?",
+                           (used, name, number))
     dimensions = {d.name: d.distribution() for d in spec.space}
     while True:
         with _db(queue) as db:
-            current = db.execute("SELECT status, trials, deadline FROM searches WHERE name=?", (name,)).fetchone()
-            asked, in_flight, _ = _in_flight(db, name)
-        budget = current["status"] == "running" and asked < current["trials"] and (
-            current["deadline"] is None or time.time() < current["deadline"])
-        if not budget or in_flight >= queue.max_concurrent:
+            current = _current(db, name)
+            in_flight, _ = _in_flight(db, name)
+        if not current.budget_left() or in_flight >= queue.max_concurrent:
             break
         if not search.user.is_admin and _active_jobs(queue, search.owner) >= ACTIVE_JOBS_PER_USER:
             break  # the owner's other jobs fill their allowance: the next trial waits for one to end
@@ -664,38 +730,48 @@ def _drive_one(queue: "JobQueue", name: str) -> None:
             db.execute("INSERT INTO search_trials (search, trial, job_id, settled) VALUES (?,?,?,?)",
                        (name, trial.number, job_id, int(job_id is None)))
     with _db(queue) as db:
-        asked, in_flight, _ = _in_flight(db, name)
-        current = db.execute("SELECT status, trials, deadline FROM searches WHERE name=?", (name,)).fetchone()
-        spent = asked >= current["trials"] or (current["deadline"] is not None and time.time() >= current["deadline"])
-        if current["status"] == "running" and spent and in_flight == 0:
+        in_flight, _ = _in_flight(db, name)
+        current = _current(db, name)
+        if current.status == "running" and not current.budget_left() and in_flight == 0:
             db.execute("UPDATE searches SET status='done' WHERE name=? AND status='running'", (name,))
 
 
-def _settle(study: Any, trial: Any, job: Any) -> None:
+def _settle(study: Any, trial: Any, job: Any) -> float | None:
     """Tell the study how a trial's job ended: its run's validation accuracy (the kept epoch's, never test),
-    PRUNED when its process stopped it, FAIL when it failed, was cancelled or is gone."""
+    PRUNED when its process stopped it, FAIL when it failed, was cancelled or is gone. Returns the share of a full
+    trial it spent (the epochs it trained / its epochs); a failed one, or one told before, counts whole (None)."""
     optuna = _optuna()
     states = optuna.trial.TrialState
     if trial is None or trial.state != states.RUNNING:
-        return  # told already (by a driver that stopped before marking the row settled)
+        return None  # told already (by a driver that stopped before marking the row settled)
     number, live = trial.number, _optuna().trial.Trial(study, trial._trial_id)
     if job is None or job.status != "succeeded" or not job.run_path:
         live.set_user_attr("error", "its job was deleted" if job is None else job.error or f"its job was {job.status}")
         study.tell(number, state=states.FAIL)
-        return
+        return None
     from core.store.runs import open_run  # noqa: PLC0415
 
     live.set_user_attr("run_id", job.run_id)
     if "pruned_epoch" in trial.user_attrs:
         study.tell(number, state=states.PRUNED)  # its value: the last epoch it reported
-        return
+        return trial_share(int(trial.user_attrs["pruned_epoch"]), job.config.epochs)
     try:
-        value = float(open_run(job.run_path).metrics["val"]["accuracy"])
+        metrics = open_run(job.run_path).metrics
+        value = float(metrics["val"]["accuracy"])
     except (OSError, ValueError, KeyError, TypeError):
         live.set_user_attr("error", "its run's metrics could not be read")
         study.tell(number, state=states.FAIL)
-        return
+        return None
     study.tell(number, value)
+    return trial_share(metrics.get("epochs_run"), job.config.epochs)
+
+
+def trial_share(epochs_trained: Any, epochs: int) -> float | None:
+    """The share of a full trial a settled trial spent: the epochs it trained of its `epochs` (early stopping and
+    pruning leave the rest to the budget); None (a whole trial) when that is unknown."""
+    if not isinstance(epochs_trained, int) or isinstance(epochs_trained, bool) or not 0 < epochs_trained <= epochs:
+        return None
+    return epochs_trained / epochs
 
 
 # -- the trial's job process ----------------------------------------------------------------------------------
@@ -833,7 +909,7 @@ def param_importances(study: Any, spec: SearchSpec) -> tuple[dict[str, float], s
 def format_view(view: SearchView) -> str:
     """The command line's report: the trials table, then the best so far and the importances."""
     names = [d.name for d in view.spec.space]
-    lines = [f"search {view.search.name}: {view.search.status}, {len(view.trials)} of {view.spec.trials} trials "
+    lines = [f"search {view.search.name}: {view.search.status}, {view.search.trials_summary()} "
              f"({view.count('COMPLETE')} complete, {view.count('PRUNED')} pruned, {view.count('FAIL')} failed, "
              f"{view.count('RUNNING')} running); pruner {view.spec.pruner}; storage {view.search.storage}"]
     if view.search.error:
