@@ -55,6 +55,25 @@ def choose(page, key: str, option: str) -> None:
                            f" === {option!r}")
 
 
+def add(page, key: str, option: str) -> None:
+    """Add an option to the multiselect with widget key `key`, typed to filter it: the list is drawn a screenful
+    at a time, and the first press after a rerun may only focus the box."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    box, chip = page.locator(f".st-key-{key} input"), page.locator(f".st-key-{key}").get_by_text(option, exact=True)
+    for _ in range(10):
+        if chip.count():
+            break
+        try:
+            box.click(timeout=2000)
+            box.fill(option, timeout=2000)
+            page.get_by_role("option", name=option, exact=True).click(timeout=2000)
+        except PlaywrightTimeoutError:  # the list redrawn under the pointer: open it again
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+    chip.wait_for(timeout=UI_TIMEOUT)
+
+
 def card_text(page, job_id: int) -> str:
     bar = page.locator(f".st-key-job_{job_id} [data-testid='stProgress']")
     try:
@@ -179,3 +198,50 @@ def test_launch_watch_the_phases_open_the_run_and_cancel_with_confirmation(serve
         page.wait_for_timeout(1000)
         screenshot(page, "train-to-results.png")
         no_exception(page)
+
+
+def test_search_mode_previews_its_budget(server, tiny_npz):
+    """The Search mode in a real browser, nothing launched: two fields with their ranges, the preview of what
+    the search will run, and its budget in words, which the refund box switches between a budget of full trials
+    and an exact count."""
+    url, queue = server
+    with chromium_page() as page:
+        page.goto(url, timeout=UI_TIMEOUT)
+        page.get_by_role("heading", name="CellScope").wait_for(timeout=UI_TIMEOUT)
+        page.locator('[data-testid="stSidebarNavLink"][href$="/train"]').click()
+        page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=UI_TIMEOUT)
+        page.get_by_text("Your own .npz file").click()
+        path_input = page.locator(".st-key-data_path input")
+        path_input.wait_for(timeout=UI_TIMEOUT)
+        path_input.fill(str(tiny_npz))
+        path_input.press("Enter")
+        page.get_by_text(re.compile(r"28 px · \d+ train")).wait_for(timeout=UI_TIMEOUT)
+        choose(page, "f_arch", "Compact ResNet")
+
+        page.get_by_text("Search: let Optuna choose values within ranges").click()
+        for option in ("Learning rate (lr)", "Dropout (dropout)"):
+            add(page, "srch_fields", option)
+        for key, value in (("srch_lr", "1e-4:1e-2:log"), ("srch_dropout", "0:0.5")):
+            field = page.locator(f".st-key-{key} input")
+            field.wait_for(timeout=UI_TIMEOUT)
+            for _ in range(10):  # a rerun from the field before may redraw this one under the typing: again
+                field.fill(value)
+                field.press("Enter")
+                page.wait_for_timeout(1000)
+                if field.input_value() == value:
+                    break
+        # the preview appears once both ranges are in (the default budget), then follows the trials
+        page.get_by_text(re.compile(r"A budget of 20 full trials of about")).wait_for(timeout=UI_TIMEOUT)
+        trials = page.locator(".st-key-srch_trials input")
+        trials.fill("8")
+        trials.press("Tab")
+        page.get_by_text(re.compile(r"A budget of 8 full trials of about")).wait_for(timeout=UI_TIMEOUT)
+        page.get_by_text("pruned trials' unused epochs run further trials in that time").wait_for(timeout=UI_TIMEOUT)
+        page.get_by_text("The first 4 trials spread evenly over the ranges", exact=False).wait_for(timeout=UI_TIMEOUT)
+        assert page.get_by_role("button", name="Launch search").is_enabled()
+        page.locator(".st-key-srch_refund").scroll_into_view_if_needed()
+        screenshot(page, "train-search.png")
+        page.locator(".st-key-srch_refund label").click()
+        page.get_by_text(re.compile(r"Up to 8 trials of about")).wait_for(timeout=UI_TIMEOUT)
+        no_exception(page)
+    assert queue.list() == []
