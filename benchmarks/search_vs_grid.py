@@ -106,7 +106,12 @@ def main() -> int:
     search_best = view.best.value if view.best else float("nan")
     print(f"\nsearch: {len(view.trials)} trials, {pruned} pruned, {search_epochs} epochs, {search_seconds / 60:.1f} "
           f"min; best validation accuracy {search_best:.4f}", flush=True)
+    numbers = {"seed": args.seed, "epochs": args.epochs, "limit_train": args.limit_train, "trials": view.table(),
+               "pruned": pruned, "search_best": search_best, "search_epochs": search_epochs,
+               "search_seconds": search_seconds}
     if args.search_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps(numbers, indent=2, default=str))
         return 0
 
     # -- the grid -------------------------------------------------------------------------------------------
@@ -143,12 +148,9 @@ def main() -> int:
     print(f"search best - grid best: {search_best - grid_best:+.4f}; done-when (>= 1 pruned and search best >= "
           f"grid best): {'yes' if ok else 'NO'}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "seed": args.seed, "epochs": args.epochs, "limit_train": args.limit_train, "trials": view.table(),
-            "pruned": pruned, "search_best": search_best, "search_epochs": search_epochs,
-            "search_seconds": search_seconds, "grid_best": grid_best, "grid_epochs": grid_epochs,
-            "grid_seconds": grid_seconds, "grid_best_setting_mean": best_mean,
-            "grid_best_first_seed": max(first_seed)}, indent=2, default=str))
+        numbers.update(grid_best=grid_best, grid_epochs=grid_epochs, grid_seconds=grid_seconds,
+                       grid_best_setting_mean=best_mean, grid_best_first_seed=max(first_seed))
+        Path(args.json).write_text(json.dumps(numbers, indent=2, default=str))
     return 0 if ok else 1
 
 
