@@ -55,6 +55,26 @@ def choose(page, key: str, option: str) -> None:
                            f" === {option!r}")
 
 
+def open_train(page, url: str) -> None:
+    """In through the front door: on a fresh server a first visit straight to /train would run the page without
+    app.py (Streamlit's legacy pages/ folder mode until app.py has run once)."""
+    page.goto(url, timeout=UI_TIMEOUT)
+    page.get_by_role("heading", name="CellScope").wait_for(timeout=UI_TIMEOUT)
+    page.locator('[data-testid="stSidebarNavLink"][href$="/train"]').click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=UI_TIMEOUT)
+    assert "/train" in page.url
+
+
+def use_file(page, npz: Path) -> None:
+    """Data: your own .npz file, checked, with its class counts."""
+    page.get_by_text("Your own .npz file").click()
+    path_input = page.locator(".st-key-data_path input")
+    path_input.wait_for(timeout=UI_TIMEOUT)
+    path_input.fill(str(npz))
+    path_input.press("Enter")
+    page.get_by_text(re.compile(r"28 px · \d+ train")).wait_for(timeout=UI_TIMEOUT)
+
+
 def add(page, key: str, option: str) -> None:
     """Add an option to the multiselect with widget key `key`, typed to filter it: the list is drawn a screenful
     at a time, and the first press after a rerun may only focus the box."""
@@ -96,13 +116,7 @@ def test_launch_watch_the_phases_open_the_run_and_cancel_with_confirmation(serve
 
     url, queue = server
     with chromium_page() as page:
-        # In through the front door: on a fresh server a first visit straight to /train would run the
-        # page without app.py (Streamlit's legacy pages/ folder mode until app.py has run once).
-        page.goto(url, timeout=UI_TIMEOUT)
-        page.get_by_role("heading", name="CellScope").wait_for(timeout=UI_TIMEOUT)
-        page.locator('[data-testid="stSidebarNavLink"][href$="/train"]').click()
-        page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=UI_TIMEOUT)
-        assert "/train" in page.url
+        open_train(page, url)
 
         # 0. a study preset previews its jobs and their duration before anything is launched
         choose(page, "preset_choice", "Study Table 12: architecture x resolution x batch size")
@@ -117,12 +131,7 @@ def test_launch_watch_the_phases_open_the_run_and_cancel_with_confirmation(serve
         assert queue.list() == []
 
         # 1. data: the real 28 px file, checked, with its class counts
-        page.get_by_text("Your own .npz file").click()
-        path_input = page.locator(".st-key-data_path input")
-        path_input.wait_for(timeout=UI_TIMEOUT)
-        path_input.fill(str(phases_npz))
-        path_input.press("Enter")
-        page.get_by_text(re.compile(r"28 px · \d+ train")).wait_for(timeout=UI_TIMEOUT)
+        use_file(page, phases_npz)
 
         # 2. a small configuration
         choose(page, "f_arch", "ResNet-18")
@@ -206,16 +215,8 @@ def test_search_mode_previews_its_budget(server, tiny_npz):
     and an exact count."""
     url, queue = server
     with chromium_page() as page:
-        page.goto(url, timeout=UI_TIMEOUT)
-        page.get_by_role("heading", name="CellScope").wait_for(timeout=UI_TIMEOUT)
-        page.locator('[data-testid="stSidebarNavLink"][href$="/train"]').click()
-        page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=UI_TIMEOUT)
-        page.get_by_text("Your own .npz file").click()
-        path_input = page.locator(".st-key-data_path input")
-        path_input.wait_for(timeout=UI_TIMEOUT)
-        path_input.fill(str(tiny_npz))
-        path_input.press("Enter")
-        page.get_by_text(re.compile(r"28 px · \d+ train")).wait_for(timeout=UI_TIMEOUT)
+        open_train(page, url)
+        use_file(page, tiny_npz)
         choose(page, "f_arch", "Compact ResNet")
 
         page.get_by_text("Search: let Optuna choose values within ranges").click()
