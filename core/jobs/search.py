@@ -161,6 +161,11 @@ class Dimension:
         return isinstance(value, (int, float)) and self.low <= value <= self.high
 
 
+def count_trials(n: int, kind: str = "") -> str:
+    """'1 trial', '8 full trials'."""
+    return f"{n} {kind}trial{'s' * (n != 1)}"
+
+
 def fmt_value(value: Any) -> str:
     return format(value, "g") if isinstance(value, float) else str(value).lower() if isinstance(value, bool) \
         else str(value)
@@ -311,8 +316,8 @@ class SearchSpec:
     @property
     def budget_words(self) -> str:
         """'up to 8 trials', or 'a budget of 8 full trials'."""
-        trials = f"{self.trials} {'full ' if self.refund else ''}trial{'s' if self.trials != 1 else ''}"
-        return f"a budget of {trials}" if self.refund else f"up to {trials}"
+        return (f"a budget of {count_trials(self.trials, 'full ')}" if self.refund else
+                f"up to {count_trials(self.trials)}")
 
     def describe_budget(self) -> str:
         return self.budget_words + (" (trials that stop early give their unused epochs to further trials)"
@@ -487,12 +492,12 @@ class SearchRow:
     def user(self) -> User:
         return User(self.owner, self.roles)
 
-    def budget_left(self, now: float | None = None) -> bool:
+    def budget_left(self) -> bool:
         """Whether one more trial may be asked: running, before its deadline, below MAX_TRIALS, and a whole trial
         left in its budget (trials counted whole; with refund, settled ones at the share they trained)."""
         if self.status != "running" or self.asked >= MAX_TRIALS:
             return False
-        if self.deadline is not None and (time.time() if now is None else now) >= self.deadline:
+        if self.deadline is not None and time.time() >= self.deadline:
             return False
         return self.spent + 1 <= self.trials + 1e-9 if self.refund else self.asked < self.trials
 
@@ -504,8 +509,8 @@ class SearchRow:
         """'3 of 8 trials' asked, or with a refunding budget '10 trials, 7.5 of a budget of 8 full trials spent'."""
         if not self.refund:
             return f"{self.asked} of {self.trials} trials"
-        return (f"{self.asked} trial{'s' if self.asked != 1 else ''}, {self.spent_text} of a budget of "
-                f"{self.trials} full trial{'s' if self.trials != 1 else ''} spent")
+        return (f"{count_trials(self.asked)}, {self.spent_text} of a budget of {count_trials(self.trials, 'full ')} "
+                f"spent")
 
 
 def _row(r: sqlite3.Row) -> SearchRow:
@@ -521,8 +526,8 @@ def _ensure_tables(db: sqlite3.Connection) -> None:
 
 
 def list_searches(artifacts: Path) -> list[SearchRow]:
-    """Every search of the queue in `artifacts`, newest first, read without creating anything (no queue yet:
-    none)."""
+    """Every search of the queue in `artifacts`, newest first. Creates nothing where there is no queue or no search
+    yet (none); a file from before the budget's columns gains them."""
     path = jobdb.jobs_path(artifacts)
     if not path.is_file():
         return []
@@ -530,7 +535,7 @@ def list_searches(artifacts: Path) -> list[SearchRow]:
         db.row_factory = sqlite3.Row
         if db.execute("SELECT 1 FROM sqlite_master WHERE name='searches'").fetchone() is None:
             return []
-        _ensure_tables(db)  # a file from before the budget's columns
+        _ensure_tables(db)
         return [_row(r) for r in db.execute(f"{SEARCH_SQL} ORDER BY s.created DESC")]
 
 
