@@ -43,6 +43,7 @@ MEASURED_AFTER = 0.03  # a phase's own pace replaces its expectation once this m
 STEADY_AFTER = 0.02  # ... and its steady pace from there on (past its warm-up), once this much more is done
 TIMES_FILE = "phase_times.json"
 TIMES_KEPT = 8  # measurements kept per phase and key; the median is the expectation
+A_FEW_SECONDS = "a few seconds"  # under 5 s, where a number would claim more precision than an estimate has
 
 
 def phase_title(phase: str) -> str:
@@ -64,7 +65,8 @@ class Progress:
         if self.detail:
             parts.append(self.detail)
         if self.eta_seconds is not None and self.phase != "done":
-            parts.append(f"about {format_seconds(self.eta_seconds)} left")
+            left = format_seconds(self.eta_seconds)
+            parts.append(f"{left} left" if left == A_FEW_SECONDS else f"about {left} left")
         return " · ".join(parts)
 
 
@@ -74,7 +76,7 @@ def format_seconds(seconds: float) -> str:
         return "unknown"
     seconds = max(0.0, seconds)
     if seconds < 60:
-        return f"{max(5, round(seconds / 5) * 5):.0f} s" if seconds >= 5 else "a few s"
+        return f"{max(5, round(seconds / 5) * 5):.0f} s" if seconds >= 5 else A_FEW_SECONDS
     minutes = seconds / 60
     if minutes < 90:
         return f"{minutes:.0f} min"

@@ -91,7 +91,8 @@ def test_a_phase_warm_up_does_not_inflate_its_pace() -> None:
 
 
 def test_format_seconds() -> None:
-    assert format_seconds(2) == "a few s"
+    assert format_seconds(2) == "a few seconds"
+    assert Progress("testing", 0.99, 2.0).text() == "Testing · a few seconds left"  # no 'about' before them
     assert format_seconds(42) == "40 s"
     assert format_seconds(185) == "3 min"
     assert format_seconds(3 * 3600) == "3.0 h"
