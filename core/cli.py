@@ -173,7 +173,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.list:
         rows = search.list_searches(store.runs_dir.parent)
         for r in rows:
-            print(f"{r.name}\t{r.status}\t{r.asked} trials, budget {r.trials}\t{r.owner}\t{r.storage}")
+            print(f"{r.name}\t{r.status}\t{r.trials_summary()}\t{r.owner}\t{r.storage}")
         if not rows:
             print("(no searches yet: python -m core search --space FIELD=LOW:HIGH ...)")
         return 0

@@ -293,7 +293,9 @@ def test_cli_parses_a_search_and_reports_errors(tmp_path, tiny_npz, capsys):
                      "--exact-trials", "--data", str(tiny_npz), "--arch", "compactresnet", "--runs-dir", runs]) == 0
     assert "search exact: up to 2 trials over Learning rate" in capsys.readouterr().out
     assert cli.main(["search", "--list", "--runs-dir", runs]) == 0
-    assert "exact\trunning\t1 trials, budget 2" in capsys.readouterr().out
+    listed = capsys.readouterr().out  # each search's trials in the words --show and Results use
+    assert "exact\trunning\t1 of 2 trials\t" in listed
+    assert "queued\tcancelled\t1 trial, 1 of a budget of 2 full trials spent\t" in listed
 
 
 # -- the pages ---------------------------------------------------------------------------------------------------
